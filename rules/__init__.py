@@ -1,0 +1,1 @@
+"""Rule engine: constraints, dependencies, known-bad configs and actuation triggers (issue 5)."""

@@ -1,0 +1,23 @@
+"""Control interfaces: one class per target system, its knob spec, and how to find targets by name."""
+
+from targets.base import (
+    MAXIMIZE,
+    MINIMIZE,
+    BenchmarkError,
+    ConfigRefused,
+    FailureClass,
+    Measurement,
+    Target,
+)
+from targets.errors import KnobflowError
+
+__all__ = [
+    "MAXIMIZE",
+    "MINIMIZE",
+    "BenchmarkError",
+    "ConfigRefused",
+    "FailureClass",
+    "KnobflowError",
+    "Measurement",
+    "Target",
+]

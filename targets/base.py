@@ -1,0 +1,229 @@
+"""The control interface: the base class every target system implements.
+
+A ``Target`` object lives inside one trial process and drives one *instance* of a system (its
+own data directory): ``start(config)`` starts the system or applies the config, ``run()`` runs the
+workload and returns a ``Measurement`` (raw samples, counters, log lines, and the config the
+system really applied), ``stop()`` stops it and leaves the instance healthy. The trial manager
+(``tasks/explore.py``) runs this lifecycle in a child process with a hard timeout and calls the
+class method ``cleanup(data_dir)`` after it had to kill one.
+
+Targets are found by name through the ``knobflow.targets`` entry-point group (see
+``targets/registry.py``), so a user's package can add its own.
+
+Contract:
+- a refused config raises ``ConfigRefused`` with the system's own message;
+- a workload or benchmark that breaks raises ``BenchmarkError``;
+- ``Measurement.effective_config`` holds what the system reports after applying the config
+  (read back, never echoed from the request), for every knob of the spec the system exposes;
+- nothing outlives ``stop()`` or ``cleanup()``: no process, no lock on the data directory.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from targets.errors import WorkloadError, did_you_mean, fmt_value
+
+if TYPE_CHECKING:
+    from targets.spec import KnobSpec
+
+MAXIMIZE = "maximize"
+MINIMIZE = "minimize"
+
+
+class FailureClass(enum.StrEnum):
+    """Why a trial produced no usable measurement."""
+
+    REFUSED = "refused_config"  # the system rejected the config (start-up error, FATAL line)
+    CRASH = "crash"  # the trial process or the system died (signal, abort)
+    TIMEOUT = "timeout"  # the trial exceeded its hard timeout (a hang)
+    OUT_OF_MEMORY = "out_of_memory"
+    IO_ERROR = "io_error"
+    BENCHMARK_ERROR = "benchmark_error"  # the workload driver failed or printed nothing usable
+    TARGET_ERROR = "target_error"  # an unexpected exception in the target's own code
+    INVALID = "invalid_measurement"  # the measurement did not pass cleaning
+    INTERRUPTED = "interrupted"  # the tuning job was stopped while the trial ran
+
+
+class ConfigRefused(Exception):
+    """Raised by a target when the system refuses a config; the message is the system's own."""
+
+
+class BenchmarkError(Exception):
+    """Raised by a target when the workload driver fails or reports nothing usable."""
+
+
+@dataclass
+class Measurement:
+    """What one run of a workload on one config produced, before cleaning.
+
+    ``metrics`` are the target's per-run figures (e.g. ``ops_per_s``); ``samples`` are
+    per-interval rows (``t``, ``phase``, ``ops``, latency figures) that cleaning can re-aggregate;
+    ``counters`` are system counters; ``log`` holds the tail of the system's and driver's output.
+    """
+
+    metrics: dict[str, float]
+    effective_config: dict[str, Any]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+class Target(ABC):
+    """One kind of system knobflow can tune. Subclass it and register it as an entry point.
+
+    Class attributes describe the target; an instance drives one system instance from inside a
+    trial process.
+    """
+
+    #: Name under the ``knobflow.targets`` entry-point group.
+    name: ClassVar[str]
+    #: Knob spec file, relative to the module's folder (default: specs/<name>.yaml).
+    spec_file: ClassVar[str | None] = None
+    #: Workload parameters and their defaults; a value's type is the parameter's type.
+    workload_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: Inclusive limits of numeric workload parameters.
+    workload_limits: ClassVar[Mapping[str, tuple[float, float]]] = {}
+    #: Metrics a run reports, each with the direction that is better.
+    metrics: ClassVar[Mapping[str, str]] = {}
+    default_objective: ClassVar[str]
+    #: Hard timeout of one trial, seconds, unless the job sets one.
+    trial_timeout_s: ClassVar[float] = 60.0
+    #: File suffix of the system's own config format (e.g. ".sql"), if it has one.
+    native_suffix: ClassVar[str | None] = None
+
+    def __init__(self, data_dir: Path, workload: Mapping[str, Any], seed: int = 0) -> None:
+        self.data_dir = Path(data_dir)
+        self.workload = dict(workload)
+        self.seed = seed
+
+    # -- lifecycle, inside the trial process -------------------------------------------------
+    @abstractmethod
+    def start(self, config: Mapping[str, Any]) -> None:
+        """Start the system on ``data_dir`` with ``config`` applied (or apply it if running)."""
+
+    @abstractmethod
+    def run(self) -> Measurement:
+        """Run the workload once and return the raw measurement, effective config included."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook, nothing to do for in-process targets
+        """Stop what ``start`` started; leave the instance usable by the next trial."""
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @classmethod  # noqa: B027 - optional hook
+    def cleanup(cls, data_dir: Path) -> None:
+        """Called in the tuner after a trial process was killed: end leftovers of ``data_dir``."""
+
+    # -- description, in the tuner --------------------------------------------------------------
+    @classmethod
+    def spec_path(cls) -> Path:
+        import inspect
+
+        module_dir = Path(inspect.getfile(cls)).resolve().parent
+        rel = cls.spec_file or f"specs/{cls.name}.yaml"
+        return module_dir / rel
+
+    @classmethod
+    def knob_spec(cls) -> KnobSpec:
+        """The target's knob spec (parsed once per class)."""
+        return _load_spec_cached(cls.spec_path())
+
+    @classmethod
+    def parse_workload(cls, values: Mapping[str, Any], source: str = "workload") -> dict[str, Any]:
+        """Defaults overlaid with ``values``, coerced to the defaults' types and range-checked."""
+        workload = dict(cls.workload_defaults)
+        for key, raw in values.items():
+            if key not in cls.workload_defaults:
+                known = ", ".join(cls.workload_defaults) or "none"
+                raise WorkloadError(
+                    f"{source}: unknown workload parameter '{key}' for target '{cls.name}'"
+                    f"{did_you_mean(str(key), cls.workload_defaults)}; known: {known}"
+                )
+            workload[key] = _coerce_workload(key, raw, cls.workload_defaults[key], source)
+            if key in cls.workload_limits:
+                low, high = cls.workload_limits[key]
+                if not low <= workload[key] <= high:
+                    raise WorkloadError(
+                        f"{source}: workload parameter '{key}' = {fmt_value(workload[key])} is "
+                        f"outside [{fmt_value(low)}, {fmt_value(high)}]"
+                    )
+        return workload
+
+    @classmethod
+    def workload_features(cls, workload: Mapping[str, Any]) -> dict[str, float]:
+        """Numeric features of a workload (for transfer and drift detection)."""
+        return {
+            k: float(v)
+            for k, v in workload.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+
+    @classmethod
+    def direction(cls, metric: str) -> str:
+        return cls.metrics[metric]
+
+    @classmethod
+    def render_native(cls, config: Mapping[str, Any]) -> str | None:
+        """The config in the system's own format (e.g. PRAGMA lines), or None if it has none."""
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _load_spec_cached(path: Path) -> KnobSpec:
+    from targets.spec import load_spec  # YAML is not needed inside trial processes
+
+    return load_spec(path)
+
+
+def _coerce_workload(key: str, raw: Any, default: Any, source: str) -> Any:
+    """Coerce a workload value given as YAML or ``KEY=VALUE`` text to the default's type."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("true", "yes", "on", "1"):
+                return True
+            if text in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError
+                return int(raw)
+            return int(str(raw).replace("_", ""))
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+            return value
+        return str(raw)
+    except ValueError:
+        raise WorkloadError(
+            f"{source}: workload parameter '{key}' must be {kind.__name__}, got {raw!r}"
+        ) from None

@@ -1,0 +1,51 @@
+"""The one error hierarchy of knobflow: what was wrong, where, and what to do about it.
+
+Every error a user can cause (a bad spec, override, workload, CLI value) is a ``KnobflowError``;
+the CLI turns one into a single line on stderr and exit code 2. Anything else is a failure
+(exit code 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+
+class KnobflowError(Exception):
+    """Bad input: the message names the file or option, the field, and the fix."""
+
+
+class SpecError(KnobflowError):
+    """A knob spec or a search-space override is invalid."""
+
+
+class ConfigError(KnobflowError):
+    """A configuration (knob -> value mapping) does not fit its knob spec."""
+
+
+class WorkloadError(KnobflowError):
+    """A workload parameter is unknown or has a bad value."""
+
+
+class TargetNotFoundError(KnobflowError):
+    """No target of that name is registered under the ``knobflow.targets`` entry points."""
+
+
+class JobError(KnobflowError):
+    """A tuning job cannot start or resume as asked (e.g. nothing to resume)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.7)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def fmt_value(value: Any) -> str:
+    """A value as a user wrote it in YAML (strings quoted, bools lower-case)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    return repr(value) if isinstance(value, float) else str(value)

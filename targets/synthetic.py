@@ -1,0 +1,168 @@
+"""The synthetic target: a seeded, cheap response surface with a known optimum.
+
+Made for tests, benchmarks and transfer experiments. It has knobs of every type with
+interactions, configurable multiplicative noise, a region that is refused (mode gamma with one
+thread), a region that crashes the trial process (threads > 48 with compress on), a region that
+hangs (mode beta with y > 200), a silent clamp (buffer_kb rounded down to a multiple of 16), and a
+workload parameter ``shift`` in [0, 1] that moves the optimum. Its peaks are flat-topped, like
+the plateaus real systems show once a buffer or a thread pool is big enough.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from targets.base import MAXIMIZE, MINIMIZE, ConfigRefused, Measurement, Target
+
+_PEAK = 1000.0
+_THREADS_BEST = {"alpha": 8, "beta": 16, "gamma": 32}
+_CRASH_THREADS = 48
+_HANG_Y = 200.0
+
+
+def _mode_factor(mode: str, compress: bool, shift: float) -> float:
+    """Mode and compression effects; at shift 0 alpha wins, at shift 1 gamma with compress wins."""
+    base = {"alpha": 1.0 - 0.08 * shift, "beta": 0.96, "gamma": 0.92 + 0.08 * shift}
+    gain = (1.04 if mode == "gamma" else 0.97) if compress else 1.0
+    return base[mode] * gain
+
+
+def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the synthetic system applies: buffer_kb rounded down to a multiple of 16."""
+    eff = dict(config)
+    eff["buffer_kb"] = max(16, int(config["buffer_kb"]) // 16 * 16)
+    return eff
+
+
+def _buffer_factor(buffer_kb: int, shift: float) -> float:
+    centre = 10.0 + 3.0 * shift  # log2 KiB: 1 MiB at shift 0, 8 MiB at shift 1
+    return 0.85 + 0.15 * math.exp(-(((math.log2(buffer_kb) - centre) / 3.0) ** 2))
+
+
+def _threads_factor(threads: int, mode: str) -> float:
+    return math.exp(-(((math.log2(threads) - math.log2(_THREADS_BEST[mode])) / 2.5) ** 4))
+
+
+class SyntheticTarget(Target):
+    """A response surface that behaves like a small system, cheaply and reproducibly."""
+
+    name: ClassVar[str] = "synthetic"
+    workload_defaults: ClassVar[Mapping[str, Any]] = {
+        "shift": 0.0,  # moves the optimum (a different workload)
+        "noise": 0.03,  # coefficient of variation of the multiplicative noise
+        "duration": 0.05,  # seconds a run takes, to imitate a real trial
+        "intervals": 5,  # per-interval samples a run reports
+    }
+    workload_limits: ClassVar[Mapping[str, tuple[float, float]]] = {
+        "shift": (0.0, 1.0),
+        "noise": (0.0, 1.0),
+        "duration": (0.0, 3600.0),
+        "intervals": (1, 1000),
+    }
+    metrics: ClassVar[Mapping[str, str]] = {"throughput": MAXIMIZE, "latency_ms": MINIMIZE}
+    default_objective: ClassVar[str] = "throughput"
+    trial_timeout_s: ClassVar[float] = 3.0
+
+    def start(self, config: Mapping[str, Any]) -> None:
+        if config["mode"] == "gamma" and int(config["threads"]) < 2:
+            raise ConfigRefused("FATAL: mode 'gamma' needs threads >= 2")
+        self.config = dict(config)
+        self.applied = _effective(config)
+
+    def run(self) -> Measurement:
+        cfg = self.applied
+        started = time.monotonic()
+        if cfg["compress"] and int(cfg["threads"]) > _CRASH_THREADS:
+            os.abort()  # a real crash: SIGABRT, no result written
+        if cfg["mode"] == "beta" and float(cfg["y"]) > _HANG_Y:
+            while True:  # a real hang: only the trial timeout ends it
+                time.sleep(3600)
+        rng = random.Random(self.seed)
+        truth = self.true_value(cfg, self.workload)
+        noise = float(self.workload["noise"])
+        sigma = math.sqrt(math.log(1.0 + noise**2))
+        n = int(self.workload["intervals"])
+        step = float(self.workload["duration"]) / n
+        samples = []
+        for i in range(n):
+            if step:
+                time.sleep(step)
+            rate = truth * math.exp(rng.gauss(-(sigma**2) / 2, sigma))
+            samples.append({"t": round((i + 1) * step, 6), "phase": "run", "ops_per_s": rate})
+        throughput = sum(s["ops_per_s"] for s in samples) / n
+        return Measurement(
+            metrics={
+                "throughput": throughput,
+                "latency_ms": 1000.0 * int(cfg["threads"]) / throughput,
+            },
+            effective_config=dict(cfg),
+            samples=samples,
+            log=[f"synthetic run: mode={cfg['mode']} threads={cfg['threads']}"],
+            duration_s=time.monotonic() - started,
+        )
+
+    # -- ground truth, used by tests and benchmarks ---------------------------------------------
+    @classmethod
+    def true_value(cls, config: Mapping[str, Any], workload: Mapping[str, Any]) -> float:
+        """The noiseless throughput of ``config`` under ``workload``."""
+        cfg = _effective(config)
+        shift = float(workload.get("shift", 0.0))
+        x, y = float(cfg["x"]), float(cfg["y"])
+        x_best = 0.25 + 0.5 * shift
+        # the best y depends on x: an interaction a one-knob-at-a-time search misses
+        ly_best = 0.5 + 1.0 * shift + 1.5 * (x - 0.5)
+        value = _PEAK
+        value *= math.exp(-(((x - x_best) / 0.5) ** 4))
+        value *= math.exp(-(((math.log10(y) - ly_best) / 2.0) ** 4))
+        value *= _threads_factor(int(cfg["threads"]), cfg["mode"])
+        value *= _buffer_factor(int(cfg["buffer_kb"]), shift)
+        value *= _mode_factor(cfg["mode"], bool(cfg["compress"]), shift)
+        return value
+
+    @classmethod
+    def known_optimum_value(cls, workload: Mapping[str, Any]) -> float:
+        """The best noiseless throughput any valid config reaches under ``workload``."""
+        shift = float(workload.get("shift", 0.0))
+        best_buffer = max(_buffer_factor(b, shift) for b in range(16, 65536 + 1, 16))
+        best = 0.0
+        for mode in _THREADS_BEST:
+            for compress in (False, True):
+                threads = max(
+                    range(2 if mode == "gamma" else 1, _CRASH_THREADS + 1),
+                    key=lambda t, m=mode: _threads_factor(t, m),
+                )
+                best = max(
+                    best,
+                    _PEAK
+                    * _threads_factor(threads, mode)
+                    * best_buffer
+                    * _mode_factor(mode, compress, shift),
+                )
+        return best
+
+    @classmethod
+    def known_optimum_config(cls, workload: Mapping[str, Any]) -> dict[str, Any]:
+        """A config that reaches ``known_optimum_value`` (for tests)."""
+        shift = float(workload.get("shift", 0.0))
+        x = 0.25 + 0.5 * shift
+        best: tuple[float, dict[str, Any]] = (0.0, {})
+        buffer_kb = max(range(16, 65536 + 1, 16), key=lambda b: _buffer_factor(b, shift))
+        for mode, threads in _THREADS_BEST.items():
+            for compress in (False, True):
+                cfg = {
+                    "x": x,
+                    "y": 10 ** (0.5 + 1.0 * shift + 1.5 * (x - 0.5)),
+                    "threads": threads,
+                    "buffer_kb": buffer_kb,
+                    "mode": mode,
+                    "compress": compress,
+                }
+                value = cls.true_value(cfg, workload)
+                if value > best[0]:
+                    best = (value, cfg)
+        return best[1]

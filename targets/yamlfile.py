@@ -1,0 +1,73 @@
+"""Reading the YAML files users write (specs, search spaces, workloads), with errors that name them.
+
+PyYAML silently keeps the last of two equal keys; here a duplicate key is an error with its line,
+because in a knob spec it almost always hides a typo.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from targets.errors import KnobflowError
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key '{key}' (first at line {seen[key]}); keep one of them",
+                key_node.start_mark,
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as a user reads it: relative to the working directory or the repo if possible."""
+    p = Path(path).resolve()
+    for base in (Path.cwd(), _REPO_ROOT):
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            continue
+    return str(p)
+
+
+def load_yaml(path: str | os.PathLike[str], error: type[KnobflowError] = KnobflowError) -> Any:
+    """Parse a YAML file; a missing file or a syntax error raises ``error`` naming file and line."""
+    shown = display_path(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{shown}: file not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise error(f"{shown}: cannot read: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = exc.problem or str(exc)
+        raise error(f"{shown}{where}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{shown}: invalid YAML: {exc}") from None

@@ -1,0 +1,1 @@
+"""Candidate generation: search spaces as Optuna distributions, samplers, studies, warm starts."""

@@ -1,0 +1,212 @@
+"""Search spaces: the knobs a job tunes, over which (expert) ranges, as Optuna distributions.
+
+A job tunes all of a target's knobs over their spec ranges unless a search-space file narrows
+them::
+
+    knobs:                  # only these are tuned; the others stay at their defaults
+      cache_size: {range: [-200000, -2000]}
+      journal_mode: {values: [wal, delete]}
+      synchronous: {}       # tuned over its whole spec domain
+    fixed:                  # set on every trial, never tuned
+      temp_store: memory
+
+An override must lie inside the knob's hard limits: a range that reaches outside them is an
+error, never a silent clamp.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from targets.errors import SpecError, did_you_mean, fmt_value
+from targets.spec import Knob, KnobSpec, Scalar, parse_range
+from targets.yamlfile import display_path, load_yaml
+
+_OVERRIDE_FIELDS = ("range", "values", "log")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The knobs a job tunes (with their narrowed domains) and the knobs it pins."""
+
+    spec: KnobSpec
+    tuned: tuple[Knob, ...]
+    fixed: dict[str, Scalar] = field(default_factory=dict)
+
+    @classmethod
+    def full(cls, spec: KnobSpec) -> SearchSpace:
+        """Every knob of the spec over its whole domain."""
+        return cls(spec=spec, tuned=tuple(spec.knobs))
+
+    @property
+    def names(self) -> list[str]:
+        return [k.name for k in self.tuned]
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Optuna distributions of the tuned knobs."""
+        dists: dict[str, BaseDistribution] = {}
+        for k in self.tuned:
+            if k.type == "int":
+                dists[k.name] = IntDistribution(int(k.low), int(k.high), log=k.log)
+            elif k.type == "float":
+                dists[k.name] = FloatDistribution(float(k.low), float(k.high), log=k.log)
+            else:
+                dists[k.name] = CategoricalDistribution(list(k.choices))
+        return dists
+
+    def config(self, params: Mapping[str, Any]) -> dict[str, Scalar]:
+        """The full config of a trial: defaults, then the fixed knobs, then the tuned values."""
+        return {**self.spec.defaults(), **self.fixed, **params}
+
+    def default_params(self) -> dict[str, Scalar] | None:
+        """The defaults of the tuned knobs, or None if a narrowed range excludes one of them."""
+        params = {k.name: self.spec[k.name].default for k in self.tuned}
+        if any(k.problem_with(params[k.name]) for k in self.tuned):
+            return None
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space as a search-space document (what a job records and ``--resume`` reloads)."""
+        knobs: dict[str, Any] = {}
+        for k in self.tuned:
+            knobs[k.name] = (
+                {"range": [k.low, k.high], "log": k.log}
+                if k.is_numeric
+                else {"values": list(k.choices)}
+            )
+        return {"knobs": knobs, "fixed": dict(self.fixed)}
+
+
+def _narrow(knob: Knob, body: Any, at: str) -> Knob:
+    """Apply one override entry to a knob; anything outside the knob's limits is an error."""
+    if body is None:
+        return knob
+    if not isinstance(body, Mapping):
+        raise SpecError(
+            f"{at}: must be a mapping such as {{range: [low, high]}} or {{values: [...]}}"
+        )
+    for key in body:
+        if key not in _OVERRIDE_FIELDS:
+            raise SpecError(
+                f"{at}: unknown field '{key}'{did_you_mean(str(key), _OVERRIDE_FIELDS)}; "
+                f"fields are {', '.join(_OVERRIDE_FIELDS)}"
+            )
+    if knob.is_numeric:
+        if "values" in body:
+            raise SpecError(f"{at}: knob is {knob.type}: narrow it with 'range: [low, high]'")
+        log = body.get("log", knob.log)
+        if not isinstance(log, bool):
+            raise SpecError(f"{at}: field 'log' must be true or false, got {fmt_value(log)}")
+        low, high = knob.low, knob.high
+        if "range" in body:
+            raw = body["range"]
+            if knob.type == "float" and isinstance(raw, list):
+                raw = [
+                    float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in raw
+                ]
+            low, high = parse_range(raw, knob.type, at)
+            assert knob.low is not None and knob.high is not None
+            if low < knob.low or high > knob.high:
+                raise SpecError(
+                    f"{at}: range [{fmt_value(low)}, {fmt_value(high)}] is outside the knob's "
+                    "limits "
+                    f"{knob.domain_text()}; narrow it to fit inside"
+                )
+        if log and low <= 0:
+            raise SpecError(
+                f"{at}: log scale needs a positive range, got [{fmt_value(low)}, {fmt_value(high)}]"
+            )
+        return replace(knob, low=low, high=high, log=log)
+    if "range" in body or "log" in body:
+        bad = "range" if "range" in body else "log"
+        raise SpecError(f"{at}: field '{bad}' does not apply to a {knob.type} knob; use 'values'")
+    if "values" not in body:
+        return knob
+    values = body["values"]
+    if not isinstance(values, list) or not values:
+        raise SpecError(f"{at}: field 'values' must be a non-empty list")
+    chosen: list[Scalar] = []
+    for raw in values:
+        value = knob.coerce(raw)
+        problem = knob.problem_with(value)
+        if problem:
+            raise SpecError(f"{at}: field 'values': {problem}")
+        if value not in chosen:
+            chosen.append(value)
+    if knob.type == "bool":
+        if len(chosen) == 1:
+            raise SpecError(f"{at}: only one value left to tune; move the knob to 'fixed' instead")
+        return knob
+    return replace(knob, values=tuple(chosen))
+
+
+def parse_space(data: Any, spec: KnobSpec, source: str) -> SearchSpace:
+    """Validate a search-space document against ``spec``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: a search space must be a mapping with 'knobs' and/or 'fixed'")
+    for key in data:
+        if key not in ("knobs", "fixed"):
+            raise SpecError(
+                f"{source}: unknown top-level field '{key}'"
+                f"{did_you_mean(str(key), ('knobs', 'fixed'))}; fields are knobs, fixed"
+            )
+    knobs = data.get("knobs")
+    fixed_raw = data.get("fixed") or {}
+    if knobs is not None and (not isinstance(knobs, Mapping) or not knobs):
+        raise SpecError(f"{source}: field 'knobs' must be a non-empty mapping of knob to override")
+    if not isinstance(fixed_raw, Mapping):
+        raise SpecError(f"{source}: field 'fixed' must be a mapping of knob to value")
+    fixed: dict[str, Scalar] = {}
+    for name, raw in fixed_raw.items():
+        knob = _lookup(spec, name, source)
+        value = knob.coerce(raw)
+        problem = knob.problem_with(value)
+        if problem:
+            raise SpecError(f"{source}: fixed knob '{name}': {problem}")
+        fixed[knob.name] = value
+    if knobs is None:
+        tuned = tuple(k for k in spec.knobs if k.name not in fixed)
+    else:
+        tuned_list = []
+        for name, body in knobs.items():
+            knob = _lookup(spec, name, source)
+            if knob.name in fixed:
+                raise SpecError(
+                    f"{source}: knob '{name}' is both tuned and fixed; keep it in one section"
+                )
+            tuned_list.append(_narrow(knob, body, f"{source}: knob '{name}'"))
+        tuned = tuple(tuned_list)
+    if not tuned:
+        raise SpecError(f"{source}: no knob left to tune; list at least one under 'knobs'")
+    return SearchSpace(spec=spec, tuned=tuned, fixed=fixed)
+
+
+def _lookup(spec: KnobSpec, name: Any, source: str) -> Knob:
+    if not isinstance(name, str) or name not in spec:
+        raise SpecError(
+            f"{source}: unknown knob '{name}' for target '{spec.target}'"
+            f"{did_you_mean(str(name), spec.names)}"
+        )
+    return spec[name]
+
+
+def load_space(path: str | os.PathLike[str], spec: KnobSpec) -> SearchSpace:
+    """Load a search-space file (``--space FILE``) and validate it against ``spec``."""
+    return parse_space(load_yaml(path, SpecError), spec, display_path(path))
+
+
+def space_for_knobs(spec: KnobSpec, names: Sequence[str], source: str = "--knobs") -> SearchSpace:
+    """Tune only ``names`` over their whole domains (the ``--knobs a,b`` shortcut)."""
+    return parse_space({"knobs": {n: None for n in names}}, spec, source)
