@@ -1,0 +1,5 @@
+"""Prefect flows that chain knobflow's tasks, and the ``knobflow`` command."""
+
+from flows.settings import quiet_environment
+
+quiet_environment()

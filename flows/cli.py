@@ -1,0 +1,216 @@
+"""The ``knobflow`` command: list targets, show knob specs, run tuning jobs.
+
+Exit codes: 0 done, 1 failure (no usable result, a crash of knobflow itself), 2 bad input (a
+one-line error that names the file or option, the field and the fix), 130 interrupted.
+Heavy imports (Prefect, MLflow, Optuna) happen only in the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.settings import quiet_environment
+from targets.errors import KnobflowError, fmt_value
+
+app = typer.Typer(
+    name="knobflow",
+    help="Keep the configuration knobs of real systems tuned.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command("targets")
+def targets_command() -> None:
+    """List the targets knobflow can tune (built-in and installed by entry point)."""
+    from targets.registry import available_targets, load_target
+
+    table = Table(title="knobflow targets")
+    for col in ("target", "knobs", "objective", "metrics", "about"):
+        table.add_column(col)
+    for name in available_targets():
+        try:
+            cls = load_target(name)
+            spec = cls.knob_spec()
+        except Exception as exc:  # a broken plug-in must not hide the others
+            table.add_row(name, "-", "-", "-", f"[red]cannot load: {exc}[/red]")
+            continue
+        about = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        table.add_row(name, str(len(spec)), cls.default_objective, ", ".join(cls.metrics), about)
+    out.print(table)
+
+
+@app.command("knobs")
+def knobs_command(
+    target: Annotated[str, typer.Argument(help="Target name, e.g. sqlite.")],
+) -> None:
+    """Show a target's knob spec as a table."""
+    from targets.registry import load_target
+
+    spec = load_target(target).knob_spec()
+    table = Table(title=f"knobs of {target} ({spec.source})")
+    for col in ("knob", "type", "range / values", "default", "log", "unit", "restart"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", overflow="fold", min_width=20)
+    for k in spec:
+        table.add_row(
+            k.name,
+            k.type,
+            k.domain_text(),
+            fmt_value(k.default),
+            "yes" if k.log else "",
+            k.unit,
+            "yes" if k.restart else "",
+            k.description,
+        )
+    out.print(table)
+
+
+@app.command("tune")
+def tune_command(
+    target: Annotated[str, typer.Argument(help="Target name, e.g. sqlite.")],
+    budget: Annotated[int | None, typer.Option(help="Trials to run (default 40).")] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds after which no new trial starts.")
+    ] = None,
+    tuner: Annotated[str | None, typer.Option(help="tpe (default), random or cmaes.")] = None,
+    instance: Annotated[str, typer.Option(help="Instance name; its data lives apart.")] = "local",
+    parallel: Annotated[
+        int | None, typer.Option(help="Instances running trials at once (default 1).")
+    ] = None,
+    workload: Annotated[str | None, typer.Option(help="Workload YAML file.")] = None,
+    set_workload: Annotated[
+        list[str] | None, typer.Option("--set-workload", help="KEY=VALUE workload parameter.")
+    ] = None,
+    objective: Annotated[str | None, typer.Option(help="Metric to optimize.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of sampler and noise (default 0).")] = None,
+    space: Annotated[str | None, typer.Option(help="Search-space YAML (expert ranges).")] = None,
+    knobs: Annotated[str | None, typer.Option(help="Comma-separated knobs to tune.")] = None,
+    trial_timeout: Annotated[
+        float | None, typer.Option(help="Hard timeout of one trial, seconds.")
+    ] = None,
+    verify_repeats: Annotated[
+        int | None, typer.Option(help="Interleaved re-measurements of best and default (3).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the last unfinished job.")] = False,
+    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Tune TARGET: explore configs, verify the best against the default, write it to a file."""
+    from flows.job import build_job, find_resumable, parse_assignments
+    from flows.settings import knobflow_home
+
+    options: dict[str, Any] = {
+        "instance": instance,
+        "budget": budget,
+        "time_budget": time_budget,
+        "tuner": tuner,
+        "parallel": parallel,
+        "workload_file": workload,
+        "workload": parse_assignments(set_workload or []) or None,
+        "objective": objective,
+        "seed": seed,
+        "space_file": space,
+        "knobs": [k.strip() for k in knobs.split(",") if k.strip()] if knobs else None,
+        "trial_timeout": trial_timeout,
+        "verify_repeats": verify_repeats,
+    }
+    root = knobflow_home(home)
+    # validate before the Prefect server starts: bad input answers in a second, not in thirty
+    if resume:
+        job = find_resumable(root, target, instance)
+        given = {
+            k: v
+            for k, v in options.items()
+            if v is not None and k not in ("instance", "budget", "time_budget", "parallel")
+        }
+        if given:
+            raise KnobflowError(
+                f"--resume continues job {job.study_name} with its own settings; drop "
+                + ", ".join("--" + k.replace("_file", "").replace("_", "-") for k in given)
+                + " (only --budget, --time-budget and --parallel may change)"
+            )
+    else:
+        job = build_job(root, target, **{k: v for k, v in options.items() if v is not None})
+
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.progress import TuneProgress
+    from flows.tune import listeners, tune
+
+    progress = TuneProgress(err, job, resume=resume)
+    listeners.append(progress.on_run)
+    try:
+        with progress:
+            summary = tune(target=target, resume=resume, home=str(root), **options)
+    finally:
+        listeners.remove(progress.on_run)
+    if as_json:
+        out.print_json(json.dumps(summary, default=str)) if out.is_terminal else print(
+            json.dumps(summary, default=str)
+        )
+    else:
+        progress.print_summary(out, summary)
+    if summary.get("best_config") is None or summary.get("gain") is None:
+        raise typer.Exit(1)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    quiet_environment()
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop trials and keep the study on SIGTERM
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="knobflow", standalone_mode=False)
+    except KnobflowError as exc:
+        err.print(f"knobflow: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors: bad option values, missing arguments
+        err.print(
+            f"knobflow: error: {exc.format_message()}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return getattr(exc, "exit_code", 2)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print(
+            "knobflow: interrupted; finished trials are kept (continue with --resume)", markup=False
+        )
+        return 130
+    except Exception as exc:
+        err.print(
+            f"knobflow: failed: {type(exc).__name__}: {exc}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        if os.environ.get("KNOBFLOW_DEBUG"):
+            raise
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

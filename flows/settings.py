@@ -1,0 +1,41 @@
+"""Process-wide settings of knobflow: where its state lives, and an environment that stays quiet.
+
+State is embedded by default under ``./.knobflow`` (override with ``KNOBFLOW_HOME``): the Optuna
+journals, the MLflow store, job records and instance data directories. Telemetry of Prefect and
+MLflow is switched off whenever knobflow runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow wants "true", not "1"
+}
+_QUIET_DEFAULTS = {
+    # a fresh PREFECT_HOME runs migrations: 11-29 s here, more than Prefect's 20 s default
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "GIT_PYTHON_REFRESH": "quiet",  # MLflow probes git; there may be none
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def quiet_environment() -> None:
+    """Turn telemetry off (always) and set quiet defaults the user has not set."""
+    os.environ.update(_TELEMETRY_OFF)
+    for key, value in _QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def knobflow_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """The state directory: ``home`` if given, else ``$KNOBFLOW_HOME``, else ``./.knobflow``."""
+    chosen = home or os.environ.get("KNOBFLOW_HOME") or ".knobflow"
+    return Path(chosen).expanduser().resolve()
+
+
+def tracking_uri(home: Path) -> str:
+    """MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"

@@ -1,0 +1,242 @@
+"""The tuning flow: load the job, explore with Optuna, verify the best config, report.
+
+knobflow tune sqlite --budget 20
+  prepare_job      target, knob spec, search space, workload (or the job to resume)
+  explore          ask -> run trial (own process, timeout) -> clean -> tell; MLflow child runs
+  verify_best      best vs default, interleaved repeats -> gain with its interval
+  report           best.yaml (+ native format), history.png, result.json; parent run closed
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.job import Job, build_job, find_resumable
+from flows.report import best_trial, plot_history, summarize, write_config_files, write_summary
+from flows.settings import knobflow_home, tracking_uri
+from tasks.explore import ATTR, ExploreStats, TrialOutcome, TrialRunner, explore, finished_trials
+from tasks.explore import requeue_interrupted as requeue_interrupted_trials
+from tasks.track import JobTracker
+from tasks.verify import Verification, verify_best
+from tuners.samplers import make_sampler
+from tuners.study import open_study
+
+#: Called after every trial and verification run; the CLI's progress bar registers here.
+Listener = Callable[[str, TrialOutcome, ExploreStats | None], None]
+listeners: list[Listener] = []
+
+
+@task(name="prepare-job", cache_policy=NO_CACHE)
+def prepare_job(home: str | None, target: str, resume: bool, options: dict[str, Any]) -> Job:
+    """Validate a new job and record it, or load the unfinished job to resume."""
+    root = knobflow_home(home)
+    if resume:
+        job = find_resumable(root, target, options.get("instance") or "local")
+        for key in ("budget", "time_budget", "parallel"):
+            if options.get(key) is not None:
+                setattr(job, key, options[key])
+    else:
+        job = build_job(root, target, **{k: v for k, v in options.items() if v is not None})
+    job.status = "running"
+    job.save()
+    return job
+
+
+@task(name="verify-best", cache_policy=NO_CACHE)
+def verify(
+    job: Job, runner: TrialRunner, best_config: dict[str, Any], tracker: JobTracker
+) -> Verification:
+    """Re-measure the best config against the default, interleaved, on the first instance."""
+    default = job.target_cls.knob_spec().defaults()
+
+    def on_run(label: str, repeat: int, outcome: TrialOutcome) -> None:
+        key = f"{repeat}-{label}"
+        tracker.log_trial(key, outcome.record(), outcome.samples, phase="verify")
+        for listener in listeners:
+            listener(f"verify-{key}", outcome, None)
+
+    return verify_best(
+        runner,
+        default,
+        best_config,
+        job.direction,
+        job.verify_repeats,
+        next(iter(runner.instance_dirs)),
+        on_run=on_run,
+    )
+
+
+@flow(name="tune", log_prints=False)
+def tune(
+    target: str,
+    instance: str = "local",
+    budget: int | None = None,
+    time_budget: float | None = None,
+    tuner: str | None = None,
+    parallel: int | None = None,
+    workload: dict[str, Any] | None = None,
+    workload_file: str | None = None,
+    objective: str | None = None,
+    seed: int | None = None,
+    space_file: str | None = None,
+    knobs: list[str] | None = None,
+    trial_timeout: float | None = None,
+    verify_repeats: int | None = None,
+    resume: bool = False,
+    home: str | None = None,
+) -> dict[str, Any]:
+    """Tune ``target`` on ``instance``; return the job's summary (what ``--json`` prints)."""
+    logger = get_run_logger()
+    began = time.monotonic()
+    options = {
+        "instance": instance,
+        "budget": budget,
+        "time_budget": time_budget,
+        "tuner": tuner,
+        "parallel": parallel,
+        "workload": workload,
+        "workload_file": workload_file,
+        "objective": objective,
+        "seed": seed,
+        "space_file": space_file,
+        "knobs": knobs,
+        "trial_timeout": trial_timeout,
+        "verify_repeats": verify_repeats,
+    }
+    job = prepare_job(home, target, resume, options)
+    space = job.search_space()
+    create = not resume
+    study = open_study(
+        job.home, job.study_name, job.direction, make_sampler(job.tuner, job.seed), create=create
+    )
+    if not create:  # a new seed, or the sampler would replay the draws the killed job made
+        study.sampler = make_sampler(job.tuner, job.seed + len(study.trials))
+    tracker = JobTracker(tracking_uri(job.home), f"knobflow/{job.target}", job.home / "artifacts")
+    job.mlflow_run_id = tracker.start_job(
+        job.study_name,
+        params={
+            "target": job.target,
+            "instance": job.instance,
+            "objective": job.objective,
+            "direction": job.direction,
+            "tuner": job.tuner,
+            "budget": job.budget,
+            "parallel": job.parallel,
+            "seed": job.seed,
+            "trial_timeout": job.trial_timeout,
+            "knobs": ",".join(space.names),
+            **{f"workload.{k}": v for k, v in job.workload.items()},
+        },
+        tags={
+            "knobflow.study": job.study_name,
+            "knobflow.target": job.target,
+            "knobflow.instance": job.instance,
+        },
+        run_id=job.mlflow_run_id,
+    )
+    job.save()
+    if create:
+        default_params = space.default_params()
+        if default_params is not None:  # trial 0 measures the default: a baseline to beat
+            study.enqueue_trial(default_params)
+    else:
+        requeued = requeue_interrupted_trials(study)
+        backfilled = _backfill_tracking(study, tracker)
+        logger.info(
+            "Resuming %s: %d finished trials kept, %d interrupted re-queued, "
+            "%d trials logged to MLflow late",
+            job.study_name,
+            len(finished_trials(study)),
+            requeued,
+            backfilled,
+        )
+
+    runner = TrialRunner(
+        target_cls=job.target_cls,
+        target_ref=job.target_ref,
+        workload=job.workload,
+        objective=job.objective,
+        timeout_s=job.trial_timeout,
+        job_dir=job.dir,
+        instance_dirs=job.instance_dirs(),
+        seed=job.seed,
+    )
+
+    def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
+        tracker.log_trial(str(number), outcome.record(), outcome.samples)
+        what = (
+            f"{outcome.value:.6g}"
+            if outcome.ok
+            else f"failed ({outcome.failure_class}: {outcome.message})"
+        )
+        logger.info(
+            "trial %d on %s: %s %s; best %s",
+            number,
+            outcome.instance,
+            job.objective,
+            what,
+            stats.best_value,
+        )
+        for listener in listeners:
+            listener(str(number), outcome, stats)
+
+    try:
+        explore(study, space, runner, job.budget, job.time_budget, on_trial=on_trial)
+        best = best_trial(study)
+        verification, files = None, {}
+        if best is not None:
+            best_config = best.user_attrs[ATTR]["config"]
+            verification = verify(job, runner, best_config, tracker)
+            files = write_config_files(job, best_config, verification)
+        summary = summarize(job, study, verification, files, time.monotonic() - began)
+        plot = plot_history(job, study, verification)
+        result_path = write_summary(job, summary)
+    except BaseException:
+        job.status = "interrupted"
+        job.save()
+        tracker.finish_job({}, [], {}, status="KILLED")
+        tracker.close()
+        raise
+    job.status = "finished"
+    job.save()
+    tracker.finish_job(
+        metrics={
+            k: summary[k]
+            for k in (
+                "best_value",
+                "default_value",
+                "gain",
+                "gain_low",
+                "gain_high",
+                "n_trials",
+                "n_failed",
+                "best_observed_value",
+            )
+        },
+        artifacts=[result_path, job.dir / "job.json", *map(Path, files.values())]
+        + ([plot] if plot else []),
+        tags={"knobflow.best_trial": str(summary["best_trial"])},
+        status="FINISHED" if best is not None else "FAILED",
+    )
+    tracker.close()
+    if tracker.errors:
+        logger.warning("%d MLflow writes failed; first: %s", len(tracker.errors), tracker.errors[0])
+    return summary
+
+
+def _backfill_tracking(study: Any, tracker: JobTracker) -> int:
+    """Log to MLflow the finished trials a killed job had not written yet."""
+    logged = tracker.logged_trials()
+    missing = [
+        t for t in finished_trials(study) if str(t.number) not in logged and ATTR in t.user_attrs
+    ]
+    for t in missing:
+        tracker.log_trial(str(t.number), t.user_attrs[ATTR])
+    tracker.flush()
+    return len(missing)

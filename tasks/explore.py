@@ -1,0 +1,375 @@
+"""The trial manager: ask -> run (own process, hard timeout) -> clean -> tell, over N instances.
+
+``execute_trial`` runs one target lifecycle in a child process (``tasks/trial_process.py``) in its
+own session, and kills the whole process group when the hard timeout passes. Crashes, hangs,
+refused configs and non-zero exits become failed trials with a failure class and the tail of the
+log; the job goes on. ``explore`` keeps ``parallel`` instances busy, each with its own data
+directory, until the trial budget or the time budget is spent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from targets.base import FailureClass, Measurement, Target
+from tasks.clean import clean_measurement
+from tuners.space import SearchSpace
+
+LOG_TAIL_LINES = 20
+ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
+RETRY_ATTR = "knobflow.retry_of"  # set on a trial re-enqueued for an interrupted one
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial produced, after cleaning: a value to tell, or a failure with its reason."""
+
+    config: dict[str, Any]
+    instance: str
+    status: str  # "ok" or "failed"
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    effective_config: dict[str, Any] = field(default_factory=dict)
+    changed_knobs: list[str] = field(default_factory=list)
+    failure_class: str | None = None
+    message: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able record stored on the Optuna trial (samples left out: MLflow has them)."""
+        return {
+            "status": self.status,
+            "value": self.value,
+            "metrics": self.metrics,
+            "config": self.config,
+            "effective_config": self.effective_config,
+            "changed_knobs": self.changed_knobs,
+            "failure_class": self.failure_class,
+            "message": self.message,
+            "log_tail": self.log_tail,
+            "instance": self.instance,
+            "elapsed_s": round(self.elapsed_s, 4),
+        }
+
+
+@dataclass
+class TrialRunner:
+    """Everything needed to run trials of one job: target, workload, objective, where, how long."""
+
+    target_cls: type[Target]
+    target_ref: str
+    workload: dict[str, Any]
+    objective: str
+    timeout_s: float
+    job_dir: Path
+    instance_dirs: dict[str, Path]  # instance name -> its data directory
+    seed: int = 0
+    _running: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def trial_seed(self, key: int) -> int:
+        return (self.seed * 1_000_003 + key) % (2**31)
+
+    def run(self, key: str, config: Mapping[str, Any], instance: str, seed: int) -> TrialOutcome:
+        """Run ``config`` once on ``instance`` in a child process; return the cleaned outcome."""
+        trial_dir = self.job_dir / "trials" / key
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        status, measurement, failure, message, log_tail = self._execute(
+            trial_dir, dict(config), instance, seed
+        )
+        outcome = TrialOutcome(
+            config=dict(config),
+            instance=instance,
+            status=status,
+            failure_class=failure,
+            message=message,
+            log_tail=log_tail,
+        )
+        if measurement is not None:
+            cleaned = clean_measurement(measurement, self.target_cls, self.objective, config)
+            outcome.metrics = cleaned.metrics
+            outcome.effective_config = measurement.effective_config
+            outcome.changed_knobs = cleaned.changed_knobs
+            outcome.samples = measurement.samples
+            outcome.log_tail = (measurement.log + log_tail)[-LOG_TAIL_LINES:]
+            if cleaned.valid:
+                outcome.value = cleaned.metrics[self.objective]
+            else:
+                outcome.status = "failed"
+                outcome.failure_class = str(FailureClass.INVALID)
+                outcome.message = cleaned.reason
+        outcome.elapsed_s = time.monotonic() - started
+        return outcome
+
+    def _execute(
+        self, trial_dir: Path, config: dict[str, Any], instance: str, seed: int
+    ) -> tuple[str, Measurement | None, str | None, str, list[str]]:
+        """Run the child process with a hard timeout; classify how it ended."""
+        data_dir = self.instance_dirs[instance]
+        request_path, result_path, log_path = (
+            trial_dir / "request.json",
+            trial_dir / "result.json",
+            trial_dir / "log.txt",
+        )
+        result_path.unlink(missing_ok=True)
+        request = {
+            "target_ref": self.target_ref,
+            "data_dir": str(data_dir),
+            "workload": self.workload,
+            "config": config,
+            "seed": seed,
+            "result_path": str(result_path),
+        }
+        request_path.write_text(json.dumps(request, default=str), encoding="utf-8")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tasks.trial_process", str(request_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: one killpg ends it all
+            )
+        with self._lock:
+            self._running[proc.pid] = proc
+        try:
+            timed_out = not _wait_exit(proc, self.timeout_s)
+        finally:
+            _kill_group(proc)
+            with self._lock:
+                self._running.pop(proc.pid, None)
+        tail = _tail(log_path)
+        if timed_out or (proc.returncode == -signal.SIGKILL and self.stopping.is_set()):
+            self.target_cls.cleanup(data_dir)
+            if self.stopping.is_set():
+                return "failed", None, str(FailureClass.INTERRUPTED), "job stopped", tail
+            return (
+                "failed",
+                None,
+                str(FailureClass.TIMEOUT),
+                f"no result within the {self.timeout_s:g} s trial timeout (hang)",
+                tail,
+            )
+        if result_path.exists():
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+            request_path.unlink(missing_ok=True)
+            if result["status"] == "ok":
+                return "ok", Measurement.from_dict(result["measurement"]), None, "", tail
+            return "failed", None, result["failure_class"], result["message"], tail
+        self.target_cls.cleanup(data_dir)
+        code = proc.returncode
+        if code < 0:
+            name = signal.Signals(-code).name
+            return "failed", None, str(FailureClass.CRASH), f"trial process killed by {name}", tail
+        return (
+            "failed",
+            None,
+            str(FailureClass.CRASH),
+            f"trial process exited with code {code} and no result",
+            tail,
+        )
+
+    def stop_all(self) -> None:
+        """Kill every running trial process (the job is being stopped)."""
+        self.stopping.set()
+        with self._lock:
+            procs = list(self._running.values())
+        for proc in procs:
+            _kill_group(proc)
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for ``proc`` to exit; False on timeout. Wakes at once on exit (Popen.wait polls)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): Popen's polling wait
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            return False
+    finally:
+        os.close(fd)
+    proc.wait()
+    return True
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the trial's whole process group (servers it started included) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+@task(name="run-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
+def run_trial(
+    runner: TrialRunner, key: str, config: dict[str, Any], instance: str, seed: int
+) -> TrialOutcome:
+    """One trial as a Prefect task: run ``config`` on ``instance``, cleaned."""
+    return runner.run(key, config, instance, seed)
+
+
+@dataclass
+class ExploreStats:
+    """Progress of an exploration, as the progress bar and the logs show it."""
+
+    budget: int
+    done: int = 0
+    failed: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+
+
+TrialListener = Callable[[int, TrialOutcome, ExploreStats], None]
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count against the budget: complete, or failed for a reason of their own."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE
+        or (
+            t.state == TrialState.FAIL
+            and t.user_attrs.get(ATTR, {}).get("failure_class")
+            not in (None, str(FailureClass.INTERRUPTED))
+        )
+    ]
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Close trials a killed job left running and enqueue their configs again; return how many."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_ATTR) for t in trials}
+    count = 0
+    for t in trials:
+        stale = t.state == TrialState.RUNNING
+        interrupted = t.state == TrialState.FAIL and (
+            t.user_attrs.get(ATTR, {}).get("failure_class") in (None, str(FailureClass.INTERRUPTED))
+        )
+        if stale:
+            study.tell(t.number, state=TrialState.FAIL)
+        if (stale or interrupted) and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+            count += 1
+    return count
+
+
+def explore(
+    study: optuna.Study,
+    space: SearchSpace,
+    runner: TrialRunner,
+    budget: int,
+    time_budget_s: float | None = None,
+    on_trial: TrialListener | None = None,
+) -> ExploreStats:
+    """Run trials until ``budget`` trials have finished or ``time_budget_s`` has passed.
+
+    One worker thread per instance; each asks Optuna, runs the trial as a Prefect task, and tells
+    the result. No new trial starts after the time budget; running ones finish.
+    """
+    direction = study.direction
+    maximize = direction == optuna.study.StudyDirection.MAXIMIZE
+    distributions = space.distributions()
+    done = finished_trials(study)
+    stats = ExploreStats(budget=budget, done=len(done))
+    stats.failed = sum(1 for t in done if t.state == TrialState.FAIL)
+    completed = [t for t in done if t.state == TrialState.COMPLETE]
+    if completed:
+        best = study.best_trial
+        stats.best_value, stats.best_number = best.value, best.number
+    lock = threading.Lock()
+    started = time.monotonic()
+    launched = stats.done
+
+    def take_ticket() -> bool:
+        nonlocal launched
+        with lock:
+            if runner.stopping.is_set() or launched >= budget:
+                return False
+            if time_budget_s is not None and time.monotonic() - started >= time_budget_s:
+                return False
+            launched += 1
+            return True
+
+    def work(instance: str) -> None:
+        while take_ticket():
+            trial = study.ask(distributions)
+            config = space.config(trial.params)
+            outcome = run_trial(
+                runner, str(trial.number), config, instance, runner.trial_seed(trial.number)
+            )
+            if outcome.failure_class == str(FailureClass.INTERRUPTED):
+                study.tell(trial, state=TrialState.FAIL)
+                return
+            trial.set_user_attr(ATTR, outcome.record())
+            if outcome.ok:
+                study.tell(trial, outcome.value)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+            with lock:
+                stats.done += 1
+                if not outcome.ok:
+                    stats.failed += 1
+                elif stats.best_value is None or (
+                    outcome.value > stats.best_value
+                    if maximize
+                    else outcome.value < stats.best_value
+                ):
+                    stats.best_value, stats.best_number = outcome.value, trial.number
+                if on_trial is not None:
+                    on_trial(trial.number, outcome, stats)
+
+    instances = list(runner.instance_dirs)
+    with ThreadPoolExecutor(max_workers=len(instances), thread_name_prefix="trial") as pool:
+        # each thread gets its own copy of the flow's context so its task runs belong to the flow
+        futures = [pool.submit(copy_context().run, work, name) for name in instances]
+        try:
+            for fut in futures:
+                fut.result()
+        except BaseException:
+            runner.stop_all()
+            raise
+    return stats

@@ -1,0 +1,104 @@
+"""Verification of a job's result: the best config against the default, interleaved, repeated.
+
+On a noisy machine the single best run of a search is an optimistic draw. Both configs are
+re-measured in the same time window, alternating (ABBA order, so a drift of the machine cancels),
+and the gain is the geometric mean of the paired ratios with a Student-t interval.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scipy import stats as scipy_stats
+
+from targets.base import MAXIMIZE
+from tasks.explore import TrialOutcome, TrialRunner, run_trial
+
+
+@dataclass
+class Verification:
+    """Re-measured values of the default and best configs, and the gain with its interval."""
+
+    default_values: list[float] = field(default_factory=list)
+    best_values: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    gain: float | None = None
+    gain_low: float | None = None
+    gain_high: float | None = None
+
+    @property
+    def default_value(self) -> float | None:
+        return statistics.fmean(self.default_values) if self.default_values else None
+
+    @property
+    def best_value(self) -> float | None:
+        return statistics.fmean(self.best_values) if self.best_values else None
+
+    @property
+    def significant(self) -> bool:
+        """Whether the whole interval lies above 1 (the best config really is better)."""
+        return self.gain_low is not None and self.gain_low > 1.0
+
+
+def gain_interval(
+    default_values: list[float], best_values: list[float], direction: str, confidence: float = 0.95
+) -> tuple[float, float, float] | None:
+    """Gain of best over default (> 1 is better) from paired runs: (gain, low, high)."""
+    pairs = [(d, b) for d, b in zip(default_values, best_values, strict=False) if d > 0 and b > 0]
+    if not pairs:
+        return None
+    logs = [math.log(b / d) if direction == MAXIMIZE else math.log(d / b) for d, b in pairs]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.exp(mean), math.exp(mean)
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(logs) - 1) * statistics.stdev(logs)
+    half /= math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def verify_best(
+    runner: TrialRunner,
+    default_config: Mapping[str, Any],
+    best_config: Mapping[str, Any],
+    direction: str,
+    repeats: int,
+    instance: str,
+    on_run: Callable[[str, int, TrialOutcome], None] | None = None,
+) -> Verification:
+    """Measure default and best ``repeats`` times each, interleaved ABBA, on one instance."""
+    result = Verification()
+    for r in range(repeats):
+        order = [("default", default_config), ("best", best_config)]
+        if r % 2:
+            order.reverse()
+        pair: dict[str, float | None] = {}
+        for label, config in order:
+            key = f"verify-{r}-{label}"
+            outcome = run_trial(
+                runner,
+                key,
+                dict(config),
+                instance,
+                runner.trial_seed(10**6 + 2 * r + (label == "best")),
+            )
+            if on_run is not None:
+                on_run(label, r, outcome)
+            if outcome.ok:
+                pair[label] = outcome.value
+            else:
+                pair[label] = None
+                result.failures.append(
+                    f"{label} run {r}: {outcome.failure_class}: {outcome.message}"
+                )
+        # only complete pairs enter the gain: an unpaired run would let drift back in
+        if pair["default"] is not None and pair["best"] is not None:
+            result.default_values.append(pair["default"])
+            result.best_values.append(pair["best"])
+    interval = gain_interval(result.default_values, result.best_values, direction)
+    if interval:
+        result.gain, result.gain_low, result.gain_high = interval
+    return result

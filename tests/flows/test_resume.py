@@ -1,0 +1,120 @@
+"""A tuning job killed with SIGKILL continues with --resume and keeps every finished trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from conftest import REPO, run_cli
+from optuna.trial import TrialState
+
+from tuners.study import open_study
+
+
+def _study(home: Path) -> optuna.Study | None:
+    journals = list((home / "studies").glob("*.journal")) if (home / "studies").exists() else []
+    if not journals:
+        return None
+    name = journals[0].stem
+    return open_study(home, name, "maximize", optuna.samplers.RandomSampler(), create=False)
+
+
+def _trial_processes(home: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "tasks.trial_process" in cmd and str(home) in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: Path) -> None:
+    args = [
+        "tune",
+        "synthetic",
+        "--budget",
+        "24",
+        "--seed",
+        "4",
+        "--home",
+        str(home),
+        "--set-workload",
+        "duration=0.3",
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 180
+    before: dict[int, tuple[dict, float | None]] = {}
+    while time.monotonic() < deadline:
+        study = _study(home)
+        if study is not None:
+            done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+            if len(done) >= 6:
+                break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise AssertionError("the job did not finish 6 trials in time")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    study = _study(home)
+    before = {t.number: (t.params, t.value) for t in study.trials if t.state.is_finished()}
+    assert 6 <= len(before) < 24
+
+    time.sleep(1.0)  # the orphaned trial notices its parent died within 0.25 s
+    assert _trial_processes(home) == [], "a trial process outlived the killed tuner"
+
+    resumed = run_cli(
+        ["tune", "synthetic", "--resume", "--home", str(home), "--json"], api_url=prefect_api
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["n_trials"] == 24
+
+    study = _study(home)
+    after = {t.number: (t.params, t.value) for t in study.trials}
+    for number, (params, value) in before.items():
+        assert after[number] == (params, value), f"trial {number} changed after --resume"
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+        "and tags.`knobflow.phase` = 'explore'",
+        max_results=1000,
+    )
+    logged = sorted(int(r.data.tags["knobflow.trial"]) for r in runs)
+    assert len(logged) == len(set(logged)), "a trial was logged twice"
+    # every trial counted in the summary has its child run, including those the kill cut short
+    assert len(logged) == 24
+
+
+def test_resume_without_a_job_is_bad_input(home: Path) -> None:
+    result = run_cli(["tune", "synthetic", "--resume", "--home", str(home)])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"knobflow: error: --resume: no job of target 'synthetic' on instance 'local' under "
+        f"{home}; start one without --resume"
+    ]

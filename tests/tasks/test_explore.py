@@ -1,0 +1,113 @@
+"""Trial execution: own process, hard timeout, failure classes, nothing left behind."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from targets.synthetic import SyntheticTarget
+from tasks.explore import TrialRunner, run_trial
+
+GOOD = {"x": 0.25, "y": 1.3, "threads": 8, "buffer_kb": 1000, "mode": "alpha", "compress": False}
+
+
+def make_runner(tmp_path: Path, timeout: float = 5.0, **workload: object) -> TrialRunner:
+    return TrialRunner(
+        target_cls=SyntheticTarget,
+        target_ref="targets.synthetic:SyntheticTarget",
+        workload=SyntheticTarget.parse_workload({"noise": 0.0, **workload}),
+        objective="throughput",
+        timeout_s=timeout,
+        job_dir=tmp_path / "job",
+        instance_dirs={"i1": tmp_path / "i1"},
+    )
+
+
+def _children_alive(marker: str) -> list[int]:
+    """PIDs of processes whose command line mentions ``marker`` (the trial request path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd and "tasks.trial_process" in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def test_good_trial_reports_value_metrics_and_effective_config(tmp_path: Path) -> None:
+    outcome = make_runner(tmp_path).run("0", GOOD, "i1", seed=1)
+    assert outcome.ok, outcome.message
+    assert outcome.value == pytest.approx(SyntheticTarget.true_value(GOOD, {"shift": 0.0}))
+    assert set(outcome.metrics) == {"throughput", "latency_ms"}
+    # buffer_kb 1000 is applied as 992: the system's own value is what gets recorded
+    assert outcome.effective_config["buffer_kb"] == 992
+    assert outcome.changed_knobs == ["buffer_kb"]
+    assert (tmp_path / "job" / "trials" / "0" / "log.txt").exists()
+
+
+def test_refused_config_is_a_failed_trial_with_the_systems_message(tmp_path: Path) -> None:
+    outcome = make_runner(tmp_path).run("1", {**GOOD, "mode": "gamma", "threads": 1}, "i1", 1)
+    assert not outcome.ok
+    assert outcome.failure_class == "refused_config"
+    assert "needs threads >= 2" in outcome.message
+
+
+def test_crash_is_classified_with_its_signal(tmp_path: Path) -> None:
+    outcome = make_runner(tmp_path).run("2", {**GOOD, "threads": 60, "compress": True}, "i1", 1)
+    assert outcome.failure_class == "crash"
+    assert "SIGABRT" in outcome.message
+
+
+def test_hang_hits_the_timeout_and_the_instance_runs_the_next_trial(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, timeout=1.0)
+    started = time.monotonic()
+    outcome = runner.run("3", {**GOOD, "mode": "beta", "y": 500.0}, "i1", 1)
+    elapsed = time.monotonic() - started
+    assert outcome.failure_class == "timeout"
+    assert "1 s trial timeout" in outcome.message
+    assert elapsed < 3.0, f"the hard timeout took {elapsed:.1f} s"
+    request = str(tmp_path / "job" / "trials" / "3" / "request.json")
+    assert _children_alive(request) == [], "the hung trial process outlived its timeout"
+    assert runner.run("4", GOOD, "i1", 1).ok
+
+
+def test_target_bug_is_reported_with_its_traceback_in_the_log(tmp_path: Path) -> None:
+    outcome = make_runner(tmp_path).run("5", {**GOOD, "mode": "delta"}, "i1", 1)
+    assert outcome.failure_class == "target_error"
+    assert "KeyError" in outcome.message
+    assert any("Traceback" in line or "KeyError" in line for line in outcome.log_tail)
+
+
+def test_invalid_measurement_never_gets_a_value(tmp_path: Path) -> None:
+    # duration 0 with intervals works; shift is valid; a zero-noise run is valid:
+    # force an invalid one through an objective the target does not report
+    runner = make_runner(tmp_path)
+    runner.objective = "ops_per_s"
+    outcome = runner.run("6", GOOD, "i1", 1)
+    assert outcome.failure_class == "invalid_measurement"
+    assert outcome.value is None
+    assert "not measured" in outcome.message
+
+
+def test_run_trial_task_logic_runs_without_the_engine(tmp_path: Path) -> None:
+    outcome = run_trial.fn(make_runner(tmp_path), "7", GOOD, "i1", 3)
+    assert outcome.ok
+
+
+def test_stop_all_interrupts_a_running_trial(tmp_path: Path) -> None:
+    import threading
+
+    runner = make_runner(tmp_path, timeout=30.0, duration=20.0)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(o=runner.run("8", GOOD, "i1", 1)))
+    thread.start()
+    time.sleep(1.0)
+    runner.stop_all()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert result["o"].failure_class == "interrupted"
