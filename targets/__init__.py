@@ -1,4 +1,4 @@
-"""Control interfaces: one class per target system, its knob spec, and how to find targets by name."""
+"""Control interfaces: one class per target system, its knob spec, and finding targets by name."""
 
 from targets.base import (
     MAXIMIZE,

@@ -223,7 +223,9 @@ def _coerce_workload(key: str, raw: Any, default: Any, source: str) -> Any:
                 raise ValueError
             return value
         return str(raw)
-    except ValueError:
+    except (TypeError, ValueError):
+        expected = {bool: "true or false", int: "an integer", float: "a finite number"}
         raise WorkloadError(
-            f"{source}: workload parameter '{key}' must be {kind.__name__}, got {raw!r}"
+            f"{source}: workload parameter '{key}' must be "
+            f"{expected.get(kind, kind.__name__)}, got {fmt_value(raw)}"
         ) from None

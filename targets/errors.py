@@ -44,6 +44,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 def fmt_value(value: Any) -> str:
     """A value as a user wrote it in YAML (strings quoted, bools lower-case)."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

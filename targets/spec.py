@@ -204,7 +204,8 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
     """Validate one knob entry of a spec file."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SpecError(
-            f"{where}: knob name {fmt_value(name)} must be an identifier (letters, digits, _)"
+            f"{where}: knob name {fmt_value(name)} must start with a letter or '_' and hold "
+            "only letters, digits, '_' and '.'"
         )
     at = f"{where}: knob '{name}'"
     if not isinstance(body, Mapping):
@@ -266,7 +267,8 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
         for v in values:
             if not isinstance(v, (str, int, float, bool)):
                 raise SpecError(f"{at}: field 'values': {fmt_value(v)} is not a scalar")
-        if len({(type(v), v) for v in values}) != len(values):
+        # Optuna matches choices by ==: 1 and true, or 2 and 2.0, would be one choice to it
+        if any(a == b for i, a in enumerate(values) for b in values[i + 1 :]):
             raise SpecError(f"{at}: field 'values' lists a value twice; list each once")
         knob = Knob(values=tuple(values), **common)
     if knob.log and not knob.is_numeric:
@@ -314,7 +316,8 @@ def parse_spec(data: Any, source: str) -> KnobSpec:
     target = data.get("target")
     if not isinstance(target, str) or not target:
         raise SpecError(
-            f"{source}: field 'target' is missing; name the target, e.g. 'target: sqlite'"
+            f"{source}: field 'target' is {'missing' if target is None else fmt_value(target)}; "
+            "name the target, e.g. 'target: sqlite'"
         )
     knobs = data.get("knobs")
     if not isinstance(knobs, Mapping) or not knobs:

@@ -26,7 +26,11 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
-        if key in seen:
+        try:
+            duplicate = key in seen
+        except TypeError:  # construct_mapping reports the unhashable key with its line
+            continue
+        if duplicate:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
@@ -69,5 +73,12 @@ def load_yaml(path: str | os.PathLike[str], error: type[KnobflowError] = Knobflo
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = exc.problem or str(exc)
         raise error(f"{shown}{where}: invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - text.rfind("\n", 0, exc.position)
+        raise error(
+            f"{shown}:{line}:{col}: invalid YAML: unacceptable character "
+            f"#x{exc.character:04x}: {exc.reason}"
+        ) from None
     except yaml.YAMLError as exc:
         raise error(f"{shown}: invalid YAML: {exc}") from None

@@ -119,12 +119,13 @@ def _narrow(knob: Knob, body: Any, at: str) -> Knob:
             if low < knob.low or high > knob.high:
                 raise SpecError(
                     f"{at}: range [{fmt_value(low)}, {fmt_value(high)}] is outside the knob's "
-                    "limits "
-                    f"{knob.domain_text()}; narrow it to fit inside"
+                    f"limits {knob.domain_text()}; narrow it to fit inside"
                 )
         if log and low <= 0:
             raise SpecError(
-                f"{at}: log scale needs a positive range, got [{fmt_value(low)}, {fmt_value(high)}]"
+                f"{at}: log scale needs a positive range, got "
+                f"[{fmt_value(low)}, {fmt_value(high)}]; raise the lower bound above 0 or set "
+                "'log: false'"
             )
         return replace(knob, low=low, high=high, log=log)
     if "range" in body or "log" in body:
@@ -143,9 +144,9 @@ def _narrow(knob: Knob, body: Any, at: str) -> Knob:
             raise SpecError(f"{at}: field 'values': {problem}")
         if value not in chosen:
             chosen.append(value)
+    if len(chosen) == 1 and len(knob.choices) > 1:
+        raise SpecError(f"{at}: only one value left to tune; move the knob to 'fixed' instead")
     if knob.type == "bool":
-        if len(chosen) == 1:
-            raise SpecError(f"{at}: only one value left to tune; move the knob to 'fixed' instead")
         return knob
     return replace(knob, values=tuple(chosen))
 
@@ -163,7 +164,7 @@ def parse_space(data: Any, spec: KnobSpec, source: str) -> SearchSpace:
                 f"{did_you_mean(str(key), ('knobs', 'fixed'))}; fields are knobs, fixed"
             )
     knobs = data.get("knobs")
-    fixed_raw = data.get("fixed") or {}
+    fixed_raw = {} if data.get("fixed") is None else data["fixed"]
     if knobs is not None and (not isinstance(knobs, Mapping) or not knobs):
         raise SpecError(f"{source}: field 'knobs' must be a non-empty mapping of knob to override")
     if not isinstance(fixed_raw, Mapping):
