@@ -23,6 +23,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _num(value: float) -> str:
+    """A measured value for a legend: thousands separators, no exponent."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The best complete trial, or None when no trial completed."""
     try:
@@ -126,6 +131,7 @@ def plot_history(job: Job, study: optuna.Study, verification: Verification | Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     trials = finished_trials(study)
     if not trials:
@@ -157,15 +163,17 @@ def plot_history(job: Job, study: optuna.Study, verification: Verification | Non
             verification.default_value,
             color="#777777",
             linestyle="--",
-            label=f"default, verified ({verification.default_value:,.4g})",
+            label=f"default, verified ({_num(verification.default_value)})",
         )
     if verification and verification.best_value is not None:
         ax.axhline(
             verification.best_value,
             color="#ee7733",
             linestyle="--",
-            label=f"best, verified ({verification.best_value:,.4g})",
+            label=f"best, verified ({_num(verification.best_value)})",
         )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{job.objective} ({'higher' if maximize else 'lower'} is better)")
     title = f"{job.target} / {job.instance}: {job.tuner}, {len(trials)} trials"
