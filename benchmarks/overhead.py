@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # before Prefect is imported
 
 import optuna
 from rich.console import Console
 from rich.table import Table
 
 import flows.settings  # noqa: F401 - telemetry off
+import tuners.study  # noqa: F401 - Optuna's per-trial log lines off
 from targets.synthetic import SyntheticTarget
 from tuners.samplers import make_sampler
 from tuners.space import parse_space

@@ -27,8 +27,8 @@ _HANG_Y = 200.0
 
 def _mode_factor(mode: str, compress: bool, shift: float) -> float:
     """Mode and compression effects; at shift 0 alpha wins, at shift 1 gamma with compress wins."""
-    base = {"alpha": 1.0 - 0.08 * shift, "beta": 0.96, "gamma": 0.92 + 0.08 * shift}
-    gain = (1.04 if mode == "gamma" else 0.97) if compress else 1.0
+    base = {"alpha": 1.0 - 0.05 * shift, "beta": 0.98, "gamma": 0.97 + 0.05 * shift}
+    gain = (1.02 if mode == "gamma" else 0.98) if compress else 1.0
     return base[mode] * gain
 
 

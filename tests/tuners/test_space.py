@@ -32,7 +32,7 @@ FULL = {
     "mode": CategoricalDistribution(["alpha", "beta", "gamma"]),
     "compress": CategoricalDistribution([False, True]),
 }
-DEFAULTS = {"x": 0.5, "y": 1.0, "threads": 4, "buffer_kb": 256, "mode": "alpha", "compress": False}
+DEFAULTS = SyntheticTarget.knob_spec().defaults()
 
 
 def expected_error(path: Path) -> str:
@@ -85,7 +85,7 @@ GOOD: dict[str, dict[str, Any]] = {
             "compress": CategoricalDistribution([False, True]),
         },
         "fixed": {},
-        "default_params": None,  # x=0.5, buffer_kb=256 and mode=alpha are outside
+        "default_params": None,  # the defaults of x, buffer_kb and mode are outside
     },
     "keeps_defaults": {
         "dists": {
@@ -95,12 +95,12 @@ GOOD: dict[str, dict[str, Any]] = {
             "y": FloatDistribution(0.001, 1000.0, log=False),
         },
         "fixed": {"compress": True, "x": 1.0},
-        "default_params": {"threads": 4, "buffer_kb": 256, "mode": "alpha", "y": 1.0},
+        "default_params": {k: DEFAULTS[k] for k in ("threads", "buffer_kb", "mode", "y")},
     },
     "only_fixed": {
         "dists": {k: v for k, v in FULL.items() if k not in ("mode", "buffer_kb")},
         "fixed": {"mode": "beta", "buffer_kb": 4096},
-        "default_params": {"x": 0.5, "y": 1.0, "threads": 4, "compress": False},
+        "default_params": {k: DEFAULTS[k] for k in ("x", "y", "threads", "compress")},
     },
 }
 
@@ -184,9 +184,10 @@ def test_range_at_the_limits_is_allowed(spec: KnobSpec) -> None:
 
 
 def test_default_params_none_when_a_range_excludes_a_default(spec: KnobSpec) -> None:
-    inside = parse_space({"knobs": {"threads": {"range": [4, 8]}}}, spec, "s")
-    assert inside.default_params() == {"threads": 4}
-    outside = parse_space({"knobs": {"threads": {"range": [5, 8]}}}, spec, "s")
+    default = DEFAULTS["threads"]
+    inside = parse_space({"knobs": {"threads": {"range": [default, 8]}}}, spec, "s")
+    assert inside.default_params() == {"threads": default}
+    outside = parse_space({"knobs": {"threads": {"range": [default + 1, 8]}}}, spec, "s")
     assert outside.default_params() is None
     values = parse_space({"knobs": {"mode": {"values": ["beta", "gamma"]}}}, spec, "s")
     assert values.default_params() is None
@@ -219,7 +220,7 @@ def test_space_for_knobs(spec: KnobSpec) -> None:
     assert space.names == ["mode", "threads"]
     assert space.distributions() == {"mode": FULL["mode"], "threads": FULL["threads"]}
     assert space.fixed == {}
-    assert space.default_params() == {"mode": "alpha", "threads": 4}
+    assert space.default_params() == {"mode": "alpha", "threads": DEFAULTS["threads"]}
     assert space.config({"threads": 9}) == {**DEFAULTS, "threads": 9}
 
 
