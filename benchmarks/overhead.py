@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     workload = SyntheticTarget.parse_workload({"duration": args.duration, "noise": 0.03})
-    console = Console()
+    console = Console(width=130)
     with tempfile.TemporaryDirectory(prefix="knobflow-overhead-") as tmp:
         bare = bare_loop(args.trials, workload, args.seed, Path(tmp) / "bare")
         flow, timings = knobflow_loop(args.trials, workload, args.seed, Path(tmp) / "kf")

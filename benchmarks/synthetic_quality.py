@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--set-workload", action="append", default=[])
     args = parser.parse_args()
     extra = [x for kv in args.set_workload for x in ("--set-workload", kv)]
-    console = Console()
+    console = Console(width=130)
     table = Table(title=f"synthetic target, --budget {args.budget}: true value of the reported "
                         "config / known optimum")
     for col in ("tuner", "seed", "ratio", "failed", "failure classes", "verified gain", "job s"):
