@@ -134,3 +134,15 @@ def test_time_budget_stops_new_trials(prefect_api: str, home: Path) -> None:
         home=str(home),
     )
     assert 3 <= summary["n_trials"] < 500
+
+
+@pytest.mark.parametrize("tuner", ["random", "cmaes"])
+def test_other_tuners_run_a_job(prefect_api: str, home: Path, tuner: str) -> None:
+    summary = tune("synthetic", budget=8, tuner=tuner, seed=3, workload=FAST,
+                   verify_repeats=2, home=str(home))
+    assert summary["tuner"] == tuner
+    assert summary["n_trials"] == 8
+    study = open_study(home, summary["study_name"], "maximize",
+                       optuna.samplers.RandomSampler(), create=False)
+    # different configs were tried (the sampler really sampled)
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) >= 6
