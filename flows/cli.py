@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from typing import Annotated, Any
 
@@ -153,6 +154,7 @@ def tune_command(
     from flows.progress import TuneProgress
     from flows.tune import listeners, tune
 
+    _start_embedded_prefect_server()
     progress = TuneProgress(err, job, resume=resume)
     listeners.append(progress.on_run)
     try:
@@ -170,8 +172,40 @@ def tune_command(
         raise typer.Exit(1)
 
 
+def _start_embedded_prefect_server() -> None:
+    """Start Prefect's ephemeral API (when no server is configured) in a session of its own.
+
+    Prefect starts it on first use as a child in our process group, so a Ctrl-C in the terminal
+    killed it together with the job, and the job then spent minutes retrying to report its crash
+    to a dead API. Started here in its own session it outlives the interrupt and is stopped at
+    exit as usual; the flow's client reuses this instance (Prefect keeps one per process).
+    """
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.running:
+        return
+    popen = subprocess.Popen
+
+    def popen_own_session(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        return popen(*args, start_new_session=True, **kwargs)
+
+    subprocess.Popen = popen_own_session  # type: ignore[misc] - only while the server starts
+    try:
+        server.start()
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+_INTERRUPTED = "knobflow: interrupted; finished trials are kept (continue with --resume)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return getattr(exc, "exit_code", 2)
     except (KeyboardInterrupt, typer.Abort):
-        err.print(
-            "knobflow: interrupted; finished trials are kept (continue with --resume)", markup=False
-        )
+        err.print(_INTERRUPTED, markup=False)
         return 130
     except Exception as exc:
         err.print(
@@ -209,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("KNOBFLOW_DEBUG"):
             raise
         return 1
+    if code == 130:  # typer turned a KeyboardInterrupt (Ctrl-C, SIGTERM) into Exit(130)
+        err.print(_INTERRUPTED, markup=False)
     return code if isinstance(code, int) else 0
 
 

@@ -118,3 +118,45 @@ def test_resume_without_a_job_is_bad_input(home: Path) -> None:
         f"knobflow: error: --resume: no job of target 'synthetic' on instance 'local' under "
         f"{home}; start one without --resume"
     ]
+
+
+def test_sigterm_stops_the_job_and_resume_finishes_it(prefect_api: str, home: Path) -> None:
+    args = [
+        "tune",
+        "synthetic",
+        "--budget",
+        "12",
+        "--seed",
+        "2",
+        "--home",
+        str(home),
+        "--set-workload",
+        "duration=0.5",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        study = _study(home)
+        if study and sum(t.state == TrialState.COMPLETE for t in study.trials) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; finished trials are kept (continue with --resume)" in stderr
+    job = json.loads(next((home / "jobs").glob("*/job.json")).read_text())
+    assert job["status"] == "interrupted"
+    assert _trial_processes(home) == []
+
+    resumed = run_cli(
+        ["tune", "synthetic", "--resume", "--home", str(home), "--json"], api_url=prefect_api
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["n_trials"] == 12
