@@ -158,20 +158,13 @@ def plot_history(job: Job, study: optuna.Study, verification: Verification | Non
             label=f"failed ({len(bad)})",
             zorder=3,
         )
-    if verification and verification.default_value is not None:
-        ax.axhline(
-            verification.default_value,
-            color="#777777",
-            linestyle="--",
-            label=f"default, verified ({_num(verification.default_value)})",
-        )
-    if verification and verification.best_value is not None:
-        ax.axhline(
-            verification.best_value,
-            color="#ee7733",
-            linestyle="--",
-            label=f"best, verified ({_num(verification.best_value)})",
-        )
+    for label, value, colour in (
+        ("default", verification.default_value if verification else None, "#777777"),
+        ("best", verification.best_value if verification else None, "#ee7733"),
+    ):
+        if value is not None:
+            label = f"{label}, verified ({_num(value)})"
+            ax.axhline(value, color=colour, linestyle="--", label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
     ax.set_xlabel("trial")

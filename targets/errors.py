@@ -8,7 +8,7 @@ the CLI turns one into a single line on stderr and exit code 2. Anything else is
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -40,6 +40,22 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.7)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_fields(
+    mapping: Mapping[Any, Any],
+    allowed: Sequence[str],
+    where: str,
+    error: type[KnobflowError],
+    label: str = "field",
+) -> None:
+    """Refuse a key of ``mapping`` not in ``allowed``, suggesting the closest allowed one."""
+    for key in mapping:
+        if key not in allowed:
+            raise error(
+                f"{where}: unknown {label} '{key}'{did_you_mean(str(key), allowed)}; "
+                f"fields are {', '.join(allowed)}"
+            )
 
 
 def fmt_value(value: Any) -> str:

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from targets.errors import ConfigError, SpecError, did_you_mean, fmt_value
+from targets.errors import ConfigError, SpecError, check_fields, did_you_mean, fmt_value
 from targets.yamlfile import display_path, load_yaml
 
 KNOB_TYPES = ("int", "float", "bool", "categorical")
@@ -210,12 +210,7 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
     at = f"{where}: knob '{name}'"
     if not isinstance(body, Mapping):
         raise SpecError(f"{at}: must be a mapping with at least 'type' and 'default'")
-    for key in body:
-        if key not in KNOB_FIELDS:
-            raise SpecError(
-                f"{at}: unknown field '{key}'{did_you_mean(str(key), KNOB_FIELDS)}; "
-                f"fields are {', '.join(KNOB_FIELDS)}"
-            )
+    check_fields(body, KNOB_FIELDS, at, SpecError)
     ktype = body.get("type")
     if ktype not in KNOB_TYPES:
         got = "missing" if ktype is None else f"{fmt_value(ktype)}"
@@ -307,12 +302,7 @@ def parse_spec(data: Any, source: str) -> KnobSpec:
     """Validate the parsed YAML of a knob spec file."""
     if not isinstance(data, Mapping):
         raise SpecError(f"{source}: a knob spec must be a mapping with 'target' and 'knobs'")
-    for key in data:
-        if key not in ("target", "knobs"):
-            raise SpecError(
-                f"{source}: unknown top-level field '{key}'"
-                f"{did_you_mean(str(key), ('target', 'knobs'))}; fields are target, knobs"
-            )
+    check_fields(data, ("target", "knobs"), source, SpecError, "top-level field")
     target = data.get("target")
     if not isinstance(target, str) or not target:
         raise SpecError(

@@ -38,6 +38,32 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
+def trial_processes(marker: str) -> list[int]:
+    """PIDs of live trial processes whose command line mentions ``marker`` (a path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "tasks.trial_process" in cmd and marker in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def start_cli(args: list[str], api_url: str) -> subprocess.Popen[str]:
+    """Start ``knobflow ARGS`` in the background against the session's Prefect API."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        env={**os.environ, "PREFECT_API_URL": api_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_cli(
     args: list[str],
     *,

@@ -28,7 +28,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from targets.errors import SpecError, did_you_mean, fmt_value
+from targets.errors import SpecError, check_fields, did_you_mean, fmt_value
 from targets.spec import Knob, KnobSpec, Scalar, parse_range
 from targets.yamlfile import display_path, load_yaml
 
@@ -95,12 +95,7 @@ def _narrow(knob: Knob, body: Any, at: str) -> Knob:
         raise SpecError(
             f"{at}: must be a mapping such as {{range: [low, high]}} or {{values: [...]}}"
         )
-    for key in body:
-        if key not in _OVERRIDE_FIELDS:
-            raise SpecError(
-                f"{at}: unknown field '{key}'{did_you_mean(str(key), _OVERRIDE_FIELDS)}; "
-                f"fields are {', '.join(_OVERRIDE_FIELDS)}"
-            )
+    check_fields(body, _OVERRIDE_FIELDS, at, SpecError)
     if knob.is_numeric:
         if "values" in body:
             raise SpecError(f"{at}: knob is {knob.type}: narrow it with 'range: [low, high]'")
@@ -157,12 +152,7 @@ def parse_space(data: Any, spec: KnobSpec, source: str) -> SearchSpace:
         data = {}
     if not isinstance(data, Mapping):
         raise SpecError(f"{source}: a search space must be a mapping with 'knobs' and/or 'fixed'")
-    for key in data:
-        if key not in ("knobs", "fixed"):
-            raise SpecError(
-                f"{source}: unknown top-level field '{key}'"
-                f"{did_you_mean(str(key), ('knobs', 'fixed'))}; fields are knobs, fixed"
-            )
+    check_fields(data, ("knobs", "fixed"), source, SpecError, "top-level field")
     knobs = data.get("knobs")
     fixed_raw = {} if data.get("fixed") is None else data["fixed"]
     if knobs is not None and (not isinstance(knobs, Mapping) or not knobs):

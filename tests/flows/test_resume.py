@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
-from conftest import REPO, run_cli
+from conftest import run_cli, start_cli, trial_processes
 from optuna.trial import TrialState
 
 from tuners.study import open_study
@@ -23,19 +20,6 @@ def _study(home: Path) -> optuna.Study | None:
         return None
     name = journals[0].stem
     return open_study(home, name, "maximize", optuna.samplers.RandomSampler(), create=False)
-
-
-def _trial_processes(home: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "tasks.trial_process" in cmd and str(home) in cmd:
-                pids.append(int(entry.name))
-    return pids
 
 
 def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: Path) -> None:
@@ -52,13 +36,7 @@ def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: 
         "duration=0.3",
         "--json",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=REPO,
-        env={**os.environ, "PREFECT_API_URL": prefect_api},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_cli(args, prefect_api)
     deadline = time.monotonic() + 180
     before: dict[int, tuple[dict, float | None]] = {}
     while time.monotonic() < deadline:
@@ -67,7 +45,7 @@ def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: 
             done = [t for t in study.trials if t.state == TrialState.COMPLETE]
             if len(done) >= 6:
                 break
-        assert proc.poll() is None, proc.stderr.read().decode()
+        assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.2)
     else:
         proc.kill()
@@ -79,7 +57,7 @@ def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: 
     assert 6 <= len(before) < 24
 
     time.sleep(1.0)  # the orphaned trial notices its parent died within 0.25 s
-    assert _trial_processes(home) == [], "a trial process outlived the killed tuner"
+    assert trial_processes(str(home)) == [], "a trial process outlived the killed tuner"
 
     resumed = run_cli(
         ["tune", "synthetic", "--resume", "--home", str(home), "--json"], api_url=prefect_api
@@ -133,14 +111,7 @@ def test_sigterm_stops_the_job_and_resume_finishes_it(prefect_api: str, home: Pa
         "--set-workload",
         "duration=0.5",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=REPO,
-        env={**os.environ, "PREFECT_API_URL": prefect_api},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(args, prefect_api)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         study = _study(home)
@@ -153,7 +124,7 @@ def test_sigterm_stops_the_job_and_resume_finishes_it(prefect_api: str, home: Pa
     assert "interrupted; finished trials are kept (continue with --resume)" in stderr
     job = json.loads(next((home / "jobs").glob("*/job.json")).read_text())
     assert job["status"] == "interrupted"
-    assert _trial_processes(home) == []
+    assert trial_processes(str(home)) == []
 
     resumed = run_cli(
         ["tune", "synthetic", "--resume", "--home", str(home), "--json"], api_url=prefect_api

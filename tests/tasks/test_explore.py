@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import trial_processes
 
 from targets.synthetic import SyntheticTarget
 from tasks.explore import TrialRunner, run_trial
@@ -23,20 +24,6 @@ def make_runner(tmp_path: Path, timeout: float = 5.0, **workload: object) -> Tri
         job_dir=tmp_path / "job",
         instance_dirs={"i1": tmp_path / "i1"},
     )
-
-
-def _children_alive(marker: str) -> list[int]:
-    """PIDs of processes whose command line mentions ``marker`` (the trial request path)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmd and "tasks.trial_process" in cmd:
-                found.append(int(entry.name))
-    return found
 
 
 def test_good_trial_reports_value_metrics_and_effective_config(tmp_path: Path) -> None:
@@ -72,7 +59,7 @@ def test_hang_hits_the_timeout_and_the_instance_runs_the_next_trial(tmp_path: Pa
     assert "1 s trial timeout" in outcome.message
     assert elapsed < 3.0, f"the hard timeout took {elapsed:.1f} s"
     request = str(tmp_path / "job" / "trials" / "3" / "request.json")
-    assert _children_alive(request) == [], "the hung trial process outlived its timeout"
+    assert trial_processes(request) == [], "the hung trial process outlived its timeout"
     assert runner.run("4", GOOD, "i1", 1).ok
 
 
