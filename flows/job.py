@@ -22,6 +22,7 @@ from targets.base import Target
 from targets.errors import JobError, KnobflowError, WorkloadError, did_you_mean
 from targets.registry import load_target, target_ref
 from targets.yamlfile import display_path, load_yaml
+from tasks.explore import TrialRunner
 from tuners.samplers import TUNERS
 from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
 
@@ -74,6 +75,19 @@ class Job:
             else [f"{self.instance}-{k}" for k in range(1, self.parallel + 1)]
         )
         return {name: self.home / "instances" / self.target / name for name in names}
+
+    def trial_runner(self) -> TrialRunner:
+        """What runs this job's trials: its target, workload, objective, timeout and instances."""
+        return TrialRunner(
+            target_cls=self.target_cls,
+            target_ref=self.target_ref,
+            workload=self.workload,
+            objective=self.objective,
+            timeout_s=self.trial_timeout,
+            job_dir=self.dir,
+            instance_dirs=self.instance_dirs(),
+            seed=self.seed,
+        )
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -14,17 +14,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.job import Job, build_job, find_resumable
 from flows.report import best_trial, plot_history, summarize, write_config_files, write_summary
 from flows.settings import knobflow_home, tracking_uri
-from tasks.explore import ATTR, ExploreStats, TrialOutcome, TrialRunner, explore, finished_trials
-from tasks.explore import requeue_interrupted as requeue_interrupted_trials
+from tasks.explore import (
+    ATTR,
+    ExploreStats,
+    TrialOutcome,
+    TrialRunner,
+    explore,
+    finished_trials,
+    requeue_interrupted,
+)
 from tasks.track import JobTracker
 from tasks.verify import Verification, verify_best
 from tuners.samplers import make_sampler
+from tuners.space import SearchSpace
 from tuners.study import open_study
 
 #: Called after every trial and verification run; the CLI's progress bar registers here.
@@ -111,62 +120,9 @@ def tune(
     }
     job = prepare_job(home, target, resume, options)
     space = job.search_space()
-    create = not resume
-    study = open_study(
-        job.home, job.study_name, job.direction, make_sampler(job.tuner, job.seed), create=create
-    )
-    if not create:  # a new seed, or the sampler would replay the draws the killed job made
-        study.sampler = make_sampler(job.tuner, job.seed + len(study.trials))
-    tracker = JobTracker(tracking_uri(job.home), f"knobflow/{job.target}", job.home / "artifacts")
-    job.mlflow_run_id = tracker.start_job(
-        job.study_name,
-        params={
-            "target": job.target,
-            "instance": job.instance,
-            "objective": job.objective,
-            "direction": job.direction,
-            "tuner": job.tuner,
-            "budget": job.budget,
-            "parallel": job.parallel,
-            "seed": job.seed,
-            "trial_timeout": job.trial_timeout,
-            "knobs": ",".join(space.names),
-            **{f"workload.{k}": v for k, v in job.workload.items()},
-        },
-        tags={
-            "knobflow.study": job.study_name,
-            "knobflow.target": job.target,
-            "knobflow.instance": job.instance,
-        },
-        run_id=job.mlflow_run_id,
-    )
-    job.save()
-    if create:
-        default_params = space.default_params()
-        if default_params is not None:  # trial 0 measures the default: a baseline to beat
-            study.enqueue_trial(default_params)
-    else:
-        requeued = requeue_interrupted_trials(study)
-        backfilled = _backfill_tracking(study, tracker)
-        logger.info(
-            "Resuming %s: %d finished trials kept, %d interrupted re-queued, "
-            "%d trials logged to MLflow late",
-            job.study_name,
-            len(finished_trials(study)),
-            requeued,
-            backfilled,
-        )
-
-    runner = TrialRunner(
-        target_cls=job.target_cls,
-        target_ref=job.target_ref,
-        workload=job.workload,
-        objective=job.objective,
-        timeout_s=job.trial_timeout,
-        job_dir=job.dir,
-        instance_dirs=job.instance_dirs(),
-        seed=job.seed,
-    )
+    study = open_job_study(job, space, resume)
+    tracker = start_tracking(job, space, study, resume)
+    runner = job.trial_runner()
 
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
         tracker.log_trial(str(number), outcome.record(), outcome.samples)
@@ -230,7 +186,65 @@ def tune(
     return summary
 
 
-def _backfill_tracking(study: Any, tracker: JobTracker) -> int:
+def open_job_study(job: Job, space: SearchSpace, resume: bool) -> optuna.Study:
+    """The job's Optuna study: new with the default config queued first, or reloaded to resume."""
+    logger = get_run_logger()
+    if not resume:
+        study = open_study(
+            job.home, job.study_name, job.direction, make_sampler(job.tuner, job.seed), create=True
+        )
+        default_params = space.default_params()
+        if default_params is not None:  # trial 0 measures the default: a baseline to beat
+            study.enqueue_trial(default_params)
+        return study
+    study = open_study(
+        job.home, job.study_name, job.direction, make_sampler(job.tuner, job.seed), create=False
+    )
+    # a new seed, or the sampler would replay the draws the killed job already made
+    study.sampler = make_sampler(job.tuner, job.seed + len(study.trials))
+    requeued = requeue_interrupted(study)
+    logger.info(
+        "Resuming %s: %d finished trials kept, %d interrupted trials queued again",
+        job.study_name,
+        len(finished_trials(study)),
+        requeued,
+    )
+    return study
+
+
+def start_tracking(job: Job, space: SearchSpace, study: optuna.Study, resume: bool) -> JobTracker:
+    """Open the job's MLflow parent run (a resumed job reopens its own and logs what it missed)."""
+    tracker = JobTracker(tracking_uri(job.home), f"knobflow/{job.target}", job.home / "artifacts")
+    job.mlflow_run_id = tracker.start_job(
+        job.study_name,
+        params={
+            "target": job.target,
+            "instance": job.instance,
+            "objective": job.objective,
+            "direction": job.direction,
+            "tuner": job.tuner,
+            "budget": job.budget,
+            "parallel": job.parallel,
+            "seed": job.seed,
+            "trial_timeout": job.trial_timeout,
+            "knobs": ",".join(space.names),
+            **{f"workload.{k}": v for k, v in job.workload.items()},
+        },
+        tags={
+            "knobflow.study": job.study_name,
+            "knobflow.target": job.target,
+            "knobflow.instance": job.instance,
+        },
+        run_id=job.mlflow_run_id,
+    )
+    job.save()
+    if resume:
+        backfilled = _backfill_tracking(study, tracker)
+        get_run_logger().info("%d finished trials logged to MLflow late", backfilled)
+    return tracker
+
+
+def _backfill_tracking(study: optuna.Study, tracker: JobTracker) -> int:
     """Log to MLflow the finished trials a killed job had not written yet."""
     logged = tracker.logged_trials()
     missing = [
