@@ -83,6 +83,29 @@ class Measurement:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
+@dataclass(frozen=True)
+class ContractExamples:
+    """Small inputs the contract test suite (``tests/targets/test_contract.py``) runs a target with.
+
+    Every target, built-in or a user's, declares them so the same suite proves it behaves: the
+    default config runs, a refused config fails with its class, a hanging config hits the timeout
+    and leaves the instance usable, the effective config is read back, two instances run side by
+    side, and nothing outlives a trial.
+    """
+
+    #: A short workload: a default-config trial of a few seconds.
+    workload: Mapping[str, Any]
+    #: A (partial) config the system refuses, and the failure class that must result.
+    refused: Mapping[str, Any] | None = None
+    refused_class: str = "refused_config"
+    #: A (partial) config that makes the system hang; the trial must end by its timeout.
+    hang: Mapping[str, Any] | None = None
+    #: Hard timeout of the hang case, seconds (a normal trial of ``workload`` must fit in it).
+    timeout_s: float = 20.0
+    #: Executables that must be on PATH (the suite skips, or fails in CI, without them).
+    requires: tuple[str, ...] = ()
+
+
 class Target(ABC):
     """One kind of system knobflow can tune. Subclass it and register it as an entry point.
 
@@ -176,6 +199,11 @@ class Target(ABC):
             for k, v in workload.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+
+    @classmethod
+    def contract_examples(cls) -> Mapping[str, ContractExamples]:
+        """Named variants (e.g. one per driver) the contract test suite runs; none by default."""
+        return {}
 
     @classmethod
     def direction(cls, metric: str) -> str:

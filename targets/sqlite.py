@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from targets.base import MAXIMIZE, MINIMIZE, BenchmarkError, ConfigRefused, Measurement, Target
+from targets.base import (
+    MAXIMIZE,
+    MINIMIZE,
+    BenchmarkError,
+    ConfigRefused,
+    ContractExamples,
+    Measurement,
+    Target,
+)
 
 DB_NAME = "knobflow.db"
 #: Files SQLite keeps beside a database; a killed trial can leave any of them behind.
@@ -260,6 +268,11 @@ class SqliteTarget(Target):
         corrupt, and every trial starts from a fresh file anyway, so both go.
         """
         cls._remove_files(Path(data_dir))
+
+    @classmethod
+    def contract_examples(cls) -> Mapping[str, ContractExamples]:
+        # SQLite refuses no PRAGMA value and has no known hang: those contract cases do not apply
+        return {"sqlite": ContractExamples(workload={"rows": 2000, "ops": 4000}, timeout_s=30.0)}
 
     @classmethod
     def render_native(cls, config: Mapping[str, Any]) -> str:

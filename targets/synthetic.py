@@ -17,7 +17,14 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from targets.base import MAXIMIZE, MINIMIZE, ConfigRefused, Measurement, Target
+from targets.base import (
+    MAXIMIZE,
+    MINIMIZE,
+    ConfigRefused,
+    ContractExamples,
+    Measurement,
+    Target,
+)
 
 _PEAK = 1000.0
 _THREADS_BEST = {"alpha": 8, "beta": 16, "gamma": 32}
@@ -105,6 +112,17 @@ class SyntheticTarget(Target):
             log=[f"synthetic run: mode={cfg['mode']} threads={cfg['threads']}"],
             duration_s=time.monotonic() - started,
         )
+
+    @classmethod
+    def contract_examples(cls) -> Mapping[str, ContractExamples]:
+        return {
+            "synthetic": ContractExamples(
+                workload={"duration": 0.1, "noise": 0.0},
+                refused={"mode": "gamma", "threads": 1},
+                hang={"mode": "beta", "y": 500.0},
+                timeout_s=2.0,
+            )
+        }
 
     # -- ground truth, used by tests and benchmarks ---------------------------------------------
     @classmethod

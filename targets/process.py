@@ -1,0 +1,273 @@
+"""Processes a target starts: servers and benchmark clients, what they cost, and their clean-up.
+
+Server targets (PostgreSQL, Redis) start their server inside the trial process, run the client,
+and stop the server before the trial ends, so nothing outlives a trial. Servers stay in the trial's
+process group (no daemonizing), so the tuner's kill of that group on a timeout ends them too; a
+pid file in the data directory lets ``Target.cleanup`` end what is left after a crash.
+
+Resource use is measured apart for the server (CPU of the process tree, including reaped
+children such as PostgreSQL backends; peak resident memory of the tree, sampled) and the client
+(``wait4`` rusage), and reported as trial counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from targets.base import BenchmarkError
+
+
+@dataclass
+class Usage:
+    """CPU seconds (user + system) and peak resident memory of a process or process tree."""
+
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    def counters(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_cpu_s": round(self.cpu_s, 4),
+                f"{prefix}_peak_rss_mb": round(self.peak_rss_mb, 2)}
+
+
+@dataclass
+class ClientRun:
+    """A finished benchmark client: exit code, output and what it cost."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    usage: Usage
+    timed_out: bool = False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` exits without reaping it; False on timeout."""
+    fd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
+    finally:
+        os.close(fd)
+
+
+def run_client(
+    cmd: Sequence[str],
+    *,
+    timeout: float,
+    log_dir: Path,
+    name: str = "client",
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> ClientRun:
+    """Run a benchmark client to the end (or ``timeout``); its CPU and peak memory from ``wait4``.
+
+    Output goes to ``<log_dir>/<name>.out`` and ``.err`` (kept for the trial's log) and is
+    returned as text.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
+    started = time.monotonic()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        try:
+            proc = subprocess.Popen(
+                list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                env=dict(env) if env is not None else None, cwd=cwd, user=user,
+            )
+        except OSError as exc:
+            raise BenchmarkError(f"cannot start {cmd[0]}: {exc}") from None
+    timed_out = not _wait_exit(proc.pid, timeout)
+    if timed_out:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    # reap it ourselves: wait4 is the only way to get a child's own rusage
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return ClientRun(
+        returncode=proc.returncode,
+        stdout=out_path.read_text(errors="replace"),
+        stderr=err_path.read_text(errors="replace"),
+        wall_s=time.monotonic() - started,
+        usage=Usage(rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss / 1024.0),
+        timed_out=timed_out,
+    )
+
+
+class Server:
+    """A server process started in the foreground of the trial process, with a pid file.
+
+    ``start`` waits until ``ready()`` is true; if the process exits first, ``start`` raises
+    ``ServerExited`` carrying the server's log, for the target to classify (a refused config, a
+    crash, out of memory).
+    """
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        *,
+        log_path: Path,
+        pid_file: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.cmd = list(cmd)
+        self.log_path = log_path
+        self.pid_file = pid_file
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.user = user
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._peak_rss = 0.0
+        self._sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def start(self, ready: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Start the server and wait until ``ready()``; raise ``ServerExited`` if it dies first."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env, cwd=self.cwd, user=self.user,
+            )
+        self.pid_file.write_text(f"{self.proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self._forget()
+                raise ServerExited(code, self.log_text())
+            if ready():
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerExited(None, self.log_text())
+            time.sleep(0.02)
+        self._sampling.set()
+        self._sampler = threading.Thread(target=self._sample, name="server-rss", daemon=True)
+        self._sampler.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _tree(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def _sample(self) -> None:
+        while self._sampling.is_set():
+            with contextlib.suppress(psutil.Error):
+                rss = sum(p.memory_info().rss for p in self._tree())
+                self._peak_rss = max(self._peak_rss, rss / 2**20)
+            time.sleep(0.1)
+
+    def usage(self) -> Usage:
+        """CPU time of the server's tree so far (children it reaped included) and peak memory."""
+        if self.proc is None:
+            return Usage()
+        cpu = 0.0
+        with contextlib.suppress(psutil.Error):
+            for i, p in enumerate(self._tree()):
+                t = p.cpu_times()
+                cpu += t.user + t.system
+                if i == 0:  # the root has reaped its finished children (e.g. backends)
+                    cpu += t.children_user + t.children_system
+        return Usage(cpu, self._peak_rss)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """Ask the server to stop (``sig``), kill it after ``timeout``; return its exit code."""
+        self._sampling.clear()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_tree(self.proc.pid)
+                self.proc.wait()
+        code = self.proc.returncode
+        self._forget()
+        return code
+
+    def _forget(self) -> None:
+        self.pid_file.unlink(missing_ok=True)
+
+
+class ServerExited(Exception):
+    """The server exited (or never became ready) during start-up; carries its log."""
+
+    def __init__(self, returncode: int | None, log: str) -> None:
+        self.returncode = returncode
+        self.log = log
+        what = "did not become ready" if returncode is None else f"exited with code {returncode}"
+        super().__init__(f"server {what}")
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything below it."""
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=5)
+
+
+def kill_from_pid_file(pid_file: Path, must_contain: str = "") -> bool:
+    """End the process recorded in ``pid_file`` (and its tree) if it still runs; True if one did.
+
+    ``must_contain`` guards against a recycled pid: the process's command line must contain it
+    (e.g. the data directory).
+    """
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return False
+    killed = False
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        if must_contain in " ".join(proc.cmdline()):
+            kill_tree(pid)
+            killed = True
+    pid_file.unlink(missing_ok=True)
+    return killed
+
+
+def last_lines(text: str, pattern: Callable[[str], bool] | None = None, n: int = 5) -> str:
+    """The last ``n`` lines of ``text`` (those matching ``pattern`` if given), joined by ' | '."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if pattern is not None:
+        lines = [ln for ln in lines if pattern(ln)]
+    return " | ".join(lines[-n:])
