@@ -9,6 +9,7 @@ from targets.base import (
     FailureClass,
     Measurement,
     Target,
+    TrialFailed,
 )
 from targets.errors import KnobflowError
 
@@ -22,4 +23,5 @@ __all__ = [
     "KnobflowError",
     "Measurement",
     "Target",
+    "TrialFailed",
 ]

@@ -13,6 +13,8 @@ Targets are found by name through the ``knobflow.targets`` entry-point group (se
 Contract:
 - a refused config raises ``ConfigRefused`` with the system's own message;
 - a workload or benchmark that breaks raises ``BenchmarkError``;
+- any other classified failure (out of memory, I/O error, a crash of the system) raises
+  ``TrialFailed(FailureClass.X, message)``;
 - ``Measurement.effective_config`` holds what the system reports after applying the config
   (read back, never echoed from the request), for every knob of the spec the system exposes;
 - nothing outlives ``stop()`` or ``cleanup()``: no process, no lock on the data directory.
@@ -57,6 +59,14 @@ class ConfigRefused(Exception):
 
 class BenchmarkError(Exception):
     """Raised by a target when the workload driver fails or reports nothing usable."""
+
+
+class TrialFailed(Exception):
+    """Raised by a target for a failure of another class (out of memory, I/O error, crash)."""
+
+    def __init__(self, failure_class: FailureClass, message: str) -> None:
+        super().__init__(message)
+        self.failure_class = FailureClass(failure_class)
 
 
 @dataclass

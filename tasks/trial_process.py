@@ -35,7 +35,7 @@ def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def run_request(request: dict[str, Any]) -> dict[str, Any]:
     """Run the lifecycle described by ``request``; return the outcome document."""
-    from targets.base import BenchmarkError, ConfigRefused, FailureClass
+    from targets.base import BenchmarkError, ConfigRefused, FailureClass, TrialFailed
     from targets.registry import import_target
 
     target_cls = import_target(request["target_ref"])
@@ -54,6 +54,8 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
         return failed(FailureClass.REFUSED, str(exc))
     except BenchmarkError as exc:
         return failed(FailureClass.BENCHMARK_ERROR, str(exc))
+    except TrialFailed as exc:
+        return failed(exc.failure_class, str(exc))
     except MemoryError as exc:
         return failed(FailureClass.OUT_OF_MEMORY, f"MemoryError: {exc}")
     except OSError as exc:
