@@ -114,6 +114,11 @@ class SyntheticTarget(Target):
         )
 
     @classmethod
+    def workload_features(cls, workload: Mapping[str, Any]) -> dict[str, float]:
+        # noise, duration and intervals describe the measurement, not the workload
+        return {"shift": float(workload["shift"])}
+
+    @classmethod
     def contract_examples(cls) -> Mapping[str, ContractExamples]:
         return {
             "synthetic": ContractExamples(

@@ -54,6 +54,8 @@ class TrialOutcome:
     message: str = ""
     log_tail: list[str] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)
+    workload_features: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     @property
@@ -72,6 +74,8 @@ class TrialOutcome:
             "failure_class": self.failure_class,
             "message": self.message,
             "log_tail": self.log_tail,
+            "counters": self.counters,
+            "workload_features": self.workload_features,
             "instance": self.instance,
             "elapsed_s": round(self.elapsed_s, 4),
         }
@@ -111,6 +115,7 @@ class TrialRunner:
             failure_class=failure,
             message=message,
             log_tail=log_tail,
+            workload_features=self.target_cls.workload_features(self.workload),
         )
         if measurement is not None:
             cleaned = clean_measurement(measurement, self.target_cls, self.objective, config)
@@ -118,6 +123,7 @@ class TrialRunner:
             outcome.effective_config = measurement.effective_config
             outcome.changed_knobs = cleaned.changed_knobs
             outcome.samples = measurement.samples
+            outcome.counters = measurement.counters
             outcome.log_tail = (measurement.log + log_tail)[-LOG_TAIL_LINES:]
             if cleaned.valid:
                 outcome.value = cleaned.metrics[self.objective]

@@ -132,7 +132,15 @@ class JobTracker:
             now = int(time.time() * 1000)
             params = [_param(k, v) for k, v in record["config"].items()]
             params += [_param(f"effective.{k}", v) for k, v in record["effective_config"].items()]
-            metrics = [Metric(k, float(v), now, 0) for k, v in record.get("metrics", {}).items()]
+            params += [
+                _param(f"workload.{k}", v) for k, v in record.get("workload_features", {}).items()
+            ]
+            measured = {**record.get("counters", {}), **record.get("metrics", {})}
+            metrics = [
+                Metric(k, float(v), now, 0)
+                for k, v in measured.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
             metrics.append(Metric("elapsed_s", float(record.get("elapsed_s", 0.0)), now, 0))
             self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
             with tempfile.TemporaryDirectory() as tmp:
