@@ -79,6 +79,41 @@ def knobs_command(
     out.print(table)
 
 
+@app.command("check-target")
+def check_target_command(
+    target: Annotated[str, typer.Argument(help="Target name, e.g. your own plug-in's.")],
+) -> None:
+    """Run the target contract against TARGET with real trials (for authors of targets)."""
+    import tempfile
+    from pathlib import Path
+
+    from targets.contract import CHECKS, ContractViolation, NotApplicable, variants
+
+    table = Table(title=f"contract of target '{target}'")
+    for col in ("variant", "check", "result"):
+        table.add_column(col, overflow="fold")
+    failed = 0
+    for variant in variants(target):
+        missing = variant.missing_executables()
+        for label, check in CHECKS.items():
+            if missing:
+                table.add_row(variant.name, label, f"skipped: needs {', '.join(missing)}")
+                continue
+            with tempfile.TemporaryDirectory(prefix="knobflow-contract-") as tmp:
+                try:
+                    check(variant, Path(tmp))
+                    result = "[green]passed[/green]"
+                except NotApplicable as exc:
+                    result = f"not applicable: {exc}"
+                except ContractViolation as exc:
+                    failed += 1
+                    result = f"[red]FAILED[/red]: {exc}"
+            table.add_row(variant.name, label, result)
+    out.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("tune")
 def tune_command(
     target: Annotated[str, typer.Argument(help="Target name, e.g. sqlite.")],

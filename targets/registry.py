@@ -43,9 +43,15 @@ def target_ref(name: str) -> str:
 def import_target(ref: str) -> type[Target]:
     """Import a target class from its ``module:Class`` reference."""
     module_name, _, attr = ref.partition(":")
-    obj: object = import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj: object = import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise TargetNotFoundError(
+            f"entry point '{ref}' cannot be imported ({type(exc).__name__}: {exc}); "
+            "reinstall the package that provides it"
+        ) from None
     if not (isinstance(obj, type) and issubclass(obj, Target)):
         raise TargetNotFoundError(f"entry point '{ref}' is not a subclass of targets.base.Target")
     return obj
