@@ -49,5 +49,5 @@ def test_sigkill_of_the_tuner_leaves_no_server_behind(
     time.sleep(0.5)  # well inside a trial
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    gone, alive = psutil.wait_procs(_started_since({SERVERS[target]}, since), timeout=5)
+    _, alive = psutil.wait_procs(_started_since({SERVERS[target]}, since), timeout=5)
     assert not alive, f"orphaned servers: {[p.pid for p in alive]}"
