@@ -6,14 +6,15 @@ process group (no daemonizing), so the tuner's kill of that group on a timeout e
 pid file in the data directory lets ``Target.cleanup`` end what is left after a crash.
 
 Resource use is measured apart for the server (CPU of the process tree, including reaped
-children such as PostgreSQL backends; peak resident memory of the tree, sampled) and the client
-(``wait4`` rusage), and reported as trial counters.
+children such as PostgreSQL backends; peak memory of the tree as proportional set size, sampled)
+and the client (``wait4`` rusage), and reported as trial counters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import select
 import signal
 import socket
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -51,6 +53,13 @@ class ClientRun:
     wall_s: float
     usage: Usage
     timed_out: bool = False
+
+
+def _drop_groups(user: str | None) -> dict[str, Any]:
+    """Popen arguments that also switch the group: ``user=`` alone keeps root's groups."""
+    if user is None:
+        return {}
+    return {"group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 def free_port() -> int:
@@ -94,6 +103,7 @@ def run_client(
             proc = subprocess.Popen(
                 list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                 env=dict(env) if env is not None else None, cwd=cwd, user=user,
+                **_drop_groups(user),
             )
         except OSError as exc:
             raise BenchmarkError(f"cannot start {cmd[0]}: {exc}") from None
@@ -150,6 +160,7 @@ class Server:
             self.proc = subprocess.Popen(
                 self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.env, cwd=self.cwd, user=self.user,
+                **_drop_groups(self.user),
             )
         self.pid_file.write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
@@ -182,8 +193,10 @@ class Server:
     def _sample(self) -> None:
         while self._sampling.is_set():
             with contextlib.suppress(psutil.Error):
-                rss = sum(p.memory_info().rss for p in self._tree())
-                self._peak_rss = max(self._peak_rss, rss / 2**20)
+                # proportional set size: shared memory (e.g. PostgreSQL's shared buffers) counted
+                # once across the tree, not once per process
+                pss = sum(_pss(p) for p in self._tree())
+                self._peak_rss = max(self._peak_rss, pss / 2**20)
             time.sleep(0.1)
 
     def usage(self) -> Usage:
@@ -232,6 +245,13 @@ class ServerExited(Exception):
         self.log = log
         what = "did not become ready" if returncode is None else f"exited with code {returncode}"
         super().__init__(f"server {what}")
+
+
+def _pss(proc: psutil.Process) -> int:
+    try:
+        return int(proc.memory_full_info().pss)
+    except (psutil.AccessDenied, AttributeError):
+        return int(proc.memory_info().rss)
 
 
 def kill_tree(pid: int) -> None:

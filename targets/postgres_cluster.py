@@ -1,0 +1,356 @@
+"""The private PostgreSQL cluster of one postgres instance: where it lives, initdb, and clean-up.
+
+Owns finding the PostgreSQL binaries, placing one cluster per instance data directory (inside it,
+or under ``/var/tmp/knobflow-postgres`` when the ``postgres`` user cannot reach the data
+directory or the socket path would be too long; the location is recorded in the data directory,
+so clean-up and the next trial find it), ``initdb``, ending what a killed server leaves behind
+(backends in their own sessions, the System V segment, a stale ``postmaster.pid``), and sorting
+the server's own log lines into failure classes.
+
+As root, ``initdb`` and ``postgres`` refuse to run: they run as the ``postgres`` user (Popen's
+user switch) and own the cluster directory. Otherwise everything runs as the current user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import psutil
+
+from targets.base import FailureClass, TrialFailed
+from targets.process import last_lines, run_client
+
+#: Bootstrap superuser of every cluster (the same whoever runs knobflow).
+SUPERUSER = "knobflow"
+RELOCATED_BASE = Path("/var/tmp/knobflow-postgres")
+#: File in the instance data directory naming the cluster directory.
+LOCATION_FILE = "postgres.cluster"
+_SOCKET_MAX = 107  # sun_path bytes, terminating NUL excluded
+_ORPHAN_AGE_S = 3600.0
+_IPC_RMID = 0
+_LINE_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \S+ \[\d+\] ")  # log_line_prefix '%m [%p] '
+
+OOM_SIGNS = (
+    "out of memory",
+    "could not map anonymous shared memory",
+    "could not create shared memory segment",
+    "Cannot allocate memory",
+)
+IO_SIGNS = (
+    "No space left on device",
+    "could not write",
+    "could not extend file",
+    "could not fsync",
+    "Input/output error",
+    "Disk quota exceeded",
+    "Read-only file system",
+)
+#: Words of a start-up FATAL line that is about a setting (the config is refused).
+CONFIG_SIGNS = (
+    "parameter",
+    "must be",
+    "cannot be",
+    "invalid value",
+    "requires",
+    "not supported",
+)
+
+
+@lru_cache(maxsize=1)
+def find_bindir() -> Path | None:
+    """PostgreSQL's program directory: $KNOBFLOW_PG_BINDIR, the newest Debian one, or PATH."""
+    env = os.environ.get("KNOBFLOW_PG_BINDIR")
+    candidates = [Path(env)] if env else []
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates += versions
+    on_path = shutil.which("postgres")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    for bindir in candidates:
+        if all((bindir / prog).is_file() for prog in ("postgres", "initdb", "pgbench", "psql")):
+            return bindir
+    return None
+
+
+def server_user() -> str | None:
+    """The user initdb and postgres run as: ``postgres`` when we are root, else ourselves."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def _owner_ids(user: str | None) -> tuple[int, int] | None:
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise TrialFailed(
+            FailureClass.CRASH,
+            f"running as root, but there is no '{user}' user to run PostgreSQL as "
+            "(PostgreSQL refuses root): install the postgresql package or create the user",
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _own(path: Path, user: str | None) -> None:
+    ids = _owner_ids(user)
+    if ids is not None:
+        os.chown(path, *ids, follow_symlinks=False)
+
+
+def _ours(path: Path) -> bool:
+    """A real directory owned by us or by the server's user (not one planted by someone else).
+
+    The relocated base is writable by everyone, like /tmp: a directory or symlink put there in
+    advance must not be chowned, initialised or cleaned up as if it were a cluster.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    ids = _owner_ids(server_user())
+    allowed = {os.geteuid(), *(ids[:1] if ids else ())}
+    return stat.S_ISDIR(st.st_mode) and st.st_uid in allowed
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The directory of one instance's cluster: data, socket directory and bookkeeping files."""
+
+    root: Path
+    data_dir: Path  # the instance data directory the cluster belongs to
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def sockdir(self) -> Path:
+        return self.root / "sock"
+
+    @property
+    def scale_file(self) -> Path:
+        """The pgbench scale the database holds (absent while it is being initialised)."""
+        return self.root / "pgbench_scale"
+
+    @property
+    def initdb_done(self) -> Path:
+        return self.root / "initdb.done"
+
+    @property
+    def relocated(self) -> bool:
+        return self.root.parent == RELOCATED_BASE
+
+    def name(self) -> str:
+        """The cluster_name: the data directory when it is plain ASCII, so `ps` shows it."""
+        text = str(self.data_dir)
+        if text.isascii() and text.isprintable() and len(text) <= 200:
+            return text
+        return "knobflow-" + _digest(self.data_dir)
+
+
+def _digest(data_dir: Path) -> str:
+    return hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+
+
+def _reachable(path: Path, user: str | None) -> bool:
+    """Whether ``user`` can enter ``path`` (every directory above it must let it through)."""
+    ids = _owner_ids(user)
+    if ids is None:
+        return True
+    # the user's own group and no other: the strictest of the ways the server may run
+    done = subprocess.run(["test", "-x", str(path)], user=ids[0], group=ids[1], extra_groups=[],
+                          check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return done.returncode == 0
+
+
+def locate(data_dir: Path, create: bool = False) -> Cluster | None:
+    """The cluster of ``data_dir``, from its record; with ``create``, choose and record one."""
+    data_dir = Path(os.path.realpath(data_dir))
+    record = data_dir / LOCATION_FILE
+    with contextlib.suppress(OSError):
+        return Cluster(Path(record.read_text(encoding="utf-8").strip()), data_dir)
+    if not create:
+        return None
+    local = data_dir / "pg"
+    socket_path = local / "sock" / ".s.PGSQL.65535"
+    if len(str(socket_path).encode()) <= _SOCKET_MAX and _reachable(data_dir, server_user()):
+        root = local
+    else:
+        root = RELOCATED_BASE / _digest(data_dir)
+    record.write_text(f"{root}\n", encoding="utf-8")
+    return Cluster(root, data_dir)
+
+
+def prepare(cluster: Cluster, bindir: Path, log_dir: Path) -> float:
+    """Create the cluster's directories and run initdb if it never finished; return its seconds."""
+    user = server_user()
+    if cluster.relocated and not cluster.root.exists():
+        try:
+            RELOCATED_BASE.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass
+        else:
+            RELOCATED_BASE.chmod(0o1777)  # any user may keep clusters here, like /tmp
+        sweep_orphans()
+    cluster.root.mkdir(parents=True, exist_ok=True)
+    if cluster.root.parent.is_symlink() or not _ours(cluster.root):
+        raise TrialFailed(FailureClass.IO_ERROR, f"refusing to keep a cluster in {cluster.root}: "
+                          "it is (below) a symlink or another user's directory")
+    if cluster.relocated:
+        (cluster.root / "origin").write_text(f"{cluster.data_dir}\n", encoding="utf-8")
+    for path in (cluster.root, cluster.sockdir):
+        path.mkdir(exist_ok=True)
+        path.chmod(0o700)
+        _own(path, user)
+    if cluster.initdb_done.exists():
+        return 0.0
+    end_leftovers(cluster)
+    shutil.rmtree(cluster.pgdata, ignore_errors=True)
+    cluster.scale_file.unlink(missing_ok=True)
+    cluster.pgdata.mkdir(mode=0o700)
+    _own(cluster.pgdata, user)
+    cmd = [
+        str(bindir / "initdb"), "-D", str(cluster.pgdata), "--no-sync", "--auth=trust",
+        "-E", "UTF8", "--locale=C", "-U", SUPERUSER, "--no-instructions",
+    ]
+    started = time.monotonic()
+    done = run_client(cmd, timeout=300, log_dir=log_dir, name="initdb", cwd=cluster.root,
+                      user=user, env=clean_env())
+    if done.returncode != 0:
+        text = done.stdout + done.stderr
+        failure = classify(text) or FailureClass.CRASH
+        raise TrialFailed(failure, f"initdb failed ({done.returncode}): {last_lines(text, n=4)}")
+    cluster.initdb_done.write_text("ok\n", encoding="utf-8")
+    return time.monotonic() - started
+
+
+def clean_env() -> dict[str, str]:
+    """The environment of PostgreSQL programs: no PG* settings of the caller, C messages."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def classify(text: str) -> FailureClass | None:
+    """Out of memory or an I/O error, from PostgreSQL's own lines; None when neither shows."""
+    if any(sign in text for sign in OOM_SIGNS):
+        return FailureClass.OUT_OF_MEMORY
+    if any(sign in text for sign in IO_SIGNS):
+        return FailureClass.IO_ERROR
+    return None
+
+
+def message(line: str) -> str:
+    """A server log line without its time stamp and pid: ``FATAL:  ...`` as PostgreSQL said it."""
+    return _LINE_PREFIX.sub("", line.strip())
+
+
+def refusal(log: str) -> str | None:
+    """The start-up line saying a setting is refused (with its HINT), or None if none is."""
+    lines = [message(line) for line in log.splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        text = lines[i]
+        if "must be less than max_connections" in text:  # printed without FATAL
+            return text
+        if "FATAL:" in text and any(sign in text for sign in CONFIG_SIGNS):
+            hint = lines[i + 1] if i + 1 < len(lines) and "HINT:" in lines[i + 1] else ""
+            return f"{text} {hint}".strip()
+    return None
+
+
+def cluster_processes(cluster: Cluster) -> list[psutil.Process]:
+    """Processes working in the cluster's data directory (postmaster and backends alike).
+
+    Backends make themselves session leaders, so a kill of the trial's process group ends only
+    the postmaster; their working directory is the data directory, whatever title they show.
+    """
+    if cluster.root.is_symlink() or cluster.pgdata.is_symlink():
+        return []
+    pgdata = os.path.realpath(cluster.pgdata)
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.cwd() == pgdata:
+                found.append(proc)
+    return found
+
+
+def end_leftovers(cluster: Cluster) -> None:
+    """SIGKILL every process of the cluster, drop its unused segment and its postmaster.pid."""
+    procs = cluster_processes(cluster)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+    pid_file = cluster.pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    if len(lines) >= 7:
+        _remove_segment(lines[6])
+    pid_file.unlink(missing_ok=True)
+
+
+def _remove_segment(line: str) -> None:
+    """Remove the System V segment ``line`` ("key id" of postmaster.pid) if nothing uses it."""
+    try:
+        key, shmid = (int(part) for part in line.split())
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except (ValueError, OSError):
+        return
+    for row in rows:
+        cols = row.split()
+        if len(cols) > 6 and cols[0] == str(key) and cols[1] == str(shmid) and cols[6] == "0":
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.shmctl(ctypes.c_int(shmid), ctypes.c_int(_IPC_RMID), None)
+
+
+def sweep_orphans() -> None:
+    """Remove relocated clusters whose instance data directory no longer points to them."""
+    with contextlib.suppress(OSError):
+        for root in RELOCATED_BASE.iterdir():
+            if not _ours(root):
+                continue
+            with contextlib.suppress(OSError):
+                origin = root / "origin"
+                if origin.exists():
+                    data_dir = Path(origin.read_text(encoding="utf-8").strip())
+                    record = data_dir / LOCATION_FILE
+                    if record.exists() and record.read_text(encoding="utf-8").strip() == str(
+                        root
+                    ):
+                        continue
+                elif time.time() - root.stat().st_mtime < _ORPHAN_AGE_S:
+                    continue  # being created right now
+                remove_cluster(Cluster(root, Path(os.devnull)))
+
+
+def remove_cluster(cluster: Cluster) -> None:
+    """End the cluster's processes and delete its directory."""
+    end_leftovers(cluster)
+    shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+def forget_instance(data_dir: Path) -> None:
+    """Delete the cluster of an instance that is no longer wanted (and its record)."""
+    cluster = locate(data_dir)
+    if cluster is not None:
+        remove_cluster(cluster)
+        (cluster.data_dir / LOCATION_FILE).unlink(missing_ok=True)

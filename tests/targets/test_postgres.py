@@ -1,0 +1,242 @@
+"""The postgres target against a real PostgreSQL 15 and pgbench, one private cluster per test.
+
+pytest's temporary directories sit below a directory only root may enter, so when the tests run
+as root every cluster here lives under /var/tmp/knobflow-postgres; each test deletes its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from targets import postgres_cluster as pgc
+from targets import postgres_pgbench as pgb
+from targets.base import ConfigRefused, FailureClass, Measurement, TrialFailed
+from targets.errors import WorkloadError
+from targets.postgres import PostgresTarget
+from targets.spec import load_spec
+from tasks.explore import TrialOutcome, TrialRunner
+
+pytestmark = pytest.mark.skipif(
+    pgc.find_bindir() is None,
+    reason="PostgreSQL's programs (postgres, initdb, psql, pgbench) are not installed "
+    "(apt-get install postgresql, or set KNOBFLOW_PG_BINDIR)",
+)
+
+REF = "targets.postgres:PostgresTarget"
+SHORT = {"scale": 1, "duration": 2, "clients": 2, "threads": 1}
+DEFAULTS = PostgresTarget.knob_spec().defaults() if pgc.find_bindir() else {}
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Instance data directories under tmp_path; their clusters are deleted afterwards."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        PostgresTarget.cleanup(path)
+        pgc.forget_instance(path)
+
+
+def runner(tmp_path: Path, dirs: dict[str, Path], workload: dict[str, Any] | None = None,
+           timeout_s: float = 60.0) -> TrialRunner:
+    return TrialRunner(
+        target_cls=PostgresTarget, target_ref=REF,
+        workload=PostgresTarget.parse_workload(workload or SHORT), objective="tps",
+        timeout_s=timeout_s, job_dir=tmp_path / "job", instance_dirs=dirs,
+    )
+
+
+def run_once(data_dir: Path, config: dict[str, Any], workload: dict[str, Any]) -> Measurement:
+    target = PostgresTarget(data_dir, PostgresTarget.parse_workload(workload))
+    with target:
+        target.start(config)
+        return target.run()
+
+
+def leftovers(data_dir: Path) -> list[str]:
+    """Live processes naming the data directory or working in (or naming) its cluster."""
+    cluster = pgc.locate(data_dir)
+    marks = [str(data_dir)] + ([str(cluster.root)] if cluster else [])
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if any(m in cmd for m in marks) or (cluster and cwd.startswith(str(cluster.root))):
+            found.append(f"{entry.name}: {cmd.strip()}")
+    return found
+
+
+def port_of(outcome: TrialOutcome) -> int:
+    for line in outcome.log_tail:
+        match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            return int(match.group(1))
+    raise AssertionError(f"no port in the log: {outcome.log_tail}")
+
+
+# -- description ------------------------------------------------------------------------------
+def test_spec_matches_the_knobs_the_target_applies() -> None:
+    spec = load_spec(PostgresTarget.spec_path())
+    assert spec.target == "postgres"
+    assert spec.names == list(pgb.KNOBS)
+    assert {k.name: k.unit for k in spec} == pgb.KNOB_UNITS
+    assert "fsync" not in spec and "full_page_writes" not in spec
+    assert spec["synchronous_commit"].choices == ("on", "off", "local", "remote_write",
+                                                  "remote_apply")
+    assert spec["max_connections"].low > 3  # above superuser_reserved_connections
+
+
+def test_native_config_workload_and_features() -> None:
+    text = PostgresTarget.render_native({"shared_buffers": 256, "synchronous_commit": "off",
+                                         "autovacuum": False, "commit_delay": 10})
+    assert "shared_buffers = '256MB'" in text and "synchronous_commit = 'off'" in text
+    assert "autovacuum = 'off'" in text and "commit_delay = '10'" in text
+    with pytest.raises(WorkloadError, match="builtin"):
+        PostgresTarget.parse_workload({"builtin": "tpcc"})
+    reads = PostgresTarget.workload_features(PostgresTarget.parse_workload(
+        {"builtin": "select-only", "duration": 99}))
+    writes = PostgresTarget.workload_features(PostgresTarget.parse_workload({}))
+    assert reads["read_ratio"] == 1.0 and writes["read_ratio"] == 0.0
+    assert writes["scale"] == 5 and writes["clients"] == 4 and "duration" not in writes
+
+
+def test_pg_settings_are_converted_to_the_spec_units() -> None:
+    assert pgb.convert("16384", "8kB", "integer", "MB") == 128
+    assert pgb.convert("12", "8kB", "integer", "kB") == 96
+    assert pgb.convert("100", "8kB", "integer", "MB") == 0.78125  # the change shows
+    assert pgb.convert("300", "s", "integer", "s") == 300
+    assert pgb.convert("4", "", "real", "") == 4.0 and pgb.convert("on", "", "bool", "") is True
+    samples = pgb.parse_progress("progress: 1.0 s, 10.5 tps, lat 3.1 ms stddev 0.5, 2 failed\n")
+    assert samples == [{"t": 1.0, "phase": "run", "tps": 10.5, "latency_ms": 3.1,
+                        "latency_stddev_ms": 0.5, "failed": 2}]
+
+
+def test_cluster_placement(tmp_path: Path) -> None:
+    open_dir = Path(tempfile.mkdtemp(prefix="knobflow-pg-", dir="/tmp"))
+    try:
+        open_dir.chmod(0o755)
+        assert pgc.locate(open_dir) is None
+        local = pgc.locate(open_dir, create=True)
+        assert local is not None and local.root == open_dir / "pg" and not local.relocated
+        assert pgc.locate(open_dir) == local  # recorded: clean-up and the next trial find it
+        long_dir = open_dir / ("x" * 90)
+        long_dir.mkdir()
+        far = pgc.locate(long_dir, create=True)
+        assert far is not None and far.relocated  # the socket path would be too long
+    finally:
+        shutil.rmtree(open_dir)
+    if os.geteuid() == 0:  # tmp_path is below /tmp/pytest-of-root (0700): postgres cannot enter
+        hidden = pgc.locate(tmp_path, create=True)
+        assert hidden is not None and hidden.relocated
+        (tmp_path / pgc.LOCATION_FILE).unlink()
+    PostgresTarget.cleanup(tmp_path / "never-used")  # nothing to end, no error
+
+
+def test_clusters_of_deleted_instances_are_swept() -> None:
+    pgc.RELOCATED_BASE.mkdir(parents=True, exist_ok=True)
+    orphan = Path(tempfile.mkdtemp(dir=pgc.RELOCATED_BASE))
+    (orphan / "origin").write_text("/nonexistent/knobflow/instance\n")
+    pgc.sweep_orphans()
+    assert not orphan.exists()
+
+
+# -- trials -----------------------------------------------------------------------------------
+def test_default_config_runs_and_reads_every_knob_back(tmp_path: Path, instance) -> None:
+    data = instance("i1")
+    out = runner(tmp_path, {"i1": data}).run("0", DEFAULTS, "i1", 0)
+    assert out.ok, (out.failure_class, out.message, out.log_tail)
+    assert out.value is not None and out.value > 0 and out.metrics["latency_avg_ms"] > 0
+    assert out.effective_config == DEFAULTS and out.changed_knobs == []
+    assert len(out.samples) >= 1 and all(s["tps"] > 0 for s in out.samples)
+    assert leftovers(data) == []
+    assert not (pgc.locate(data).pgdata / "postmaster.pid").exists()
+
+
+@pytest.mark.parametrize(("config", "text"), [
+    ({"shared_buffers": 0}, 'FATAL:  0 8kB is outside the valid range for parameter "shared_b'),
+    ({"wal_compression": "bogus"}, 'FATAL:  invalid value for parameter "wal_compression"'),
+    ({"max_connections": 3}, "superuser_reserved_connections (3) must be less than max_conn"),
+])
+def test_refused_configs_carry_the_servers_line(tmp_path: Path, instance, config: dict[str, Any],
+                                                text: str) -> None:
+    data = instance("i1")
+    out = runner(tmp_path, {"i1": data}).run("0", config, "i1", 0)
+    assert out.failure_class == FailureClass.REFUSED and text in out.message, out.message
+    assert leftovers(data) == []
+
+
+def test_failures_are_classified(instance) -> None:
+    data = instance("i1")
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() != "1":
+        with pytest.raises(TrialFailed, match="could not map anonymous shared memory") as exc:
+            run_once(data, {"shared_buffers": 400_000}, SHORT)
+        assert exc.value.failure_class == FailureClass.OUT_OF_MEMORY
+    with pytest.raises(ConfigRefused, match="too many clients"):
+        run_once(data, {"max_connections": 16}, {**SHORT, "clients": 20, "duration": 1})
+    with pytest.raises(ConfigRefused, match="no knob 'fsync'"):
+        run_once(data, {"fsync": False}, SHORT)
+    assert leftovers(data) == []
+
+
+def test_synchronous_commit_off_is_faster(instance) -> None:
+    data = instance("i1")
+    work = {"scale": 1, "duration": 3, "clients": 4, "threads": 2}
+    on = run_once(data, {}, work)
+    off = run_once(data, {"synchronous_commit": "off"}, work)
+    assert off.effective_config["synchronous_commit"] == "off"
+    assert off.counters["pgbench_init_s"] == 0.0  # the tables of the first run were reused
+    assert off.metrics["tps"] / on.metrics["tps"] > 1.3, (on.metrics, off.metrics)
+
+
+def test_instance_is_usable_after_a_killed_trial(tmp_path: Path, instance) -> None:
+    data = instance("i1")
+    killed = runner(tmp_path, {"i1": data}, {**SHORT, "duration": 60}, timeout_s=4.0)
+    out = killed.run("0", {}, "i1", 0)
+    assert out.failure_class == FailureClass.TIMEOUT
+    assert leftovers(data) == []
+    assert not (pgc.locate(data).pgdata / "postmaster.pid").exists()
+    out = runner(tmp_path, {"i1": data}).run("1", {"wal_buffers": 100}, "i1", 1)
+    assert out.ok, (out.failure_class, out.message, out.log_tail)
+    assert out.effective_config["wal_buffers"] == 96 and out.changed_knobs == ["wal_buffers"]
+    assert "database system was interrupted" in (data / "logs" / "server.log").read_text()
+    assert leftovers(data) == []
+
+
+def test_two_instances_side_by_side(tmp_path: Path, instance) -> None:
+    dirs = {"i1": instance("i1"), "i2": instance("i2")}
+    both = runner(tmp_path, dirs)
+    outcomes: dict[str, TrialOutcome] = {}
+
+    def go(name: str) -> None:
+        outcomes[name] = both.run(name, {}, name, 0)
+
+    threads = [threading.Thread(target=go, args=(name,)) for name in dirs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(o.ok for o in outcomes.values()), {n: o.message for n, o in outcomes.items()}
+    assert port_of(outcomes["i1"]) != port_of(outcomes["i2"])
+    assert pgc.locate(dirs["i1"]).root != pgc.locate(dirs["i2"]).root
+    assert leftovers(dirs["i1"]) == [] and leftovers(dirs["i2"]) == []
