@@ -80,6 +80,36 @@ def _wait_exit(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    """A process's peak resident memory so far (``VmHWM``, reset when it exec'd), in KiB."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _wait_sampling_peak(pid: int, timeout: float) -> tuple[bool, int]:
+    """Wait for ``pid`` to exit (not reaping it) while sampling its peak memory.
+
+    ``ru_maxrss`` from ``wait4`` cannot be used for that: Linux starts a forked child's high-water
+    mark at its parent's, so a small client of a big trial process reports the parent's size.
+    Returns (timed out, peak KiB).
+    """
+    deadline = time.monotonic() + timeout
+    peak = 0
+    while True:
+        peak = max(peak, _vm_hwm_kb(pid))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True, peak
+        if _wait_exit(pid, min(0.05, left)):
+            return False, peak
+
+
 def run_client(
     cmd: Sequence[str],
     *,
@@ -90,7 +120,7 @@ def run_client(
     cwd: Path | None = None,
     user: str | None = None,
 ) -> ClientRun:
-    """Run a benchmark client to the end (or ``timeout``); its CPU and peak memory from ``wait4``.
+    """Run a benchmark client to the end (or ``timeout``): its CPU (``wait4``) and peak memory.
 
     Output goes to ``<log_dir>/<name>.out`` and ``.err`` (kept for the trial's log) and is
     returned as text.
@@ -107,7 +137,7 @@ def run_client(
             )
         except OSError as exc:
             raise BenchmarkError(f"cannot start {cmd[0]}: {exc}") from None
-    timed_out = not _wait_exit(proc.pid, timeout)
+    timed_out, peak_kb = _wait_sampling_peak(proc.pid, timeout)
     if timed_out:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
@@ -119,7 +149,7 @@ def run_client(
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
         wall_s=time.monotonic() - started,
-        usage=Usage(rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss / 1024.0),
+        usage=Usage(rusage.ru_utime + rusage.ru_stime, (peak_kb or rusage.ru_maxrss) / 1024.0),
         timed_out=timed_out,
     )
 
