@@ -92,12 +92,14 @@ def _vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def _wait_sampling_peak(pid: int, timeout: float) -> tuple[bool, int]:
+def _wait_sampling_peak(
+    pid: int, timeout: float, abort: Callable[[], bool] | None = None
+) -> tuple[str, int]:
     """Wait for ``pid`` to exit (not reaping it) while sampling its peak memory.
 
     ``ru_maxrss`` from ``wait4`` cannot be used for that: Linux starts a forked child's high-water
     mark at its parent's, so a small client of a big trial process reports the parent's size.
-    Returns (timed out, peak KiB).
+    Returns how it ended ("exited", "timeout" or "aborted") and the peak in KiB.
     """
     deadline = time.monotonic() + timeout
     peak = 0
@@ -105,9 +107,11 @@ def _wait_sampling_peak(pid: int, timeout: float) -> tuple[bool, int]:
         peak = max(peak, _vm_hwm_kb(pid))
         left = deadline - time.monotonic()
         if left <= 0:
-            return True, peak
+            return "timeout", peak
         if _wait_exit(pid, min(0.05, left)):
-            return False, peak
+            return "exited", peak
+        if abort is not None and abort():
+            return "aborted", peak
 
 
 def run_client(
@@ -119,11 +123,13 @@ def run_client(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user: str | None = None,
+    abort: Callable[[], bool] | None = None,
 ) -> ClientRun:
     """Run a benchmark client to the end (or ``timeout``): its CPU (``wait4``) and peak memory.
 
     Output goes to ``<log_dir>/<name>.out`` and ``.err`` (kept for the trial's log) and is
-    returned as text.
+    returned as text. ``abort()`` is polled while it runs; when it turns true (e.g. the server
+    under test died: redis-benchmark would retry forever) the client is killed.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
@@ -137,8 +143,9 @@ def run_client(
             )
         except OSError as exc:
             raise BenchmarkError(f"cannot start {cmd[0]}: {exc}") from None
-    timed_out, peak_kb = _wait_sampling_peak(proc.pid, timeout)
-    if timed_out:
+    ended, peak_kb = _wait_sampling_peak(proc.pid, timeout, abort)
+    timed_out = ended == "timeout"
+    if ended != "exited":
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
     # reap it ourselves: wait4 is the only way to get a child's own rusage
