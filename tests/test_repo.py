@@ -18,7 +18,7 @@ def _readme_commands() -> list[str]:
 
 def test_readme_starts_with_the_job_command_then_the_test_command() -> None:
     commands = _readme_commands()
-    assert "knobflow tune sqlite --budget 20" in commands[0]
+    assert "knobflow tune rocksdb --budget 20" in commands[0]
     assert commands[1].rstrip().endswith("pytest")
 
 
