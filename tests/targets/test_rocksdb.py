@@ -255,6 +255,30 @@ def test_a_hang_hits_the_timeout_and_the_instance_is_usable_after(tmp_path: Path
     assert db_benches_on(tmp_path) == []
 
 
+def test_target_file_size_base_zero_ends_as_a_classified_failure(tmp_path: Path) -> None:
+    """TARGETS.md: rocksdict hangs; db_bench fails after ~40 s ("Too many open files")."""
+    drivers = ["rocksdict"] + (["db_bench"] if DB_BENCH else [])
+    config = {**DEFAULTS, "target_file_size_base": 0, "write_buffer_size": 262144}
+    outcomes: dict[str, list[TrialOutcome]] = {}
+
+    def run(driver: str) -> None:
+        trials = runner(tmp_path, driver, {"num_keys": 100_000, "ops": 10_000}, timeout=8.0,
+                        instances=(driver,), job=f"job-{driver}")
+        outcomes[driver] = [trials.run("bad", config, driver, 1),
+                            trials.run("after", DEFAULTS, driver, 2)]
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in drivers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for driver in drivers:
+        bad, after = outcomes[driver]
+        assert bad.failure_class in ("timeout", "io_error"), (driver, bad.failure_class)
+        assert bad.elapsed_s < 8.0 + 5
+        assert_ok(after)
+
+
 @needs_db_bench
 def test_bloom_big_cache_no_compression_beat_zstd_big_blocks_tiny_cache(tmp_path: Path) -> None:
     good = {"bloom_bits": 10, "block_cache_size": 512 * 2**20, "compression": "none"}
