@@ -14,7 +14,12 @@ from conftest import start_cli
 
 from targets.registry import load_target
 
-SERVERS = {"postgres": "postgres", "redis": "redis-server"}
+#: target -> (its contract variant to run, the process name it starts)
+SERVERS = {
+    "postgres": ("postgres", "postgres"),
+    "redis": ("redis", "redis-server"),
+    "rocksdb": ("db_bench", "db_bench"),
+}
 
 
 def _started_since(names: set[str], since: float) -> list[psutil.Process]:
@@ -29,7 +34,8 @@ def _started_since(names: set[str], since: float) -> list[psutil.Process]:
 def test_sigkill_of_the_tuner_leaves_no_server_behind(
     target: str, prefect_api: str, home: Path
 ) -> None:
-    examples = next(iter(load_target(target).contract_examples().values()))
+    variant, process = SERVERS[target]
+    examples = load_target(target).contract_examples()[variant]
     missing = [exe for exe in examples.requires if shutil.which(exe) is None]
     if missing:
         if os.environ.get("KNOBFLOW_REQUIRE_ALL_TARGETS"):
@@ -43,11 +49,11 @@ def test_sigkill_of_the_tuner_leaves_no_server_behind(
     servers: list[psutil.Process] = []
     while time.monotonic() < deadline and not servers:
         assert proc.poll() is None, proc.stderr.read()
-        servers = _started_since({SERVERS[target]}, since)
+        servers = _started_since({process}, since)
         time.sleep(0.1)
-    assert servers, f"no {SERVERS[target]} process appeared"
+    assert servers, f"no {process} process appeared"
     time.sleep(0.5)  # well inside a trial
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    _, alive = psutil.wait_procs(_started_since({SERVERS[target]}, since), timeout=5)
+    _, alive = psutil.wait_procs(_started_since({process}, since), timeout=5)
     assert not alive, f"orphaned servers: {[p.pid for p in alive]}"
