@@ -138,6 +138,8 @@ class Target(ABC):
     trial_timeout_s: ClassVar[float] = 60.0
     #: File suffix of the system's own config format (e.g. ".sql"), if it has one.
     native_suffix: ClassVar[str | None] = None
+    #: Seconds at the start of a run whose samples are warm-up (left out of the noise estimate).
+    warmup_s: ClassVar[float] = 0.0
 
     def __init__(self, data_dir: Path, workload: Mapping[str, Any], seed: int = 0) -> None:
         self.data_dir = Path(data_dir)
@@ -200,6 +202,24 @@ class Target(ABC):
                         f"outside [{fmt_value(low)}, {fmt_value(high)}]"
                     )
         return workload
+
+    @classmethod
+    def normalize_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The config as the system is documented to apply it (rounding to its granularity, its
+        own documented sanitizing). Cleaning compares the effective config with this: any other
+        difference makes the measurement misleading, and it is not learned from."""
+        return dict(config)
+
+    @classmethod
+    def expectations_path(cls) -> Path:
+        """The Great Expectations suite that gates this target's measurements (JSON, GE's format).
+
+        Default: ``expectations/<name>.json`` next to the target's module; a target without one
+        is gated by knobflow's generic suite (``tasks/expectations/default.json``).
+        """
+        import inspect
+
+        return Path(inspect.getfile(cls)).resolve().parent / "expectations" / f"{cls.name}.json"
 
     @classmethod
     def workload_features(cls, workload: Mapping[str, Any]) -> dict[str, float]:

@@ -220,6 +220,15 @@ class PostgresTarget(Target):
         }
 
     @classmethod
+    def normalize_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """PostgreSQL keeps wal_buffers in 8 kB pages: a value is rounded to the nearest page."""
+        out = dict(config)
+        if isinstance(out.get("wal_buffers"), int) and out["wal_buffers"] > 0:
+            # rint() like PostgreSQL: halves round to even pages
+            out["wal_buffers"] = max(8, round(out["wal_buffers"] / 8) * 8)
+        return out
+
+    @classmethod
     def render_native(cls, config: Mapping[str, Any]) -> str:
         """The config as postgresql.conf lines (restart the server to apply every one)."""
         lines = ["# knobflow postgres config: append to postgresql.conf, then restart the server."]

@@ -180,6 +180,21 @@ class RocksdbTarget(Target):
         return features
 
     @classmethod
+    def normalize_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """RocksDB's own option sanitizing (SanitizeOptions): a memtable merge needs a spare
+        memtable, and writes cannot slow down before compaction would start."""
+        out = dict(config)
+        number = out.get("max_write_buffer_number")
+        merge = out.get("min_write_buffer_number_to_merge")
+        if isinstance(number, int) and isinstance(merge, int) and merge >= number:
+            out["min_write_buffer_number_to_merge"] = max(1, number - 1)
+        trigger = out.get("level0_file_num_compaction_trigger")
+        slowdown = out.get("level0_slowdown_writes_trigger")
+        if isinstance(trigger, int) and isinstance(slowdown, int) and 0 < slowdown < trigger:
+            out["level0_slowdown_writes_trigger"] = trigger
+        return out
+
+    @classmethod
     def render_native(cls, config: Mapping[str, Any]) -> str:
         """The config as a RocksDB OPTIONS file (knobs not given at their spec defaults)."""
         return render_options_file(config)

@@ -114,6 +114,10 @@ class SyntheticTarget(Target):
         )
 
     @classmethod
+    def normalize_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return _effective(config)  # documented: buffer_kb is rounded down to a multiple of 16
+
+    @classmethod
     def workload_features(cls, workload: Mapping[str, Any]) -> dict[str, float]:
         # noise, duration and intervals describe the measurement, not the workload
         return {"shift": float(workload["shift"])}

@@ -14,6 +14,7 @@ import json
 import os
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from targets.base import FailureClass, Measurement, Target
 from tasks.clean import clean_measurement
+from tasks.noise import RepeatPolicy, ratio_to_baseline, run_repeated, t_interval
 from tuners.space import SearchSpace
 
 LOG_TAIL_LINES = 20
@@ -56,6 +58,16 @@ class TrialOutcome:
     samples: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)
     workload_features: dict[str, float] = field(default_factory=dict)
+    #: The measurement row that was gated (``tasks/clean.py``) and why it failed, if it did.
+    row: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    #: Noise-aware evaluation: the objective of every repeat and the 95 % interval of their mean;
+    #: with a baseline, ``value`` is the ratio to it and ``raw_value`` the measured mean.
+    repeat_values: list[float] = field(default_factory=list)
+    value_low: float | None = None
+    value_high: float | None = None
+    raw_value: float | None = None
+    baseline_value: float | None = None
     elapsed_s: float = 0.0
 
     @property
@@ -76,6 +88,13 @@ class TrialOutcome:
             "log_tail": self.log_tail,
             "counters": self.counters,
             "workload_features": self.workload_features,
+            "row": self.row,
+            "reasons": self.reasons,
+            "repeat_values": self.repeat_values,
+            "value_low": self.value_low,
+            "value_high": self.value_high,
+            "raw_value": self.raw_value,
+            "baseline_value": self.baseline_value,
             "instance": self.instance,
             "elapsed_s": round(self.elapsed_s, 4),
         }
@@ -93,12 +112,37 @@ class TrialRunner:
     job_dir: Path
     instance_dirs: dict[str, Path]  # instance name -> its data directory
     seed: int = 0
+    policy: RepeatPolicy = field(default_factory=RepeatPolicy)
     _running: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def trial_seed(self, key: int) -> int:
         return (self.seed * 1_000_003 + key) % (2**31)
+
+    def run_repeated(
+        self, key: str, config: Mapping[str, Any], instance: str, seed: int
+    ) -> TrialOutcome:
+        """Run ``config`` as the repeat policy asks; the outcome's value is the mean of repeats."""
+        runs: list[TrialOutcome] = []
+
+        def once(i: int) -> tuple[bool, float | None]:
+            runs.append(self.run(key if i == 0 else f"{key}.r{i}", config, instance, seed + i))
+            return runs[-1].ok, runs[-1].value
+
+        values, all_ok = run_repeated(once, self.policy)
+        outcome = runs[-1]
+        outcome.repeat_values = values
+        outcome.elapsed_s = sum(r.elapsed_s for r in runs)
+        if all_ok:
+            outcome.value = statistics.fmean(values)
+            outcome.value_low, outcome.value_high = t_interval(values)
+            outcome.metrics = {
+                name: statistics.fmean(r.metrics[name] for r in runs)
+                for name in outcome.metrics
+                if all(name in r.metrics for r in runs)
+            }
+        return outcome
 
     def run(self, key: str, config: Mapping[str, Any], instance: str, seed: int) -> TrialOutcome:
         """Run ``config`` once on ``instance`` in a child process; return the cleaned outcome."""
@@ -124,6 +168,8 @@ class TrialRunner:
             outcome.changed_knobs = cleaned.changed_knobs
             outcome.samples = measurement.samples
             outcome.counters = measurement.counters
+            outcome.row = cleaned.row
+            outcome.reasons = cleaned.reasons
             outcome.log_tail = (measurement.log + log_tail)[-LOG_TAIL_LINES:]
             if cleaned.valid:
                 outcome.value = cleaned.metrics[self.objective]
@@ -251,10 +297,17 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
 
 @task(name="run-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
 def run_trial(
-    runner: TrialRunner, key: str, config: dict[str, Any], instance: str, seed: int
+    runner: TrialRunner,
+    key: str,
+    config: dict[str, Any],
+    instance: str,
+    seed: int,
+    single: bool = False,
 ) -> TrialOutcome:
-    """One trial as a Prefect task: run ``config`` on ``instance``, cleaned."""
-    return runner.run(key, config, instance, seed)
+    """One trial as a Prefect task: run ``config`` on ``instance`` (repeated unless ``single``)."""
+    if single:
+        return runner.run(key, config, instance, seed)
+    return runner.run_repeated(key, config, instance, seed)
 
 
 @dataclass
@@ -303,6 +356,37 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return count
 
 
+def _measure_baseline(
+    runner: TrialRunner,
+    space: SearchSpace,
+    instance: str,
+    count: int,
+    on_baseline: Callable[[str, TrialOutcome], None] | None,
+) -> float | None:
+    """Measure the default config on ``instance`` now; its value, or None if it failed."""
+    key = f"baseline-{instance}-{count}"
+    outcome = run_trial(runner, key, space.spec.defaults(), instance, runner.trial_seed(-1 - count))
+    if on_baseline is not None:
+        on_baseline(key, outcome)
+    return outcome.value if outcome.ok else None
+
+
+def _relative_to(outcome: TrialOutcome, baseline: float | None) -> None:
+    """Turn a trial's value into its ratio to the baseline (no baseline: the trial fails)."""
+    if baseline is None or baseline <= 0:
+        outcome.status = "failed"
+        outcome.failure_class = str(FailureClass.INVALID)
+        outcome.message = "no baseline: the default config could not be measured on this instance"
+        outcome.reasons = [*outcome.reasons, outcome.message]
+        return
+    outcome.raw_value, outcome.baseline_value = outcome.value, baseline
+    assert outcome.value is not None
+    outcome.value = ratio_to_baseline(outcome.value, baseline)
+    if outcome.value_low is not None and outcome.value_high is not None:
+        outcome.value_low = ratio_to_baseline(outcome.value_low, baseline)
+        outcome.value_high = ratio_to_baseline(outcome.value_high, baseline)
+
+
 def explore(
     study: optuna.Study,
     space: SearchSpace,
@@ -310,11 +394,15 @@ def explore(
     budget: int,
     time_budget_s: float | None = None,
     on_trial: TrialListener | None = None,
+    baseline_every: int = 0,
+    on_baseline: Callable[[str, TrialOutcome], None] | None = None,
 ) -> ExploreStats:
     """Run trials until ``budget`` trials have finished or ``time_budget_s`` has passed.
 
     One worker thread per instance; each asks Optuna, runs the trial as a Prefect task, and tells
-    the result. No new trial starts after the time budget; running ones finish.
+    the result. No new trial starts after the time budget; running ones finish. With
+    ``baseline_every`` N > 0, each instance measures the default config before every N-th trial
+    and the tuner is told each trial's ratio to its instance's latest baseline.
     """
     direction = study.direction
     maximize = direction == optuna.study.StudyDirection.MAXIMIZE
@@ -341,12 +429,20 @@ def explore(
             return True
 
     def work(instance: str) -> None:
+        baseline: float | None = None
+        count = 0
         while take_ticket():
+            if baseline_every and count % baseline_every == 0:
+                measured = _measure_baseline(runner, space, instance, count, on_baseline)
+                baseline = measured if measured is not None else baseline
+            count += 1
             trial = study.ask(distributions)
             config = space.config(trial.params)
             outcome = run_trial(
                 runner, str(trial.number), config, instance, runner.trial_seed(trial.number)
             )
+            if baseline_every and outcome.ok:
+                _relative_to(outcome, baseline)
             if outcome.failure_class == str(FailureClass.INTERRUPTED):
                 study.tell(trial, state=TrialState.FAIL)
                 return

@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy import stats as scipy_stats
-
 from targets.base import MAXIMIZE
 from tasks.explore import TrialOutcome, TrialRunner, run_trial
+from tasks.noise import t_interval
 
 
 @dataclass
@@ -52,12 +51,8 @@ def gain_interval(
     if not pairs:
         return None
     logs = [math.log(b / d) if direction == MAXIMIZE else math.log(d / b) for d, b in pairs]
-    mean = statistics.fmean(logs)
-    if len(logs) < 2:
-        return math.exp(mean), math.exp(mean), math.exp(mean)
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(logs) - 1) * statistics.stdev(logs)
-    half /= math.sqrt(len(logs))
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    low, high = t_interval(logs, confidence)
+    return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
 def verify_best(
@@ -84,6 +79,7 @@ def verify_best(
                 dict(config),
                 instance,
                 runner.trial_seed(10**6 + 2 * r + (label == "best")),
+                single=True,  # verification repeats itself, interleaved
             )
             if on_run is not None:
                 on_run(label, r, outcome)

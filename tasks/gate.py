@@ -1,0 +1,148 @@
+"""The Great Expectations gate: which measurements may be learned from, and why not.
+
+Each target has an expectation suite kept as a file (GE's own JSON: ``{"name", "expectations":
+[{"type", "kwargs", "meta": {"why": ...}}]}``, see ``Target.expectations_path``) that the
+measurement rows of its trials must pass: one row per trial from the tuner, many rows at once for
+an expert's import. A failed expectation becomes a reason that names the column, what must hold
+(the expectation's ``meta.why``) and the value found.
+
+Great Expectations costs seconds to import: it is imported on the first validation, once per
+process, and one validation definition per suite is reused for every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from targets.base import Target
+from targets.errors import KnobflowError
+from targets.yamlfile import display_path
+
+DEFAULT_SUITE = Path(__file__).resolve().parent / "expectations" / "default.json"
+
+_lock = threading.Lock()
+_context: Any = None
+_validations: dict[Path, Any] = {}
+
+
+class SuiteError(KnobflowError):
+    """An expectation suite file is missing or invalid."""
+
+
+@dataclass
+class GateResult:
+    """Reasons each row failed (an empty list: the row passed), and GE's result as a dict."""
+
+    reasons: list[list[str]]
+    details: dict[str, Any]
+
+    @property
+    def passed(self) -> list[bool]:
+        return [not r for r in self.reasons]
+
+
+def suite_path(target_cls: type[Target]) -> Path:
+    path = target_cls.expectations_path()
+    return path if path.exists() else DEFAULT_SUITE
+
+
+def load_suite_document(path: Path) -> dict[str, Any]:
+    """Read and check a suite file (GE's JSON); errors name the file and what to fix."""
+    shown = display_path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SuiteError(f"{shown}: expectation suite not found") from None
+    except json.JSONDecodeError as exc:
+        raise SuiteError(f"{shown}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("expectations"), list):
+        raise SuiteError(f"{shown}: a suite must be an object with 'name' and 'expectations'")
+    for i, exp in enumerate(doc["expectations"]):
+        if not isinstance(exp, dict) or "type" not in exp or "kwargs" not in exp:
+            raise SuiteError(f"{shown}: expectation {i} needs 'type' and 'kwargs'")
+        if not exp.get("meta", {}).get("why"):
+            raise SuiteError(
+                f"{shown}: expectation {i} ({exp['type']}) needs meta.why: the reason a failed "
+                "trial is given"
+            )
+    return doc
+
+
+def _validation(path: Path) -> Any:
+    """The (cached) GE validation definition of the suite at ``path``."""
+    global _context
+    if path in _validations:
+        return _validations[path]
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    if _context is None:
+        _context = gx.get_context(mode="ephemeral")
+        _context.variables.progress_bars = ProgressBarsConfig(
+            globally=False, metric_calculations=False
+        )
+        _context.data_sources.add_pandas("knobflow")
+    doc = load_suite_document(path)
+    name = f"{doc.get('name', path.stem)}-{len(_validations)}"
+    try:
+        suite = gx.ExpectationSuite(name=name, expectations=doc["expectations"])
+        suite = _context.suites.add(suite)
+    except Exception as exc:  # an unknown expectation type or bad kwargs
+        raise SuiteError(f"{display_path(path)}: {type(exc).__name__}: {exc}") from None
+    asset = _context.data_sources.get("knobflow").add_dataframe_asset(name)
+    batch = asset.add_batch_definition_whole_dataframe(name)
+    validation = _context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch, suite=suite)
+    )
+    _validations[path] = validation
+    return validation
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.6g}"
+    return json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+
+
+def validate_rows(target_cls: type[Target], rows: pd.DataFrame) -> GateResult:
+    """Validate measurement rows against the target's suite; per row, why it failed."""
+    path = suite_path(target_cls)
+    with _lock:  # one GE context per process; trials of parallel instances take turns
+        validation = _validation(path)
+        for column in _columns(validation):
+            if column not in rows.columns:
+                rows = rows.assign(**{column: None})
+        result = validation.run(batch_parameters={"dataframe": rows}, result_format="COMPLETE")
+    reasons: list[list[str]] = [[] for _ in range(len(rows))]
+    for item in result.results:
+        if item.success:
+            continue
+        config = item.expectation_config
+        kwargs = config.kwargs
+        column = kwargs.get("column") or " vs ".join(
+            str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs
+        )
+        why = (config.meta or {}).get("why", config.type)
+        indexes = item.result.get("unexpected_index_list")
+        values = item.result.get("unexpected_list") or []
+        if indexes is None:  # a table-level expectation: every row fails it
+            for row in reasons:
+                row.append(f"{column or 'table'}: {why}")
+            continue
+        for index, value in zip(indexes, values, strict=False):
+            position = rows.index.get_loc(index)
+            reasons[position].append(f"{column}: {why} (got {_shown(value)})")
+    return GateResult(reasons=reasons, details=result.to_json_dict())
+
+
+def _columns(validation: Any) -> list[str]:
+    return [
+        e.column for e in validation.suite.expectations if getattr(e, "column", None) is not None
+    ]
