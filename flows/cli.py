@@ -79,6 +79,75 @@ def knobs_command(
     out.print(table)
 
 
+@app.command("import")
+def import_command(
+    target: Annotated[str, typer.Argument(help="Target the measurements belong to.")],
+    file: Annotated[str, typer.Argument(help="CSV: knob and metric columns, one row per run.")],
+    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+) -> None:
+    """Import an expert's measured configs; bad rows are rejected with reasons, good ones kept."""
+    from pathlib import Path
+
+    from flows.settings import knobflow_home
+    from flows.trials import expert_path, refresh_table
+    from targets.registry import load_target
+    from tasks.expert import check_rows, merge_expert_rows
+    from tasks.table import read_parquet, write_parquet
+
+    target_cls = load_target(target)
+    result = check_rows(file, target_cls)
+    root = knobflow_home(home)
+    if result.rejected:
+        table = Table(title=f"rows of {file} rejected")
+        table.add_column("line", justify="right")
+        table.add_column("reasons", overflow="fold")
+        for line, reasons in result.rejected:
+            table.add_row(str(line), "\n".join(reasons))
+        out.print(table)
+    if result.kept:
+        store = expert_path(root, target)
+        merged = merge_expert_rows(read_parquet(store), result.kept, f"expert:{Path(file).name}")
+        write_parquet(merged, store)
+        refresh_table(root, target)
+    out.print(
+        f"{len(result.kept)} rows kept (source=expert), {len(result.rejected)} rejected; expert "
+        "rows stay out of model training unless --use-expert-data is given"
+    )
+    if not result.kept:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    target: Annotated[str, typer.Argument(help="Target (service) whose trials to export.")],
+    out_file: Annotated[str, typer.Option("--out", help="Parquet file to write.")],
+    training: Annotated[
+        bool, typer.Option(help="Only rows a model may learn from (clean trials).")
+    ] = False,
+    use_expert_data: Annotated[
+        bool, typer.Option(help="With --training: keep the expert's imported rows.")
+    ] = False,
+    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+) -> None:
+    """Export the trial table of a target: every trial, or only what training may use."""
+    from collections import Counter
+    from pathlib import Path
+
+    from flows.settings import knobflow_home
+    from flows.trials import service_table
+    from targets.registry import load_target
+    from tasks.table import training_rows, write_parquet
+
+    load_target(target)
+    table = service_table(knobflow_home(home), target)
+    if training:
+        table = training_rows(table, use_expert=use_expert_data)
+    path = write_parquet(table, Path(out_file))
+    counts = Counter(zip(table["source"], table["status"], strict=True))
+    summary = ", ".join(f"{n} {src}/{status}" for (src, status), n in sorted(counts.items()))
+    out.print(f"{len(table)} rows -> {path}" + (f" ({summary})" if summary else ""))
+
+
 @app.command("check-target")
 def check_target_command(
     target: Annotated[str, typer.Argument(help="Target name, e.g. your own plug-in's.")],
@@ -140,6 +209,20 @@ def tune_command(
     verify_repeats: Annotated[
         int | None, typer.Option(help="Interleaved re-measurements of best and default (3).")
     ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="Runs of every trial config; its value is their mean (1).")
+    ] = None,
+    repeat_until: Annotated[
+        float | None,
+        typer.Option(help="Repeat a trial until its 95% interval is within +- this fraction."),
+    ] = None,
+    max_repeats: Annotated[
+        int | None, typer.Option(help="Most runs of one trial with --repeat-until (5).")
+    ] = None,
+    baseline_every: Annotated[
+        int | None,
+        typer.Option(help="Measure the default before every N-th trial; tell the tuner ratios."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the last unfinished job.")] = False,
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
     as_json: Annotated[
@@ -165,6 +248,10 @@ def tune_command(
         "knobs": [k.strip() for k in knobs.split(",") if k.strip()] if knobs else None,
         "trial_timeout": trial_timeout,
         "verify_repeats": verify_repeats,
+        "repeats": repeats,
+        "repeat_until": repeat_until,
+        "max_repeats": max_repeats,
+        "baseline_every": baseline_every,
     }
     root = knobflow_home(home)
     # validate before the Prefect server starts: bad input answers in a second, not in thirty

@@ -23,6 +23,7 @@ from targets.errors import JobError, KnobflowError, WorkloadError, did_you_mean
 from targets.registry import load_target, target_ref
 from targets.yamlfile import display_path, load_yaml
 from tasks.explore import TrialRunner
+from tasks.noise import RepeatPolicy
 from tuners.samplers import TUNERS
 from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
 
@@ -48,6 +49,10 @@ class Job:
     trial_timeout: float
     verify_repeats: int
     created: str
+    repeats: int = 1
+    repeat_until: float | None = None
+    max_repeats: int = 5
+    baseline_every: int = 0
     status: str = "running"
     mlflow_run_id: str | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
@@ -87,6 +92,7 @@ class Job:
             job_dir=self.dir,
             instance_dirs=self.instance_dirs(),
             seed=self.seed,
+            policy=RepeatPolicy(self.repeats, self.repeat_until, self.max_repeats),
         )
 
     def save(self) -> None:
@@ -173,6 +179,10 @@ def build_job(
     knobs: list[str] | None = None,
     trial_timeout: float | None = None,
     verify_repeats: int = 3,
+    repeats: int = 1,
+    repeat_until: float | None = None,
+    max_repeats: int = 5,
+    baseline_every: int = 0,
 ) -> Job:
     """Validate every input of a new job; raise a KnobflowError naming the first bad one."""
     target_cls = load_target(target)
@@ -185,6 +195,18 @@ def build_job(
     check_int("parallel", parallel, 1, 64)
     check_int("seed", seed, 0, 2**31 - 1)
     check_int("verify_repeats", verify_repeats, 2, 100)
+    check_int("repeats", repeats, 1, 100)
+    check_int("max_repeats", max_repeats, max(repeats, 2), 100)
+    check_int("baseline_every", baseline_every, 0, 10_000)
+    if repeat_until is not None and (
+        isinstance(repeat_until, bool)
+        or not isinstance(repeat_until, (int, float))
+        or not 0 < repeat_until < 1
+    ):
+        raise KnobflowError(
+            "The 'repeat_until' option of tune must be a relative half-width in (0, 1), e.g. "
+            f"0.05 for +-5 %. Got {repeat_until!r} instead."
+        )
     time_budget = check_seconds("time_budget", time_budget)
     timeout = check_seconds("trial_timeout", trial_timeout) or float(target_cls.trial_timeout_s)
     if tuner not in TUNERS:
@@ -226,6 +248,10 @@ def build_job(
         trial_timeout=timeout,
         verify_repeats=verify_repeats,
         created=now.isoformat(),
+        repeats=repeats,
+        repeat_until=repeat_until,
+        max_repeats=max_repeats,
+        baseline_every=baseline_every,
         home=home,
     )
 

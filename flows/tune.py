@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.job import Job, build_job, find_resumable
 from flows.report import best_trial, plot_history, summarize, write_config_files, write_summary
 from flows.settings import knobflow_home, tracking_uri
+from flows.trials import refresh_table
 from tasks.explore import (
     ATTR,
     ExploreStats,
@@ -97,6 +98,10 @@ def tune(
     knobs: list[str] | None = None,
     trial_timeout: float | None = None,
     verify_repeats: int | None = None,
+    repeats: int | None = None,
+    repeat_until: float | None = None,
+    max_repeats: int | None = None,
+    baseline_every: int | None = None,
     resume: bool = False,
     home: str | None = None,
 ) -> dict[str, Any]:
@@ -117,6 +122,10 @@ def tune(
         "knobs": knobs,
         "trial_timeout": trial_timeout,
         "verify_repeats": verify_repeats,
+        "repeats": repeats,
+        "repeat_until": repeat_until,
+        "max_repeats": max_repeats,
+        "baseline_every": baseline_every,
     }
     job = prepare_job(home, target, resume, options)
     space = job.search_space()
@@ -143,14 +152,27 @@ def tune(
             listener(str(number), outcome, stats)
 
     try:
-        explore(study, space, runner, job.budget, job.time_budget, on_trial=on_trial)
+        explore(
+            study,
+            space,
+            runner,
+            job.budget,
+            job.time_budget,
+            on_trial=on_trial,
+            baseline_every=job.baseline_every,
+            on_baseline=lambda key, outcome: tracker.log_trial(
+                key, outcome.record(), outcome.samples, phase="baseline"
+            ),
+        )
         best = best_trial(study)
         verification, files = None, {}
         if best is not None:
             best_config = best.user_attrs[ATTR]["config"]
             verification = verify(job, runner, best_config, tracker)
             files = write_config_files(job, best_config, verification)
+        table = refresh_table(job.home, job.target)
         summary = summarize(job, study, verification, files, time.monotonic() - began)
+        summary["trial_table"] = str(table)
         plot = plot_history(job, study, verification)
         result_path = write_summary(job, summary)
     except BaseException:
@@ -175,7 +197,7 @@ def tune(
                 "best_observed_value",
             )
         },
-        artifacts=[result_path, job.dir / "job.json", *map(Path, files.values())]
+        artifacts=[result_path, job.dir / "job.json", table, *map(Path, files.values())]
         + ([plot] if plot else []),
         tags={"knobflow.best_trial": str(summary["best_trial"])},
         status="FINISHED" if best is not None else "FAILED",

@@ -149,7 +149,7 @@ class SyntheticTarget(Target):
         value *= _threads_factor(int(cfg["threads"]), cfg["mode"])
         value *= _buffer_factor(int(cfg["buffer_kb"]), shift)
         value *= _mode_factor(cfg["mode"], bool(cfg["compress"]), shift)
-        return value
+        return max(value, 1.0)  # even the worst config does something: 1 op/s
 
     @classmethod
     def known_optimum_value(cls, workload: Mapping[str, Any]) -> float:

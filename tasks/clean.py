@@ -88,35 +88,48 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _rate(sample: Mapping[str, Any]) -> float | None:
+    return next((_number(sample.get(c)) for c in _RATE_COLUMNS if c in sample), None)
+
+
 def _sample_facts(samples: list[Any], warmup_s: float) -> tuple[dict[str, Any], list[str]]:
     """Facts about the per-interval samples, and structural problems (reasons)."""
     facts: dict[str, Any] = {
         "n_samples": len(samples), "timestamps_monotonic": None, "samples_finite": None,
-        "error_rate": None, "objective_cv": None,
+        "first_bad_sample": "", "error_rate": None, "objective_cv": None,
     }
     problems = []
     if not samples:
         return facts, problems
     if not all(isinstance(s, Mapping) for s in samples):
         return facts, ["samples: every sample must be a mapping of column to value"]
-    times = [s.get("t") for s in samples]
-    if any(_number(t) is None for t in times):
+    times = [_number(s.get("t")) for s in samples]
+    if any(t is None for t in times):
         problems.append("samples: a sample has no time 't'")
     else:
         facts["timestamps_monotonic"] = times[0] >= 0 and all(
             b >= a for a, b in itertools.pairwise(times)
         )
-    values = [v for s in samples for k, v in s.items() if k != "t" and not isinstance(v, str)]
-    facts["samples_finite"] = all(
-        _number(v) is not None and math.isfinite(v) and v >= 0 for v in values if v is not None
-    ) and all(v is not None for v in values)
-    ops = sum(_number(s.get("ops")) or 0.0 for s in samples)
-    errors = sum(_number(s.get(c)) or 0.0 for s in samples for c in _ERROR_COLUMNS)
+    bad = next(
+        (f"sample {i} {k}={v!r}" for i, s in enumerate(samples) for k, v in s.items()
+         if k != "t" and not isinstance(v, str)
+         and (_number(v) is None or not math.isfinite(v) or v < 0)),
+        "",
+    )
+    facts["samples_finite"], facts["first_bad_sample"] = not bad, bad
+    # operations per sample: counted, or the rate over the interval since the previous sample
+    ops = 0.0
+    for i, s in enumerate(samples):
+        count = _number(s.get("ops"))
+        if count is None and (rate := _rate(s)) is not None and None not in times:
+            count = rate * max(0.0, times[i] - (times[i - 1] if i else 0.0))
+        ops += count or 0.0
     if any(c in s for s in samples for c in _ERROR_COLUMNS) and ops > 0:
-        facts["error_rate"] = errors / ops
+        errors = sum(_number(s.get(c)) or 0.0 for s in samples for c in _ERROR_COLUMNS)
+        facts["error_rate"] = errors / (ops + errors)
     rates = [
         r for s in samples
-        if (r := next((_number(s.get(c)) for c in _RATE_COLUMNS if c in s), None)) is not None
+        if (r := _rate(s)) is not None
         and (_number(s.get("t")) or 0.0) > warmup_s and s.get("kind", "interval") == "interval"
     ]
     if len(rates) >= 3 and statistics.fmean(rates) > 0:
@@ -137,6 +150,10 @@ def measurement_row(
         value = _number(raw)
         if name in measurement.metrics and value is None:
             problems.append(f"metric.{name}: must be a number (got {raw!r})")
+        elif name in target_cls.metrics and name not in measurement.metrics:
+            problems.append(f"metric.{name}: the target declares it but did not report it")
+        elif value is not None and math.isnan(value):
+            problems.append(f"metric.{name}: is NaN")
         row[f"metric.{name}"] = value if value is not None else math.nan
     facts, sample_problems = _sample_facts(measurement.samples, target_cls.warmup_s)
     row.update(facts)
@@ -150,9 +167,13 @@ def measurement_row(
     names, texts = config_differences(target_cls, requested, effective)
     row["config_consistent"] = not names if effective else None
     row["config_differences"] = "; ".join(texts)
-    row["knobs_not_read_back"] = len([k for k in requested if k not in effective])
+    missing = [k for k in requested if k not in effective]
+    row["knobs_not_read_back"] = len(missing)
+    row["knobs_missing"] = ", ".join(missing)
     for name, raw in measurement.counters.items():
         value = _number(raw)
+        if value is None or not math.isfinite(value) or value < 0:
+            problems.append(f"counter.{name}: must be a finite number >= 0 (got {raw!r})")
         row[f"counter.{name}"] = value if value is not None else math.nan
     for name, pattern in _LOG_SIGNALS.items():
         row[name] = float(sum(bool(pattern.search(line)) for line in measurement.log))
@@ -172,11 +193,26 @@ def clean_measurement(
 
     row, problems, changed = measurement_row(measurement, target_cls, requested)
     gate = validate_rows(target_cls, pd.DataFrame([row]))
-    reasons = problems + gate.reasons[0]
+    details = {  # what a failed fact was about, for the operator reading the reason
+        "config_consistent:": row["config_differences"],
+        "knobs_not_read_back:": row["knobs_missing"],
+        "samples_finite:": row["first_bad_sample"],
+    }
+    reasons = problems + [
+        next((f"{r}: {text}" for prefix, text in details.items() if r.startswith(prefix)), r)
+        for r in gate.reasons[0]
+    ]
     metrics = {
         k.removeprefix("metric."): v for k, v in row.items()
         if k.startswith("metric.") and isinstance(v, float) and not math.isnan(v)
     }
+    # the objective's own problem, said as such (the generic metric checks say it less well)
+    said = {
+        f"metric.{objective}: the target declares it but did not report it":
+            f"metric.{objective}: the objective was not measured",
+        f"metric.{objective}: is NaN": f"metric.{objective}: the objective is NaN",
+    }
+    reasons = [said.get(r, r) for r in reasons]
     if objective not in metrics and not any(r.startswith(f"metric.{objective}") for r in reasons):
         reasons.insert(0, f"metric.{objective}: the objective was not measured")
     return Cleaned(not reasons, metrics, reasons, changed, row)

@@ -13,6 +13,7 @@ process, and one validation definition per suite is reused for every trial.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -84,6 +85,8 @@ def _validation(path: Path) -> Any:
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     if _context is None:
+        # "Created temporary directory ... for ephemeral docs site": noise to an operator
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         _context = gx.get_context(mode="ephemeral")
         _context.variables.progress_bars = ProgressBarsConfig(
             globally=False, metric_calculations=False
@@ -106,6 +109,8 @@ def _validation(path: Path) -> Any:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 2:  # a column pair
+        return f"{_shown(value[0])} vs {_shown(value[1])}"
     if isinstance(value, float):
         return "NaN" if math.isnan(value) else f"{value:.6g}"
     return json.dumps(value, default=str) if not isinstance(value, str) else repr(value)

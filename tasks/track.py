@@ -126,6 +126,10 @@ class JobTracker:
                 tags["knobflow.failure_class"] = record["failure_class"]
                 tags["knobflow.failure_message"] = str(record.get("message", ""))[:4000]
                 tags["knobflow.log_tail"] = "\n".join(record.get("log_tail", []))[-4000:]
+            if record.get("row"):  # it reached the measurement gate
+                tags["knobflow.gate"] = "failed" if record.get("reasons") else "passed"
+            if record.get("reasons"):
+                tags["knobflow.gate_reasons"] = "\n".join(record["reasons"])[:4000]
             if record.get("changed_knobs"):
                 tags["knobflow.changed_knobs"] = ",".join(record["changed_knobs"])
             run = self.client.create_run(self.experiment_id, tags=tags)
