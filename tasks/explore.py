@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,8 @@ class TrialOutcome:
     raw_value: float | None = None
     baseline_value: float | None = None
     elapsed_s: float = 0.0
+    #: The raw measurement between running and cleaning (never stored).
+    measurement: Measurement | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -146,6 +148,12 @@ class TrialRunner:
 
     def run(self, key: str, config: Mapping[str, Any], instance: str, seed: int) -> TrialOutcome:
         """Run ``config`` once on ``instance`` in a child process; return the cleaned outcome."""
+        return self.clean(self.execute(key, config, instance, seed))
+
+    def execute(
+        self, key: str, config: Mapping[str, Any], instance: str, seed: int
+    ) -> TrialOutcome:
+        """Run ``config`` once in a child process; the outcome is not cleaned yet."""
         trial_dir = self.job_dir / "trials" / key
         trial_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -160,24 +168,31 @@ class TrialRunner:
             message=message,
             log_tail=log_tail,
             workload_features=self.target_cls.workload_features(self.workload),
+            elapsed_s=time.monotonic() - started,
         )
-        if measurement is not None:
-            cleaned = clean_measurement(measurement, self.target_cls, self.objective, config)
-            outcome.metrics = cleaned.metrics
-            outcome.effective_config = measurement.effective_config
-            outcome.changed_knobs = cleaned.changed_knobs
-            outcome.samples = measurement.samples
-            outcome.counters = measurement.counters
-            outcome.row = cleaned.row
-            outcome.reasons = cleaned.reasons
-            outcome.log_tail = (measurement.log + log_tail)[-LOG_TAIL_LINES:]
-            if cleaned.valid:
-                outcome.value = cleaned.metrics[self.objective]
-            else:
-                outcome.status = "failed"
-                outcome.failure_class = str(FailureClass.INVALID)
-                outcome.message = cleaned.reason
-        outcome.elapsed_s = time.monotonic() - started
+        outcome.measurement = measurement
+        return outcome
+
+    def clean(self, outcome: TrialOutcome) -> TrialOutcome:
+        """Gate the outcome's measurement (``tasks/clean.py``): a value, or why it has none."""
+        measurement, outcome.measurement = outcome.measurement, None
+        if measurement is None:
+            return outcome
+        cleaned = clean_measurement(measurement, self.target_cls, self.objective, outcome.config)
+        outcome.metrics = cleaned.metrics
+        outcome.effective_config = measurement.effective_config
+        outcome.changed_knobs = cleaned.changed_knobs
+        outcome.samples = measurement.samples
+        outcome.counters = measurement.counters
+        outcome.row = cleaned.row
+        outcome.reasons = cleaned.reasons
+        outcome.log_tail = (measurement.log + outcome.log_tail)[-LOG_TAIL_LINES:]
+        if cleaned.valid:
+            outcome.value = cleaned.metrics[self.objective]
+        else:
+            outcome.status = "failed"
+            outcome.failure_class = str(FailureClass.INVALID)
+            outcome.message = cleaned.reason
         return outcome
 
     def _execute(
@@ -310,6 +325,20 @@ def run_trial(
     return runner.run_repeated(key, config, instance, seed)
 
 
+@task(name="execute-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
+def execute_trial(
+    runner: TrialRunner, key: str, config: dict[str, Any], instance: str, seed: int
+) -> TrialOutcome:
+    """One trial's run as a Prefect task, cleaned later by ``clean_trial``."""
+    return runner.execute(key, config, instance, seed)
+
+
+@task(name="clean-trial", task_run_name="clean-{key}", cache_policy=NO_CACHE)
+def clean_trial(runner: TrialRunner, key: str, outcome: TrialOutcome) -> TrialOutcome:
+    """One trial's measurement through the cleaning gate, as a Prefect task."""
+    return runner.clean(outcome)
+
+
 @dataclass
 class ExploreStats:
     """Progress of an exploration, as the progress bar and the logs show it."""
@@ -428,6 +457,34 @@ def explore(
             launched += 1
             return True
 
+    # Cleaning a single-run trial (the Great Expectations gate, ~80 ms) happens on one
+    # background thread while the instance already runs its next trial; with repeats the worker
+    # needs each run's value at once, so it cleans inline.
+    pipelined = runner.policy.repeats == 1 and runner.policy.until is None
+    cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
+    cleanings: list[Future[None]] = []
+
+    def finish(trial: optuna.trial.Trial, outcome: TrialOutcome, baseline: float | None) -> None:
+        if outcome.measurement is not None:
+            outcome = clean_trial(runner, str(trial.number), outcome)
+        if baseline_every and outcome.ok:
+            _relative_to(outcome, baseline)
+        trial.set_user_attr(ATTR, outcome.record())
+        if outcome.ok:
+            study.tell(trial, outcome.value)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+        with lock:
+            stats.done += 1
+            if not outcome.ok:
+                stats.failed += 1
+            elif stats.best_value is None or (
+                outcome.value > stats.best_value if maximize else outcome.value < stats.best_value
+            ):
+                stats.best_value, stats.best_number = outcome.value, trial.number
+            if on_trial is not None:
+                on_trial(trial.number, outcome, stats)
+
     def work(instance: str) -> None:
         baseline: float | None = None
         count = 0
@@ -438,40 +495,34 @@ def explore(
             count += 1
             trial = study.ask(distributions)
             config = space.config(trial.params)
-            outcome = run_trial(
-                runner, str(trial.number), config, instance, runner.trial_seed(trial.number)
-            )
-            if baseline_every and outcome.ok:
-                _relative_to(outcome, baseline)
+            key, seed = str(trial.number), runner.trial_seed(trial.number)
+            if pipelined:
+                outcome = execute_trial(runner, key, config, instance, seed)
+            else:
+                outcome = run_trial(runner, key, config, instance, seed)
             if outcome.failure_class == str(FailureClass.INTERRUPTED):
                 study.tell(trial, state=TrialState.FAIL)
                 return
-            trial.set_user_attr(ATTR, outcome.record())
-            if outcome.ok:
-                study.tell(trial, outcome.value)
+            if pipelined:
+                cleanings.append(
+                    cleaner.submit(copy_context().run, finish, trial, outcome, baseline)
+                )
             else:
-                study.tell(trial, state=TrialState.FAIL)
-            with lock:
-                stats.done += 1
-                if not outcome.ok:
-                    stats.failed += 1
-                elif stats.best_value is None or (
-                    outcome.value > stats.best_value
-                    if maximize
-                    else outcome.value < stats.best_value
-                ):
-                    stats.best_value, stats.best_number = outcome.value, trial.number
-                if on_trial is not None:
-                    on_trial(trial.number, outcome, stats)
+                finish(trial, outcome, baseline)
 
     instances = list(runner.instance_dirs)
-    with ThreadPoolExecutor(max_workers=len(instances), thread_name_prefix="trial") as pool:
-        # each thread gets its own copy of the flow's context so its task runs belong to the flow
-        futures = [pool.submit(copy_context().run, work, name) for name in instances]
-        try:
-            for fut in futures:
-                fut.result()
-        except BaseException:
-            runner.stop_all()
-            raise
+    try:
+        with ThreadPoolExecutor(max_workers=len(instances), thread_name_prefix="trial") as pool:
+            # each thread gets its own copy of the flow's context: its task runs belong to the flow
+            futures = [pool.submit(copy_context().run, work, name) for name in instances]
+            try:
+                for fut in futures:
+                    fut.result()
+            except BaseException:
+                runner.stop_all()
+                raise
+    finally:
+        cleaner.shutdown(wait=True)  # finished trials are cleaned and told, even when stopping
+    for cleaning in cleanings:
+        cleaning.result()  # a cleaning that failed (e.g. a broken suite file) fails the job
     return stats

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -42,7 +41,7 @@ class JobTracker:
     """The MLflow runs of one tuning job; every write happens on a background thread."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
-        mlflow.set_tracking_uri(tracking_uri)
+        # no mlflow.set_tracking_uri: it also sets $MLFLOW_TRACKING_URI for every later process
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:

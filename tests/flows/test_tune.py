@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -34,6 +35,8 @@ def _children(client: MlflowClient, parent: str, phase: str) -> list:
 
 def test_synthetic_job_records_every_trial_in_mlflow(prefect_api: str, home: Path) -> None:
     summary = tune("synthetic", budget=14, seed=2, workload=FAST, home=str(home))
+    # the job's store must not leak to later processes (mlflow.set_tracking_uri sets this)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
     assert summary["n_trials"] == 14
     assert summary["best_config"] is not None
