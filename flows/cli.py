@@ -89,7 +89,7 @@ def import_command(
     from pathlib import Path
 
     from flows.settings import knobflow_home
-    from flows.trials import expert_path, refresh_table
+    from flows.trials import expert_path
     from targets.registry import load_target
     from tasks.expert import check_rows, merge_expert_rows
     from tasks.table import read_parquet, write_parquet
@@ -108,7 +108,6 @@ def import_command(
         store = expert_path(root, target)
         merged = merge_expert_rows(read_parquet(store), result.kept, f"expert:{Path(file).name}")
         write_parquet(merged, store)
-        refresh_table(root, target)
     out.print(
         f"{len(result.kept)} rows kept (source=expert), {len(result.rejected)} rejected; expert "
         "rows stay out of model training unless --use-expert-data is given"

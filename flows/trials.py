@@ -1,7 +1,9 @@
 """A service's trial table across all its jobs, and the expert rows imported for it.
 
-The table is rebuilt from the Optuna studies (the source of truth) at the end of every job and
-by ``knobflow export``; imported expert rows live in ``<home>/expert/<target>.parquet``.
+Each job writes its own rows once, at its end, to ``<home>/tables/<target>/<study>.parquet``
+(cost grows with the job, not with the service's history); imported expert rows live in
+``<home>/expert/<target>.parquet``. ``service_table`` is their union, rebuilt from the Optuna
+study (the source of truth) for a job that ended without writing its rows.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from tasks.table import as_table, read_parquet, study_rows, write_parquet
 from tuners.study import journal_path, open_study
 
 
-def table_path(home: Path, target: str) -> Path:
-    return home / "tables" / f"{target}.parquet"
+def job_table_path(job: Job) -> Path:
+    return job.home / "tables" / job.target / f"{job.study_name}.parquet"
 
 
 def expert_path(home: Path, target: str) -> Path:
@@ -36,21 +38,29 @@ def jobs_of(home: Path, target: str) -> list[Job]:
     return jobs
 
 
+def job_rows(job: Job, study: optuna.Study | None = None) -> pd.DataFrame:
+    """The trial-table rows of one job, from its study."""
+    if study is None:
+        study = open_study(job.home, job.study_name, job.direction,
+                           optuna.samplers.RandomSampler(), create=False)
+    return as_table(study_rows(study, service=job.target, target=job.target,
+                               objective=job.objective, direction=job.direction))
+
+
+def write_job_table(job: Job, study: optuna.Study) -> Path:
+    """Write the job's rows of the trial table; its path."""
+    return write_parquet(job_rows(job, study), job_table_path(job))
+
+
 def service_table(home: Path, target: str) -> pd.DataFrame:
     """Every trial of ``target``'s jobs under ``home``, plus its imported expert rows."""
-    rows = []
+    parts = []
     for job in jobs_of(home, target):
-        study = open_study(home, job.study_name, job.direction,
-                           optuna.samplers.RandomSampler(), create=False)
-        rows += study_rows(study, service=job.target, target=job.target,
-                           objective=job.objective, direction=job.direction)
-    expert = read_parquet(expert_path(home, target))
-    table = as_table(rows)
-    if not expert.empty:
-        table = as_table([*table.to_dict(orient="records"), *expert.to_dict(orient="records")])
-    return table
-
-
-def refresh_table(home: Path, target: str) -> Path:
-    """Rebuild and write the trial table of ``target``; its path."""
-    return write_parquet(service_table(home, target), table_path(home, target))
+        path = job_table_path(job)
+        stale = not path.exists() or (
+            path.stat().st_mtime < journal_path(home, job.study_name).stat().st_mtime
+        )
+        parts.append(job_rows(job) if stale else pd.read_parquet(path))
+    parts.append(read_parquet(expert_path(home, target)))
+    records = [r for part in parts if not part.empty for r in part.to_dict(orient="records")]
+    return as_table(records)

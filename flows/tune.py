@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.job import Job, build_job, find_resumable
 from flows.report import best_trial, plot_history, summarize, write_config_files, write_summary
 from flows.settings import knobflow_home, tracking_uri
-from flows.trials import refresh_table
+from flows.trials import write_job_table
 from tasks.explore import (
     ATTR,
     ExploreStats,
@@ -170,7 +170,7 @@ def tune(
             best_config = best.user_attrs[ATTR]["config"]
             verification = verify(job, runner, best_config, tracker)
             files = write_config_files(job, best_config, verification)
-        table = refresh_table(job.home, job.target)
+        table = write_job_table(job, study)
         summary = summarize(job, study, verification, files, time.monotonic() - began)
         summary["trial_table"] = str(table)
         plot = plot_history(job, study, verification)

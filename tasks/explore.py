@@ -485,15 +485,18 @@ def explore(
             if on_trial is not None:
                 on_trial(trial.number, outcome, stats)
 
+    def next_trial() -> optuna.trial.Trial | None:
+        return study.ask(distributions) if take_ticket() else None
+
     def work(instance: str) -> None:
         baseline: float | None = None
         count = 0
-        while take_ticket():
+        trial = next_trial()
+        while trial is not None:
             if baseline_every and count % baseline_every == 0:
                 measured = _measure_baseline(runner, space, instance, count, on_baseline)
                 baseline = measured if measured is not None else baseline
             count += 1
-            trial = study.ask(distributions)
             config = space.config(trial.params)
             key, seed = str(trial.number), runner.trial_seed(trial.number)
             if pipelined:
@@ -504,11 +507,15 @@ def explore(
                 study.tell(trial, state=TrialState.FAIL)
                 return
             if pipelined:
-                cleanings.append(
-                    cleaner.submit(copy_context().run, finish, trial, outcome, baseline)
-                )
+                # ask first: sampling and cleaning would take turns on the GIL, and the
+                # next trial's run, in its own process, is what cleaning should overlap
+                following = next_trial()
+                cleaning = cleaner.submit(copy_context().run, finish, trial, outcome, baseline)
+                cleanings.append(cleaning)
             else:
                 finish(trial, outcome, baseline)
+                following = next_trial()
+            trial = following
 
     instances = list(runner.instance_dirs)
     try:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 from conftest import REPO, run_cli
 
+from flows.trials import service_table
+
 EXPERT = REPO / "tests" / "data" / "expert" / "sqlite.csv"
 
 
@@ -27,7 +29,7 @@ def test_import_keeps_good_rows_and_rejects_bad_ones_with_reasons(home: Path) ->
         assert any(row.split("│")[1].strip() == line and reason in row
                    for row in out.splitlines() if row.count("│") >= 3), (line, reason)
 
-    table = pd.read_parquet(home / "tables" / "sqlite.parquet")
+    table = service_table(home, "sqlite")
     assert list(table["source"]) == ["expert", "expert"]
     assert sorted(table["trial"]) == ["line-2", "line-3"]
     assert set(table["knob.journal_mode"]) == {"wal"}
@@ -36,7 +38,7 @@ def test_import_keeps_good_rows_and_rejects_bad_ones_with_reasons(home: Path) ->
 
     again = run_cli(["import", "sqlite", str(EXPERT), "--home", str(home)])
     assert again.returncode == 0
-    assert len(pd.read_parquet(home / "tables" / "sqlite.parquet")) == 2  # no duplicates
+    assert len(service_table(home, "sqlite")) == 2  # no duplicates
 
 
 def test_expert_rows_stay_out_of_training_unless_asked(home: Path, tmp_path: Path) -> None:
