@@ -134,7 +134,8 @@ def tune(
     runner = job.trial_runner()
 
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
-        tracker.log_trial(str(number), outcome.record(), outcome.samples)
+        tracker.log_trial(str(number), outcome.record(), outcome.samples,
+                          validation=outcome.validation)
         what = (
             f"{outcome.value:.6g}"
             if outcome.ok

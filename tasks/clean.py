@@ -42,6 +42,8 @@ class Cleaned:
     reasons: list[str] = field(default_factory=list)
     changed_knobs: list[str] = field(default_factory=list)
     row: dict[str, Any] = field(default_factory=dict)
+    #: Great Expectations' own validation result (what MLflow keeps beside the trial).
+    validation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reason(self) -> str:
@@ -215,4 +217,4 @@ def clean_measurement(
     reasons = [said.get(r, r) for r in reasons]
     if objective not in metrics and not any(r.startswith(f"metric.{objective}") for r in reasons):
         reasons.insert(0, f"metric.{objective}: the objective was not measured")
-    return Cleaned(not reasons, metrics, reasons, changed, row)
+    return Cleaned(not reasons, metrics, reasons, changed, row, gate.details)

@@ -71,6 +71,8 @@ class TrialOutcome:
     elapsed_s: float = 0.0
     #: The raw measurement between running and cleaning (never stored).
     measurement: Measurement | None = field(default=None, repr=False)
+    #: Great Expectations' validation result (kept in MLflow, not in the study).
+    validation: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -186,6 +188,7 @@ class TrialRunner:
         outcome.counters = measurement.counters
         outcome.row = cleaned.row
         outcome.reasons = cleaned.reasons
+        outcome.validation = cleaned.validation
         outcome.log_tail = (measurement.log + outcome.log_tail)[-LOG_TAIL_LINES:]
         if cleaned.valid:
             outcome.value = cleaned.metrics[self.objective]

@@ -107,8 +107,10 @@ class JobTracker:
         record: Mapping[str, Any],
         samples: list[dict[str, Any]] | None = None,
         phase: str = "explore",
+        validation: Mapping[str, Any] | None = None,
     ) -> None:
-        """Queue a child run for one trial (``record`` is ``TrialOutcome.record()``)."""
+        """Queue a child run for one trial (``record`` is ``TrialOutcome.record()``); the
+        measurement gate's own result, when given, is kept as ``validation.json``."""
         run_id = self.run_id
         payload = {**record, "samples": samples or []}
 
@@ -147,9 +149,12 @@ class JobTracker:
             metrics.append(Metric("elapsed_s", float(record.get("elapsed_s", 0.0)), now, 0))
             self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "trial.json"
-                path.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-                self.client.log_artifact(run.info.run_id, str(path))
+                files = {"trial.json": payload, "validation.json": validation}
+                for name, content in files.items():
+                    if content:
+                        path = Path(tmp) / name
+                        path.write_text(json.dumps(content, indent=1, default=str), "utf-8")
+                        self.client.log_artifact(run.info.run_id, str(path))
             self.client.set_terminated(
                 run.info.run_id, status="FINISHED" if record["status"] == "ok" else "FAILED"
             )

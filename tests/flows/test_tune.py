@@ -59,6 +59,10 @@ def test_synthetic_job_records_every_trial_in_mlflow(prefect_api: str, home: Pat
         if run.data.tags["knobflow.status"] == "ok":
             assert run.data.metrics["throughput"] > 0
             assert {f"effective.{k}" for k in spec.names} <= set(run.data.params)
+            # the measurement gate's verdict and Great Expectations' own result are kept
+            assert run.data.tags["knobflow.gate"] == "passed"
+            files = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"trial.json", "validation.json"} <= files
         else:
             assert run.data.tags["knobflow.failure_class"]
     verify = _children(client, summary["mlflow_run_id"], "verify")
