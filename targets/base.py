@@ -138,7 +138,8 @@ class Target(ABC):
     trial_timeout_s: ClassVar[float] = 60.0
     #: File suffix of the system's own config format (e.g. ".sql"), if it has one.
     native_suffix: ClassVar[str | None] = None
-    #: Seconds at the start of a run whose samples are warm-up (left out of the noise estimate).
+    #: Seconds at the start of a run whose samples are warm-up (left out of the steady rate and
+    #: the noise estimate that cleaning computes from the samples).
     warmup_s: ClassVar[float] = 0.0
 
     def __init__(self, data_dir: Path, workload: Mapping[str, Any], seed: int = 0) -> None:

@@ -85,6 +85,8 @@ class PostgresTarget(Target):
     }
     default_objective: ClassVar[str] = "tps"
     trial_timeout_s: ClassVar[float] = 90.0
+    #: pgbench's first second: connections being made, caches still cold
+    warmup_s: ClassVar[float] = 1.0
 
     def __init__(self, data_dir: Path, workload: Mapping[str, Any], seed: int = 0) -> None:
         super().__init__(data_dir, workload, seed)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from targets.base import Measurement, Target
+from tasks.noise import t_interval
 
 _LOG_SIGNALS = {
     "log.errors": re.compile(r"\b(error|fatal|panic|failed)\b", re.I),
@@ -99,6 +100,7 @@ def _sample_facts(samples: list[Any], warmup_s: float) -> tuple[dict[str, Any], 
     facts: dict[str, Any] = {
         "n_samples": len(samples), "timestamps_monotonic": None, "samples_finite": None,
         "first_bad_sample": "", "error_rate": None, "objective_cv": None,
+        "steady_rate": None, "steady_rate_low": None, "steady_rate_high": None,
     }
     problems = []
     if not samples:
@@ -134,8 +136,12 @@ def _sample_facts(samples: list[Any], warmup_s: float) -> tuple[dict[str, Any], 
         if (r := _rate(s)) is not None
         and (_number(s.get("t")) or 0.0) > warmup_s and s.get("kind", "interval") == "interval"
     ]
-    if len(rates) >= 3 and statistics.fmean(rates) > 0:
-        facts["objective_cv"] = statistics.stdev(rates) / statistics.fmean(rates)
+    if rates and all(math.isfinite(r) for r in rates):
+        # the rate after warm-up, with the 95 % interval of its mean over the intervals
+        facts["steady_rate"] = statistics.fmean(rates)
+        facts["steady_rate_low"], facts["steady_rate_high"] = t_interval(rates)
+        if len(rates) >= 3 and facts["steady_rate"] > 0:
+            facts["objective_cv"] = statistics.stdev(rates) / facts["steady_rate"]
     return facts, problems
 
 
@@ -200,9 +206,11 @@ def clean_measurement(
         "knobs_not_read_back:": row["knobs_missing"],
         "samples_finite:": row["first_bad_sample"],
     }
+    said = {r.split(":")[0] for r in problems}  # a column already explained is not repeated
     reasons = problems + [
         next((f"{r}: {text}" for prefix, text in details.items() if r.startswith(prefix)), r)
         for r in gate.reasons[0]
+        if r.split(":")[0] not in said
     ]
     metrics = {
         k.removeprefix("metric."): v for k, v in row.items()

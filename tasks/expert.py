@@ -91,7 +91,10 @@ def check_rows(path: str | os.PathLike[str], target_cls: type[Target]) -> Import
     rows = pd.DataFrame([c[3] for c in candidates])
     gate = validate_rows(target_cls, rows) if not rows.empty else None
     for index, (line, raw, config, measured, reasons) in enumerate(candidates):
-        reasons = reasons + (gate.reasons[index] if gate else [])
+        said = {r.split(":")[0] for r in reasons}  # a column already explained is not repeated
+        reasons = reasons + [
+            r for r in (gate.reasons[index] if gate else []) if r.split(":")[0] not in said
+        ]
         value = measured.get(f"metric.{objective}")
         if (value is None or math.isnan(value)) and not any(
             r.startswith(f"metric.{objective}:") for r in reasons

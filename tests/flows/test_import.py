@@ -23,7 +23,7 @@ def test_import_keeps_good_rows_and_rejects_bad_ones_with_reasons(home: Path) ->
         ("5", "knob 'cache_size': 5000000 is outside range [-1048576, -64]"),
         ("6", "metric.ops_per_s: must be a number (got 'fast')"),
         ("7", "ops_per_s must be above 0 and at most 1e+08"),
-        ("8", "metric.ops_per_s: the objective was not measured"),
+        ("8", "metric.ops_per_s: ops_per_s, the default objective, must be measured"),
         ("9", "the p99 latency cannot be below the p50 (got 20 vs 50)"),
     ]:
         assert any(row.split("│")[1].strip() == line and reason in row
