@@ -7,7 +7,9 @@ identity and provenance (``service``, ``target``, ``instance``, ``study``, ``tri
 ``value_high``, ``repeats``, ``raw_value``/``baseline_value`` when judged against a baseline),
 then ``knob.*`` (requested), ``effective.*`` (applied), ``workload.*`` (fingerprint),
 ``metric.*``, ``counter.*`` and ``log.*`` columns, and the gate's facts (``n_samples``,
-``objective_cv``, ``error_rate``, ...). Training and transfer read it; ``training_rows`` keeps
+``steady_rate`` after warm-up with its interval, ``objective_cv``, ``error_rate``, ...). ``value``
+is what the tuner was told (a ratio when judged against a baseline); ``metric.*`` is what was
+measured. Training and transfer read it; ``training_rows`` keeps
 only what may be learned from: clean trials, and expert rows only when asked.
 """
 
@@ -33,7 +35,8 @@ IDENTITY = [
 ]
 _ROW_FACTS = (
     "n_samples", "duration_s", "timestamps_monotonic", "samples_finite", "error_rate",
-    "objective_cv", "config_consistent", "config_differences", "knobs_not_read_back",
+    "objective_cv", "steady_rate", "steady_rate_low", "steady_rate_high", "config_consistent",
+    "config_differences", "knobs_not_read_back",
 )
 
 
