@@ -222,6 +222,16 @@ def tune_command(
         int | None,
         typer.Option(help="Measure the default before every N-th trial; tell the tuner ratios."),
     ] = None,
+    rules: Annotated[
+        list[str] | None, typer.Option("--rules", help="Rule file of your own (repeatable).")
+    ] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", help="Turn on a rule policy, e.g. durability (repeatable)."),
+    ] = None,
+    no_learned_rules: Annotated[
+        bool, typer.Option("--no-learned-rules", help="Neither use nor learn rules from failures.")
+    ] = False,
     resume: Annotated[bool, typer.Option(help="Continue the last unfinished job.")] = False,
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
     as_json: Annotated[
@@ -251,6 +261,9 @@ def tune_command(
         "repeat_until": repeat_until,
         "max_repeats": max_repeats,
         "baseline_every": baseline_every,
+        "rule_files": rules or None,
+        "policies": policy or None,
+        "learn_rules": False if no_learned_rules else None,
     }
     root = knobflow_home(home)
     # validate before the Prefect server starts: bad input answers in a second, not in thirty
@@ -264,7 +277,7 @@ def tune_command(
         if given:
             raise KnobflowError(
                 f"--resume continues job {job.study_name} with its own settings; drop "
-                + ", ".join("--" + k.replace("_file", "").replace("_", "-") for k in given)
+                + ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in given)
                 + " (only --budget, --time-budget and --parallel may change)"
             )
     else:
@@ -291,6 +304,12 @@ def tune_command(
         progress.print_summary(out, summary)
     if summary.get("best_config") is None or summary.get("gain") is None:
         raise typer.Exit(1)
+
+
+#: option keys whose command-line flag is not just the key with dashes
+_FLAGS = {"workload_file": "--workload", "space_file": "--space", "rule_files": "--rules",
+          "policies": "--policy", "learn_rules": "--no-learned-rules",
+          "workload": "--set-workload"}
 
 
 def _start_embedded_prefect_server() -> None:

@@ -18,6 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rules.learn import LearnedRules, learned_path
+from rules.review import check_space
+from rules.ruleset import RuleSet
 from targets.base import Target
 from targets.errors import JobError, KnobflowError, WorkloadError, did_you_mean
 from targets.registry import load_target, target_ref
@@ -53,6 +56,9 @@ class Job:
     repeat_until: float | None = None
     max_repeats: int = 5
     baseline_every: int = 0
+    rule_files: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    learn_rules: bool = True
     status: str = "running"
     mlflow_run_id: str | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
@@ -94,6 +100,16 @@ class Job:
             seed=self.seed,
             policy=RepeatPolicy(self.repeats, self.repeat_until, self.max_repeats),
         )
+
+    def rule_set(self) -> RuleSet:
+        """The job's rules: shipped for the target, the operator's files, the policies it turned
+        on, and (unless turned off) the rules learned by earlier jobs of the service."""
+        learned = self.learned_rules().rules() if self.learn_rules else []
+        return RuleSet.for_target(self.target_cls, self.rule_files, self.policies, learned,
+                                  self.workload)
+
+    def learned_rules(self) -> LearnedRules:
+        return LearnedRules(learned_path(self.home, self.target), self.target_cls.knob_spec())
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +199,9 @@ def build_job(
     repeat_until: float | None = None,
     max_repeats: int = 5,
     baseline_every: int = 0,
+    rule_files: list[str] | None = None,
+    policies: list[str] | None = None,
+    learn_rules: bool = True,
 ) -> Job:
     """Validate every input of a new job; raise a KnobflowError naming the first bad one."""
     target_cls = load_target(target)
@@ -231,8 +250,17 @@ def build_job(
     else:
         space = SearchSpace.full(spec)
     wl = resolve_workload(target_cls, workload_file, dict(workload or {}))
+    policies = list(policies or [])
+    known = _policies(target_cls, rule_files or [])
+    for policy in policies:
+        if policy not in known:
+            raise KnobflowError(
+                f"The 'policy' option of tune must name a policy of the rules: "
+                f"{', '.join(sorted(known)) or 'none'}. Got {policy!r} instead"
+                f"{did_you_mean(policy, known)}."
+            )
     now = datetime.now(UTC)
-    return Job(
+    job = Job(
         study_name=f"{target}-{instance}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}",
         target=target,
         instance=instance,
@@ -252,8 +280,19 @@ def build_job(
         repeat_until=repeat_until,
         max_repeats=max_repeats,
         baseline_every=baseline_every,
+        rule_files=[str(Path(f).resolve()) for f in rule_files or []],
+        policies=policies,
+        learn_rules=learn_rules,
         home=home,
     )
+    check_space(job.rule_set(), space, f"search space of {target}")  # bad ranges stop here
+    return job
+
+
+def _policies(target_cls: type[Target], files: list[str]) -> set[str]:
+    """Policies the job's rule files define (an operator turns them on with --policy)."""
+    ruleset = RuleSet.for_target(target_cls, files, all_policies=True)
+    return {r.policy for r in ruleset.rules if r.policy}
 
 
 def find_resumable(home: Path, target: str, instance: str) -> Job:

@@ -12,6 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from flows.job import Job
+from rules.ruleset import RuleSet
 from tasks.explore import ATTR, finished_trials
 from tasks.verify import Verification
 
@@ -28,12 +29,24 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best complete trial, or None when no trial completed."""
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that ran and were clean, best first (blocked candidates never ran)."""
+    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+          if t.user_attrs.get(ATTR, {}).get("status") == "ok" and t.value is not None]
+    return sorted(ok, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+
+
+def best_trial(
+    study: optuna.Study, rules: RuleSet | None = None
+) -> optuna.trial.FrozenTrial | None:
+    """The best clean trial whose config the rules (as they are now) pass; None if there is none.
+
+    Rules learned late in a job can forbid a config that ran earlier: the recommendation is
+    checked again before it is reported."""
+    for trial in ranked_trials(study):
+        if rules is None or not rules.check(trial.user_attrs[ATTR]["config"]).blocked:
+            return trial
+    return None
 
 
 def write_config_files(
@@ -72,6 +85,7 @@ def write_config_files(
 def summarize(
     job: Job,
     study: optuna.Study,
+    best: optuna.trial.FrozenTrial | None,
     verification: Verification | None,
     files: dict[str, str],
     duration_s: float,
@@ -79,7 +93,6 @@ def summarize(
     """The job's summary: what ``--json`` prints and ``result.json`` keeps."""
     done = finished_trials(study)
     failed = [t for t in done if t.state == TrialState.FAIL]
-    best = best_trial(study)
     best_config = best.user_attrs[ATTR]["config"] if best else None
     v = verification or Verification()
     summary: dict[str, Any] = {

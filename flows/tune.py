@@ -19,9 +19,19 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.job import Job, build_job, find_resumable
-from flows.report import best_trial, plot_history, summarize, write_config_files, write_summary
+from flows.report import (
+    best_trial,
+    plot_history,
+    ranked_trials,
+    summarize,
+    write_config_files,
+    write_summary,
+)
 from flows.settings import knobflow_home, tracking_uri
-from flows.trials import write_job_table
+from flows.trials import service_table, write_job_table
+from rules.learn import learned_rule, propose_forbid
+from rules.review import check_space, range_hints
+from rules.ruleset import Rule, RuleSet
 from tasks.explore import (
     ATTR,
     ExploreStats,
@@ -29,8 +39,10 @@ from tasks.explore import (
     TrialRunner,
     explore,
     finished_trials,
+    is_blocked,
     requeue_interrupted,
 )
+from tasks.guard import CandidateGuard
 from tasks.track import JobTracker
 from tasks.verify import Verification, verify_best
 from tuners.samplers import make_sampler
@@ -102,6 +114,9 @@ def tune(
     repeat_until: float | None = None,
     max_repeats: int | None = None,
     baseline_every: int | None = None,
+    rule_files: list[str] | None = None,
+    policies: list[str] | None = None,
+    learn_rules: bool | None = None,
     resume: bool = False,
     home: str | None = None,
 ) -> dict[str, Any]:
@@ -126,12 +141,26 @@ def tune(
         "repeat_until": repeat_until,
         "max_repeats": max_repeats,
         "baseline_every": baseline_every,
+        "rule_files": rule_files,
+        "policies": policies,
+        "learn_rules": learn_rules,
     }
     job = prepare_job(home, target, resume, options)
     space = job.search_space()
+    ruleset = job.rule_set()
+    rule_warnings = check_space(ruleset, space, f"search space of {job.target}")
+    for warning in rule_warnings:
+        logger.warning("rules: %s", warning)
     study = open_job_study(job, space, resume)
     tracker = start_tracking(job, space, study, resume)
     runner = job.trial_runner()
+    guard = CandidateGuard(
+        ruleset,
+        learn=_learner(job, space, study, ruleset) if job.learn_rules else None,
+        on_blocked=lambda number, config, verdict: logger.info(
+            "candidate %d blocked by %s", number, ", ".join(f.rule for f in verdict.errors)
+        ),
+    )
 
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
         tracker.log_trial(str(number), outcome.record(), outcome.samples,
@@ -164,16 +193,18 @@ def tune(
             on_baseline=lambda key, outcome: tracker.log_trial(
                 key, outcome.record(), outcome.samples, phase="baseline"
             ),
+            guard=guard,
         )
-        best = best_trial(study)
+        best = best_trial(study, ruleset)  # rules learned late may forbid an early best
         verification, files = None, {}
         if best is not None:
             best_config = best.user_attrs[ATTR]["config"]
             verification = verify(job, runner, best_config, tracker)
             files = write_config_files(job, best_config, verification)
         table = write_job_table(job, study)
-        summary = summarize(job, study, verification, files, time.monotonic() - began)
+        summary = summarize(job, study, best, verification, files, time.monotonic() - began)
         summary["trial_table"] = str(table)
+        summary.update(_rules_summary(study, space, ruleset, guard, rule_warnings, best))
         plot = plot_history(job, study, verification)
         result_path = write_summary(job, summary)
     except BaseException:
@@ -195,6 +226,7 @@ def tune(
                 "gain_high",
                 "n_trials",
                 "n_failed",
+                "n_blocked",
                 "best_observed_value",
             )
         },
@@ -265,6 +297,52 @@ def start_tracking(job: Job, space: SearchSpace, study: optuna.Study, resume: bo
         backfilled = _backfill_tracking(study, tracker)
         get_run_logger().info("%d finished trials logged to MLflow late", backfilled)
     return tracker
+
+
+def _learner(job: Job, space: SearchSpace, study: optuna.Study, ruleset: RuleSet) -> Any:
+    """A function that proposes a forbid rule for a failed trial, stores and logs it."""
+    store = job.learned_rules()
+    spec = job.target_cls.knob_spec()
+    table = service_table(job.home, job.target)
+    prior = [
+        {k.name: row.get(f"knob.{k.name}", k.default) for k in spec}
+        for row in table[table["status"] == "ok"].to_dict(orient="records")
+    ] if not table.empty else []
+    logger = get_run_logger()
+
+    def learn(number: int, outcome: TrialOutcome) -> Rule | None:
+        goods = prior + [t.user_attrs[ATTR]["config"] for t in ranked_trials(study)]
+        expression = propose_forbid(outcome.config, goods, space, ruleset)
+        if expression is None:
+            return None
+        rule = learned_rule(expression, rules=ruleset, study=job.study_name, trial=number,
+                            failure_class=str(outcome.failure_class), message=outcome.message)
+        store.add(rule)
+        logger.warning("trial %d %s: learned rule %s: forbid %s", number, outcome.failure_class,
+                       rule.id, expression)
+        return rule
+
+    return learn
+
+
+def _rules_summary(study: optuna.Study, space: SearchSpace, ruleset: RuleSet,
+                   guard: CandidateGuard, warnings: list[str],
+                   best: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
+    """What the rules did in this job, for the summary."""
+    blocked = [t for t in study.get_trials(deepcopy=False) if is_blocked(t)]
+    by_rule: dict[str, int] = {}
+    for t in blocked:
+        for rule in t.user_attrs[ATTR]["rules"]:
+            by_rule[rule] = by_rule.get(rule, 0) + 1
+    top = [t.user_attrs[ATTR]["config"] for t in ranked_trials(study)[:5]]
+    best_warnings = ruleset.check(best.user_attrs[ATTR]["config"]).warnings if best else []
+    return {
+        "n_blocked": len(blocked),
+        "blocked_by": by_rule,
+        "learned_rules": [r.id for r in guard.learned],
+        "rule_warnings": warnings + [f"best config: {w}" for w in best_warnings],
+        "range_hints": range_hints(top, space),
+    }
 
 
 def _backfill_tracking(study: optuna.Study, tracker: JobTracker) -> int:

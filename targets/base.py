@@ -51,6 +51,7 @@ class FailureClass(enum.StrEnum):
     TARGET_ERROR = "target_error"  # an unexpected exception in the target's own code
     INVALID = "invalid_measurement"  # the measurement did not pass cleaning
     INTERRUPTED = "interrupted"  # the tuning job was stopped while the trial ran
+    BLOCKED = "blocked"  # an error rule kept the config from running (nothing ran)
 
 
 class ConfigRefused(Exception):

@@ -31,8 +31,10 @@ from optuna.trial import TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from rules.learn import LEARN_FROM
 from targets.base import FailureClass, Measurement, Target
 from tasks.clean import clean_measurement
+from tasks.guard import CandidateGuard
 from tasks.noise import RepeatPolicy, ratio_to_baseline, run_repeated, t_interval
 from tuners.space import SearchSpace
 
@@ -68,6 +70,9 @@ class TrialOutcome:
     value_high: float | None = None
     raw_value: float | None = None
     baseline_value: float | None = None
+    #: Warnings of the rules the config passed with, and a rule learned from this failure.
+    rule_warnings: list[str] = field(default_factory=list)
+    learned_rule: str | None = None
     elapsed_s: float = 0.0
     #: The raw measurement between running and cleaning (never stored).
     measurement: Measurement | None = field(default=None, repr=False)
@@ -99,6 +104,8 @@ class TrialOutcome:
             "value_high": self.value_high,
             "raw_value": self.raw_value,
             "baseline_value": self.baseline_value,
+            "rule_warnings": self.rule_warnings,
+            "learned_rule": self.learned_rule,
             "instance": self.instance,
             "elapsed_s": round(self.elapsed_s, 4),
         }
@@ -349,8 +356,11 @@ class ExploreStats:
     budget: int
     done: int = 0
     failed: int = 0
+    blocked: int = 0
+    blocked_by: dict[str, int] = field(default_factory=dict)
     best_value: float | None = None
     best_number: int | None = None
+    worst_value: float | None = None
 
 
 TrialListener = Callable[[int, TrialOutcome, ExploreStats], None]
@@ -361,13 +371,18 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
+        if (t.state == TrialState.COMPLETE and not is_blocked(t))
         or (
             t.state == TrialState.FAIL
             and t.user_attrs.get(ATTR, {}).get("failure_class")
             not in (None, str(FailureClass.INTERRUPTED))
         )
     ]
+
+
+def is_blocked(trial: optuna.trial.FrozenTrial) -> bool:
+    """A candidate the rules kept from running (told to Optuna as infeasible)."""
+    return trial.user_attrs.get(ATTR, {}).get("status") == "blocked"
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
@@ -386,6 +401,10 @@ def requeue_interrupted(study: optuna.Study) -> int:
             study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
             count += 1
     return count
+
+
+def _beats(a: float, b: float, maximize: bool) -> bool:
+    return a > b if maximize else a < b
 
 
 def _measure_baseline(
@@ -428,13 +447,16 @@ def explore(
     on_trial: TrialListener | None = None,
     baseline_every: int = 0,
     on_baseline: Callable[[str, TrialOutcome], None] | None = None,
+    guard: CandidateGuard | None = None,
 ) -> ExploreStats:
     """Run trials until ``budget`` trials have finished or ``time_budget_s`` has passed.
 
     One worker thread per instance; each asks Optuna, runs the trial as a Prefect task, and tells
     the result. No new trial starts after the time budget; running ones finish. With
     ``baseline_every`` N > 0, each instance measures the default config before every N-th trial
-    and the tuner is told each trial's ratio to its instance's latest baseline.
+    and the tuner is told each trial's ratio to its instance's latest baseline. With a
+    ``guard`` (the rule engine), a candidate it blocks is told as infeasible and does not run
+    (nor count against the budget), and failures teach it new rules.
     """
     direction = study.direction
     maximize = direction == optuna.study.StudyDirection.MAXIMIZE
@@ -472,6 +494,9 @@ def explore(
             outcome = clean_trial(runner, str(trial.number), outcome)
         if baseline_every and outcome.ok:
             _relative_to(outcome, baseline)
+        if guard is not None and outcome.failure_class in LEARN_FROM:
+            rule = guard.failed(trial.number, outcome)
+            outcome.learned_rule = rule.id if rule is not None else None
         trial.set_user_attr(ATTR, outcome.record())
         if outcome.ok:
             study.tell(trial, outcome.value)
@@ -481,12 +506,25 @@ def explore(
             stats.done += 1
             if not outcome.ok:
                 stats.failed += 1
-            elif stats.best_value is None or (
-                outcome.value > stats.best_value if maximize else outcome.value < stats.best_value
-            ):
-                stats.best_value, stats.best_number = outcome.value, trial.number
+            else:
+                if stats.best_value is None or _beats(outcome.value, stats.best_value, maximize):
+                    stats.best_value, stats.best_number = outcome.value, trial.number
+                if stats.worst_value is None or _beats(stats.worst_value, outcome.value, maximize):
+                    stats.worst_value = outcome.value
             if on_trial is not None:
                 on_trial(trial.number, outcome, stats)
+
+    def _block(trial: optuna.trial.Trial, config: dict[str, Any], verdict: Any) -> None:
+        nonlocal launched
+        assert guard is not None
+        with lock:
+            launched -= 1  # nothing ran: the budget is for trials that run
+            stats.blocked += 1
+            for failure in verdict.errors:
+                stats.blocked_by[failure.rule] = stats.blocked_by.get(failure.rule, 0) + 1
+            worst = stats.worst_value
+        placeholder = worst if worst is not None else (0.0 if maximize else 1e30)
+        guard.block(study, trial, config, verdict, placeholder, ATTR)
 
     def next_trial() -> optuna.trial.Trial | None:
         return study.ask(distributions) if take_ticket() else None
@@ -499,8 +537,17 @@ def explore(
             if baseline_every and count % baseline_every == 0:
                 measured = _measure_baseline(runner, space, instance, count, on_baseline)
                 baseline = measured if measured is not None else baseline
-            count += 1
             config = space.config(trial.params)
+            warnings: list[str] = []
+            if guard is not None:
+                verdict = guard.check(config)
+                if verdict.blocked:
+                    _block(trial, config, verdict)
+                    trial = next_trial()
+                    continue
+                guard.ran()
+                warnings = [str(w) for w in verdict.warnings]
+            count += 1
             key, seed = str(trial.number), runner.trial_seed(trial.number)
             if pipelined:
                 outcome = execute_trial(runner, key, config, instance, seed)
@@ -509,6 +556,7 @@ def explore(
             if outcome.failure_class == str(FailureClass.INTERRUPTED):
                 study.tell(trial, state=TrialState.FAIL)
                 return
+            outcome.rule_warnings = warnings
             if pipelined:
                 # ask first: sampling and cleaning would take turns on the GIL, and the
                 # next trial's run, in its own process, is what cleaning should overlap

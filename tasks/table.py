@@ -80,8 +80,10 @@ def study_rows(
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         record = t.user_attrs.get(ATTR)
-        if not record or record.get("failure_class") == str(FailureClass.INTERRUPTED):
-            continue
+        if not record or record.get("failure_class") in (
+            str(FailureClass.INTERRUPTED), str(FailureClass.BLOCKED)
+        ):
+            continue  # it did not run: interrupted, or kept from running by a rule
         rows.append(trial_row(
             record, service=service, target=target, study=study.study_name, trial=str(t.number),
             objective=objective, direction=direction, started_at=t.datetime_start,

@@ -1,0 +1,367 @@
+"""The rule expression language: rule-engine's grammar, checked and evaluated over columns.
+
+Rule text is parsed once by the ``rule-engine`` library (never ``eval``) against a typed context:
+the knobs of the target, ``machine.*`` facts, ``workload.*`` parameters and, in triggers,
+``before.*``/``after.*`` metrics. The parse tree is then checked against a whitelist of
+constructs (comparisons, arithmetic, and/or/not, ``in [...]``, ``? :``, ``$abs``/``$min``/``$max``)
+and size limits, and evaluated by walking it with numpy over whole columns: one call checks
+100,000 candidate configs. Anything else (attribute access outside the namespaces, item access,
+comprehensions, regexes, other functions, huge exponents, deep nesting, long strings) is refused
+when the rule is loaded, with the file, line and column of the offence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import rule_engine
+from rule_engine import ast
+
+from targets.errors import KnobflowError, did_you_mean
+
+NUMBER, STRING, BOOL = "number", "string", "bool"
+NAMESPACES = ("machine", "workload", "before", "after")
+MAX_TEXT, MAX_NODES, MAX_DEPTH, MAX_STRING, MAX_ARRAY, MAX_EXPONENT = 1000, 150, 24, 200, 64, 64
+FUNCTIONS = {"abs": 1, "min": None, "max": None}  # name -> number of arguments (None: an array)
+
+_TYPES = {
+    NUMBER: rule_engine.DataType.FLOAT,
+    STRING: rule_engine.DataType.STRING,
+    BOOL: rule_engine.DataType.BOOLEAN,
+}
+_ARITHMETIC = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "tdiv": np.true_divide,
+    "fdiv": np.floor_divide,
+    "mod": np.mod,
+    "pow": np.power,
+}
+_COMPARE = {
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+}
+
+
+class RuleError(KnobflowError):
+    """A rule file or rule text is invalid; the message names file, line, column and rule."""
+
+
+Locate = Callable[[int], str]
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A checked rule expression: its text, the names it uses, and its parse tree."""
+
+    text: str
+    names: frozenset[str]
+    tree: Any
+
+    def evaluate(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """The expression over ``n`` rows of ``columns`` (name -> array or scalar): a bool array."""
+        with np.errstate(all="ignore"):  # 1/0 is inf, nan compares false: no row can raise
+            result = _eval(self.tree, columns)
+        return np.broadcast_to(np.asarray(result, dtype=bool), (n,))
+
+
+def compile_expression(
+    text: Any,
+    symbols: Mapping[str, str],
+    locate: Locate,
+    choices: Mapping[str, tuple[Any, ...]] | None = None,
+) -> Expression:
+    """Parse and check ``text`` against ``symbols`` (name -> kind) and the values a categorical
+    knob can take (``choices``); a RuleError if it is refused."""
+    if not isinstance(text, str) or not text.strip():
+        raise RuleError(f"{locate(0)}: an expression must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise RuleError(f"{locate(MAX_TEXT)}: the expression is longer than {MAX_TEXT} characters")
+    depth = _paren_depth(text)
+    if depth > MAX_DEPTH:
+        raise RuleError(
+            f"{locate(0)}: the expression nests {depth} levels deep; at most "
+            f"{MAX_DEPTH} are allowed"
+        )
+    context = rule_engine.Context(
+        type_resolver=rule_engine.type_resolver_from_dict(_context_types(symbols)),
+        default_timezone="UTC",
+    )
+    try:
+        rule = rule_engine.Rule(text, context=context)
+    except rule_engine.errors.SymbolResolutionError as exc:
+        name = str(exc.symbol_name)
+        raise RuleError(
+            f"{locate(_offset_of(text, name))}: unknown name '{name}'{did_you_mean(name, symbols)}"
+        ) from None
+    except rule_engine.errors.RuleSyntaxError as exc:
+        offset = exc.token.lexpos if exc.token is not None else len(text)
+        raise RuleError(f"{locate(offset)}: syntax error{_near(text, offset)}") from None
+    except rule_engine.errors.EngineError as exc:
+        raise RuleError(f"{locate(0)}: {_engine_message(exc)}") from None
+    except (ArithmeticError, ValueError) as exc:  # constant folding overflowed
+        raise RuleError(f"{locate(0)}: the expression cannot be computed: {exc}") from None
+    names: set[str] = set()
+    _check(rule.statement.expression, text, symbols, locate, names, [0], 1)
+    _check_literals(rule.statement.expression, text, symbols, choices or {}, locate)
+    if getattr(rule.statement.expression, "result_type", None) not in (
+        rule_engine.DataType.BOOLEAN,
+        rule_engine.DataType.UNDEFINED,
+    ):
+        raise RuleError(f"{locate(0)}: a rule must be a true/false condition, e.g. 'a >= b'")
+    return Expression(text=text, names=frozenset(names), tree=rule.statement.expression)
+
+
+def _context_types(symbols: Mapping[str, str]) -> dict[str, Any]:
+    types: dict[str, Any] = {}
+    for name, kind in symbols.items():
+        space, _, _rest = name.partition(".")
+        if space in NAMESPACES and _rest:
+            types[space] = rule_engine.DataType.MAPPING(
+                rule_engine.DataType.STRING, rule_engine.DataType.UNDEFINED
+            )
+        else:
+            types[name] = _TYPES[kind]
+    return types
+
+
+def _paren_depth(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _offset_of(text: str, name: str) -> int:
+    match = re.search(rf"(?<![\w.$]){re.escape(name)}(?!\w)", text)
+    return match.start() if match else 0
+
+
+def _near(text: str, offset: int) -> str:
+    if offset >= len(text.rstrip()):
+        return " at the end of the expression (is something missing?)"
+    return f" near {text[offset : offset + 12]!r}"
+
+
+def _engine_message(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return {"data type mismatch": "the types do not fit (e.g. a number compared to a string)"}.get(
+        message, message
+    )
+
+
+def _refuse(node: Any, text: str, locate: Locate, what: str) -> RuleError:
+    return RuleError(f"{locate(0)}: {what} is not allowed in rules (in {text!r})")
+
+
+def _check(
+    node: Any,
+    text: str,
+    symbols: Mapping[str, str],
+    locate: Locate,
+    names: set[str],
+    count: list[int],
+    depth: int,
+) -> None:
+    """Walk the tree: only whitelisted constructs, known names, and limits on size."""
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise RuleError(f"{locate(0)}: the expression has more than {MAX_NODES} parts")
+    if depth > MAX_DEPTH:
+        raise RuleError(f"{locate(0)}: the expression nests deeper than {MAX_DEPTH} levels")
+    kind = type(node)
+    if kind is ast.SymbolExpression:
+        if node.scope is not None:
+            raise _refuse(node, text, locate, f"the built-in symbol '${node.name}'")
+        if node.name in NAMESPACES:
+            raise RuleError(
+                f"{locate(_offset_of(text, node.name))}: '{node.name}' needs a name "
+                f"after it, e.g. '{node.name}.{_example(node.name, symbols)}'"
+            )
+        names.add(node.name)
+        return
+    if kind is ast.GetAttributeExpression:
+        obj = node.object
+        if not (type(obj) is ast.SymbolExpression and obj.scope is None and obj.name in NAMESPACES):
+            raise _refuse(node, text, locate, f"attribute access '.{node.name}'")
+        full = f"{obj.name}.{node.name}"
+        if full not in symbols:
+            known = [s for s in symbols if s.startswith(f"{obj.name}.")]
+            raise RuleError(
+                f"{locate(_offset_of(text, full))}: unknown name '{full}'"
+                f"{did_you_mean(full, known)}"
+            )
+        names.add(full)
+        return
+    if kind is ast.FloatExpression:
+        if not Decimal(node.value).is_finite():
+            raise RuleError(f"{locate(0)}: a number in the expression is too large")
+        return
+    if kind is ast.StringExpression:
+        if len(node.value) > MAX_STRING:
+            raise RuleError(f"{locate(0)}: a string longer than {MAX_STRING} characters")
+        return
+    if kind is ast.BooleanExpression:
+        return
+    if (
+        kind is ast.ArithmeticExpression
+        and node.type == "pow"
+        and (type(node.right) is not ast.FloatExpression or abs(node.right.value) > MAX_EXPONENT)
+    ):
+        raise RuleError(
+            f"{locate(0)}: an exponent must be a number of at most {MAX_EXPONENT} (in {text!r})"
+        )
+    if kind is ast.FunctionCallExpression:
+        function = node.function
+        if not (
+            type(function) is ast.SymbolExpression
+            and function.scope == "built-in"
+            and function.name in FUNCTIONS
+        ):
+            name = getattr(function, "name", "?")
+            raise _refuse(
+                node,
+                text,
+                locate,
+                f"calling '{name}' (allowed: " + ", ".join(f"${f}" for f in FUNCTIONS) + ")",
+            )
+        args = list(node.arguments)
+        if FUNCTIONS[function.name] is None:  # $min([a, b, ...]), $max([...])
+            if len(args) != 1 or type(args[0]) is not ast.ArrayExpression:
+                raise RuleError(
+                    f"{locate(0)}: ${function.name} takes one [list], e.g. ${function.name}([a, b])"
+                )
+            args = list(args[0].value)
+            if len(args) > MAX_ARRAY:
+                raise RuleError(f"{locate(0)}: a list longer than {MAX_ARRAY} items")
+        for arg in args:
+            _check(arg, text, symbols, locate, names, count, depth + 1)
+        return
+    if kind is ast.ContainsExpression:
+        container = node.container
+        if type(container) is not ast.ArrayExpression:
+            raise _refuse(node, text, locate, "'in' with something other than a [list]")
+        _check(node.member, text, symbols, locate, names, count, depth + 1)
+        _check(container, text, symbols, locate, names, count, depth + 1)
+        return
+    if kind is ast.ArrayExpression:
+        if len(node.value) > MAX_ARRAY:
+            raise RuleError(f"{locate(0)}: a list longer than {MAX_ARRAY} items")
+        for item in node.value:
+            if type(item) not in (ast.FloatExpression, ast.StringExpression, ast.BooleanExpression):
+                raise _refuse(item, text, locate, "a list of anything but plain values")
+        return
+    children = {
+        ast.LogicExpression: ("left", "right"),
+        ast.ComparisonExpression: ("left", "right"),
+        ast.ArithmeticComparisonExpression: ("left", "right"),
+        ast.ArithmeticExpression: ("left", "right"),
+        ast.AddExpression: ("left", "right"),
+        ast.SubtractExpression: ("left", "right"),
+        ast.UnaryExpression: ("right",),
+        ast.TernaryExpression: ("condition", "case_true", "case_false"),
+    }.get(kind)
+    if children is None:
+        what = kind.__name__.removesuffix("Expression").lower() or "this construct"
+        raise _refuse(node, text, locate, f"a {what} expression")
+    for field in children:
+        _check(getattr(node, field), text, symbols, locate, names, count, depth + 1)
+
+
+def _check_literals(
+    node: Any,
+    text: str,
+    symbols: Mapping[str, str],
+    choices: Mapping[str, tuple[Any, ...]],
+    locate: Locate,
+) -> None:
+    """A knob compared with a value it cannot take is a mistake: say so, with a suggestion."""
+    pairs = []
+    if type(node) is ast.ComparisonExpression:
+        pairs = [(node.left, node.right), (node.right, node.left)]
+    elif type(node) is ast.ContainsExpression:
+        pairs = [(node.member, item) for item in node.container.value]
+    for side, other in pairs:
+        if type(side) is not ast.SymbolExpression or side.name not in symbols:
+            continue
+        if type(other) not in (ast.FloatExpression, ast.StringExpression, ast.BooleanExpression):
+            continue
+        value = other.value
+        if type(other) is ast.FloatExpression:  # 4096, not Decimal('4096')
+            value = int(value) if value == value.to_integral_value() else float(value)
+        kind = symbols[side.name]
+        if (kind == STRING) != isinstance(value, str) or (kind == BOOL) != isinstance(value, bool):
+            raise RuleError(
+                f"{locate(_offset_of(text, side.name))}: '{side.name}' is a {kind} "
+                f"and is compared with {value!r}"
+            )
+        allowed = choices.get(side.name)
+        if allowed and value not in allowed and str(value) not in map(str, allowed):
+            shown = ", ".join(map(repr, allowed))
+            raise RuleError(
+                f"{locate(_offset_of(text, side.name))}: '{side.name}' is never {value!r}"
+                f"{did_you_mean(str(value), [str(a) for a in allowed])}; its values are {shown}"
+            )
+    for field in ("left", "right", "condition", "case_true", "case_false", "member"):
+        child = getattr(node, field, None)
+        if isinstance(child, ast.ExpressionBase):
+            _check_literals(child, text, symbols, choices, locate)
+
+
+def _example(space: str, symbols: Mapping[str, str]) -> str:
+    return next((s.split(".", 1)[1] for s in symbols if s.startswith(f"{space}.")), "name")
+
+
+def _eval(node: Any, columns: Mapping[str, Any]) -> Any:
+    """Evaluate a checked tree over columns (numpy arrays), vectorised."""
+    kind = type(node)
+    if kind is ast.SymbolExpression:
+        return columns[node.name]
+    if kind is ast.GetAttributeExpression:
+        return columns[f"{node.object.name}.{node.name}"]
+    if kind is ast.FloatExpression:
+        return float(node.value)
+    if kind in (ast.StringExpression, ast.BooleanExpression):
+        return node.value
+    if kind is ast.LogicExpression:
+        left, right = _eval(node.left, columns), _eval(node.right, columns)
+        return np.logical_and(left, right) if node.type == "and" else np.logical_or(left, right)
+    if kind is ast.UnaryExpression:
+        value = _eval(node.right, columns)
+        return np.logical_not(value) if node.type == "not" else np.negative(value)
+    if kind in (ast.ComparisonExpression, ast.ArithmeticComparisonExpression):
+        return _COMPARE[node.type](_eval(node.left, columns), _eval(node.right, columns))
+    if kind in (ast.ArithmeticExpression, ast.AddExpression, ast.SubtractExpression):
+        return _ARITHMETIC[node.type](_eval(node.left, columns), _eval(node.right, columns))
+    if kind is ast.TernaryExpression:
+        return np.where(
+            _eval(node.condition, columns),
+            _eval(node.case_true, columns),
+            _eval(node.case_false, columns),
+        )
+    if kind is ast.ContainsExpression:
+        values = [
+            item.value if type(item) is not ast.FloatExpression else float(item.value)
+            for item in node.container.value
+        ]
+        return np.isin(_eval(node.member, columns), values)
+    if kind is ast.FunctionCallExpression:
+        name = node.function.name
+        if name == "abs":
+            return np.abs(_eval(node.arguments[0], columns))
+        items = np.broadcast_arrays(*[_eval(a, columns) for a in node.arguments[0].value])
+        return (np.minimum if name == "min" else np.maximum).reduce(items)
+    if kind is ast.ArrayExpression:
+        return [_eval(item, columns) for item in node.value]
+    raise AssertionError(f"unchecked construct {kind.__name__}")  # _check refuses these
