@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_rules import rules_app, validate_command
 from flows.settings import quiet_environment
 from targets.errors import KnobflowError, fmt_value
 
@@ -31,6 +32,8 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+app.add_typer(rules_app, name="rules")
+app.command("validate")(validate_command)
 
 
 @app.command("targets")

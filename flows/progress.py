@@ -57,7 +57,8 @@ class TuneProgress:
                 self.explore_task,
                 completed=stats.done,
                 total=stats.budget,
-                status=f"failed {stats.failed} · best {self.job.objective} {best}",
+                status=f"failed {stats.failed} · blocked {stats.blocked} · best "
+                f"{self.job.objective} {best}",
             )
             return
         self.progress.update(self.explore_task, status=self.progress.tasks[0].fields["status"])
@@ -114,6 +115,15 @@ class TuneProgress:
                 f"true value of best: {summary['best_true_value']:,.6g} "
                 f"(known optimum {summary['known_optimum_value']:,.6g})"
             )
+        if summary.get("n_blocked"):
+            by_rule = ", ".join(f"{k} {v}" for k, v in summary["blocked_by"].items())
+            console.print(f"candidates blocked by rules (never run): {summary['n_blocked']} "
+                          f"({by_rule})")
+        for rule in summary.get("learned_rules", []):
+            console.print(f"[yellow]learned rule[/yellow] {rule} (review: knobflow rules list "
+                          f"{summary['target']})")
+        for text in summary.get("rule_warnings", []) + summary.get("range_hints", []):
+            console.print(f"[yellow]warning:[/yellow] {text}")
         for key in ("best_config_file", "native_config_file"):
             if summary.get(key):
                 console.print(f"{key.replace('_', ' ')}: {summary[key]}")

@@ -29,7 +29,7 @@ from flows.report import (
 )
 from flows.settings import knobflow_home, tracking_uri
 from flows.trials import service_table, write_job_table
-from rules.learn import learned_rule, propose_forbid
+from rules.learn import propose_forbid
 from rules.review import check_space, range_hints
 from rules.ruleset import Rule, RuleSet
 from tasks.explore import (
@@ -315,9 +315,8 @@ def _learner(job: Job, space: SearchSpace, study: optuna.Study, ruleset: RuleSet
         expression = propose_forbid(outcome.config, goods, space, ruleset)
         if expression is None:
             return None
-        rule = learned_rule(expression, rules=ruleset, study=job.study_name, trial=number,
-                            failure_class=str(outcome.failure_class), message=outcome.message)
-        store.add(rule)
+        rule = store.add(expression, rules=ruleset, study=job.study_name, trial=number,
+                         failure_class=str(outcome.failure_class), message=outcome.message)
         logger.warning("trial %d %s: learned rule %s: forbid %s", number, outcome.failure_class,
                        rule.id, expression)
         return rule

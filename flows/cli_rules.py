@@ -1,0 +1,157 @@
+"""The ``knobflow rules`` commands and ``knobflow validate``: lint rule files, review learned
+rules, and check a config before it is applied (exit 0 passes, 3 blocked, 2 bad input)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+rules_app = typer.Typer(help="Lint rule files and review the rules learned from failures.",
+                        no_args_is_help=True)
+out = Console()
+BLOCKED_EXIT = 3
+
+
+@rules_app.command("check")
+def rules_check(
+    file: Annotated[str, typer.Argument(help="Rule file (YAML) to lint.")],
+    target: Annotated[
+        str | None, typer.Option(help="Target whose knobs the rules use (default: the file's).")
+    ] = None,
+) -> None:
+    """Lint a rule file: every error names the file, line, column and rule, with a fix."""
+    import yaml
+
+    from rules.ruleset import load_rule_file
+    from targets.errors import KnobflowError
+    from targets.registry import load_target
+
+    if target is None:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                head = yaml.safe_load(fh)
+        except FileNotFoundError:
+            raise KnobflowError(f"{file}: file not found") from None
+        except yaml.YAMLError:
+            head = None
+        target = head.get("target") if isinstance(head, dict) else None
+        if not isinstance(target, str):
+            raise KnobflowError(f"{file}: the file names no 'target:'; pass --target")
+    target_cls = load_target(target)
+    rules = load_rule_file(file, target_cls.knob_spec(), target_cls)
+    kinds = ", ".join(f"{sum(r.kind == k for r in rules)} {k}" for k in ("constraint", "forbid",
+                                                                          "trigger"))
+    out.print(f"{file}: {len(rules)} rules for target '{target}' are valid ({kinds})")
+
+
+@rules_app.command("list")
+def rules_list(
+    target: Annotated[str, typer.Argument(help="Target (service) whose rules to list.")],
+    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    shipped: Annotated[bool, typer.Option(help="Also list the rules knobflow ships.")] = False,
+) -> None:
+    """List the rules learned from failures (and, with --shipped, the shipped ones)."""
+    from flows.settings import knobflow_home
+    from rules.learn import LearnedRules, learned_path
+    from rules.ruleset import RuleSet
+    from targets.registry import load_target
+
+    target_cls = load_target(target)
+    store = LearnedRules(learned_path(knobflow_home(home), target), target_cls.knob_spec())
+    table = Table(title=f"rules of {target}")
+    for col in ("id", "status", "kind", "rule", "why"):
+        table.add_column(col, overflow="fold")
+    if shipped:
+        for rule in RuleSet.for_target(target_cls, all_policies=True).rules:
+            status = f"shipped{', policy ' + rule.policy if rule.policy else ''}"
+            table.add_row(rule.id, status, f"{rule.kind} ({rule.severity})",
+                          rule.expression.text, rule.message)
+    docs = store.documents()
+    for doc in docs:
+        where = doc.get("provenance", {})
+        why = (f"trial {where.get('trial')} of {where.get('study')}: "
+               f"{where.get('failure_class')} at {where.get('time')}")
+        table.add_row(doc["id"], doc.get("status", "proposed"), doc["kind"],
+                      doc.get("when") or doc.get("expr", ""), why)
+    out.print(table)
+    if not docs:
+        out.print(f"no learned rules for {target} yet ({store.path})")
+
+
+def _set_status(target: str, rule_id: str, status: str, home: str | None) -> None:
+    from flows.settings import knobflow_home
+    from rules.learn import LearnedRules, learned_path
+    from targets.registry import load_target
+
+    store = LearnedRules(learned_path(knobflow_home(home), target),
+                         load_target(target).knob_spec())
+    doc = store.set_status(rule_id, status)
+    out.print(f"{rule_id}: {status} ({doc.get('when')})")
+
+
+@rules_app.command("accept")
+def rules_accept(
+    target: Annotated[str, typer.Argument(help="Target (service) of the rule.")],
+    rule_id: Annotated[str, typer.Argument(help="Id of the learned rule.")],
+    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+) -> None:
+    """Accept a learned rule: it keeps applying, now as reviewed."""
+    _set_status(target, rule_id, "accepted", home)
+
+
+@rules_app.command("drop")
+def rules_drop(
+    target: Annotated[str, typer.Argument(help="Target (service) of the rule.")],
+    rule_id: Annotated[str, typer.Argument(help="Id of the learned rule.")],
+    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+) -> None:
+    """Drop a learned rule: later jobs no longer apply it (it stays listed, as dropped)."""
+    _set_status(target, rule_id, "dropped", home)
+
+
+def validate_command(
+    target: Annotated[str, typer.Argument(help="Target the config is for.")],
+    config: Annotated[str, typer.Argument(help="Config YAML (knob: value), e.g. a best.yaml.")],
+    rules: Annotated[
+        list[str] | None, typer.Option("--rules", help="Rule file of your own (repeatable).")
+    ] = None,
+    policy: Annotated[
+        list[str] | None, typer.Option("--policy", help="Turn on a rule policy (repeatable).")
+    ] = None,
+    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+) -> None:
+    """Check a config against the rules: exit 0 if it passes, 3 if a rule blocks it."""
+    from collections.abc import Mapping
+
+    from flows.settings import knobflow_home
+    from rules.learn import LearnedRules, learned_path
+    from rules.ruleset import RuleSet
+    from targets.errors import ConfigError
+    from targets.registry import load_target
+    from targets.yamlfile import display_path, load_yaml
+
+    target_cls = load_target(target)
+    spec = target_cls.knob_spec()
+    data = load_yaml(config, ConfigError)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{display_path(config)}: a config is a mapping of knob to value")
+    values = spec.validate_config(data, display_path(config))
+    learned = LearnedRules(learned_path(knobflow_home(home), target), spec).rules()
+    ruleset = RuleSet.for_target(target_cls, rules or [], policy or [], learned)
+    verdict = ruleset.check(values)
+    if verdict.failures:
+        table = Table(title=f"rules {display_path(config)} fails")
+        for col in ("rule", "severity", "why", "values"):
+            table.add_column(col, overflow="fold")
+        for f in verdict.failures:
+            table.add_row(f.rule, f.severity, f.message,
+                          ", ".join(f"{k}={v}" for k, v in f.values.items()))
+        out.print(table)
+    verdict_text = "BLOCKED" if verdict.blocked else "passes"
+    out.print(f"{display_path(config)}: {verdict_text} ({len(verdict.errors)} errors, "
+              f"{len(verdict.warnings)} warnings, {len(ruleset.config_rules)} rules checked)")
+    if verdict.blocked:
+        raise typer.Exit(BLOCKED_EXIT)
