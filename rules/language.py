@@ -28,6 +28,7 @@ NUMBER, STRING, BOOL = "number", "string", "bool"
 NAMESPACES = ("machine", "workload", "before", "after")
 MAX_TEXT, MAX_NODES, MAX_DEPTH, MAX_STRING, MAX_ARRAY, MAX_EXPONENT = 1000, 150, 24, 200, 64, 64
 FUNCTIONS = {"abs": 1, "min": None, "max": None}  # name -> number of arguments (None: an array)
+_A_VALUE = {NUMBER: "a number", STRING: "a quoted string", BOOL: "true or false"}
 
 _TYPES = {
     NUMBER: rule_engine.DataType.FLOAT,
@@ -102,8 +103,10 @@ def compile_expression(
     except rule_engine.errors.SymbolResolutionError as exc:
         name = str(exc.symbol_name)
         raise RuleError(
-            f"{locate(_offset_of(text, name))}: unknown name '{name}'{did_you_mean(name, symbols)}"
+            f"{locate(_offset_of(text, name))}: {_unknown_name(name, text, symbols)}"
         ) from None
+    except rule_engine.errors.AttributeResolutionError as exc:  # e.g. threads.__class__
+        raise _attribute_refused(str(exc.attribute_name), text, locate) from None
     except rule_engine.errors.RuleSyntaxError as exc:
         offset = exc.token.lexpos if exc.token is not None else len(text)
         raise RuleError(f"{locate(offset)}: syntax error{_near(text, offset)}") from None
@@ -156,8 +159,36 @@ def _near(text: str, offset: int) -> str:
 
 def _engine_message(exc: Exception) -> str:
     message = getattr(exc, "message", None) or str(exc)
-    return {"data type mismatch": "the types do not fit (e.g. a number compared to a string)"}.get(
-        message, message
+    return {
+        "data type mismatch": "the types do not fit (e.g. a number compared to a string)",
+        "arithmetic error": "a number in the expression is too large (e.g. a huge power)",
+    }.get(message, message)
+
+
+def _usable(symbols: Mapping[str, str]) -> str:
+    """What a rule may name here, in short: 'a knob of the target, machine.* or workload.*'."""
+    spaces = dict.fromkeys(s.split(".", 1)[0] for s in symbols if "." in s)
+    parts = ["a knob of the target"] if any("." not in s for s in symbols) else []
+    parts += [f"{space}.*" for space in spaces]
+    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else "".join(parts)
+
+
+def _unknown_name(name: str, text: str, symbols: Mapping[str, str]) -> str:
+    """An unknown name, and the fix: the closest known name, or what may be named here."""
+    if name in NAMESPACES:  # e.g. before.* in a constraint: no before.* names here at all
+        match = re.search(rf"(?<![\w.$]){name}\.\w+", text)
+        shown = match.group(0) if match else name
+        why = " (before.* and after.* are for triggers only)" if name in ("before", "after") else ""
+        return f"unknown name '{shown}'{why}; use {_usable(symbols)}"
+    return f"unknown name '{name}'" + (did_you_mean(name, symbols) or f"; use {_usable(symbols)}")
+
+
+def _attribute_refused(name: str, text: str, locate: Locate) -> RuleError:
+    offset = max(text.find(f".{name}"), 0)
+    spaces = ", ".join(f"{space}.*" for space in NAMESPACES)
+    return RuleError(
+        f"{locate(offset)}: attribute access '.{name}' is not allowed in rules; "
+        f"only the names {spaces} have a dot"
     )
 
 
@@ -194,13 +225,13 @@ def _check(
     if kind is ast.GetAttributeExpression:
         obj = node.object
         if not (type(obj) is ast.SymbolExpression and obj.scope is None and obj.name in NAMESPACES):
-            raise _refuse(node, text, locate, f"attribute access '.{node.name}'")
+            raise _attribute_refused(node.name, text, locate)
         full = f"{obj.name}.{node.name}"
         if full not in symbols:
             known = [s for s in symbols if s.startswith(f"{obj.name}.")]
             raise RuleError(
                 f"{locate(_offset_of(text, full))}: unknown name '{full}'"
-                f"{did_you_mean(full, known)}"
+                + (did_you_mean(full, known) or f"; the {obj.name}.* names are {', '.join(known)}")
             )
         names.add(full)
         return
@@ -304,7 +335,7 @@ def _check_literals(
         if (kind == STRING) != isinstance(value, str) or (kind == BOOL) != isinstance(value, bool):
             raise RuleError(
                 f"{locate(_offset_of(text, side.name))}: '{side.name}' is a {kind} "
-                f"and is compared with {value!r}"
+                f"and is compared with {value!r}; compare it with {_A_VALUE[kind]}"
             )
         allowed = choices.get(side.name)
         if allowed and value not in allowed and str(value) not in map(str, allowed):

@@ -175,16 +175,30 @@ class _Locator:
         if node is None:
             return f"{self.source}: rule '{self.rule_id}'"
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
-        if node.style in ("'", '"'):
+        style = getattr(node, "style", None)  # (a list or a mapping has none)
+        if style in ("'", '"'):
             col += 1
-        if node.style in ("|", ">"):  # a block scalar starts on the next line
-            text = node.value[:offset]
-            line += 1 + text.count("\n")
-            col = (node.start_mark.column + 3) if "\n" not in text else 1
-            col += len(text.rsplit("\n", 1)[-1])
+        if style in ("|", ">"):  # a block scalar starts on the next line
+            line, col = _block_position(node, offset)
         else:
             col += offset
         return f"{self.source}:{line}:{col}: rule '{self.rule_id}'"
+
+
+def _block_position(node: yaml.ScalarNode, offset: int) -> tuple[int, int]:
+    """Line and column of ``offset`` in a block scalar's text, counted on the file's own lines
+    (each one indented, after the ``|`` or ``>`` line)."""
+    mark = node.start_mark
+    lines = (mark.buffer or "")[mark.pointer : node.end_mark.pointer].split("\n")[1:]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    indent = next((len(s) - len(s.lstrip(" ")) for s in lines if s.strip()), mark.column + 2)
+    for number, source_line in enumerate(lines):
+        content = source_line[indent:]
+        if offset <= len(content) or number == len(lines) - 1:
+            return mark.line + 2 + number, indent + 1 + offset
+        offset -= len(content) + 1
+    return mark.line + 2, indent + 1 + offset
 
 
 def parse_rules(
@@ -195,16 +209,31 @@ def parse_rules(
     workload: Mapping[str, Any] | None = None,
 ) -> list[Rule]:
     """Parse and check a rule file's text; every error names file, line, column and rule."""
-    loader = _UniqueKeyLoader(text)
+    loader = None
     try:
+        loader = _UniqueKeyLoader(text)
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise RuleError(f"{source}{where}: invalid YAML: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:  # a control character: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - text.rfind("\n", 0, exc.position)
+        raise RuleError(
+            f"{source}:{line}:{col}: invalid YAML: unacceptable character "
+            f"#x{exc.character:04x}: {exc.reason}"
+        ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+    if isinstance(data, Mapping) and "rules" in data and not isinstance(data["rules"], list):
+        node = next(v for k, v in root.value if k.value == "rules")
+        raise RuleError(
+            f"{source}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: field 'rules' "
+            "must be a list of rules, each starting with '- id: ...'"
+        )
     if not isinstance(data, Mapping) or not isinstance(data.get("rules"), list):
         raise RuleError(f"{source}: a rule file is a mapping with a 'rules:' list")
     for key in data:
@@ -224,7 +253,8 @@ def parse_rules(
         rule = _parse_rule(body, node, at, source, index, symbols, choices, target_cls)
         if rule.id in seen:
             raise RuleError(
-                f"{at}: rule '{rule.id}': the id is used twice (first at {seen[rule.id]})"
+                f"{at}: rule '{rule.id}': the id is used twice (first at {seen[rule.id]}); "
+                "give each rule its own id"
             )
         seen[rule.id] = at.removeprefix(f"{source}:")
         rules.append(rule)
@@ -263,6 +293,11 @@ def _parse_rule(
     wrong = "when" if kind == "constraint" else "expr"
     if wrong in body:
         raise RuleError(f"{here}: a {kind} uses '{text_field}', not '{wrong}'")
+    if text_field not in body:
+        raise RuleError(
+            f"{here}: field '{text_field}' is missing; give the condition, e.g. "
+            f"'{text_field}: a <= b'"
+        )
     severity = body.get("severity", "error")
     if severity not in SEVERITIES:
         raise RuleError(

@@ -1,0 +1,115 @@
+"""Rule files: every bad example under tests/data/bad/rules fails with its exact one-line error,
+naming the file, the line and column, the rule (when the file got that far) and the fix.
+
+Each bad example starts with ``# error: <message>``; ``{path}`` in the message stands for the
+file as ``display_path`` shows it. A file is checked against the target its ``target:`` line
+names (synthetic when it has none), with that target's metrics for triggers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rules.language import RuleError
+from rules.ruleset import load_rule_file
+from targets.base import Target
+from targets.errors import KnobflowError
+from targets.registry import load_target
+from targets.yamlfile import display_path
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+BAD_RULES = sorted((DATA / "bad" / "rules").glob("*.yaml"))
+
+
+def expected_error(path: Path) -> str:
+    """The message a bad example must give: its first line, ``# error: ...``, path filled in."""
+    first = path.read_bytes().split(b"\n", 1)[0].decode("utf-8")
+    assert first.startswith("# error: "), f"{path.name}: first line must be '# error: <message>'"
+    return first.removeprefix("# error: ").replace("{path}", display_path(path))
+
+
+def target_of(path: Path) -> type[Target]:
+    match = re.search(rb"^target:\s*(\w+)\s*$", path.read_bytes(), re.MULTILINE)
+    return load_target(match.group(1).decode() if match else "synthetic")
+
+
+def test_there_are_bad_rule_examples() -> None:
+    assert len(BAD_RULES) >= 15
+
+
+@pytest.mark.parametrize("path", BAD_RULES, ids=lambda p: p.stem)
+def test_bad_rule_file_fails_with_its_error(path: Path) -> None:
+    expected = expected_error(path)
+    target = target_of(path)
+    with pytest.raises(KnobflowError) as info:
+        load_rule_file(path, target.knob_spec(), target)
+    assert type(info.value) is RuleError
+    message = str(info.value)
+    assert message == expected
+    assert "\n" not in message and "\r" not in message
+
+
+@pytest.mark.parametrize("path", BAD_RULES, ids=lambda p: p.stem)
+def test_bad_rule_error_names_file_line_column_and_rule(path: Path) -> None:
+    """Every message starts ``file:line:col:``; the line exists; a rule named is in the file."""
+    expected = expected_error(path)
+    match = re.match(rf"{re.escape(display_path(path))}:(\d+):(\d+): ", expected)
+    assert match, expected
+    line, col = int(match.group(1)), int(match.group(2))
+    lines = path.read_bytes().split(b"\n")
+    assert 1 < line <= len(lines)  # (line 1 is the '# error:' comment)
+    assert 1 <= col <= len(lines[line - 1]) + 1
+    rule = re.search(r": rule '([^']+)': ", expected)
+    if rule:
+        assert f"id: {rule.group(1)}".encode() in path.read_bytes()
+
+
+def test_the_same_file_fixed_loads(tmp_path: Path) -> None:
+    """The checks refuse bad files, not every file: a good one with each kind of rule loads."""
+    path = tmp_path / "good.yaml"
+    path.write_text(
+        "target: synthetic\n"
+        "rules:\n"
+        "  - id: threads-sane\n"
+        "    kind: constraint\n"
+        "    expr: |\n"
+        "      not compress or\n"
+        "      threads <= 48\n"
+        "  - id: no-gamma-alone\n"
+        "    kind: forbid\n"
+        "    when: mode == 'gamma' and threads < 2\n"
+        "    severity: warn\n"
+        "  - id: throughput-dropped\n"
+        "    kind: trigger\n"
+        "    when: after.throughput < 0.5 * before.throughput\n"
+        "    action: rollback\n",
+        encoding="utf-8",
+    )
+    target = load_target("synthetic")
+    rules = load_rule_file(path, target.knob_spec(), target)
+    assert [(r.id, r.kind, r.severity) for r in rules] == [
+        ("threads-sane", "constraint", "error"),
+        ("no-gamma-alone", "forbid", "warn"),
+        ("throughput-dropped", "trigger", "error"),
+    ]
+
+
+def test_missing_rule_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    target = load_target("synthetic")
+    with pytest.raises(RuleError) as info:
+        load_rule_file(path, target.knob_spec(), target)
+    assert str(info.value) == f"{display_path(path)}: file not found"
+
+
+def test_rule_file_for_another_target() -> None:
+    path = DATA / "bad" / "rules" / "categorical_value_unknown.yaml"  # a sqlite file
+    target = load_target("synthetic")
+    with pytest.raises(RuleError) as info:
+        load_rule_file(path, target.knob_spec(), target)
+    assert str(info.value) == (
+        f"{display_path(path)}: the file is for target 'sqlite', not 'synthetic'"
+    )
