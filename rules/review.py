@@ -17,7 +17,7 @@ import pandas as pd
 
 from rules.language import RuleError
 from rules.ruleset import RuleSet
-from targets.errors import fmt_value
+from targets.errors import fmt_quantity, fmt_value
 from tuners.space import SearchSpace
 
 SAMPLES = 2000
@@ -93,7 +93,7 @@ def range_hints(best: Sequence[Mapping[str, Any]], space: SearchSpace, edge: flo
             if count >= at_least:
                 hints.append(
                     f"{knob.name}: {count} of the {len(best)} best configs are at the {side} "
-                    f"bound {fmt_value(bound)}{(' ' + knob.unit) if knob.unit else ''}; the "
+                    f"bound {fmt_quantity(bound, knob.unit)}; the "
                     "range may be too narrow"
                 )
     return hints

@@ -58,6 +58,15 @@ def check_fields(
             )
 
 
+def fmt_quantity(value: Any, unit: str | None) -> str:
+    """A knob's value with its unit, sizes in bytes in binary units (``64 MiB``)."""
+    if unit == "bytes" and isinstance(value, int | float) and not isinstance(value, bool):
+        for size, name in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if abs(value) >= size:
+                return f"{value / size:.4g} {name}"
+    return f"{fmt_value(value)} {unit}" if unit else fmt_value(value)
+
+
 def fmt_value(value: Any) -> str:
     """A value as a user wrote it in YAML (strings quoted, bools lower-case)."""
     if value is None:
