@@ -7,13 +7,15 @@ verdicts do not depend on where the suite runs.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rules.ruleset import RuleSet, machine_facts
+from rules.ruleset import RuleSet, load_rule_file, machine_facts
 from targets.registry import load_target
 
+REPO = Path(__file__).resolve().parents[2]
 GB = 2**30
 MEASURED_ON = {"machine.cores": 2.0, "machine.memory": 24.0 * GB, "machine.memory_mb": 24.0 * 1024}
 
@@ -106,3 +108,12 @@ def test_rocksdb_level1_must_hold_level0() -> None:
     assert not verdict.blocked
     assert [f.rule for f in verdict.warnings] == ["level1-holds-level0"]
     assert verdict.warnings[0].values["max_bytes_for_level_base"] == 128 * mib
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("examples/*rules*.yaml")), ids=lambda p: p.name)
+def test_example_rule_files_are_valid(path: Path) -> None:
+    import yaml
+
+    target_cls = load_target(yaml.safe_load(path.read_text())["target"])
+    rules = load_rule_file(path, target_cls.knob_spec(), target_cls)
+    assert {r.kind for r in rules} == {"constraint", "forbid", "trigger"}
