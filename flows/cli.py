@@ -194,6 +194,11 @@ def tune_command(
     ] = None,
     tuner: Annotated[str | None, typer.Option(help="tpe (default), random or cmaes.")] = None,
     instance: Annotated[str, typer.Option(help="Instance name; its data lives apart.")] = "local",
+    service: Annotated[
+        str | None,
+        typer.Option(help="Service the instance belongs to; its instances share models, data "
+                          "and learned rules (default: the target's name)."),
+    ] = None,
     parallel: Annotated[
         int | None, typer.Option(help="Instances running trials at once (default 1).")
     ] = None,
@@ -235,6 +240,14 @@ def tune_command(
     no_learned_rules: Annotated[
         bool, typer.Option("--no-learned-rules", help="Neither use nor learn rules from failures.")
     ] = False,
+    no_transfer: Annotated[
+        bool, typer.Option("--no-transfer",
+                           help="Start cold: do not use the models and best configs of sibling "
+                                "instances.")
+    ] = False,
+    no_train: Annotated[
+        bool, typer.Option("--no-train", help="Do not train the service's models after the job.")
+    ] = False,
     resume: Annotated[bool, typer.Option(help="Continue the last unfinished job.")] = False,
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
     as_json: Annotated[
@@ -267,15 +280,19 @@ def tune_command(
         "rule_files": rules or None,
         "policies": policy or None,
         "learn_rules": False if no_learned_rules else None,
+        "service": service,
+        "transfer": False if no_transfer else None,
+        "train": False if no_train else None,
     }
     root = knobflow_home(home)
     # validate before the Prefect server starts: bad input answers in a second, not in thirty
     if resume:
-        job = find_resumable(root, target, instance)
+        job = find_resumable(root, target, instance, service)
         given = {
             k: v
             for k, v in options.items()
-            if v is not None and k not in ("instance", "budget", "time_budget", "parallel")
+            if v is not None
+            and k not in ("instance", "service", "budget", "time_budget", "parallel")
         }
         if given:
             raise KnobflowError(
@@ -312,6 +329,7 @@ def tune_command(
 #: option keys whose command-line flag is not just the key with dashes
 _FLAGS = {"workload_file": "--workload", "space_file": "--space", "rule_files": "--rules",
           "policies": "--policy", "learn_rules": "--no-learned-rules",
+          "transfer": "--no-transfer", "train": "--no-train",
           "workload": "--set-workload"}
 
 

@@ -59,9 +59,15 @@ class Job:
     rule_files: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
     learn_rules: bool = True
+    service: str = ""  # the service the instance belongs to (default: the target's name)
+    transfer: bool = True  # start from what sibling instances of the service learned
+    train: bool = True  # train the service's models after the job
     status: str = "running"
     mlflow_run_id: str | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
+
+    def __post_init__(self) -> None:
+        self.service = self.service or self.target
 
     @property
     def target_cls(self) -> type[Target]:
@@ -85,7 +91,7 @@ class Job:
             if self.parallel == 1
             else [f"{self.instance}-{k}" for k in range(1, self.parallel + 1)]
         )
-        return {name: self.home / "instances" / self.target / name for name in names}
+        return {name: self.home / "instances" / self.service / name for name in names}
 
     def trial_runner(self) -> TrialRunner:
         """What runs this job's trials: its target, workload, objective, timeout and instances."""
@@ -109,7 +115,7 @@ class Job:
                                   self.workload)
 
     def learned_rules(self) -> LearnedRules:
-        return LearnedRules(learned_path(self.home, self.target), self.target_cls.knob_spec())
+        return LearnedRules(learned_path(self.home, self.service), self.target_cls.knob_spec())
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +208,9 @@ def build_job(
     rule_files: list[str] | None = None,
     policies: list[str] | None = None,
     learn_rules: bool = True,
+    service: str | None = None,
+    transfer: bool = True,
+    train: bool = True,
 ) -> Job:
     """Validate every input of a new job; raise a KnobflowError naming the first bad one."""
     target_cls = load_target(target)
@@ -210,6 +219,18 @@ def build_job(
             f"The 'instance' option of tune must be 1-64 letters, digits, '.', '_' or '-'. "
             f"Got {instance!r} instead."
         )
+    service = service or target
+    if not _INSTANCE_RE.match(service):
+        raise KnobflowError(
+            f"The 'service' option of tune must be 1-64 letters, digits, '.', '_' or '-'. "
+            f"Got {service!r} instead."
+        )
+    for other in recorded_jobs(home):
+        if other.service == service and other.target != target:
+            raise KnobflowError(
+                f"The 'service' option of tune names a service of target '{other.target}' "
+                f"(job {other.study_name}); an instance of '{target}' needs another service name."
+            )
     check_int("budget", budget, 1)
     check_int("parallel", parallel, 1, 64)
     check_int("seed", seed, 0, 2**31 - 1)
@@ -261,7 +282,7 @@ def build_job(
             )
     now = datetime.now(UTC)
     job = Job(
-        study_name=f"{target}-{instance}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}",
+        study_name=f"{service}-{instance}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}",
         target=target,
         instance=instance,
         objective=objective,
@@ -283,6 +304,9 @@ def build_job(
         rule_files=[str(Path(f).resolve()) for f in rule_files or []],
         policies=policies,
         learn_rules=learn_rules,
+        service=service,
+        transfer=transfer,
+        train=train,
         home=home,
     )
     check_space(job.rule_set(), space, f"search space of {target}")  # bad ranges stop here
@@ -295,17 +319,22 @@ def _policies(target_cls: type[Target], files: list[str]) -> set[str]:
     return {r.policy for r in ruleset.rules if r.policy}
 
 
-def find_resumable(home: Path, target: str, instance: str) -> Job:
-    """The latest unfinished job of ``target`` on ``instance``; a JobError if there is none."""
-    load_target(target)  # an unknown target is reported as such, not as "nothing to resume"
+def recorded_jobs(home: Path) -> list[Job]:
+    """Every job recorded under ``home`` (records that cannot be read are skipped)."""
     jobs = []
     for path in sorted((home / "jobs").glob("*/job.json")):
         try:
-            job = Job.load(path, home)
+            jobs.append(Job.load(path, home))
         except (OSError, ValueError, TypeError):
             continue
-        if job.target == target and job.instance == instance:
-            jobs.append(job)
+    return jobs
+
+
+def find_resumable(home: Path, target: str, instance: str, service: str | None = None) -> Job:
+    """The latest unfinished job of ``target`` on ``instance``; a JobError if there is none."""
+    load_target(target)  # an unknown target is reported as such, not as "nothing to resume"
+    jobs = [j for j in recorded_jobs(home) if j.target == target and j.instance == instance
+            and j.service == (service or target)]
     if not jobs:
         raise JobError(
             f"--resume: no job of target '{target}' on instance '{instance}' under "

@@ -124,6 +124,18 @@ class TuneProgress:
                           f"{summary['target']})")
         for text in summary.get("rule_warnings", []) + summary.get("range_hints", []):
             console.print(f"[yellow]warning:[/yellow] {text}")
+        transfer = summary.get("transfer") or {}
+        if transfer.get("n_seeds"):
+            model = (f", model {transfer['model']} v{transfer['model_version']}"
+                     if transfer.get("model") else "")
+            console.print(f"transfer: {transfer['n_seeds']} configs queued first from "
+                          f"{', '.join(transfer['from_instances']) or 'siblings'}{model} "
+                          f"(trials {', '.join(map(str, transfer['trials']))})")
+        model_report = summary.get("model") or {}
+        if model_report.get("error"):
+            console.print(f"[yellow]warning:[/yellow] models not trained: {model_report['error']}")
+        elif model_report.get("line"):
+            console.print(f"models: {model_report['line']}")
         for key in ("best_config_file", "native_config_file"):
             if summary.get(key):
                 console.print(f"{key.replace('_', ' ')}: {summary[key]}")

@@ -1,8 +1,8 @@
 """A service's trial table across all its jobs, and the expert rows imported for it.
 
-Each job writes its own rows once, at its end, to ``<home>/tables/<target>/<study>.parquet``
+Each job writes its own rows once, at its end, to ``<home>/tables/<service>/<study>.parquet``
 (cost grows with the job, not with the service's history); imported expert rows live in
-``<home>/expert/<target>.parquet``. ``service_table`` is their union, rebuilt from the Optuna
+``<home>/expert/<service>.parquet``. ``service_table`` is their union, rebuilt from the Optuna
 study (the source of truth) for a job that ended without writing its rows.
 """
 
@@ -13,29 +13,23 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from flows.job import Job
+from flows.job import Job, recorded_jobs
 from tasks.table import as_table, read_parquet, study_rows, write_parquet
 from tuners.study import journal_path, open_study
 
 
 def job_table_path(job: Job) -> Path:
-    return job.home / "tables" / job.target / f"{job.study_name}.parquet"
+    return job.home / "tables" / job.service / f"{job.study_name}.parquet"
 
 
-def expert_path(home: Path, target: str) -> Path:
-    return home / "expert" / f"{target}.parquet"
+def expert_path(home: Path, service: str) -> Path:
+    return home / "expert" / f"{service}.parquet"
 
 
-def jobs_of(home: Path, target: str) -> list[Job]:
-    jobs = []
-    for path in sorted((home / "jobs").glob("*/job.json")):
-        try:
-            job = Job.load(path, home)
-        except (OSError, ValueError, TypeError):
-            continue
-        if job.target == target and journal_path(home, job.study_name).exists():
-            jobs.append(job)
-    return jobs
+def jobs_of(home: Path, service: str) -> list[Job]:
+    """The jobs of ``service`` (every instance) that have a study on disk."""
+    return [j for j in recorded_jobs(home)
+            if j.service == service and journal_path(home, j.study_name).exists()]
 
 
 def job_rows(job: Job, study: optuna.Study | None = None) -> pd.DataFrame:
@@ -43,7 +37,7 @@ def job_rows(job: Job, study: optuna.Study | None = None) -> pd.DataFrame:
     if study is None:
         study = open_study(job.home, job.study_name, job.direction,
                            optuna.samplers.RandomSampler(), create=False)
-    return as_table(study_rows(study, service=job.target, target=job.target,
+    return as_table(study_rows(study, service=job.service, target=job.target,
                                objective=job.objective, direction=job.direction))
 
 
@@ -52,15 +46,16 @@ def write_job_table(job: Job, study: optuna.Study) -> Path:
     return write_parquet(job_rows(job, study), job_table_path(job))
 
 
-def service_table(home: Path, target: str) -> pd.DataFrame:
-    """Every trial of ``target``'s jobs under ``home``, plus its imported expert rows."""
+def service_table(home: Path, service: str) -> pd.DataFrame:
+    """Every trial of ``service``'s jobs (all instances) under ``home``, plus its imported
+    expert rows."""
     parts = []
-    for job in jobs_of(home, target):
+    for job in jobs_of(home, service):
         path = job_table_path(job)
         stale = not path.exists() or (
             path.stat().st_mtime < journal_path(home, job.study_name).stat().st_mtime
         )
         parts.append(job_rows(job) if stale else pd.read_parquet(path))
-    parts.append(read_parquet(expert_path(home, target)))
+    parts.append(read_parquet(expert_path(home, service)))
     records = [r for part in parts if not part.empty for r in part.to_dict(orient="records")]
     return as_table(records)

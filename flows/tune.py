@@ -9,6 +9,7 @@ knobflow tune sqlite --budget 20
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,9 @@ from flows.report import (
 )
 from flows.settings import knobflow_home, tracking_uri
 from flows.trials import service_table, write_job_table
+from model_registry import fingerprint
+from model_registry.registry import champion_table, load_champion
+from model_registry.transfer import TransferPlan, plan_transfer
 from rules.learn import propose_forbid
 from rules.review import check_space, range_hints
 from rules.ruleset import Rule, RuleSet
@@ -43,13 +47,18 @@ from tasks.explore import (
     requeue_interrupted,
 )
 from tasks.guard import CandidateGuard
+from tasks.table import training_rows
 from tasks.track import JobTracker
+from tasks.train import train_models, why_not_trainable
 from tasks.verify import Verification, verify_best
 from tuners.samplers import make_sampler
 from tuners.space import SearchSpace
 from tuners.study import open_study
 
 #: Called after every trial and verification run; the CLI's progress bar registers here.
+#: The Optuna user attribute marking a trial queued by transfer ("model" or "sibling").
+TRANSFER_ATTR = "knobflow.transfer"
+
 Listener = Callable[[str, TrialOutcome, ExploreStats | None], None]
 listeners: list[Listener] = []
 
@@ -59,7 +68,8 @@ def prepare_job(home: str | None, target: str, resume: bool, options: dict[str, 
     """Validate a new job and record it, or load the unfinished job to resume."""
     root = knobflow_home(home)
     if resume:
-        job = find_resumable(root, target, options.get("instance") or "local")
+        job = find_resumable(root, target, options.get("instance") or "local",
+                             options.get("service"))
         for key in ("budget", "time_budget", "parallel"):
             if options.get(key) is not None:
                 setattr(job, key, options[key])
@@ -117,6 +127,9 @@ def tune(
     rule_files: list[str] | None = None,
     policies: list[str] | None = None,
     learn_rules: bool | None = None,
+    service: str | None = None,
+    transfer: bool | None = None,
+    train: bool | None = None,
     resume: bool = False,
     home: str | None = None,
 ) -> dict[str, Any]:
@@ -144,6 +157,9 @@ def tune(
         "rule_files": rule_files,
         "policies": policies,
         "learn_rules": learn_rules,
+        "service": service,
+        "transfer": transfer,
+        "train": train,
     }
     job = prepare_job(home, target, resume, options)
     space = job.search_space()
@@ -152,6 +168,8 @@ def tune(
     for warning in rule_warnings:
         logger.warning("rules: %s", warning)
     study = open_job_study(job, space, resume)
+    plan = transfer_from_siblings(job, space, ruleset, study) if job.transfer and not resume \
+        else None
     tracker = start_tracking(job, space, study, resume)
     runner = job.trial_runner()
     guard = CandidateGuard(
@@ -205,6 +223,8 @@ def tune(
         summary = summarize(job, study, best, verification, files, time.monotonic() - began)
         summary["trial_table"] = str(table)
         summary.update(_rules_summary(study, space, ruleset, guard, rule_warnings, best))
+        summary["transfer"] = _transfer_summary(plan, study)
+        summary["model"] = train_service_models(job) if job.train else None
         plot = plot_history(job, study, verification)
         result_path = write_summary(job, summary)
     except BaseException:
@@ -232,7 +252,7 @@ def tune(
         },
         artifacts=[result_path, job.dir / "job.json", table, *map(Path, files.values())]
         + ([plot] if plot else []),
-        tags={"knobflow.best_trial": str(summary["best_trial"])},
+        tags={"knobflow.best_trial": str(summary["best_trial"]), **_transfer_tags(plan)},
         status="FINISHED" if best is not None else "FAILED",
     )
     tracker.close()
@@ -274,6 +294,7 @@ def start_tracking(job: Job, space: SearchSpace, study: optuna.Study, resume: bo
         job.study_name,
         params={
             "target": job.target,
+            "service": job.service,
             "instance": job.instance,
             "objective": job.objective,
             "direction": job.direction,
@@ -288,6 +309,7 @@ def start_tracking(job: Job, space: SearchSpace, study: optuna.Study, resume: bo
         tags={
             "knobflow.study": job.study_name,
             "knobflow.target": job.target,
+            "knobflow.service": job.service,
             "knobflow.instance": job.instance,
         },
         run_id=job.mlflow_run_id,
@@ -303,7 +325,7 @@ def _learner(job: Job, space: SearchSpace, study: optuna.Study, ruleset: RuleSet
     """A function that proposes a forbid rule for a failed trial, stores and logs it."""
     store = job.learned_rules()
     spec = job.target_cls.knob_spec()
-    table = service_table(job.home, job.target)
+    table = service_table(job.home, job.service)
     prior = [
         {k.name: row.get(f"knob.{k.name}", k.default) for k in spec}
         for row in table[table["status"] == "ok"].to_dict(orient="records")
@@ -312,7 +334,11 @@ def _learner(job: Job, space: SearchSpace, study: optuna.Study, ruleset: RuleSet
 
     def learn(number: int, outcome: TrialOutcome) -> Rule | None:
         goods = prior + [t.user_attrs[ATTR]["config"] for t in ranked_trials(study)]
-        expression = propose_forbid(outcome.config, goods, space, ruleset)
+        # earlier failures of the same kind: the rule is widened to hold them where it can
+        failures = [t.user_attrs[ATTR]["config"] for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+            if t.user_attrs.get(ATTR, {}).get("failure_class") == str(outcome.failure_class)]
+        expression = propose_forbid(outcome.config, goods, space, ruleset, failures)
         if expression is None:
             return None
         rule = store.add(expression, rules=ruleset, study=job.study_name, trial=number,
@@ -354,3 +380,97 @@ def _backfill_tracking(study: optuna.Study, tracker: JobTracker) -> int:
         tracker.log_trial(str(t.number), t.user_attrs[ATTR])
     tracker.flush()
     return len(missing)
+
+
+@task(name="transfer-from-siblings", cache_policy=NO_CACHE)
+def transfer_from_siblings(job: Job, space: SearchSpace, ruleset: RuleSet,
+                           study: optuna.Study) -> TransferPlan:
+    """Queue the configs the service's champion model and its sibling instances suggest, right
+    after the default config (see ``model_registry.transfer``)."""
+    logger = get_run_logger()
+    uri = tracking_uri(job.home)
+    own = {job.instance, *job.instance_dirs()}
+    table = training_rows(service_table(job.home, job.service))
+    champion = load_champion(uri, job.service, job.objective)
+    if table.empty and champion is not None:  # siblings tuned elsewhere, same tracking store
+        table = training_rows(champion_table(uri, job.service, job.objective))
+    siblings = table[~table["instance"].isin(own) & (table["objective"] == job.objective)]
+    if siblings.empty and (champion is None or champion.tags.get("instance") in own):
+        plan = TransferPlan(reason="no sibling instance of the service has run trials yet")
+    else:
+        plan = plan_transfer(
+            space=space, rules=ruleset, siblings=siblings,
+            workload_fp=fingerprint.features(job.target_cls, job.workload),
+            limits=job.target_cls.workload_limits, direction=job.direction,
+            champion=champion, seed=job.seed)
+    for seed in plan.seeds:
+        study.enqueue_trial(seed.params, user_attrs={TRANSFER_ATTR: seed.source},
+                            skip_if_exists=True)
+    (job.dir / "transfer.json").write_text(json.dumps(plan.to_dict(), indent=2, default=str),
+                                           encoding="utf-8")
+    if plan.seeds:
+        logger.info("transfer: %d configs queued first (%s) from %s, model %s v%s",
+                    len(plan.seeds), ", ".join(s.source for s in plan.seeds),
+                    ", ".join(plan.from_instances) or "-", plan.model_name, plan.model_version)
+    else:
+        logger.info("transfer: nothing queued (%s)", plan.reason)
+    return plan
+
+
+def _transfer_summary(plan: TransferPlan | None, study: optuna.Study) -> dict[str, Any] | None:
+    """What transfer queued, and the trials that ran its configs."""
+    if plan is None:
+        return None
+    trials = [t.number for t in study.get_trials(deepcopy=False)
+              if TRANSFER_ATTR in t.user_attrs]
+    return {"n_seeds": len(plan.seeds), "from_instances": plan.from_instances,
+            "model": plan.model_name, "model_version": plan.model_version,
+            "reason": plan.reason, "trials": trials}
+
+
+def _transfer_tags(plan: TransferPlan | None) -> dict[str, str]:
+    if plan is None:
+        return {"knobflow.transfer": "off"}
+    return {
+        "knobflow.transfer": "on" if plan.seeds else f"nothing: {plan.reason}"[:250],
+        "knobflow.transfer.seeds": str(len(plan.seeds)),
+        "knobflow.transfer.from_instances": ",".join(plan.from_instances),
+        "knobflow.transfer.model": f"{plan.model_name}/{plan.model_version}"
+        if plan.model_name else "",
+    }
+
+
+@task(name="train-models", cache_policy=NO_CACHE)
+def train_service_models(job: Job) -> dict[str, Any] | None:
+    """Train the service's surrogate models on its trial table (all instances) and move the
+    registry's champion if the new model validates better; a failure is reported, not fatal."""
+    logger = get_run_logger()
+    table = service_table(job.home, job.service)
+    try:
+        report = train_models(
+            table, spec=job.target_cls.knob_spec(), objective=job.objective,
+            direction=job.direction, service=job.service, instance=job.instance,
+            workload_fp=fingerprint.features(job.target_cls, job.workload),
+            tracking_uri=tracking_uri(job.home), seed=job.seed,
+            workload_limits=job.target_cls.workload_limits,
+            artifact_root=job.home / "artifacts")
+    except Exception as exc:  # the tuning result stands without a model
+        logger.warning("training the models of %s failed: %s", job.service, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if report is None:
+        why = why_not_trainable(table, job.objective) if not table.empty else "no trials"
+        logger.info("models of %s not trained: %s", job.service, why)
+        return {"skipped": why}
+    best = report.best.metrics
+    line = (f"{report.registered_name} v{report.registered_version} ({report.best_kind}, "
+            f"{report.n_rows} trials): held-out rank correlation "
+            f"{best['holdout_spearman']:.2f}, cv R² {best['cv_r2']:.2f}; champion "
+            f"{'moved' if report.champion_moved else 'kept'}: {report.champion_reason}")
+    logger.info("models of %s: %s", job.service, line)
+    return {
+        "name": report.registered_name, "version": report.registered_version,
+        "kind": report.best_kind, "n_rows": report.n_rows,
+        "champion_moved": report.champion_moved, "champion_reason": report.champion_reason,
+        "metrics": {kind: r.metrics for kind, r in report.kinds.items()},
+        "runs": {kind: r.run_id for kind, r in report.kinds.items()}, "line": line,
+    }

@@ -1,0 +1,354 @@
+"""The model registry: surrogate models named by service and objective, and who is champion.
+
+Owns the MLflow registry side of knobflow: the registered-model name of a service's objective
+(``model_name``), registering a trained model with its provenance tags (``register``), the
+champion policy (``promote``: the alias ``champion`` moves only to a model that validates better
+on the same held-out trials, or when there is none, or when the workload moved), loading the
+champion strictly by ``models:/<name>@champion`` in any process (``load_champion``), and the trial
+table stored beside the champion's run so a service's replicas reuse its data
+(``champion_table``).
+
+Every MLflow call goes through an explicit ``MlflowClient(tracking_uri, registry_uri)`` or passes
+the URIs explicitly: nothing here sets MLflow's process-wide tracking URI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.artifacts import download_artifacts
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from scipy.stats import spearmanr
+from sklearn.metrics import r2_score
+
+import flows.settings  # noqa: F401 - telemetry off before mlflow is used
+from model_registry.fingerprint import CLOSE, distance, fingerprint_hash
+from tasks.table import as_table
+
+log = logging.getLogger("knobflow.registry")
+
+CHAMPION = "champion"
+TABLE_ARTIFACT = "trial_table.parquet"
+#: Spearman differences smaller than this are a tie, decided by R².
+SPEARMAN_TIE = 0.01
+_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+_ALREADY = "RESOURCE_ALREADY_EXISTS"
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+_URI_LOCK = threading.RLock()
+
+
+@contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """Make ``uri`` MLflow's process-wide tracking URI for the block only, then restore the URI
+    and ``$MLFLOW_TRACKING_URI`` exactly as they were.
+
+    Some MLflow 3.17 code ignores the client's URI and uses the process-wide one (by default
+    ``sqlite:///mlflow.db`` in the working directory): the fluent ``log_model``, the registry
+    store resolving a ``models:/m-...`` source (``MlflowClient()`` inside
+    ``create_model_version``; MLflow's own TODO), and resolving ``models:/<name>@<alias>`` for a
+    download even when ``download_artifacts`` is given both URIs. Registry and tracking are the
+    same store here. Setting the URI also writes
+    ``$MLFLOW_TRACKING_URI`` for child processes, and MLflow's ``_use_tracking_uri`` unsets a
+    user's variable on the way out; hence this. One block at a time per process."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    with _URI_LOCK:
+        saved_uri, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+        saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            tracking_utils.set_tracking_uri(uri)
+            registry_utils._registry_uri = uri  # not set_registry_uri: it writes the environment
+            yield
+        finally:
+            registry_utils._registry_uri = saved_registry
+            tracking_utils.set_tracking_uri(saved_uri)
+            if saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """The client every registry call uses: tracking and registry in the same store."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def model_name(service: str, objective: str) -> str:
+    """The registered-model name of ``service``'s ``objective``: ``knobflow-<service>-<objective>``
+    (characters a registry name may not hold become ``-``)."""
+    parts = [_NAME_BAD.sub("-", str(p)).strip("-") or "x" for p in (service, objective)]
+    return "knobflow-" + "-".join(parts)
+
+
+def _tag_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _logged_model_uri(client: MlflowClient, run_id: str) -> str:
+    """The URI of the model logged by ``run_id`` (MLflow 3: ``models:/m-...``)."""
+    outputs = client.get_run(run_id).outputs
+    models = list(outputs.model_outputs) if outputs and outputs.model_outputs else []
+    if not models:
+        raise ValueError(f"run {run_id} logged no model; log it with mlflow.sklearn.log_model")
+    return f"models:/{models[-1].model_id}"
+
+
+def register(
+    client: MlflowClient,
+    run_id: str,
+    name: str,
+    tags: Mapping[str, Any],
+    model_uri: str | None = None,
+) -> ModelVersion:
+    """Register the model logged by ``run_id`` as a new version of ``name`` with ``tags``
+    (provenance: ``instance``, ``workload_fingerprint``, ``workload``, ``workloads``,
+    ``knob_spec_hash``, ``trial_count``, ``model_kind``, ``holdout_spearman``, ``holdout_r2``,
+    ``data_hash``). ``model_uri`` is what ``log_model`` returned; found from the run if omitted."""
+    uri = model_uri or _logged_model_uri(client, run_id)
+    try:
+        client.create_registered_model(
+            name, description="knobflow surrogate model: predicts one objective from knobs "
+            "and workload features (tasks/train.py)",
+        )
+    except MlflowException as exc:
+        if exc.error_code != _ALREADY:
+            raise
+    model_id = uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
+    with process_tracking_uri(client.tracking_uri):
+        return client.create_model_version(
+            name, uri, run_id=run_id, tags={k: _tag_text(v) for k, v in tags.items()},
+            model_id=model_id,
+        )
+
+
+def _champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version the ``champion`` alias points at, or None (no model, or no alias)."""
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == _NOT_FOUND:
+            return None
+        raise
+    if CHAMPION not in (registered.aliases or {}):
+        return None
+    return client.get_model_version_by_alias(name, CHAMPION)
+
+
+def _load_sklearn(client: MlflowClient, uri: str) -> tuple[Any, str]:
+    """Download and load the scikit-learn model at ``uri`` (``models:/...``); also returns the
+    logged model id it holds (to tell which version an alias resolved to)."""
+    import mlflow.sklearn  # the flavor import is slow; only when loading
+
+    tracking = client.tracking_uri
+    with tempfile.TemporaryDirectory(prefix="knobflow-model-") as tmp:
+        with process_tracking_uri(tracking):
+            local = download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking, registry_uri=tracking,
+            )
+        text = (Path(local) / "MLmodel").read_text("utf-8")
+        found = re.search(r"^model_id:\s*(\S+)", text, re.MULTILINE)
+        return mlflow.sklearn.load_model(local), found.group(1) if found else ""
+
+
+def model_features(model: Any) -> list[str]:
+    """The input columns a loaded model was fitted on, in order."""
+    names = getattr(model, "feature_names_in_", None)
+    return [str(n) for n in names] if names is not None else []
+
+
+@dataclass
+class Champion:
+    """The champion model of a service's objective, as loaded from the registry."""
+
+    name: str
+    version: int
+    run_id: str
+    tags: dict[str, str]
+    model: Any  # a fitted scikit-learn estimator (Pipeline / TransformedTargetRegressor)
+    features: list[str] = field(default_factory=list)
+    uri: str = ""
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted objective for each row of ``frame`` (``tasks.train.feature_frame`` output;
+        extra columns are ignored, a missing one is a KeyError naming it)."""
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise KeyError(
+                f"champion {self.name} v{self.version} needs columns {missing}; build the "
+                "frame with tasks.train.feature_frame for the same knob spec and workload features"
+            )
+        x = frame[self.features] if self.features else frame
+        return np.asarray(self.model.predict(x), dtype=float)
+
+    @property
+    def workload(self) -> dict[str, float]:
+        """The workload fingerprint the champion was registered for."""
+        return json.loads(self.tags.get("workload") or "{}")
+
+    @property
+    def workloads(self) -> list[dict[str, float]]:
+        """Every workload fingerprint in the champion's training data."""
+        return json.loads(self.tags.get("workloads") or "[]")
+
+
+def load_champion(tracking_uri: str, service: str, objective: str) -> Champion | None:
+    """The champion of ``service``'s ``objective`` loaded by ``models:/<name>@champion``; None
+    when the model or the alias does not exist. Any other failure is raised."""
+    client = client_for(tracking_uri)
+    name = model_name(service, objective)
+    uri = f"models:/{name}@{CHAMPION}"
+    for _ in range(3):  # the alias may move between reading it and downloading it
+        version = _champion_version(client, name)
+        if version is None:
+            return None
+        model, model_id = _load_sklearn(client, uri)
+        if not model_id or version.source == f"models:/{model_id}":
+            break
+    return Champion(
+        name=name, version=int(version.version), run_id=version.run_id or "",
+        tags=dict(version.tags or {}), model=model, features=model_features(model), uri=uri,
+    )
+
+
+def champion_table(tracking_uri: str, service: str, objective: str) -> pd.DataFrame:
+    """The trial table stored beside the champion (its run's ``trial_table.parquet``): the data
+    a sibling instance reuses. Empty when there is no champion."""
+    client = client_for(tracking_uri)
+    version = _champion_version(client, model_name(service, objective))
+    if version is None or not version.run_id:
+        return as_table([])
+    with tempfile.TemporaryDirectory(prefix="knobflow-table-") as tmp:
+        with process_tracking_uri(tracking_uri):
+            path = download_artifacts(
+                run_id=version.run_id, artifact_path=TABLE_ARTIFACT, dst_path=tmp,
+                tracking_uri=tracking_uri,
+            )
+        return pd.read_parquet(path)
+
+
+def holdout_scores(y_true: Sequence[float], y_pred: Sequence[float]) -> tuple[float, float]:
+    """(Spearman, R²) of predictions on held-out rows; a constant prediction ranks nothing: 0."""
+    yt, yp = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    if len(yt) < 2 or not np.all(np.isfinite(yp)):
+        return 0.0, float("-inf")
+    rho = float(spearmanr(yt, yp).statistic)
+    return (0.0 if math.isnan(rho) else rho), float(r2_score(yt, yp))
+
+
+def _better(new: tuple[float, float], old: tuple[float, float]) -> bool:
+    """Spearman decides; within ``SPEARMAN_TIE`` of each other, R² does."""
+    if abs(new[0] - old[0]) > SPEARMAN_TIE:
+        return new[0] > old[0]
+    return new[1] > old[1]
+
+
+def _workload_moved(
+    champion: ModelVersion, workload_fp: Mapping[str, float],
+    limits: Mapping[str, tuple[float, float]] | None,
+) -> str | None:
+    """Why the workload moved away from everything the champion was trained on, or None."""
+    try:
+        trained = json.loads((champion.tags or {}).get("workloads") or "null")
+    except ValueError:
+        trained = None
+    if not trained or not workload_fp:
+        return None  # unknown: the held-out comparison decides
+    nearest = min(distance(fp, workload_fp, limits) for fp in trained)
+    if nearest <= CLOSE:
+        return None
+    return (
+        f"workload moved: {fingerprint_hash(workload_fp)} is {nearest:.3f} from the nearest "
+        f"workload champion v{champion.version} was trained on (close is <= {CLOSE})"
+    )
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: int | str,
+    holdout_x: pd.DataFrame,
+    holdout_y: Sequence[float],
+    direction: str,
+    workload_fp: Mapping[str, float],
+    *,
+    limits: Mapping[str, tuple[float, float]] | None = None,
+) -> tuple[bool, str]:
+    """Move the ``champion`` alias of ``name`` to ``version`` when it has earned it; returns
+    (moved, reason). It moves when there is no champion; when the workload moved (none of the
+    champion's training workloads, tag ``workloads``, is within ``fingerprint.CLOSE`` of
+    ``workload_fp``); when the champion cannot take ``holdout_x`` (its features differ: the knob
+    spec or the workload features changed) or cannot be loaded; or when ``version`` validates
+    better on the same held-out rows (Spearman, then R²). The reason is kept as the version's tag
+    ``champion_reason``, and the champion it replaced as ``previous_champion``.
+
+    ``direction`` does not change the comparison (ranking and fit are symmetric in it); it is
+    recorded with the decision."""
+    version = str(version)
+    current = _champion_version(client, name)
+    if current is not None and str(current.version) == version:
+        return False, f"v{version} is already the champion"
+    moved, reason = _decide(client, name, version, current, holdout_x, holdout_y,
+                            workload_fp, limits)
+    tags = {"champion_reason": reason, "champion_direction": direction,
+            "champion_decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if moved:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        tags["previous_champion"] = str(current.version) if current is not None else ""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    log.info("%s v%s: %s", name, version, reason)
+    return moved, reason
+
+
+def _decide(
+    client: MlflowClient, name: str, version: str, current: ModelVersion | None,
+    holdout_x: pd.DataFrame, holdout_y: Sequence[float], workload_fp: Mapping[str, float],
+    limits: Mapping[str, tuple[float, float]] | None,
+) -> tuple[bool, str]:
+    if current is None:
+        return True, "no champion yet"
+    moved = _workload_moved(current, workload_fp, limits)
+    if moved:
+        return True, moved
+    try:
+        old_model, _ = _load_sklearn(client, f"models:/{name}@{CHAMPION}")
+    except Exception as exc:  # a champion nobody can load serves nobody
+        log.warning("%s: champion v%s cannot be loaded: %s", name, current.version, exc)
+        return True, f"champion v{current.version} cannot be loaded: {type(exc).__name__}: {exc}"
+    if sorted(model_features(old_model)) != sorted(holdout_x.columns):
+        return True, (
+            f"champion v{current.version} takes other features than v{version} "
+            "(knob spec or workload features changed)"
+        )
+    new_model, _ = _load_sklearn(client, f"models:/{name}/{version}")
+    x = holdout_x[model_features(new_model) or list(holdout_x.columns)]
+    new = holdout_scores(holdout_y, new_model.predict(x))
+    old = holdout_scores(holdout_y, old_model.predict(holdout_x[model_features(old_model)]))
+    text = (
+        f"on {len(holdout_x)} held-out trials v{version} has spearman {new[0]:.3f}, "
+        f"r2 {new[1]:.3f}; champion v{current.version} has spearman {old[0]:.3f}, r2 {old[1]:.3f}"
+    )
+    if _better(new, old):
+        return True, f"validates better: {text}"
+    return False, f"not better: {text}"

@@ -1,0 +1,203 @@
+"""Transfer: a new instance of a service starts close to the optimum its siblings found.
+
+Before the first trial of a job, when sibling instances of the service have run trials:
+
+1. the service's champion model (``models:/knobflow-<service>-<objective>@champion``) ranks many
+   candidate configs of the job's search space, predicted for this instance's workload; the rules
+   remove blocked candidates first, and the best few (spread apart) are queued as the first
+   trials after the default;
+2. the best configs the siblings measured (those with the closest workloads first) are queued
+   too, once projected into this job's space and checked against the rules;
+3. what was queued, from which instances and model version, is returned for the job's MLflow run.
+
+Nothing here runs a trial: the queued configs go through the same trial manager as any other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_registry import fingerprint
+from rules.review import sample_space
+from rules.ruleset import RuleSet
+from targets.spec import Knob
+from tuners.space import SearchSpace
+
+#: Candidates the champion ranks, configs it queues, best configs taken from each sibling.
+CANDIDATES = 4000
+FROM_MODEL = 3
+FROM_SIBLINGS = 2
+#: Queued configs closer than this (normalised distance over the tuned knobs) count as one.
+MIN_SPREAD = 0.05
+
+
+@dataclass
+class Seed:
+    """One config queued by transfer, and where it came from."""
+
+    params: dict[str, Any]
+    source: str  # "model" | "sibling"
+    instance: str | None = None
+    predicted: float | None = None
+    measured: float | None = None
+    workload_distance: float | None = None
+
+
+@dataclass
+class TransferPlan:
+    """What transfer queues for a job (empty with a reason when it cannot help)."""
+
+    seeds: list[Seed] = field(default_factory=list)
+    model_name: str | None = None
+    model_version: str | None = None
+    from_instances: list[str] = field(default_factory=list)
+    n_candidates: int = 0
+    n_blocked: int = 0
+    reason: str = ""
+
+    @property
+    def configs(self) -> list[dict[str, Any]]:
+        return [s.params for s in self.seeds]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "n_seeds": len(self.seeds)}
+
+
+def _position(knob: Knob, value: Any) -> float:
+    if not knob.is_numeric:
+        return 0.0
+    low, high, v = float(knob.low), float(knob.high), float(value)
+    if knob.log and low > 0:
+        low, high, v = math.log(low), math.log(high), math.log(max(v, low))
+    return (v - low) / (high - low) if high > low else 0.0
+
+
+def _spread(a: Mapping[str, Any], b: Mapping[str, Any], space: SearchSpace) -> float:
+    """Normalised distance of two configs over the tuned knobs (0 = the same config)."""
+    parts = [
+        abs(_position(k, a[k.name]) - _position(k, b[k.name])) if k.is_numeric
+        else float(a[k.name] != b[k.name])
+        for k in space.tuned
+    ]
+    return float(np.mean(parts)) if parts else 0.0
+
+
+def project(config: Mapping[str, Any], space: SearchSpace) -> dict[str, Any] | None:
+    """A sibling's config as params of this job's space: numeric values clipped into the
+    ranges, categories kept only if the space allows them; None if it cannot be expressed."""
+    params: dict[str, Any] = {}
+    for knob in space.tuned:
+        if knob.name not in config or config[knob.name] is None:
+            return None
+        value = config[knob.name]
+        if knob.is_numeric:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return None
+            if math.isnan(number):
+                return None
+            number = min(max(number, float(knob.low)), float(knob.high))
+            value = round(number) if knob.type == "int" else number
+        elif knob.type == "bool":
+            value = bool(value) if not isinstance(value, str) else value.lower() == "true"
+        if knob.problem_with(value):
+            return None
+        params[knob.name] = value
+    return params
+
+
+def _keep(params: dict[str, Any], seeds: Sequence[Seed], space: SearchSpace,
+          rules: RuleSet) -> bool:
+    if rules.check(space.config(params)).blocked:
+        return False
+    return all(_spread(params, s.params, space) > MIN_SPREAD for s in seeds)
+
+
+def _sibling_seeds(siblings: pd.DataFrame, space: SearchSpace, rules: RuleSet,
+                   workload_fp: Mapping[str, float], limits: Mapping[str, tuple[float, float]],
+                   maximize: bool, seeds: list[Seed]) -> None:
+    """The best measured configs of each sibling instance (closest workloads first)."""
+    if siblings.empty:
+        return
+    rows = siblings.to_dict(orient="records")
+    for row in rows:
+        row["_distance"] = fingerprint.distance(fingerprint.from_row(row), workload_fp, limits)
+    by_instance: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_instance.setdefault(str(row["instance"]), []).append(row)
+    order = sorted(by_instance, key=lambda i: min(r["_distance"] for r in by_instance[i]))
+    for instance in order:
+        ranked = sorted(by_instance[instance],
+                        key=lambda r: (r["_distance"] > fingerprint.CLOSE,
+                                       -r["value"] if maximize else r["value"]))
+        taken = 0
+        for row in ranked:
+            if taken >= FROM_SIBLINGS:
+                break
+            config = {k.removeprefix("knob."): v for k, v in row.items() if k.startswith("knob.")}
+            params = project(config, space)
+            if params is None or not _keep(params, seeds, space, rules):
+                continue
+            seeds.append(Seed(params, "sibling", instance=instance, measured=float(row["value"]),
+                              workload_distance=round(float(row["_distance"]), 4)))
+            taken += 1
+
+
+def plan_transfer(
+    *,
+    space: SearchSpace,
+    rules: RuleSet,
+    siblings: pd.DataFrame,
+    workload_fp: Mapping[str, float],
+    limits: Mapping[str, tuple[float, float]],
+    direction: str,
+    champion: Any | None = None,
+    seed: int = 0,
+    n_candidates: int = CANDIDATES,
+) -> TransferPlan:
+    """The configs to queue first for a new instance.
+
+    ``siblings``: clean trial-table rows of the service's other instances (``knob.*``,
+    ``workload.*``, ``value``, ``instance``). ``champion``: the service's champion model (an
+    object with ``predict(frame)``, ``name`` and ``version``; see ``model_registry.registry``),
+    or None.
+    """
+    from tasks.train import feature_frame
+
+    plan = TransferPlan()
+    maximize = direction == "maximize"
+    if siblings.empty and champion is None:
+        plan.reason = "no sibling instance of the service has run trials yet"
+        return plan
+    if champion is not None:
+        plan.model_name, plan.model_version = champion.name, str(champion.version)
+        candidates = sample_space(space, n_candidates, seed=seed)
+        verdicts = rules.check_frame(candidates)
+        allowed = candidates[~verdicts["blocked"].to_numpy()].reset_index(drop=True)
+        plan.n_candidates, plan.n_blocked = len(candidates), int(verdicts["blocked"].sum())
+        if len(allowed):
+            predicted = np.asarray(
+                champion.predict(feature_frame(allowed, space.spec, dict(workload_fp))), float)
+            order = np.argsort(-predicted if maximize else predicted, kind="stable")
+            for i in order:
+                if sum(s.source == "model" for s in plan.seeds) >= FROM_MODEL:
+                    break
+                params = project(allowed.iloc[int(i)].to_dict(), space)
+                if params is not None and _keep(params, plan.seeds, space, rules):
+                    plan.seeds.append(Seed(params, "model", predicted=float(predicted[i])))
+    _sibling_seeds(siblings, space, rules, workload_fp, limits, maximize, plan.seeds)
+    plan.from_instances = sorted({s.instance for s in plan.seeds if s.instance})
+    if champion is not None:
+        tag = getattr(champion, "tags", {}).get("instance")
+        if tag and tag not in plan.from_instances:
+            plan.from_instances = sorted({*plan.from_instances, tag})
+    if not plan.seeds:
+        plan.reason = "every transferred candidate was blocked by the rules or outside the space"
+    return plan
