@@ -141,5 +141,5 @@ class TuneProgress:
                 console.print(f"{key.replace('_', ' ')}: {summary[key]}")
         console.print(
             f"MLflow run {summary['mlflow_run_id']}: open the UI with "
-            "`mlflow ui --backend-store-uri sqlite:///.knobflow/mlflow.db`"
+            f"`mlflow ui --backend-store-uri {summary.get('tracking_uri')} --host 127.0.0.1`"
         )

@@ -222,6 +222,7 @@ def tune(
         table = write_job_table(job, study)
         summary = summarize(job, study, best, verification, files, time.monotonic() - began)
         summary["trial_table"] = str(table)
+        summary["tracking_uri"] = tracking_uri(job.home)
         summary.update(_rules_summary(study, space, ruleset, guard, rule_warnings, best))
         summary["transfer"] = _transfer_summary(plan, study)
         summary["model"] = train_service_models(job) if job.train else None
@@ -250,7 +251,8 @@ def tune(
                 "best_observed_value",
             )
         },
-        artifacts=[result_path, job.dir / "job.json", table, *map(Path, files.values())]
+        artifacts=[result_path, job.dir / "job.json", job.dir / "transfer.json", table,
+                   *map(Path, files.values())]
         + ([plot] if plot else []),
         tags={"knobflow.best_trial": str(summary["best_trial"]), **_transfer_tags(plan)},
         status="FINISHED" if best is not None else "FAILED",

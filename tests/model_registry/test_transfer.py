@@ -1,0 +1,105 @@
+"""Transfer: the configs a new instance starts from come from the champion and the siblings, are
+inside its search space, and are never ones the rules block (a real champion, real rules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from model_registry.registry import load_champion
+from model_registry.transfer import plan_transfer, project
+from rules.ruleset import RuleSet
+from targets.synthetic import SyntheticTarget
+from tests.model_registry.test_registry import OBJECTIVE, SERVICE, train, trial_table
+from tuners.space import SearchSpace, parse_space
+
+SPEC = SyntheticTarget.knob_spec()
+LIMITS = SyntheticTarget.workload_limits
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    train(trial_table(150, seed=11), uri)
+    found = load_champion(uri, SERVICE, OBJECTIVE)
+    assert found is not None
+    return found
+
+
+def _rules(tmp_path: Path, *whens: str) -> RuleSet:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"target": "synthetic", "rules": [
+        {"id": f"r{i}", "kind": "forbid", "when": w} for i, w in enumerate(whens)]}))
+    return RuleSet.for_target(SyntheticTarget, files=[str(path)])
+
+
+def _best_configs(table: pd.DataFrame, n: int) -> list[dict]:
+    best = table.sort_values("value", ascending=False).head(n)
+    return [{k.removeprefix("knob."): v for k, v in row.items() if k.startswith("knob.")}
+            for row in best.to_dict(orient="records")]
+
+
+def test_transfer_queues_the_champions_and_the_siblings_best(champion, tmp_path: Path) -> None:
+    siblings = trial_table(60, seed=12, instance="kv-1")
+    plan = plan_transfer(space=SearchSpace.full(SPEC), rules=_rules(tmp_path, "threads > 60"),
+                         siblings=siblings, workload_fp={"shift": 0.0}, limits=LIMITS,
+                         direction="maximize", champion=champion, seed=1)
+    sources = [s.source for s in plan.seeds]
+    assert sources.count("model") == 3 and sources.count("sibling") >= 1
+    assert plan.from_instances == ["kv-1"]
+    assert plan.model_name == champion.name and plan.model_version == str(champion.version)
+    # the model's picks are what it predicts best among many candidates: better than the median
+    # sibling measurement on the true surface
+    for seed in plan.seeds:
+        if seed.source == "model":
+            true = SyntheticTarget.true_value(SearchSpace.full(SPEC).config(seed.params),
+                                              {"shift": 0.0})
+            assert true > siblings["value"].median()
+    # the siblings' best measured config comes first among theirs
+    sibling_seeds = [s for s in plan.seeds if s.source == "sibling"]
+    assert sibling_seeds[0].measured == pytest.approx(siblings["value"].max())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_transfer_never_queues_a_config_the_rules_block(champion, tmp_path: Path,
+                                                         seed: int) -> None:
+    siblings = trial_table(60, seed=20 + seed, instance="kv-1")
+    best = _best_configs(siblings, 3)
+    # forbid the region the siblings' best configs are in, and half of the space besides
+    rules = _rules(tmp_path, f"x >= {min(c['x'] for c in best) - 0.01}",
+                   "mode == 'gamma'", f"threads >= {10 + 8 * seed}")
+    space = SearchSpace.full(SPEC)
+    plan = plan_transfer(space=space, rules=rules, siblings=siblings,
+                         workload_fp={"shift": 0.3}, limits=LIMITS, direction="maximize",
+                         champion=champion, seed=seed)
+    assert plan.seeds, plan.reason
+    assert plan.n_blocked > 0
+    for queued in plan.seeds:
+        assert not rules.check(space.config(queued.params)).blocked, queued
+    assert not any(s.params == project(c, space) for s in plan.seeds for c in best)
+
+
+def test_everything_blocked_queues_nothing_and_says_why(champion, tmp_path: Path) -> None:
+    plan = plan_transfer(space=SearchSpace.full(SPEC), rules=_rules(tmp_path, "x >= 0"),
+                         siblings=trial_table(20, seed=3), workload_fp={"shift": 0.0},
+                         limits=LIMITS, direction="maximize", champion=champion)
+    assert plan.seeds == [] and "blocked" in plan.reason
+
+
+def test_no_sibling_and_no_champion_is_a_reason_not_an_error(tmp_path: Path) -> None:
+    plan = plan_transfer(space=SearchSpace.full(SPEC), rules=_rules(tmp_path, "x > 2"),
+                         siblings=trial_table(0), workload_fp={"shift": 0.0}, limits=LIMITS,
+                         direction="maximize")
+    assert plan.seeds == [] and "no sibling" in plan.reason
+
+
+def test_sibling_configs_are_projected_into_a_narrower_space() -> None:
+    space = parse_space({"knobs": {"x": {"range": [0.2, 0.4]},
+                                   "mode": {"values": ["alpha", "beta"]}}}, SPEC, "space.yaml")
+    assert project({"x": 0.9, "mode": "beta", "threads": 7}, space) == {"x": 0.4, "mode": "beta"}
+    assert project({"x": 0.3, "mode": "gamma"}, space) is None  # a category it does not allow
+    assert project({"x": float("nan"), "mode": "alpha"}, space) is None
+    assert project({"mode": "alpha"}, space) is None
