@@ -32,6 +32,10 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+#: The --service option of commands that read or write a service's state.
+SERVICE_OPTION = typer.Option(
+    help="Service whose state to use (default: the target's name), as given to tune --service."
+)
 app.add_typer(rules_app, name="rules")
 app.command("validate")(validate_command)
 
@@ -86,6 +90,7 @@ def knobs_command(
 def import_command(
     target: Annotated[str, typer.Argument(help="Target the measurements belong to.")],
     file: Annotated[str, typer.Argument(help="CSV: knob and metric columns, one row per run.")],
+    service: Annotated[str | None, SERVICE_OPTION] = None,
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
 ) -> None:
     """Import an expert's measured configs; bad rows are rejected with reasons, good ones kept."""
@@ -108,7 +113,7 @@ def import_command(
             table.add_row(str(line), "\n".join(reasons))
         out.print(table)
     if result.kept:
-        store = expert_path(root, target)
+        store = expert_path(root, service or target)
         merged = merge_expert_rows(read_parquet(store), result.kept, f"expert:{Path(file).name}")
         write_parquet(merged, store)
     out.print(
@@ -121,7 +126,7 @@ def import_command(
 
 @app.command("export")
 def export_command(
-    target: Annotated[str, typer.Argument(help="Target (service) whose trials to export.")],
+    target: Annotated[str, typer.Argument(help="Target whose trials to export.")],
     out_file: Annotated[str, typer.Option("--out", help="Parquet file to write.")],
     training: Annotated[
         bool, typer.Option(help="Only rows a model may learn from (clean trials).")
@@ -129,6 +134,7 @@ def export_command(
     use_expert_data: Annotated[
         bool, typer.Option(help="With --training: keep the expert's imported rows.")
     ] = False,
+    service: Annotated[str | None, SERVICE_OPTION] = None,
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
 ) -> None:
     """Export the trial table of a target: every trial, or only what training may use."""
@@ -141,7 +147,7 @@ def export_command(
     from tasks.table import training_rows, write_parquet
 
     load_target(target)
-    table = service_table(knobflow_home(home), target)
+    table = service_table(knobflow_home(home), service or target)
     if training:
         table = training_rows(table, use_expert=use_expert_data)
     path = write_parquet(table, Path(out_file))

@@ -13,6 +13,7 @@ rules_app = typer.Typer(help="Lint rule files and review the rules learned from 
                         no_args_is_help=True)
 out = Console()
 BLOCKED_EXIT = 3
+SERVICE_HELP = "Service whose learned rules to use (default: the target's name)."
 
 
 @rules_app.command("check")
@@ -49,9 +50,10 @@ def rules_check(
 
 @rules_app.command("list")
 def rules_list(
-    target: Annotated[str, typer.Argument(help="Target (service) whose rules to list.")],
+    target: Annotated[str, typer.Argument(help="Target whose rules to list.")],
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
     shipped: Annotated[bool, typer.Option(help="Also list the rules knobflow ships.")] = False,
+    service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """List the rules learned from failures (and, with --shipped, the shipped ones)."""
     from flows.settings import knobflow_home
@@ -60,7 +62,8 @@ def rules_list(
     from targets.registry import load_target
 
     target_cls = load_target(target)
-    store = LearnedRules(learned_path(knobflow_home(home), target), target_cls.knob_spec())
+    store = LearnedRules(learned_path(knobflow_home(home), service or target),
+                         target_cls.knob_spec())
     table = Table(title=f"rules of {target}")
     for col in ("id", "status", "kind", "rule", "why"):
         table.add_column(col, overflow="fold")
@@ -81,12 +84,13 @@ def rules_list(
         out.print(f"no learned rules for {target} yet ({store.path})")
 
 
-def _set_status(target: str, rule_id: str, status: str, home: str | None) -> None:
+def _set_status(target: str, rule_id: str, status: str, home: str | None,
+                service: str | None) -> None:
     from flows.settings import knobflow_home
     from rules.learn import LearnedRules, learned_path
     from targets.registry import load_target
 
-    store = LearnedRules(learned_path(knobflow_home(home), target),
+    store = LearnedRules(learned_path(knobflow_home(home), service or target),
                          load_target(target).knob_spec())
     doc = store.set_status(rule_id, status)
     out.print(f"{rule_id}: {status} ({doc.get('when')})")
@@ -94,22 +98,24 @@ def _set_status(target: str, rule_id: str, status: str, home: str | None) -> Non
 
 @rules_app.command("accept")
 def rules_accept(
-    target: Annotated[str, typer.Argument(help="Target (service) of the rule.")],
+    target: Annotated[str, typer.Argument(help="Target of the rule.")],
     rule_id: Annotated[str, typer.Argument(help="Id of the learned rule.")],
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Accept a learned rule: it keeps applying, now as reviewed."""
-    _set_status(target, rule_id, "accepted", home)
+    _set_status(target, rule_id, "accepted", home, service)
 
 
 @rules_app.command("drop")
 def rules_drop(
-    target: Annotated[str, typer.Argument(help="Target (service) of the rule.")],
+    target: Annotated[str, typer.Argument(help="Target of the rule.")],
     rule_id: Annotated[str, typer.Argument(help="Id of the learned rule.")],
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Drop a learned rule: later jobs no longer apply it (it stays listed, as dropped)."""
-    _set_status(target, rule_id, "dropped", home)
+    _set_status(target, rule_id, "dropped", home, service)
 
 
 def validate_command(
@@ -122,6 +128,7 @@ def validate_command(
         list[str] | None, typer.Option("--policy", help="Turn on a rule policy (repeatable).")
     ] = None,
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Check a config against the rules: exit 0 if it passes, 3 if a rule blocks it."""
     from collections.abc import Mapping
@@ -139,7 +146,7 @@ def validate_command(
     if not isinstance(data, Mapping):
         raise ConfigError(f"{display_path(config)}: a config is a mapping of knob to value")
     values = spec.validate_config(data, display_path(config))
-    learned = LearnedRules(learned_path(knobflow_home(home), target), spec).rules()
+    learned = LearnedRules(learned_path(knobflow_home(home), service or target), spec).rules()
     ruleset = RuleSet.for_target(target_cls, rules or [], policy or [], learned)
     verdict = ruleset.check(values)
     if verdict.failures:
