@@ -251,6 +251,11 @@ def tune_command(
                            help="Start cold: do not use the models and best configs of sibling "
                                 "instances.")
     ] = False,
+    transfer_priors: Annotated[
+        bool, typer.Option("--transfer-priors",
+                           help="Also tell the tuner the siblings' trials whose workloads are "
+                                "close, as prior observations.")
+    ] = False,
     no_train: Annotated[
         bool, typer.Option("--no-train", help="Do not train the service's models after the job.")
     ] = False,
@@ -288,6 +293,7 @@ def tune_command(
         "learn_rules": False if no_learned_rules else None,
         "service": service,
         "transfer": False if no_transfer else None,
+        "transfer_priors": True if transfer_priors else None,
         "train": False if no_train else None,
     }
     root = knobflow_home(home)
@@ -336,6 +342,7 @@ def tune_command(
 _FLAGS = {"workload_file": "--workload", "space_file": "--space", "rule_files": "--rules",
           "policies": "--policy", "learn_rules": "--no-learned-rules",
           "transfer": "--no-transfer", "train": "--no-train",
+          "transfer_priors": "--transfer-priors",
           "workload": "--set-workload"}
 
 

@@ -61,6 +61,7 @@ class Job:
     learn_rules: bool = True
     service: str = ""  # the service the instance belongs to (default: the target's name)
     transfer: bool = True  # start from what sibling instances of the service learned
+    transfer_priors: bool = False  # also tell the tuner siblings' trials with close workloads
     train: bool = True  # train the service's models after the job
     status: str = "running"
     mlflow_run_id: str | None = None
@@ -210,6 +211,7 @@ def build_job(
     learn_rules: bool = True,
     service: str | None = None,
     transfer: bool = True,
+    transfer_priors: bool = False,
     train: bool = True,
 ) -> Job:
     """Validate every input of a new job; raise a KnobflowError naming the first bad one."""
@@ -306,6 +308,7 @@ def build_job(
         learn_rules=learn_rules,
         service=service,
         transfer=transfer,
+        transfer_priors=transfer_priors,
         train=train,
         home=home,
     )

@@ -31,6 +31,7 @@ from flows.report import (
 from flows.settings import knobflow_home, tracking_uri
 from flows.trials import service_table, write_job_table
 from model_registry import fingerprint
+from model_registry.priors import prior_trials
 from model_registry.registry import champion_table, load_champion
 from model_registry.transfer import TransferPlan, plan_transfer
 from rules.learn import propose_forbid
@@ -129,6 +130,7 @@ def tune(
     learn_rules: bool | None = None,
     service: str | None = None,
     transfer: bool | None = None,
+    transfer_priors: bool | None = None,
     train: bool | None = None,
     resume: bool = False,
     home: str | None = None,
@@ -159,6 +161,7 @@ def tune(
         "learn_rules": learn_rules,
         "service": service,
         "transfer": transfer,
+        "transfer_priors": transfer_priors,
         "train": train,
     }
     job = prepare_job(home, target, resume, options)
@@ -408,6 +411,14 @@ def transfer_from_siblings(job: Job, space: SearchSpace, ruleset: RuleSet,
     for seed in plan.seeds:
         study.enqueue_trial(seed.params, user_attrs={TRANSFER_ATTR: seed.source},
                             skip_if_exists=True)
+    if job.transfer_priors and not siblings.empty:
+        priors = prior_trials(siblings, space, ruleset,
+                              fingerprint.features(job.target_cls, job.workload),
+                              job.target_cls.workload_limits, job.direction)
+        study.add_trials(priors)
+        plan.n_priors = len(priors)
+        logger.info("transfer: %d sibling trials with close workloads told as priors",
+                    len(priors))
     (job.dir / "transfer.json").write_text(json.dumps(plan.to_dict(), indent=2, default=str),
                                            encoding="utf-8")
     if plan.seeds:
@@ -427,7 +438,7 @@ def _transfer_summary(plan: TransferPlan | None, study: optuna.Study) -> dict[st
               if TRANSFER_ATTR in t.user_attrs]
     return {"n_seeds": len(plan.seeds), "from_instances": plan.from_instances,
             "model": plan.model_name, "model_version": plan.model_version,
-            "reason": plan.reason, "trials": trials}
+            "reason": plan.reason, "trials": trials, "n_priors": plan.n_priors}
 
 
 def _transfer_tags(plan: TransferPlan | None) -> dict[str, str]:

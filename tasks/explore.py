@@ -40,6 +40,7 @@ from tuners.space import SearchSpace
 
 LOG_TAIL_LINES = 20
 ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
+PRIOR_ATTR = "knobflow.prior"  # a sibling's trial added as a prior observation (transfer)
 RETRY_ATTR = "knobflow.retry_of"  # set on a trial re-enqueued for an interrupted one
 
 
@@ -367,17 +368,23 @@ TrialListener = Callable[[int, TrialOutcome, ExploreStats], None]
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count against the budget: complete, or failed for a reason of their own."""
+    """Trials that count against the budget: complete, or failed for a reason of their own
+    (not a sibling's trial told as a prior observation)."""
     return [
         t
         for t in study.get_trials(deepcopy=False)
-        if (t.state == TrialState.COMPLETE and not is_blocked(t))
+        if (t.state == TrialState.COMPLETE and not is_blocked(t) and not is_prior(t))
         or (
             t.state == TrialState.FAIL
             and t.user_attrs.get(ATTR, {}).get("failure_class")
             not in (None, str(FailureClass.INTERRUPTED))
         )
     ]
+
+
+def is_prior(trial: optuna.trial.FrozenTrial) -> bool:
+    """A sibling instance's trial told to this job's tuner before it started (never run here)."""
+    return PRIOR_ATTR in trial.user_attrs
 
 
 def is_blocked(trial: optuna.trial.FrozenTrial) -> bool:

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.job import build_job
 from flows.tune import TRANSFER_ATTR, tune
 from targets.errors import KnobflowError
+from tasks.explore import PRIOR_ATTR
 from tuners.study import open_study
 
 FAST = {"duration": 0.0, "noise": 0.02}
@@ -87,3 +89,24 @@ def test_a_service_belongs_to_one_target(home: Path) -> None:
         build_job(home, "sqlite", service="orders")
     with pytest.raises(KnobflowError, match="The 'service' option"):
         build_job(home, "sqlite", service="bad name!")
+
+
+def test_priors_are_told_to_the_tuner_but_never_run_or_reported(prefect_api: str,
+                                                                  home: Path) -> None:
+    tune("synthetic", instance="a", budget=12, seed=1, workload=FAST, train=False,
+         home=str(home))
+    second = tune("synthetic", instance="b", budget=5, seed=2, workload={**FAST, "shift": 0.05},
+                  train=False, transfer_priors=True, home=str(home))
+    study = _study(home, second)
+    priors = [t for t in study.trials if PRIOR_ATTR in t.user_attrs]
+    assert len(priors) == second["transfer"]["n_priors"] >= 8
+    assert {t.user_attrs[PRIOR_ATTR]["instance"] for t in priors} == {"a"}
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and t.value > 0 for t in priors)
+    assert second["n_trials"] == 5  # the budget is for trials run here
+    assert second["best_trial"] not in {t.number for t in priors}
+    rows = pd.read_parquet(second["trial_table"])
+    assert len(rows) == 5 and set(rows["instance"]) == {"b"}
+    # a workload far away: no priors
+    far = tune("synthetic", instance="c", budget=3, seed=3, workload={**FAST, "shift": 0.9},
+               train=False, transfer_priors=True, home=str(home))
+    assert far["transfer"]["n_priors"] == 0
