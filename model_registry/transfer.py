@@ -59,6 +59,7 @@ class TransferPlan:
     from_instances: list[str] = field(default_factory=list)
     n_candidates: int = 0
     n_blocked: int = 0
+    n_priors: int = 0
     reason: str = ""
 
     @property
