@@ -1,12 +1,14 @@
 """Rules learned from failures: when a trial crashes or hangs, forbid the region that caused it.
 
-The region is found from the failed config and the nearest config that ran well: every tuned knob
-where they differ gives a condition on the failure's side (a threshold half-way between the two
-values, or equality for categorical knobs). The proposal is the pair of conditions (or the one
-condition, when only one knob differs) on the knobs that differ most, such that no good config
-falls inside it; failing that, all the conditions together, or the failed config itself.
-Proposed rules apply at once, to the rest of the job and to later jobs of the service, and are
-stored with their provenance (trial, failure class, time) for an operator to list, accept or drop.
+The region is a pair of conditions on two tuned knobs, each on the failure's side of the default
+config (which ran): a threshold half-way between the failed value and the closest value that ran
+well on that knob, or equality for categorical knobs (``threads >= 49 and compress == true``).
+The pair must hold no config that ran well; among the pairs that do, the one that also holds the
+most earlier failures of the same kind comes first, then one with a numeric threshold, then the
+knobs where the failure moved farthest from the default, then the widest region. Failing all
+pairs, the failed config itself is forbidden. Proposed rules apply at once, to the rest of the
+job and to later jobs of the service, and are stored with their provenance (trial, failure class,
+time) for an operator to list, accept or drop.
 """
 
 from __future__ import annotations
@@ -36,13 +38,27 @@ STATUSES = ("proposed", "accepted", "dropped")
 
 
 @dataclass(frozen=True)
-class Atom:
-    """One condition of a learned rule: how far the failure is from the good config on this
-    knob (0..1; a different category is 1), and the share of the knob's range it covers."""
+class Condition:
+    """One condition of a learned rule on one knob: ``knob >= threshold`` (side "up"),
+    ``knob <= threshold`` ("down") or ``knob == value`` ("eq")."""
 
-    text: str
-    distance: float
-    share: float
+    knob: Knob
+    side: str
+    value: Any
+
+    @property
+    def text(self) -> str:
+        op = {"up": ">=", "down": "<=", "eq": "=="}[self.side]
+        value = _literal(self.value) if self.side == "eq" else repr(self.value)
+        return f"{self.knob.name} {op} {value}"
+
+    @property
+    def share(self) -> float:
+        """The share of the knob's range (or values) the condition covers."""
+        if self.side == "eq":
+            return 1.0 / max(1, len(self.knob.choices))
+        n = min(1.0, max(0.0, _norm(self.knob, self.value)))
+        return 1.0 - n if self.side == "up" else n
 
 
 def _norm(knob: Knob, value: Any) -> float:
@@ -54,47 +70,99 @@ def _norm(knob: Knob, value: Any) -> float:
     return (v - low) / (high - low) if high > low else 0.0
 
 
+def _denorm(knob: Knob, position: float) -> float:
+    """The value at ``position`` (0..1, clipped) of a numeric knob's range."""
+    low, high, p = float(knob.low), float(knob.high), min(1.0, max(0.0, position))
+    if knob.log:
+        return math.exp(math.log(low) + p * (math.log(high) - math.log(low)))
+    return low + p * (high - low)
+
+
 def _literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value) if isinstance(value, str) else repr(float(value))
 
 
-def _condition(knob: Knob, failed: Any, goods: Sequence[Mapping[str, Any]]) -> Atom | None:
-    """A condition on one knob that holds for the failed value and for none of ``goods``: a
-    threshold half-way to the closest good value (geometric for log knobs), or equality."""
+def _side(knob: Knob, failed: Any, default: Any) -> str | None:
+    """Where a condition on ``knob`` points: away from the default, which is known to run
+    (numeric knobs); None when the failed value is the default's (nothing to point at)."""
     if not knob.is_numeric:
-        if any(g[knob.name] == failed for g in goods):
-            return None
-        return Atom(f"{knob.name} == {_literal(failed)}", 1.0, 1.0 / max(1, len(knob.choices)))
-    v = float(failed)
-    values = [float(g[knob.name]) for g in goods]
-    below, above = [x for x in values if x < v], [x for x in values if x > v]
-    if any(x == v for x in values) or (below and above):
-        return None  # a good config on both sides (or at the value): no threshold separates them
-    if not below and not above:  # no good config left to separate from: the failure's side
-        side = "up" if _norm(knob, v) >= 0.5 else "down"
-        good = float(knob.low) if side == "up" else float(knob.high)
-    else:
-        side = "up" if below else "down"
-        good = max(below) if below else min(above)
-    middle = math.sqrt(v * good) if knob.log and v > 0 and good > 0 else (v + good) / 2
+        return "eq"
+    if float(failed) == float(default):
+        return None
+    return "up" if float(failed) > float(default) else "down"
+
+
+#: A threshold lies at most this far (a share of the knob's range) from the failed value: a
+#: region reaching farther would rest on too few configs that ran.
+REACH = 0.15
+
+
+def _threshold(knob: Knob, side: str, edge: float, known: Sequence[float]) -> float | int:
+    """The threshold half-way (geometric for log knobs) from ``edge``, the innermost failed
+    value, to the closest value on its inner side among ``known`` (values that ran well), but at
+    most ``REACH`` of the range away; rounded to as few digits as keep it near there."""
+    inner = [x for x in known if (x < edge if side == "up" else x > edge)]
+    good = (max(inner) if side == "up" else min(inner)) if inner else (
+        float(knob.low) if side == "up" else float(knob.high))
+    geometric = knob.log and edge > 0 and good > 0
+    middle = math.sqrt(edge * good) if geometric else (edge + good) / 2
+    limit = _denorm(knob, _norm(knob, edge) + (-REACH if side == "up" else REACH))
+    middle = max(middle, limit) if side == "up" else min(middle, limit)
     if knob.type == "int":
-        middle = math.floor(middle) + 1 if side == "up" else math.ceil(middle) - 1
-    if side == "up":
-        return Atom(f"{knob.name} >= {middle!r}", abs(_norm(knob, v) - _norm(knob, good)),
-                    1.0 - _norm(knob, middle))
-    return Atom(f"{knob.name} <= {middle!r}", abs(_norm(knob, v) - _norm(knob, good)),
-                _norm(knob, middle))
+        return int(math.floor(middle) + 1 if side == "up" else math.ceil(middle) - 1)
+    low, high = sorted(((good + middle) / 2, (middle + edge) / 2))  # near the middle
+    for digits in range(1, 18):
+        rounded = float(f"{middle:.{digits}g}")
+        if low < rounded < high:
+            return rounded
+    return middle
 
 
-def _holds(knob: Knob, atom: Atom, config: Mapping[str, Any], failed: Any) -> bool:
-    """Whether ``config`` satisfies the condition ``atom`` on ``knob`` (built from ``failed``)."""
-    if not knob.is_numeric:
-        return config[knob.name] == failed
-    op, _, threshold = atom.text.rpartition(" ")
-    value = float(config[knob.name])
-    return value >= float(threshold) if op.endswith(">=") else value <= float(threshold)
+def _region(
+    combo: Sequence[Knob],
+    sides: Mapping[str, str],
+    positives: Sequence[Mapping[str, Any]],
+    goods: Sequence[Mapping[str, Any]],
+    default: Mapping[str, Any],
+) -> list[Condition] | None:
+    """The conditions on ``combo`` that hold for every config of ``positives`` (the failed one
+    first) and for no config of ``goods``; None if the knobs cannot separate them.
+
+    A categorical knob keeps the failed value. A numeric knob's threshold lies half-way between
+    the innermost positive and the closest value on that knob among the good configs that share
+    the categorical values (they are the ones the threshold must keep out; if none lies on the
+    inner side, among all good configs and the default). Either way a good config that shares
+    the categorical values is inside the region only if it lies beyond the positives on every
+    numeric knob of ``combo``: that is the check."""
+    failed = positives[0]
+    cats = [k for k in combo if not k.is_numeric]
+    nums = [k for k in combo if k.is_numeric]
+    if any(p[k.name] != failed[k.name] for p in positives for k in cats):
+        return None
+    edges = {}
+    for k in nums:
+        values = [float(p[k.name]) for p in positives]
+        edges[k.name] = min(values) if sides[k.name] == "up" else max(values)
+
+    def inner(x: float, k: Knob) -> bool:
+        return x < edges[k.name] if sides[k.name] == "up" else x > edges[k.name]
+
+    through = [g for g in goods if all(g[k.name] == failed[k.name] for k in cats)]
+    if any(not any(inner(float(g[k.name]), k) for k in nums) for g in through):
+        return None
+    conditions = []
+    for k in combo:
+        if not k.is_numeric:
+            conditions.append(Condition(k, "eq", failed[k.name]))
+            continue
+        known = [float(g[k.name]) for g in through]
+        if not cats or not any(inner(x, k) for x in known):
+            known = [float(g[k.name]) for g in goods] + [float(default[k.name])]
+        conditions.append(Condition(k, sides[k.name],
+                                    _threshold(k, sides[k.name], edges[k.name], known)))
+    return conditions
 
 
 def propose_forbid(
@@ -102,63 +170,60 @@ def propose_forbid(
     goods: Sequence[Mapping[str, Any]],
     space: SearchSpace,
     rules: RuleSet,
+    failures: Sequence[Mapping[str, Any]] = (),
 ) -> str | None:
-    """The expression of a forbid rule for the failed config, or None if nothing separates it
-    from the configs that ran well (the same config ran well: the failure was not the config's).
+    """The expression of a forbid rule for the failed config, or None if a config that ran well
+    is (nearly) the same one: the failure was not the config's.
 
-    A pair of conditions on two knobs is preferred: the first condition picks the knob, the second
-    is fitted to the good configs the first lets through, so no good config satisfies both.
-    Among pairs, the knobs where the failure is farthest from the nearest good config come first
-    (the likely cause), then the widest region.
+    The rule is one or two conditions, each on the failure's side of the default config, which
+    ran: ``threads >= 49 and compress == true``. A threshold lies half-way between the failed
+    value and the closest value that ran well on that knob (see ``_region``), at most ``REACH``
+    of the range from the failed value; the rule must hold no config that ran well (``goods``).
+    Among the rules that qualify, the one that also holds the most earlier ``failures`` of the
+    same kind (thresholds moved to take them in) comes first, then one with a numeric threshold,
+    then the knobs where the failure moved farthest from the default (the likely cause: so a
+    pair before one of its conditions alone), then the widest region. If none qualifies, the
+    failed config itself is forbidden.
     """
     tuned = list(space.tuned)
-    if goods:
-        def distance(good: Mapping[str, Any]) -> float:
-            return sum(
-                abs(_norm(k, failed[k.name]) - _norm(k, good[k.name])) if k.is_numeric
-                else float(failed[k.name] != good[k.name])
-                for k in tuned
-            )
-        nearest = min(goods, key=distance)
-        differ = {k.name: abs(_norm(k, failed[k.name]) - _norm(k, nearest[k.name]))
-                  if k.is_numeric else float(failed[k.name] != nearest[k.name]) for k in tuned}
-        suspects = [k for k in tuned if differ[k.name] > 0.02]
-        if not suspects:
+    default = {**space.spec.defaults(), **space.fixed}
+    for good in goods:  # the same config ran well: nothing to learn
+        if all(good[k.name] == failed[k.name] if not k.is_numeric
+               else abs(_norm(k, good[k.name]) - _norm(k, failed[k.name])) <= 0.02
+               for k in tuned):
             return None
-    else:
-        suspects, differ = tuned, {k.name: 1.0 for k in tuned}
-    candidates: list[tuple[float, float, str]] = []
-    for first, second in itertools.permutations(suspects, 2) if len(suspects) > 1 else []:
-        a = _condition(first, failed[first.name], []) if not first.is_numeric else None
-        a = a or _loose(first, failed[first.name], goods)
-        if a is None:
+    sides = {k.name: s for k in tuned if (s := _side(k, failed[k.name], default[k.name]))}
+    usable = [k for k in tuned if k.name in sides]
+    moved = {k.name: abs(_norm(k, failed[k.name]) - _norm(k, default[k.name])) if k.is_numeric
+             else float(failed[k.name] != default[k.name]) for k in tuned}
+    candidates: list[tuple[int, bool, float, float, str]] = []
+    combos = itertools.chain.from_iterable(itertools.combinations(usable, n) for n in (1, 2))
+    for combo in combos:
+        if not any(moved[k.name] for k in combo):
+            continue  # only default values: no knob that moved to blame
+        positives = [failed]
+        region = _region(combo, sides, positives, goods, default)
+        if region is None:
             continue
-        through = [g for g in goods if _holds(first, a, g, failed[first.name])]
-        b = _condition(second, failed[second.name], through)
-        if b is not None:
-            candidates.append((differ[first.name] + differ[second.name], a.share * b.share,
-                               f"{a.text} and {b.text}"))
-    for knob in suspects if len(suspects) == 1 else []:
-        single = _condition(knob, failed[knob.name], goods)
-        if single is not None:
-            candidates.append((differ[knob.name], single.share, single.text))
-    if candidates:
-        return max(candidates)[2]
-    exact = " and ".join(f"{k.name} == {_literal(failed[k.name])}" for k in tuned)
+        for earlier in failures:  # take in earlier failures of the same kind where possible
+            if any(_side(k, earlier[k.name], default[k.name]) != sides[k.name] for k in combo):
+                continue
+            wider = _region(combo, sides, [*positives, earlier], goods, default)
+            if wider is not None:
+                positives, region = [*positives, earlier], wider
+        candidates.append((
+            len(positives) - 1,
+            any(k.is_numeric for k in combo),
+            round(sum(moved[k.name] for k in combo), 9),
+            math.prod(c.share for c in region),
+            " and ".join(c.text for c in region),
+        ))
     frame = pd.DataFrame(list(goods)) if goods else None
+    for *_, text in sorted(candidates, reverse=True):
+        if frame is None or not _matches_any(text, frame, rules):  # a safety net
+            return text
+    exact = " and ".join(f"{k.name} == {_literal(failed[k.name])}" for k in tuned)
     return None if frame is not None and _matches_any(exact, frame, rules) else exact
-
-
-def _loose(knob: Knob, failed: Any, goods: Sequence[Mapping[str, Any]]) -> Atom | None:
-    """A first condition on a numeric knob: half-way to the closest good value on either side
-    (good configs may still pass it; the second condition takes care of those)."""
-    v = float(failed)
-    values = [float(g[knob.name]) for g in goods if float(g[knob.name]) != v]
-    if not values:
-        return _condition(knob, failed, [])
-    closest = min(values, key=lambda x: abs(_norm(knob, x) - _norm(knob, v)))
-    side = [g for g in goods if (float(g[knob.name]) < v) == (closest < v)]
-    return _condition(knob, failed, side)
 
 
 def _matches_any(text: str, frame: pd.DataFrame, rules: RuleSet) -> bool:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -491,7 +491,8 @@ def explore(
 
     # Cleaning a single-run trial (the Great Expectations gate, ~80 ms) happens on one
     # background thread while the instance already runs its next trial; with repeats the worker
-    # needs each run's value at once, so it cleans inline.
+    # needs each run's value at once, so it cleans inline. A failure that teaches a rule waits
+    # for its cleaning, so the rule checks the very next candidate.
     pipelined = runner.policy.repeats == 1 and runner.policy.until is None
     cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
     cleanings: list[Future[None]] = []
@@ -564,7 +565,16 @@ def explore(
                 study.tell(trial, state=TrialState.FAIL)
                 return
             outcome.rule_warnings = warnings
-            if pipelined:
+            learns = guard is not None and guard.learn is not None
+            if pipelined and learns and outcome.failure_class in LEARN_FROM:
+                # a crash or hang teaches a rule: wait for the cleanings before it (the rule
+                # must spare every config that ran well) and for its own, so the rule checks
+                # the next candidate; at a job's start the backlog is several trials long
+                cleaning = cleaner.submit(copy_context().run, finish, trial, outcome, baseline)
+                cleanings.append(cleaning)
+                wait([cleaning])
+                following = next_trial()
+            elif pipelined:
                 # ask first: sampling and cleaning would take turns on the GIL, and the
                 # next trial's run, in its own process, is what cleaning should overlap
                 following = next_trial()

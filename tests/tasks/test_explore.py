@@ -98,3 +98,39 @@ def test_stop_all_interrupts_a_running_trial(tmp_path: Path) -> None:
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert result["o"].failure_class == "interrupted"
+
+
+def test_a_rule_learned_from_a_crash_checks_the_very_next_candidate(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """Cleaning runs beside the next trial, and at a job's start it lags several trials behind
+    (the first cleaning warms up); a crash still teaches its rule before the next candidate."""
+    import optuna
+
+    from rules.ruleset import RuleSet, rule_from_dict
+    from tasks.explore import ATTR, explore
+    from tasks.guard import CandidateGuard
+    from tuners.space import parse_space
+
+    spec = SyntheticTarget.knob_spec()
+    space = parse_space({"knobs": {"threads": {"range": [1, 64]}},
+                         "fixed": {"compress": True, "mode": "alpha"}}, spec, "test space")
+    learned = []
+
+    def learn(number: int, outcome: object) -> object:
+        rule = rule_from_dict({"id": f"learned-{number}", "kind": "forbid",
+                               "when": "threads >= 49"}, "test", spec)
+        learned.append(number)
+        return rule
+
+    guard = CandidateGuard(RuleSet.for_target(SyntheticTarget), learn=learn)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    for threads in (8, 60, 62, 9):  # a good trial, a crash, the crash region again, a good one
+        study.enqueue_trial({"threads": threads})
+    explore(study, space, make_runner(tmp_path, duration=0.01, intervals=2), budget=3,
+            guard=guard)
+
+    records = {t.params["threads"]: t.user_attrs[ATTR] for t in study.get_trials()}
+    assert records[60]["failure_class"] == "crash" and learned == [1]
+    assert records[62]["status"] == "blocked" and records[62]["rules"] == ["learned-1"]
+    assert records[8]["status"] == records[9]["status"] == "ok"
