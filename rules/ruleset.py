@@ -30,7 +30,7 @@ from rules.language import BOOL, NUMBER, STRING, Expression, RuleError, compile_
 from targets.base import Target
 from targets.errors import did_you_mean, fmt_value
 from targets.spec import KnobSpec
-from targets.yamlfile import _UniqueKeyLoader, display_path
+from targets.yamlfile import _UniqueKeyLoader, display_path, yaml_problem
 
 KINDS = ("constraint", "forbid", "trigger")
 SEVERITIES = ("error", "warn")
@@ -214,17 +214,8 @@ def parse_rules(
         loader = _UniqueKeyLoader(text)
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise RuleError(f"{source}{where}: invalid YAML: {exc.problem}") from None
-    except yaml.reader.ReaderError as exc:  # a control character: no mark, a position
-        line = text.count("\n", 0, exc.position) + 1
-        col = exc.position - text.rfind("\n", 0, exc.position)
-        raise RuleError(
-            f"{source}:{line}:{col}: invalid YAML: unacceptable character "
-            f"#x{exc.character:04x}: {exc.reason}"
-        ) from None
+    except yaml.YAMLError as exc:
+        raise RuleError(f"{source}{yaml_problem(exc, text)}") from None
     finally:
         if loader is not None:
             loader.dispose()

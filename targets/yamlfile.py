@@ -68,17 +68,19 @@ def load_yaml(path: str | os.PathLike[str], error: type[KnobflowError] = Knobflo
         raise error(f"{shown}: cannot read: {exc}") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.MarkedYAMLError as exc:
+    except yaml.YAMLError as exc:
+        raise error(f"{shown}{yaml_problem(exc, text)}") from None
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """A YAML error as ``:line:col: invalid YAML: problem``, to follow a file's name."""
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = exc.problem or str(exc)
-        raise error(f"{shown}{where}: invalid YAML: {problem}") from None
-    except yaml.reader.ReaderError as exc:
+        return f"{where}: invalid YAML: {exc.problem or exc}"
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: no mark, a position
         line = text.count("\n", 0, exc.position) + 1
         col = exc.position - text.rfind("\n", 0, exc.position)
-        raise error(
-            f"{shown}:{line}:{col}: invalid YAML: unacceptable character "
-            f"#x{exc.character:04x}: {exc.reason}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise error(f"{shown}: invalid YAML: {exc}") from None
+        return (f":{line}:{col}: invalid YAML: unacceptable character "
+                f"#x{exc.character:04x}: {exc.reason}")
+    return f": invalid YAML: {exc}"

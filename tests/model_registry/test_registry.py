@@ -4,7 +4,6 @@ champion any process loads by its alias (a real MLflow SQLite store, real LightG
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,30 +27,11 @@ from targets.spec import parse_spec
 from targets.synthetic import SyntheticTarget
 from tasks.table import training_rows
 from tasks.train import TrainReport, feature_frame, holdout_mask, train_models
+from tests.synthetic_rows import trial_table
 
 SPEC = SyntheticTarget.knob_spec()
 SERVICE, OBJECTIVE = "orders-kv", "throughput"
 NAME = "knobflow-orders-kv-throughput"
-
-
-def trial_table(n: int, *, seed: int = 0, shift: float = 0.0, instance: str = "kv-1",
-                study: str = "s1") -> pd.DataFrame:
-    """Clean synthetic trial-table rows: random configs, throughput from the known surface."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        cfg = {"x": float(rng.random()), "y": float(10 ** rng.uniform(-3, 3)),
-               "threads": int(rng.integers(2, 49)), "buffer_kb": int(2 ** rng.uniform(4, 16)),
-               "mode": str(rng.choice(["alpha", "beta", "gamma"])),
-               "compress": bool(rng.random() < 0.5)}
-        value = SyntheticTarget.true_value(cfg, {"shift": shift}) * math.exp(rng.normal(0, 0.03))
-        rows.append({
-            "service": SERVICE, "target": "synthetic", "instance": instance, "study": study,
-            "trial": str(i), "source": "tuner", "status": "ok", "objective": OBJECTIVE,
-            "direction": "maximize", "value": value, "metric.throughput": value,
-            "workload.shift": shift, **{f"knob.{k}": v for k, v in cfg.items()},
-        })
-    return pd.DataFrame(rows)
 
 
 def corrupt(table: pd.DataFrame, seed: int) -> pd.DataFrame:

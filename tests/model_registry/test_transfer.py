@@ -13,7 +13,8 @@ from model_registry.registry import load_champion
 from model_registry.transfer import plan_transfer, project
 from rules.ruleset import RuleSet
 from targets.synthetic import SyntheticTarget
-from tests.model_registry.test_registry import OBJECTIVE, SERVICE, train, trial_table
+from tests.model_registry.test_registry import OBJECTIVE, SERVICE, train
+from tests.synthetic_rows import trial_table
 from tuners.space import SearchSpace, parse_space
 
 SPEC = SyntheticTarget.knob_spec()

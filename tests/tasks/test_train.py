@@ -3,7 +3,6 @@ line up across model kinds (same metrics, importance plot, trial table, pinned r
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from importlib.metadata import version
@@ -30,29 +29,9 @@ from tasks.train import (
     training_set,
     why_not_trainable,
 )
+from tests.synthetic_rows import trial_table
 
 SPEC = SyntheticTarget.knob_spec()
-
-
-def trial_table(n: int, *, seed: int = 0, shift: float = 0.0, noise: float = 0.03,
-                instance: str = "kv-1", study: str = "s1") -> pd.DataFrame:
-    """Clean trial-table rows of the synthetic target: random configs, measured throughput =
-    the known response surface with multiplicative noise."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        cfg = {"x": float(rng.random()), "y": float(10 ** rng.uniform(-3, 3)),
-               "threads": int(rng.integers(2, 49)), "buffer_kb": int(2 ** rng.uniform(4, 16)),
-               "mode": str(rng.choice(["alpha", "beta", "gamma"])),
-               "compress": bool(rng.random() < 0.5)}
-        value = SyntheticTarget.true_value(cfg, {"shift": shift}) * math.exp(rng.normal(0, noise))
-        rows.append({
-            "service": "orders-kv", "target": "synthetic", "instance": instance, "study": study,
-            "trial": str(i), "source": "tuner", "status": "ok", "objective": "throughput",
-            "direction": "maximize", "value": value, "metric.throughput": value,
-            "workload.shift": shift, **{f"knob.{k}": v for k, v in cfg.items()},
-        })
-    return pd.DataFrame(rows)
 
 
 def xy(table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
