@@ -19,7 +19,10 @@ def _study(home: Path) -> optuna.Study | None:
     if not journals:
         return None
     name = journals[0].stem
-    return open_study(home, name, "maximize", optuna.samplers.RandomSampler(), create=False)
+    try:
+        return open_study(home, name, "maximize", optuna.samplers.RandomSampler(), create=False)
+    except KeyError:  # the journal is there, the job has not written the study into it yet
+        return None
 
 
 def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: Path) -> None:
