@@ -2,12 +2,14 @@
 
 Before the first trial of a job, when sibling instances of the service have run trials:
 
-1. the service's champion model (``models:/knobflow-<service>-<objective>@champion``) ranks many
-   candidate configs of the job's search space, predicted for this instance's workload; the rules
-   remove blocked candidates first, and the best few (spread apart) are queued as the first
-   trials after the default;
-2. the best configs the siblings measured (those with the closest workloads first) are queued
-   too, once projected into this job's space and checked against the rules;
+1. the best configs the siblings measured (those with the closest workloads first) are queued
+   first after the default, once projected into this job's space and checked against the rules:
+   a measurement beats a prediction;
+2. the service's champion model (``models:/knobflow-<service>-<objective>@champion``) ranks many
+   candidate configs, predicted for this instance's workload: half drawn over the whole search
+   space, half near the siblings' best measured configs (a model trained on a few dozen trials
+   is trustworthy near its data and extrapolates far from it); the rules remove blocked
+   candidates first, and the best few (spread apart) are queued next;
 3. what was queued, from which instances and model version, is returned for the job's MLflow run.
 
 Nothing here runs a trial: the queued configs go through the same trial manager as any other.
@@ -35,6 +37,13 @@ FROM_MODEL = 3
 FROM_SIBLINGS = 2
 #: Queued configs closer than this (normalised distance over the tuned knobs) count as one.
 MIN_SPREAD = 0.05
+#: Share of the candidates drawn near the siblings' best measured configs (LOCAL_TOP of them):
+#: each numeric knob moved by a normal step of LOCAL_WIDTH of its (log) range, each other knob
+#: kept with probability LOCAL_KEEP, else drawn anew.
+LOCAL_SHARE = 0.5
+LOCAL_TOP = 5
+LOCAL_WIDTH = 0.1
+LOCAL_KEEP = 0.8
 
 
 @dataclass
@@ -114,6 +123,49 @@ def project(config: Mapping[str, Any], space: SearchSpace) -> dict[str, Any] | N
     return params
 
 
+def _near(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n: int,
+          seed: int) -> pd.DataFrame:
+    """``n`` full configs drawn around ``centres`` (params of this space), in turn."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        centre, row = centres[i % len(centres)], {}
+        for knob in space.tuned:
+            if knob.is_numeric:
+                low, high = float(knob.low), float(knob.high)
+                log = knob.log and low > 0
+                if log:
+                    low, high = math.log(low), math.log(high)
+                step = rng.normal(0.0, LOCAL_WIDTH) * (high - low)
+                v = min(max(_position(knob, centre[knob.name]) * (high - low) + low + step, low),
+                        high)
+                v = math.exp(v) if log else v
+                row[knob.name] = round(v) if knob.type == "int" else v
+            elif rng.random() < LOCAL_KEEP:
+                row[knob.name] = centre[knob.name]
+            else:
+                choices = list(knob.choices)
+                row[knob.name] = choices[int(rng.integers(0, len(choices)))]
+        rows.append({**space.config({}), **row})
+    return pd.DataFrame(rows)
+
+
+def _centres(siblings: pd.DataFrame, space: SearchSpace, maximize: bool) -> list[dict[str, Any]]:
+    """The siblings' best measured configs, as params of this space."""
+    if siblings.empty:
+        return []
+    ranked = siblings.sort_values("value", ascending=not maximize)
+    centres = []
+    for row in ranked.to_dict(orient="records"):
+        config = {k.removeprefix("knob."): v for k, v in row.items() if k.startswith("knob.")}
+        params = project(config, space)
+        if params is not None:
+            centres.append(params)
+        if len(centres) >= LOCAL_TOP:
+            break
+    return centres
+
+
 def _keep(params: dict[str, Any], seeds: Sequence[Seed], space: SearchSpace,
           rules: RuleSet) -> bool:
     if rules.check(space.config(params)).blocked:
@@ -177,9 +229,14 @@ def plan_transfer(
     if siblings.empty and champion is None:
         plan.reason = "no sibling instance of the service has run trials yet"
         return plan
+    _sibling_seeds(siblings, space, rules, workload_fp, limits, maximize, plan.seeds)
     if champion is not None:
         plan.model_name, plan.model_version = champion.name, str(champion.version)
-        candidates = sample_space(space, n_candidates, seed=seed)
+        centres = _centres(siblings, space, maximize)
+        n_near = round(n_candidates * LOCAL_SHARE) if centres else 0
+        candidates = pd.concat([sample_space(space, n_candidates - n_near, seed=seed),
+                                _near(space, centres, n_near, seed)], ignore_index=True) \
+            if n_near else sample_space(space, n_candidates, seed=seed)
         verdicts = rules.check_frame(candidates)
         allowed = candidates[~verdicts["blocked"].to_numpy()].reset_index(drop=True)
         plan.n_candidates, plan.n_blocked = len(candidates), int(verdicts["blocked"].sum())
@@ -193,7 +250,6 @@ def plan_transfer(
                 params = project(allowed.iloc[int(i)].to_dict(), space)
                 if params is not None and _keep(params, plan.seeds, space, rules):
                     plan.seeds.append(Seed(params, "model", predicted=float(predicted[i])))
-    _sibling_seeds(siblings, space, rules, workload_fp, limits, maximize, plan.seeds)
     plan.from_instances = sorted({s.instance for s in plan.seeds if s.instance})
     if champion is not None:
         tag = getattr(champion, "tags", {}).get("instance")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from model_registry import transfer
 from model_registry.registry import load_champion
 from model_registry.transfer import plan_transfer, project
 from rules.ruleset import RuleSet
@@ -81,6 +82,27 @@ def test_transfer_never_queues_a_config_the_rules_block(champion, tmp_path: Path
     for queued in plan.seeds:
         assert not rules.check(space.config(queued.params)).blocked, queued
     assert not any(s.params == project(c, space) for s in plan.seeds for c in best)
+
+
+def test_measured_configs_come_first_and_the_model_searches_near_them(champion,
+                                                                      tmp_path: Path) -> None:
+    """The siblings' best measurement is the first config queued, the model's picks follow; the
+    candidates drawn near the siblings' best configs are whole configs inside the space."""
+    siblings = trial_table(60, seed=12, instance="kv-1")
+    space = SearchSpace.full(SPEC)
+    plan = plan_transfer(space=space, rules=_rules(tmp_path, "x > 2"), siblings=siblings,
+                         workload_fp={"shift": 0.0}, limits=LIMITS, direction="maximize",
+                         champion=champion, seed=3)
+    sources = [s.source for s in plan.seeds]
+    assert sources[0] == "sibling" and plan.seeds[0].measured == siblings["value"].max()
+    assert sources == sorted(sources, key=lambda x: x != "sibling")  # siblings, then the model
+    near = transfer._near(space, transfer._centres(siblings, space, True), 400, seed=0)
+    assert len(near) == 400 and set(near.columns) == set(space.config({}))
+    for knob in space.tuned:
+        if knob.is_numeric:
+            assert near[knob.name].between(knob.low, knob.high).all()
+        else:
+            assert set(near[knob.name]) <= set(knob.choices)
 
 
 def test_everything_blocked_queues_nothing_and_says_why(champion, tmp_path: Path) -> None:
