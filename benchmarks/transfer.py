@@ -420,8 +420,9 @@ def main() -> None:
             runs = run_target(setup, seeds,
                               args.sqlite_jobs if name == "sqlite" else args.jobs, root)
             figures = report(console, setup, runs, seeds)
-            console.print(f"{name}: {time.monotonic() - began:.0f} s for {3 * seeds} jobs; load "
-                          f"average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
+            if not REUSE:
+                console.print(f"{name}: {time.monotonic() - began:.0f} s for {3 * seeds} jobs; "
+                              f"load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
             results[name] = (setup, runs, figures)
     plot(results, Path(args.plot))
 
