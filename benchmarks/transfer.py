@@ -25,12 +25,12 @@ with transfer at most one third of the median without.
     python benchmarks/transfer.py --targets synthetic,sqlite --seeds 5 [--quick] [--jobs 2]
         [--shift-b 0.3] [--plot PNG] [--keep DIR [--reuse]]
 
-Synthetic: shift 0.0 for a, 0.3 for b (``--shift-b``), ``duration=0``, 40 + 40 trials. At 0.3 the
-workloads are three times as far apart as the fingerprints transfer counts as close, and the
+Synthetic: shift 0.0 for a, 0.3 for b (``--shift-b``), ``duration=0``, 40 + 40 trials. At 0.3
+the workloads are three times as far apart as the fingerprints transfer counts as close, and the
 optimum moves in five knobs (x 0.25 -> 0.40, y 1.3 -> 4.5, buffer 1 -> 1.9 MiB, mode alpha ->
-gamma with 32 threads and compression); a's optimum is 96 % of b's. ``--shift-b 0.6`` is the far case: a's
-optimum is 79 % of b's there, and a champion trained on one workload cannot tell where the
-optimum went. SQLite:
+gamma with 32 threads and compression); a's optimum is 96 % of b's. ``--shift-b 0.6`` is the far
+case: a's optimum is 79 % of b's there, and a champion trained on one workload cannot tell where
+the optimum went. SQLite:
 read_ratio 0.2 for a, 0.95 for b, 20,000 rows and 50,000 operations, 25 + 20 trials, homes (and
 so the databases) on a tmpfs (``--sqlite-dir``, default /dev/shm) and ``--baseline-every 1``: on
 the machine's disk the default config's speed followed the fsync latency, which swung 17,000 to
