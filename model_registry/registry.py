@@ -3,7 +3,8 @@
 Owns the MLflow registry side of knobflow: the registered-model name of a service's objective
 (``model_name``), registering a trained model with its provenance tags (``register``), the
 champion policy (``promote``: the alias ``champion`` moves only to a model that validates better
-on the same held-out trials, or when there is none, or when the workload moved), loading the
+on the same held-out trials, or when there is none, or when the workload moved, and never to one
+that ranks the held-out trials no better than chance; one decision at a time per store), loading the
 champion strictly by ``models:/<name>@champion`` in any process (``load_champion``), and the trial
 table stored beside the champion's run so a service's replicas reuse its data
 (``champion_table``).
@@ -14,6 +15,7 @@ the URIs explicitly: nothing here sets MLflow's process-wide tracking URI.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -27,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -47,6 +50,11 @@ CHAMPION = "champion"
 TABLE_ARTIFACT = "trial_table.parquet"
 #: Spearman differences smaller than this are a tie, decided by R².
 SPEARMAN_TIE = 0.01
+#: A version whose held-out Spearman is below this never becomes champion, not even the first one
+#: or one for a moved workload: it would steer transfer no better than chance (judged only on at
+#: least ``FLOOR_MIN_ROWS`` held-out trials; fewer cannot tell).
+SPEARMAN_FLOOR = 0.2
+FLOOR_MIN_ROWS = 5
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _ALREADY = "RESOURCE_ALREADY_EXISTS"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -252,6 +260,8 @@ def holdout_scores(y_true: Sequence[float], y_pred: Sequence[float]) -> tuple[fl
     yt, yp = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     if len(yt) < 2 or not np.all(np.isfinite(yp)):
         return 0.0, float("-inf")
+    if np.ptp(yp) == 0 or np.ptp(yt) == 0:  # Spearman is undefined: nothing is ranked
+        return 0.0, float(r2_score(yt, yp))
     rho = float(spearmanr(yt, yp).statistic)
     return (0.0 if math.isnan(rho) else rho), float(r2_score(yt, yp))
 
@@ -283,6 +293,39 @@ def _workload_moved(
     )
 
 
+def champion_lock_path(tracking_uri: str) -> Path | None:
+    """The file that serialises champion decisions of a local store (next to the SQLite
+    database, or in a file store's directory); None for a tracking server."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        db = tracking_uri.split(":///", 1)[1] if ":///" in tracking_uri else ""
+        if not db or db == ":memory:":
+            return None
+        path = Path(db)
+        return path.with_name(path.name + ".champion.lock")
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or tracking_uri) / ".champion.lock"
+    return None
+
+
+@contextmanager
+def champion_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold the store's champion lock: two processes training models of one service at once
+    (replicas finishing together) decide one after the other, each against the champion the
+    other left. A tracking server gets no lock (its clients share no file system)."""
+    path = champion_lock_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def promote(
     client: MlflowClient,
     name: str,
@@ -299,12 +342,24 @@ def promote(
     champion's training workloads, tag ``workloads``, is within ``fingerprint.CLOSE`` of
     ``workload_fp``); when the champion cannot take ``holdout_x`` (its features differ: the knob
     spec or the workload features changed) or cannot be loaded; or when ``version`` validates
-    better on the same held-out rows (Spearman, then R²). The reason is kept as the version's tag
-    ``champion_reason``, and the champion it replaced as ``previous_champion``.
+    better on the same held-out rows (Spearman, then R²). Never to a version whose held-out
+    Spearman is below ``SPEARMAN_FLOOR`` (on at least ``FLOOR_MIN_ROWS`` rows). The reason is kept
+    as the version's tag ``champion_reason``, and the champion it replaced as
+    ``previous_champion``. The decision holds the store's ``champion_lock``.
 
     ``direction`` does not change the comparison (ranking and fit are symmetric in it); it is
     recorded with the decision."""
     version = str(version)
+    with champion_lock(client.tracking_uri):
+        return _promote(client, name, version, holdout_x, holdout_y, direction, workload_fp,
+                        limits)
+
+
+def _promote(
+    client: MlflowClient, name: str, version: str, holdout_x: pd.DataFrame,
+    holdout_y: Sequence[float], direction: str, workload_fp: Mapping[str, float],
+    limits: Mapping[str, tuple[float, float]] | None,
+) -> tuple[bool, str]:
     current = _champion_version(client, name)
     if current is not None and str(current.version) == version:
         return False, f"v{version} is already the champion"
@@ -326,6 +381,14 @@ def _decide(
     holdout_x: pd.DataFrame, holdout_y: Sequence[float], workload_fp: Mapping[str, float],
     limits: Mapping[str, tuple[float, float]] | None,
 ) -> tuple[bool, str]:
+    new_model, _ = _load_sklearn(client, f"models:/{name}/{version}")
+    x = holdout_x[model_features(new_model) or list(holdout_x.columns)]
+    new = holdout_scores(holdout_y, new_model.predict(x))
+    if len(holdout_x) >= FLOOR_MIN_ROWS and new[0] < SPEARMAN_FLOOR:
+        return False, (
+            f"below the floor: on {len(holdout_x)} held-out trials v{version} has spearman "
+            f"{new[0]:.3f} < {SPEARMAN_FLOOR}, no better than chance at ranking configs"
+        )
     if current is None:
         return True, "no champion yet"
     moved = _workload_moved(current, workload_fp, limits)
@@ -341,9 +404,6 @@ def _decide(
             f"champion v{current.version} takes other features than v{version} "
             "(knob spec or workload features changed)"
         )
-    new_model, _ = _load_sklearn(client, f"models:/{name}/{version}")
-    x = holdout_x[model_features(new_model) or list(holdout_x.columns)]
-    new = holdout_scores(holdout_y, new_model.predict(x))
     old = holdout_scores(holdout_y, old_model.predict(holdout_x[model_features(old_model)]))
     text = (
         f"on {len(holdout_x)} held-out trials v{version} has spearman {new[0]:.3f}, "

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import DatabaseError
 
 from model_registry.registry import (
+    champion_lock,
+    champion_lock_path,
     champion_table,
     load_champion,
     model_name,
@@ -43,6 +46,16 @@ def corrupt(table: pd.DataFrame, seed: int) -> pd.DataFrame:
     shuffled = np.random.default_rng(seed).permutation(idx)
     for col in ("value", "metric.throughput"):
         out.loc[idx, col] = out.loc[shuffled, col].to_numpy()
+    return out
+
+
+def flat(table: pd.DataFrame) -> pd.DataFrame:
+    """The same trials with every training measurement the same: a model that predicts one
+    value for every config and so ranks nothing (the held-out trials keep their true values)."""
+    out = table.copy()
+    idx = np.flatnonzero(~holdout_mask(training_rows(out), 0.2))
+    for col in ("value", "metric.throughput"):
+        out.loc[idx, col] = float(out.loc[idx, col].median())
     return out
 
 
@@ -128,35 +141,65 @@ def test_a_champion_registered_here_is_loaded_by_alias_in_another_process(
 
 def test_the_champion_moves_only_to_a_better_model_or_a_moved_workload(uri: str) -> None:
     table = trial_table(120, seed=1)
-    first = train(corrupt(table, seed=1), uri)  # a model that learned nothing, but the only one
-    assert first.champion_moved and first.champion_reason == "no champion yet"
+    first = train(flat(table), uri)  # the only model, but it ranks nothing: no champion
+    assert not first.champion_moved, first.champion_reason
+    assert first.champion_reason.startswith("below the floor"), first.champion_reason
+    assert load_champion(uri, SERVICE, OBJECTIVE) is None
 
     good = train(table, uri)
-    assert good.champion_moved, good.champion_reason
-    assert good.champion_reason.startswith("validates better"), good.champion_reason
+    assert good.champion_moved and good.champion_reason == "no champion yet"
     assert champion_version(uri) == good.registered_version == 2
-    assert version_tags(uri, 2)["previous_champion"] == "1"
+    assert version_tags(uri, 2)["previous_champion"] == ""
+
+    better = train(pd.concat([table, trial_table(120, seed=11, study="s1b")], ignore_index=True),
+                   uri)
+    assert better.champion_moved, better.champion_reason
+    assert better.champion_reason.startswith("validates better"), better.champion_reason
+    assert version_tags(uri, 3)["previous_champion"] == "2"
 
     worse = train(corrupt(table, seed=2), uri)
     assert not worse.champion_moved, worse.champion_reason
-    assert worse.champion_reason.startswith("not better"), worse.champion_reason
-    assert champion_version(uri) == 2  # the alias stayed
-    assert version_tags(uri, 3)["champion_reason"] == worse.champion_reason
-    assert "previous_champion" not in version_tags(uri, 3)
+    assert worse.champion_reason.startswith(("not better", "below the floor")), \
+        worse.champion_reason
+    assert champion_version(uri) == 3  # the alias stayed
+    assert version_tags(uri, 4)["champion_reason"] == worse.champion_reason
+    assert "previous_champion" not in version_tags(uri, 4)
 
     # the service now runs a workload the champion never saw (shift 1, far beyond CLOSE)
     moved = pd.concat([table, trial_table(60, seed=7, shift=1.0, study="s2")], ignore_index=True)
+    garbage = train(flat(moved), uri, shift=1.0, instance="kv-2")  # even then, not below floor
+    assert not garbage.champion_moved
+    assert garbage.champion_reason.startswith("below the floor"), garbage.champion_reason
     shifted = train(moved, uri, shift=1.0, instance="kv-2")
     assert shifted.champion_moved, shifted.champion_reason
     assert shifted.champion_reason.startswith("workload moved"), shifted.champion_reason
-    assert champion_version(uri) == 4
-    assert json.loads(version_tags(uri, 4)["workloads"]) == [{"shift": 0.0}, {"shift": 1.0}]
+    assert champion_version(uri) == 6
+    assert json.loads(version_tags(uri, 6)["workloads"]) == [{"shift": 0.0}, {"shift": 1.0}]
 
     # promoting the champion again changes nothing
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     x = feature_frame(moved.head(5), SPEC, moved.head(5)[["workload.shift"]])
-    assert promote(client, NAME, 4, x, moved["value"].head(5).to_numpy(), "maximize",
-                   {"shift": 1.0}) == (False, "v4 is already the champion")
+    assert promote(client, NAME, 6, x, moved["value"].head(5).to_numpy(), "maximize",
+                   {"shift": 1.0}) == (False, "v6 is already the champion")
+
+
+def test_champion_decisions_of_one_store_wait_for_each_other(uri: str, tmp_path: Path) -> None:
+    """While another process decides (holds the store's lock), a promotion waits; it goes on as
+    soon as the lock is free. A tracking server's URI takes no lock."""
+    table = trial_table(60, seed=4)
+    path = champion_lock_path(uri)
+    assert path is not None and path.parent == tmp_path
+    assert champion_lock_path("http://127.0.0.1:5000") is None
+    done = threading.Event()
+    reports: list[TrainReport] = []
+    with champion_lock(uri):  # held as another process would: the worker opens its own file
+        worker = threading.Thread(target=lambda: (reports.append(train(table, uri)), done.set()))
+        worker.start()
+        assert not done.wait(8.0)  # trained and registered, but waiting to decide
+        assert load_champion(uri, SERVICE, OBJECTIVE) is None
+    worker.join(60)
+    assert done.is_set() and reports[0].champion_moved
+    assert champion_version(uri) == reports[0].registered_version
 
 
 def test_a_changed_knob_spec_replaces_a_champion_that_cannot_take_its_features(uri: str) -> None:
