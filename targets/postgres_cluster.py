@@ -21,6 +21,7 @@ import pwd
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ LOCATION_FILE = "postgres.cluster"
 _SOCKET_MAX = 107  # sun_path bytes, terminating NUL excluded
 _ORPHAN_AGE_S = 3600.0
 _IPC_RMID = 0
+_SHM_RDONLY = 0o10000
+_PG_SHMEM_MAGIC = 679834894  # PGShmemMagic
+_DSM_CONTROL_MAGIC = 0x9A503D32  # PG_DYNSHMEM_CONTROL_MAGIC
+_DSM_DIR = Path("/dev/shm")  # dynamic_shared_memory_type = posix, Linux's default
 _LINE_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \S+ \[\d+\] ")  # log_line_prefix '%m [%p] '
 
 OOM_SIGNS = (
@@ -309,7 +314,9 @@ def end_leftovers(cluster: Cluster) -> None:
 
 
 def _remove_segment(line: str) -> None:
-    """Remove the System V segment ``line`` ("key id" of postmaster.pid) if nothing uses it."""
+    """Remove the System V segment ``line`` ("key id" of postmaster.pid) if nothing uses it,
+    and the dynamic shared memory segments its header names (the server that made them was
+    killed: nobody else would remove them from /dev/shm)."""
     try:
         key, shmid = (int(part) for part in line.split())
         rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
@@ -319,7 +326,49 @@ def _remove_segment(line: str) -> None:
         cols = row.split()
         if len(cols) > 6 and cols[0] == str(key) and cols[1] == str(shmid) and cols[6] == "0":
             libc = ctypes.CDLL(None, use_errno=True)
+            control = _dsm_control_handle(libc, shmid)
+            if control:
+                remove_dsm_segments(control)
             libc.shmctl(ctypes.c_int(shmid), ctypes.c_int(_IPC_RMID), None)
+
+
+def _dsm_control_handle(libc: ctypes.CDLL, shmid: int) -> int:
+    """The handle of the DSM control segment a server's main segment records (0: none). The
+    header (PGShmemHeader, the same since PostgreSQL 9.4): int32 magic, pid_t creatorPID, Size
+    totalsize, Size freeoffset, dsm_handle dsm_control."""
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    libc.shmdt.argtypes = [ctypes.c_void_p]
+    address = libc.shmat(shmid, None, _SHM_RDONLY)
+    if address in (None, ctypes.c_void_p(-1).value):
+        return 0
+    try:
+        header = ctypes.string_at(address, 28)
+    finally:
+        libc.shmdt(address)
+    magic, control = struct.unpack_from("<i", header, 0)[0], struct.unpack_from("<I", header, 24)[0]
+    return control if magic == _PG_SHMEM_MAGIC else 0
+
+
+def remove_dsm_segments(control: int) -> None:
+    """Remove the DSM control segment ``control`` from /dev/shm and every segment it lists (what
+    PostgreSQL's own ``dsm_cleanup_using_control_segment`` does when a server starts over the
+    remains of a killed one). Items are (handle, refcnt, ...); their size is derived from the
+    segment's size, so the layout of any PostgreSQL version is read right."""
+    path = _DSM_DIR / f"PostgreSQL.{control}"
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return
+    if len(data) >= 16:
+        magic, _nitems, maxitems = struct.unpack_from("<III", data, 0)
+        stride = (len(data) - 16) // maxitems if maxitems else 0
+        if magic == _DSM_CONTROL_MAGIC and stride >= 8:
+            for i in range(maxitems):
+                handle, refcnt = struct.unpack_from("<II", data, 16 + i * stride)
+                if handle and refcnt:
+                    (_DSM_DIR / f"PostgreSQL.{handle}").unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def sweep_orphans() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from targets import postgres_cluster as pgc
@@ -220,6 +221,26 @@ def test_instance_is_usable_after_a_killed_trial(tmp_path: Path, instance) -> No
     assert out.ok, (out.failure_class, out.message, out.log_tail)
     assert out.effective_config["wal_buffers"] == 96 and out.changed_knobs == ["wal_buffers"]
     assert "database system was interrupted" in (data / "logs" / "server.log").read_text()
+    assert leftovers(data) == []
+
+
+def test_a_killed_servers_shared_memory_is_removed(instance) -> None:
+    """SIGKILL leaves a server's System V segment and its /dev/shm DSM segments behind (the
+    server would have removed them); the cleanup after a killed trial removes every one."""
+    data = instance("i1")
+    target = PostgresTarget(data, PostgresTarget.parse_workload(SHORT))
+    target.start({})
+    procs = pgc.cluster_processes(pgc.locate(data))
+    mapped = {line.split()[-1] for p in procs
+              for line in Path(f"/proc/{p.pid}/maps").read_text().splitlines()
+              if "/dev/shm/PostgreSQL." in line}
+    assert mapped, "the server maps no DSM segment: is dynamic_shared_memory_type posix?"
+    for proc in procs:
+        proc.kill()
+    psutil.wait_procs(procs, timeout=10)
+    assert all(Path(m).exists() for m in mapped)  # nobody removed them
+    PostgresTarget.cleanup(data)
+    assert [m for m in mapped if Path(m).exists()] == []
     assert leftovers(data) == []
 
 
