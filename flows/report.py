@@ -97,6 +97,7 @@ def summarize(
     v = verification or Verification()
     summary: dict[str, Any] = {
         "target": job.target,
+        "service": job.service,
         "instance": job.instance,
         "objective": job.objective,
         "direction": job.direction,
