@@ -24,6 +24,7 @@ import logging
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -575,7 +576,11 @@ def _log_run(
                 client.log_artifact(run_id, str(Path(tmp) / file))
         sample = x.head(50)
         signature = infer_signature(sample, model.predict(sample))
-        with registry.process_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        with registry.process_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id), \
+                warnings.catch_warnings():
+            # MLflow 3.17 compares an input example's columns with a range, which pandas 3
+            # deprecates: a warning about MLflow's code, not the operator's data
+            warnings.filterwarnings("ignore", message="Operation with range is deprecated")
             info = mlflow.sklearn.log_model(
                 model, name="model", signature=signature, input_example=x.head(3),
                 pip_requirements=pip_requirements(), skops_trusted_types=_trusted_types(model),
