@@ -24,13 +24,16 @@ with transfer at most one third of the median without.
 
     python benchmarks/transfer.py --targets synthetic,sqlite --seeds 5 [--quick] [--jobs 2]
         [--shift-b 0.3] [--plot PNG] [--keep DIR [--reuse]]
+    python benchmarks/transfer.py --targets synthetic-far,synthetic-chain --plot far.png
 
 Synthetic: shift 0.0 for a, 0.3 for b (``--shift-b``), ``duration=0``, 40 + 40 trials. At 0.3
 the workloads are three times as far apart as the fingerprints transfer counts as close, and the
 optimum moves in five knobs (x 0.25 -> 0.40, y 1.3 -> 4.5, buffer 1 -> 1.9 MiB, mode alpha ->
 gamma with 32 threads and compression); a's optimum is 96 % of b's. ``--shift-b 0.6`` is the far
-case: a's optimum is 79 % of b's there, and a champion trained on one workload cannot tell where
-the optimum went. SQLite:
+case (setup ``synthetic-far``): a's optimum is 79 % of b's there, and a champion trained on one
+workload cannot tell where the optimum went. Setup ``synthetic-chain`` is the far case with one
+more sibling, ``a2`` at shift 0.3 (40 trials, after a, before b): the service has seen a workload
+between. SQLite:
 read_ratio 0.2 for a, 0.95 for b, 20,000 rows and 50,000 operations, 25 + 20 trials, homes (and
 so the databases) on a tmpfs (``--sqlite-dir``, default /dev/shm) and ``--baseline-every 1``: on
 the machine's disk the default config's speed followed the fsync latency, which swung 17,000 to
@@ -52,7 +55,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +82,17 @@ class Setup:
     budget_a: int
     budget_b: int
     extra: list[str] = field(default_factory=list)
+    #: more sibling instances (a2, a3, ...) that run after a, before b, in the transfer arm
+    more: list[dict[str, Any]] = field(default_factory=list)
+    name: str = ""  # the setup's name (--targets); the target's when empty
+
+    @property
+    def key(self) -> str:
+        return self.name or self.target
 
 
 SETUPS = {
-    "synthetic": Setup("synthetic", {"shift": 0.0}, {"shift": 0.6}, {"duration": 0},
+    "synthetic": Setup("synthetic", {"shift": 0.0}, {"shift": 0.3}, {"duration": 0},
                        budget_a=40, budget_b=40, extra=["--verify-repeats", "2"]),
     # the default config's speed follows the disk's fsync latency, which drifts on a shared
     # machine: every trial is judged against a run of the default just before it
@@ -90,6 +100,10 @@ SETUPS = {
                     {"rows": 20000, "ops": 50000}, budget_a=25, budget_b=20,
                     extra=["--verify-repeats", "2", "--baseline-every", "1"]),
 }
+SETUPS["synthetic-far"] = replace(SETUPS["synthetic"], workload_b={"shift": 0.6},
+                                  name="synthetic-far")
+SETUPS["synthetic-chain"] = replace(SETUPS["synthetic"], workload_b={"shift": 0.6},
+                                    more=[{"shift": 0.3}], name="synthetic-chain")
 QUICK = {
     "synthetic": {"budget_a": 20, "budget_b": 15},
     "sqlite": {"budget_a": 12, "budget_b": 8, "common": {"rows": 5000, "ops": 10000}},
@@ -156,6 +170,10 @@ def run_job(setup: Setup, instance: str, workload: dict[str, Any], budget: int, 
         found = [f for f in found if f["instance"] == instance]
         if len(found) != 1:
             raise SystemExit(f"{home}: {len(found)} finished jobs of instance {instance}")
+        ran = found[0].get("workload") or {}
+        wanted = {**setup.common, **workload}
+        if any(k in ran and float(ran[k]) != float(v) for k, v in wanted.items()):
+            raise SystemExit(f"{home}: instance {instance} ran workload {ran}, not {wanted}")
         return found[0]
     cmd = [sys.executable, "-m", "flows.cli", "tune", setup.target, "--instance", instance,
            "--budget", str(budget), "--tuner", "tpe",
@@ -211,8 +229,10 @@ def _true_ratio(table: pd.DataFrame, workload: dict[str, Any]) -> list[float]:
 
 def run_seed_transfer(setup: Setup, seed: int, root: Path) -> Run:
     """a's cold job, then b with transfer in the same home."""
-    home = root / f"{setup.target}-{seed}-transfer"
+    home = root / f"{setup.key}-{seed}-transfer"
     a = run_job(setup, "a", setup.workload_a, setup.budget_a, seed, home, [])
+    for i, workload in enumerate(setup.more, start=2):  # siblings with other workloads
+        run_job(setup, f"a{i}", workload, setup.budget_a, seed, home, ["--no-learned-rules"])
     b = run_job(setup, "b", setup.workload_b, setup.budget_b, seed, home,
                 ["--no-learned-rules", "--no-train"])
     run = read_run(setup, seed, "transfer", b, home)
@@ -221,7 +241,7 @@ def run_seed_transfer(setup: Setup, seed: int, root: Path) -> Run:
 
 
 def run_seed_cold(setup: Setup, seed: int, root: Path) -> Run:
-    home = root / f"{setup.target}-{seed}-cold"
+    home = root / f"{setup.key}-{seed}-cold"
     b = run_job(setup, "b", setup.workload_b, setup.budget_b, seed, home,
                 ["--no-transfer", "--no-learned-rules", "--no-train"])
     return read_run(setup, seed, "cold", b, home)
@@ -267,7 +287,7 @@ def report(console: Console, setup: Setup, runs: list[Run], seeds: int) -> dict[
     fig = figures_of(runs, seeds, budget)
     gain_cold = fig["G"]
     work = ", ".join(f"{k}={v}" for k, v in setup.common.items())
-    table = Table(title=f"{setup.target} ({work}): a {_w(setup.workload_a)} cold "
+    table = Table(title=f"{setup.key} ({work}): a {_w(setup.workload_a)}{_more(setup)} cold "
                         f"{setup.budget_a} trials, then b {_w(setup.workload_b)} {budget} trials; "
                         f"trials b needs to reach {SHARE:.0%} of G = {gain_cold:.3f} (median "
                         "final gain of the cold b runs; default = median of trial 0 and the "
@@ -306,7 +326,7 @@ def report(console: Console, setup: Setup, runs: list[Run], seeds: int) -> dict[
                   end_section=True)
     console.print(table)
     own = fig["own"]
-    console.print(f"{setup.target}, literal variant (trial 0 alone as the default, each "
+    console.print(f"{setup.key}, literal variant (trial 0 alone as the default, each "
                   f"seed's own cold final gain as G): cold {own['cold']} (median "
                   f"{fig['own_median']['cold']:g}), transfer {own['transfer']} (median "
                   f"{fig['own_median']['transfer']:g}), ratio {fig['own_ratio']:.2f}",
@@ -314,7 +334,7 @@ def report(console: Console, setup: Setup, runs: list[Run], seeds: int) -> dict[
     if "true" in fig:
         true = fig["true"]
         med_true = {arm: statistics.median(true[arm]) for arm in ARMS}
-        console.print(f"{setup.target}, noiseless variant (true best so far / optimum against "
+        console.print(f"{setup.key}, noiseless variant (true best so far / optimum against "
                       f"{SHARE:.0%} of the cold runs' median final {fig['true_G']:.3f}): cold "
                       f"{true['cold']} (median {med_true['cold']:g}), transfer {true['transfer']} "
                       f"(median {med_true['transfer']:g}), ratio "
@@ -323,7 +343,7 @@ def report(console: Console, setup: Setup, runs: list[Run], seeds: int) -> dict[
         tr = mine[s, "transfer"]
         plan = tr.transfer or {}
         cold = mine[s, "cold"]
-        console.print(f"{setup.target} seed {s}: default cold {cold.default:.6g} (trial 0 "
+        console.print(f"{setup.key} seed {s}: default cold {cold.default:.6g} (trial 0 "
                       f"{cold.trial0:.6g}), transfer {tr.default:.6g} ({tr.trial0:.6g}); queued "
                       "trials "
                       f"{(tr.summary.get('transfer') or {}).get('trials')} "
@@ -336,6 +356,11 @@ def report(console: Console, setup: Setup, runs: list[Run], seeds: int) -> dict[
 
 def _gain(value: float, run: Run) -> float:
     return value / run.default if run.maximize else run.default / value
+
+
+def _more(setup: Setup) -> str:
+    """The further siblings' workloads, for titles."""
+    return "".join(f", a{i} {_w(w)}" for i, w in enumerate(setup.more, start=2))
 
 
 def _w(workload: dict[str, Any]) -> str:
@@ -375,7 +400,8 @@ def plot(results: dict[str, tuple[Setup, list[Run], dict]], path: Path) -> None:
                          "median final gain")
         ax.set_xlabel("trials of instance b that ran (trial 0 = default is 1)")
         ax.set_ylabel("best so far / default")
-        ax.set_title(f"{name}: a {_w(setup.workload_a)} -> b {_w(setup.workload_b)}, "
+        ax.set_title(f"{name}: a {_w(setup.workload_a)}{_more(setup)} -> b "
+                     f"{_w(setup.workload_b)}, "
                      f"{len(runs) // 2} seeds (thin: one per run)\nmedian trials to target, "
                      f"transfer / cold: {figures['ratio']:.2f} (goal <= 0.33)", fontsize=9)
         ax.grid(alpha=0.3)
@@ -392,8 +418,8 @@ def main() -> None:
                         help="small budgets and workloads, 2 seeds unless --seeds is given")
     parser.add_argument("--jobs", type=int, default=2, help="synthetic jobs running at once")
     parser.add_argument("--sqlite-jobs", type=int, default=1, help="SQLite jobs running at once")
-    parser.add_argument("--shift-b", type=float, default=0.3,
-                        help="synthetic: instance b's workload shift (a runs at 0.0)")
+    parser.add_argument("--shift-b", type=float, default=None,
+                        help="synthetic: instance b's workload shift (default 0.3; a runs at 0.0)")
     parser.add_argument("--sqlite-dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None,
                         help="SQLite homes (and so the databases) go under this directory "
                              "when --keep is not given (default /dev/shm, a tmpfs)")
@@ -414,21 +440,22 @@ def main() -> None:
         for name in args.targets.split(","):
             root = Path(args.keep) if args.keep else Path(shm if name == "sqlite" else tmp)
             root.mkdir(parents=True, exist_ok=True)
+            if name not in SETUPS:
+                parser.error(f"--targets: unknown setup {name!r}; one of {', '.join(SETUPS)}")
             setup = SETUPS[name]
-            if name == "synthetic":
-                setup = Setup(name, setup.workload_a, {"shift": args.shift_b}, setup.common,
-                              setup.budget_a, setup.budget_b, setup.extra)
+            if name == "synthetic" and args.shift_b is not None:
+                setup = replace(setup, workload_b={"shift": args.shift_b})
             if args.quick:
-                quick = QUICK[name]
-                setup = Setup(name, setup.workload_a, setup.workload_b,
-                              {**setup.common, **quick.get("common", {})},
-                              quick["budget_a"], quick["budget_b"], setup.extra)
+                quick = QUICK[setup.target]
+                setup = replace(setup, common={**setup.common, **quick.get("common", {})},
+                                budget_a=quick["budget_a"], budget_b=quick["budget_b"])
             began, load = time.monotonic(), os.getloadavg()
             runs = run_target(setup, seeds,
                               args.sqlite_jobs if name == "sqlite" else args.jobs, root)
             figures = report(console, setup, runs, seeds)
             if not REUSE:
-                console.print(f"{name}: {time.monotonic() - began:.0f} s for {3 * seeds} jobs; "
+                jobs = (3 + len(setup.more)) * seeds
+                console.print(f"{name}: {time.monotonic() - began:.0f} s for {jobs} jobs; "
                               f"load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
             results[name] = (setup, runs, figures)
     plot(results, Path(args.plot))
