@@ -349,7 +349,7 @@ def _learner(job: Job, space: SearchSpace, study: optuna.Study, ruleset: RuleSet
         rule = store.add(expression, rules=ruleset, study=job.study_name, trial=number,
                          failure_class=str(outcome.failure_class), message=outcome.message)
         logger.warning("trial %d %s: learned rule %s: forbid %s", number, outcome.failure_class,
-                       rule.id, expression)
+                       rule.id, rule.expression.text)  # a widened rule keeps its id
         return rule
 
     return learn

@@ -13,11 +13,13 @@ time) for an operator to list, accept or drop.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import itertools
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -278,9 +280,33 @@ class LearnedRules:
     def add(self, expression: str, *, rules: RuleSet, study: str, trial: int,
             failure_class: str, message: str) -> Rule:
         """Store a proposed forbid rule with its provenance, under the next short id
-        (``learned-N``: operators type it to accept or drop the rule)."""
+        (``learned-N``: operators type it to accept or drop the rule).
+
+        A proposal that only widens a rule still proposed (the same knobs and sides, thresholds
+        at least as far: ``threads >= 50`` after ``threads >= 52``) replaces that rule's
+        condition under its id, the trial kept in its provenance's ``widened_by``; one already
+        held by a rule that applies changes nothing and returns that rule. An accepted rule is
+        never changed: a wider proposal beside it is a new rule."""
         with self._locked():
             docs = self.documents()
+            wanted = _conditions(expression)
+            for doc in docs:
+                if doc.get("kind") != "forbid" or doc.get("status") == "dropped":
+                    continue
+                held = _conditions(str(doc.get("when", "")))
+                if wanted is None or held is None:
+                    continue
+                if _within(wanted, held):  # nothing new: this rule forbids it already
+                    return rule_from_dict(doc, display_path(self.path), self.spec)
+                if doc.get("status") == "proposed" and _within(held, wanted):
+                    doc["when"] = expression
+                    provenance = doc.setdefault("provenance", {})
+                    provenance.setdefault("widened_by", []).append({
+                        "study": study, "trial": trial, "failure_class": failure_class,
+                        "time": datetime.now(UTC).isoformat(timespec="seconds")})
+                    rule = rule_from_dict(doc, display_path(self.path), self.spec)
+                    self._write(docs)
+                    return rule
             taken = [int(d["id"].rpartition("-")[2]) for d in docs
                      if str(d.get("id", "")).startswith("learned-")
                      and str(d["id"]).rpartition("-")[2].isdigit()]
@@ -300,6 +326,47 @@ class LearnedRules:
                     return doc
         known = ", ".join(d.get("id", "?") for d in docs) or "none"
         raise RuleError(f"{display_path(self.path)}: no learned rule '{rule_id}'; known: {known}")
+
+
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==)\s*(.+?)\s*$")
+
+
+def _conditions(expression: str) -> dict[tuple[str, str], Any] | None:
+    """A learned rule's conditions as {(knob, op): value}; None when the expression is not a
+    conjunction of ``knob >= | <= | == literal`` (an operator wrote it: never merged)."""
+    out: dict[tuple[str, str], Any] = {}
+    for part in expression.split(" and "):
+        match = _CONDITION.match(part)
+        if match is None:
+            return None
+        knob, op, literal = match.groups()
+        try:
+            value = {"true": True, "false": False}.get(literal)
+            value = ast.literal_eval(literal) if value is None else value
+        except (ValueError, SyntaxError):
+            return None
+        if (knob, op) in out or not isinstance(value, str | int | float):
+            return None
+        out[knob, op] = value
+    return out
+
+
+def _within(inner: Mapping[tuple[str, str], Any], outer: Mapping[tuple[str, str], Any]) -> bool:
+    """Whether the region of conditions ``inner`` lies inside that of ``outer`` (both on the same
+    knobs with the same operators)."""
+    if set(inner) != set(outer):
+        return False
+    for (knob, op), value in inner.items():
+        bound = outer[knob, op]
+        if op == "==":
+            ok = value == bound
+        else:
+            numeric = all(isinstance(v, int | float) and not isinstance(v, bool)
+                          for v in (value, bound))
+            ok = numeric and (value >= bound if op == ">=" else value <= bound)
+        if not ok:
+            return False
+    return True
 
 
 def learned_rule(

@@ -408,7 +408,9 @@ class RuleSet:
         return [r for r in self.rules if r.kind == "trigger"]
 
     def add(self, rule: Rule) -> None:
-        self.rules = [*self.rules, rule]  # a new list: checks running now keep theirs
+        """Apply ``rule`` from now on; it replaces a rule with its id (a widened learned rule)."""
+        # a new list: checks running now keep theirs
+        self.rules = [*(r for r in self.rules if r.id != rule.id), rule]
 
     def _columns(self, frame: pd.DataFrame) -> dict[str, Any]:
         columns: dict[str, Any] = dict(self.facts)

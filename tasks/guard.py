@@ -74,5 +74,9 @@ class CandidateGuard:
         if rule is not None:
             with self._lock:
                 self.rules.add(rule)
-                self.learned.append(rule)
+                known = [i for i, r in enumerate(self.learned) if r.id == rule.id]
+                if known:  # the failure widened (or fell inside) a rule learned before
+                    self.learned[known[0]] = rule
+                else:
+                    self.learned.append(rule)
         return rule

@@ -4,15 +4,16 @@ and blocks no config that ran well."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rules.learn import propose_forbid
+from rules.learn import LearnedRules, propose_forbid
 from rules.review import sample_space
-from rules.ruleset import RuleSet, rule_from_dict
+from rules.ruleset import Rule, RuleSet, rule_from_dict
 from targets.synthetic import SyntheticTarget
 from tuners.space import SearchSpace, parse_space
 
@@ -164,3 +165,57 @@ def test_a_failure_is_never_blamed_on_knobs_at_their_default_alone() -> None:
     expression = propose_forbid(failed, [DEFAULT], SPACE, _rules())
     assert expression is not None and "threads >= " in expression
     assert not _blocked(expression, [DEFAULT]).any()
+
+
+# -- the learned-rules file: widening instead of near-duplicates -------------------------------
+def _store(tmp_path: Path) -> LearnedRules:
+    return LearnedRules(tmp_path / "rules" / "synthetic.learned.yaml", SPEC)
+
+
+def _add(store: LearnedRules, expression: str, trial: int) -> Rule:
+    return store.add(expression, rules=_rules(), study="s", trial=trial, failure_class="crash",
+                     message="killed by SIGABRT")
+
+
+def test_a_wider_proposal_widens_the_proposed_rule_under_its_id(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    first = _add(store, "threads >= 52 and compress == true", 5)
+    wider = _add(store, "threads >= 50 and compress == true", 31)
+    docs = store.documents()
+    assert first.id == wider.id == "learned-1" and len(docs) == 1
+    assert docs[0]["when"] == "threads >= 50 and compress == true"
+    assert docs[0]["provenance"]["trial"] == 5  # where it was learned first
+    assert [w["trial"] for w in docs[0]["provenance"]["widened_by"]] == [31]
+    assert wider.expression.text == "threads >= 50 and compress == true"
+    # a failure inside the rule teaches nothing new: the file stays as it was
+    before = store.path.read_text(encoding="utf-8")
+    inside = _add(store, "threads >= 55 and compress == true", 40)
+    assert inside.id == "learned-1" and store.path.read_text(encoding="utf-8") == before
+    # other knobs or other values are another region: a new rule
+    other = _add(store, "y >= 240.0 and mode == 'beta'", 17)
+    gamma = _add(store, "threads >= 50 and compress == false", 44)
+    assert (other.id, gamma.id) == ("learned-2", "learned-3")
+    narrower_y = _add(store, "y >= 300.0 and mode == 'beta'", 45)
+    assert narrower_y.id == "learned-2" and len(store.documents()) == 3
+
+
+def test_accepted_and_dropped_rules_are_never_widened(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _add(store, "threads >= 52 and compress == true", 5)
+    store.set_status("learned-1", "accepted")
+    wider = _add(store, "threads >= 50 and compress == true", 31)
+    assert wider.id == "learned-2"  # what the operator accepted stays as accepted
+    assert store.documents()[0]["when"] == "threads >= 52 and compress == true"
+    store.set_status("learned-2", "dropped")
+    again = _add(store, "threads >= 49 and compress == true", 32)
+    assert again.id == "learned-3"  # a dropped rule is not brought back by a wider one
+
+
+def test_a_widened_rule_replaces_the_one_a_job_applies(tmp_path: Path) -> None:
+    ruleset = _rules()
+    store = _store(tmp_path)
+    ruleset.add(_add(store, "threads >= 52 and compress == true", 5))
+    ruleset.add(_add(store, "threads >= 50 and compress == true", 31))
+    learned = [r for r in ruleset.rules if r.id.startswith("learned-")]
+    assert [r.expression.text for r in learned] == ["threads >= 50 and compress == true"]
+    assert ruleset.check(_config(threads=51, compress=True)).blocked
