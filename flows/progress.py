@@ -119,9 +119,11 @@ class TuneProgress:
             by_rule = ", ".join(f"{k} {v}" for k, v in summary["blocked_by"].items())
             console.print(f"candidates blocked by rules (never run): {summary['n_blocked']} "
                           f"({by_rule})")
+        service = summary.get("service")
+        review = f"knobflow rules list {summary['target']}" + (
+            f" --service {service}" if service and service != summary["target"] else "")
         for rule in summary.get("learned_rules", []):
-            console.print(f"[yellow]learned rule[/yellow] {rule} (review: knobflow rules list "
-                          f"{summary['target']})")
+            console.print(f"[yellow]learned rule[/yellow] {rule} (review: {review})")
         for text in summary.get("rule_warnings", []) + summary.get("range_hints", []):
             console.print(f"[yellow]warning:[/yellow] {text}")
         transfer = summary.get("transfer") or {}
