@@ -199,7 +199,11 @@ class Champion:
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Predicted objective for each row of ``frame`` (``tasks.train.feature_frame`` output;
-        extra columns are ignored, a missing one is a KeyError naming it)."""
+        extra columns are ignored, a missing one is a KeyError naming it), within the range of
+        the targets it was trained on (tags ``target_min``, ``target_max``): boosted trees add
+        up leaves of configs never seen together, and on a log target that overshoots to
+        several times the best value ever measured; ranking thousands of candidates picks
+        exactly those. The raw model (``self.model``) is not clipped."""
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
             raise KeyError(
@@ -207,7 +211,21 @@ class Champion:
                 "frame with tasks.train.feature_frame for the same knob spec and workload features"
             )
         x = frame[self.features] if self.features else frame
-        return np.asarray(self.model.predict(x), dtype=float)
+        predicted = np.asarray(self.model.predict(x), dtype=float)
+        low, high = self.target_range
+        return np.clip(predicted, low, high)
+
+    @property
+    def target_range(self) -> tuple[float, float]:
+        """The smallest and largest target the champion was trained on (infinite if unknown)."""
+        def tag(key: str, missing: float) -> float:
+            try:
+                value = float(self.tags.get(key, missing))
+            except ValueError:
+                return missing
+            return value if math.isfinite(value) else missing
+
+        return tag("target_min", -math.inf), tag("target_max", math.inf)
 
     @property
     def workload(self) -> dict[str, float]:

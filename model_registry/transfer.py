@@ -166,6 +166,25 @@ def _centres(siblings: pd.DataFrame, space: SearchSpace, maximize: bool) -> list
     return centres
 
 
+def _distance_to(frame: pd.DataFrame, centres: Sequence[Mapping[str, Any]],
+                 space: SearchSpace) -> np.ndarray:
+    """Each row's ``_spread`` to the nearest of ``centres`` (zeros when there are none)."""
+    if not centres or not space.tuned:
+        return np.zeros(len(frame))
+    best = np.full(len(frame), np.inf)
+    for centre in centres:
+        parts = []
+        for knob in space.tuned:
+            column = frame[knob.name]
+            if knob.is_numeric:
+                positions = np.array([_position(knob, v) for v in column], dtype=float)
+                parts.append(np.abs(positions - _position(knob, centre[knob.name])))
+            else:
+                parts.append((column.to_numpy() != centre[knob.name]).astype(float))
+        best = np.minimum(best, np.mean(parts, axis=0))
+    return best
+
+
 def _keep(params: dict[str, Any], seeds: Sequence[Seed], space: SearchSpace,
           rules: RuleSet) -> bool:
     if rules.check(space.config(params)).blocked:
@@ -243,7 +262,10 @@ def plan_transfer(
         if len(allowed):
             predicted = np.asarray(
                 champion.predict(feature_frame(allowed, space.spec, dict(workload_fp))), float)
-            order = np.argsort(-predicted if maximize else predicted, kind="stable")
+            # best predicted first; among equal predictions (the champion's are clipped to the
+            # range it was trained on) the candidate nearest the siblings' best configs
+            near = _distance_to(allowed, centres, space)
+            order = np.lexsort((near, -predicted if maximize else predicted))
             for i in order:
                 if sum(s.source == "model" for s in plan.seeds) >= FROM_MODEL:
                     break

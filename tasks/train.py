@@ -517,6 +517,7 @@ def train_models(
         "model_kind": best.kind, "holdout_spearman": best.metrics["holdout_spearman"],
         "holdout_r2": best.metrics["holdout_r2"], "cv_r2": best.metrics["cv_r2"],
         "data_hash": digest, "target_column": tcol,
+        "target_min": float(np.min(y_fit)), "target_max": float(np.max(y_fit)),
     }, model_uri=best.model_uri)
     moved, why = registry.promote(client, name, mv.version, x_hold, y_hold, direction,
                                   workload_fp, limits=workload_limits)

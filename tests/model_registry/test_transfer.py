@@ -3,6 +3,7 @@ inside its search space, and are never ones the rules block (a real champion, re
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import yaml
 from model_registry import transfer
 from model_registry.registry import load_champion
 from model_registry.transfer import plan_transfer, project
+from rules.review import sample_space
 from rules.ruleset import RuleSet
 from targets.synthetic import SyntheticTarget
 from tests.model_registry.test_registry import OBJECTIVE, SERVICE, train
@@ -126,3 +128,39 @@ def test_sibling_configs_are_projected_into_a_narrower_space() -> None:
     assert project({"x": 0.3, "mode": "gamma"}, space) is None  # a category it does not allow
     assert project({"x": float("nan"), "mode": "alpha"}, space) is None
     assert project({"mode": "alpha"}, space) is None
+
+
+def test_the_champion_predicts_within_the_range_it_was_trained_on(champion) -> None:
+    """Boosted trees on a log target overshoot on configs never seen together; the champion's
+    predictions stay between the smallest and largest target it learned from."""
+    from tasks.train import feature_frame
+
+    space = SearchSpace.full(SPEC)
+    low, high = champion.target_range
+    assert 0 < low < high < float("inf")
+    frame = feature_frame(sample_space(space, 4000, seed=5), SPEC, {"shift": 0.0})
+    raw = champion.model.predict(frame[champion.features])
+    clipped = champion.predict(frame)
+    assert clipped.min() >= low and clipped.max() <= high
+    assert ((raw > high) | (raw < low)).any()  # the raw model does leave the range here
+    inside = (raw >= low) & (raw <= high)
+    assert (clipped[inside] == raw[inside]).all()
+
+
+def test_equal_predictions_pick_the_candidates_nearest_the_siblings_best(champion,
+                                                                        tmp_path: Path) -> None:
+    """When the champion predicts the same for many candidates (all at the top of its range),
+    the ones nearest the siblings' best measured configs are queued, not arbitrary ones."""
+    siblings = trial_table(60, seed=12, instance="kv-1")
+    space = SearchSpace.full(SPEC)
+    flat = dataclasses.replace(champion, tags={**champion.tags, "target_min": "0",
+                                               "target_max": "1e-9"})
+    plan = plan_transfer(space=space, rules=_rules(tmp_path, "threads > 60"), siblings=siblings,
+                         workload_fp={"shift": 0.0}, limits=LIMITS, direction="maximize",
+                         champion=flat, seed=1)
+    picks = [s.params for s in plan.seeds if s.source == "model"]
+    centres = transfer._centres(siblings, space, True)
+    assert len(picks) == 3 and centres
+    near = transfer._distance_to(pd.DataFrame([space.config(p) for p in picks]), centres, space)
+    anywhere = transfer._distance_to(sample_space(space, 500, seed=2), centres, space)
+    assert near.max() < 0.1 < float(pd.Series(anywhere).median())
