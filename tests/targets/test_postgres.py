@@ -6,6 +6,7 @@ as root every cluster here lives under /var/tmp/knobflow-postgres; each test del
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -234,12 +235,16 @@ def test_a_killed_servers_shared_memory_is_removed(instance) -> None:
     target = PostgresTarget(data, PostgresTarget.parse_workload(SHORT))
     target.start({})
     procs = pgc.cluster_processes(pgc.locate(data))
-    mapped = {line.split()[-1] for p in procs
-              for line in Path(f"/proc/{p.pid}/maps").read_text().splitlines()
-              if "/dev/shm/PostgreSQL." in line}
+    mapped: set[str] = set()
+    for proc in procs:
+        with contextlib.suppress(OSError):  # a short-lived backend may be gone already
+            mapped |= {line.split()[-1] for line in
+                       Path(f"/proc/{proc.pid}/maps").read_text().splitlines()
+                       if "/dev/shm/PostgreSQL." in line}
     assert mapped, "the server maps no DSM segment: is dynamic_shared_memory_type posix?"
     for proc in procs:
-        proc.kill()
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
     psutil.wait_procs(procs, timeout=10)
     assert all(Path(m).exists() for m in mapped)  # nobody removed them
     PostgresTarget.cleanup(data)
