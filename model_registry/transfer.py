@@ -28,7 +28,6 @@ import pandas as pd
 from model_registry import fingerprint
 from rules.review import sample_space
 from rules.ruleset import RuleSet
-from targets.spec import Knob
 from tuners.space import SearchSpace
 
 #: Candidates the champion ranks, configs it queues, best configs taken from each sibling.
@@ -79,19 +78,10 @@ class TransferPlan:
         return {**asdict(self), "n_seeds": len(self.seeds)}
 
 
-def _position(knob: Knob, value: Any) -> float:
-    if not knob.is_numeric:
-        return 0.0
-    low, high, v = float(knob.low), float(knob.high), float(value)
-    if knob.log and low > 0:
-        low, high, v = math.log(low), math.log(high), math.log(max(v, low))
-    return (v - low) / (high - low) if high > low else 0.0
-
-
 def _spread(a: Mapping[str, Any], b: Mapping[str, Any], space: SearchSpace) -> float:
     """Normalised distance of two configs over the tuned knobs (0 = the same config)."""
     parts = [
-        abs(_position(k, a[k.name]) - _position(k, b[k.name])) if k.is_numeric
+        abs(k.position(a[k.name]) - k.position(b[k.name])) if k.is_numeric
         else float(a[k.name] != b[k.name])
         for k in space.tuned
     ]
@@ -132,14 +122,8 @@ def _near(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n: int,
         centre, row = centres[i % len(centres)], {}
         for knob in space.tuned:
             if knob.is_numeric:
-                low, high = float(knob.low), float(knob.high)
-                log = knob.log and low > 0
-                if log:
-                    low, high = math.log(low), math.log(high)
-                step = rng.normal(0.0, LOCAL_WIDTH) * (high - low)
-                v = min(max(_position(knob, centre[knob.name]) * (high - low) + low + step, low),
-                        high)
-                v = math.exp(v) if log else v
+                step = rng.normal(0.0, LOCAL_WIDTH)
+                v = knob.value_at(knob.position(centre[knob.name]) + step)
                 row[knob.name] = round(v) if knob.type == "int" else v
             elif rng.random() < LOCAL_KEEP:
                 row[knob.name] = centre[knob.name]
@@ -169,20 +153,10 @@ def _centres(siblings: pd.DataFrame, space: SearchSpace, maximize: bool) -> list
 def _distance_to(frame: pd.DataFrame, centres: Sequence[Mapping[str, Any]],
                  space: SearchSpace) -> np.ndarray:
     """Each row's ``_spread`` to the nearest of ``centres`` (zeros when there are none)."""
-    if not centres or not space.tuned:
+    if not centres:
         return np.zeros(len(frame))
-    best = np.full(len(frame), np.inf)
-    for centre in centres:
-        parts = []
-        for knob in space.tuned:
-            column = frame[knob.name]
-            if knob.is_numeric:
-                positions = np.array([_position(knob, v) for v in column], dtype=float)
-                parts.append(np.abs(positions - _position(knob, centre[knob.name])))
-            else:
-                parts.append((column.to_numpy() != centre[knob.name]).astype(float))
-        best = np.minimum(best, np.mean(parts, axis=0))
-    return best
+    return np.array([min(_spread(row, c, space) for c in centres)
+                     for row in frame.to_dict(orient="records")], dtype=float)
 
 
 def _keep(params: dict[str, Any], seeds: Sequence[Seed], space: SearchSpace,

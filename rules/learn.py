@@ -59,25 +59,8 @@ class Condition:
         """The share of the knob's range (or values) the condition covers."""
         if self.side == "eq":
             return 1.0 / max(1, len(self.knob.choices))
-        n = min(1.0, max(0.0, _norm(self.knob, self.value)))
+        n = min(1.0, max(0.0, self.knob.position(self.value)))
         return 1.0 - n if self.side == "up" else n
-
-
-def _norm(knob: Knob, value: Any) -> float:
-    if not knob.is_numeric:
-        return 0.0
-    low, high, v = float(knob.low), float(knob.high), float(value)
-    if knob.log:
-        low, high, v = math.log(low), math.log(high), math.log(max(v, 1e-300))
-    return (v - low) / (high - low) if high > low else 0.0
-
-
-def _denorm(knob: Knob, position: float) -> float:
-    """The value at ``position`` (0..1, clipped) of a numeric knob's range."""
-    low, high, p = float(knob.low), float(knob.high), min(1.0, max(0.0, position))
-    if knob.log:
-        return math.exp(math.log(low) + p * (math.log(high) - math.log(low)))
-    return low + p * (high - low)
 
 
 def _literal(value: Any) -> str:
@@ -110,7 +93,7 @@ def _threshold(knob: Knob, side: str, edge: float, known: Sequence[float]) -> fl
         float(knob.low) if side == "up" else float(knob.high))
     geometric = knob.log and edge > 0 and good > 0
     middle = math.sqrt(edge * good) if geometric else (edge + good) / 2
-    limit = _denorm(knob, _norm(knob, edge) + (-REACH if side == "up" else REACH))
+    limit = knob.value_at(knob.position(edge) + (-REACH if side == "up" else REACH))
     middle = max(middle, limit) if side == "up" else min(middle, limit)
     if knob.type == "int":
         return int(math.floor(middle) + 1 if side == "up" else math.ceil(middle) - 1)
@@ -191,12 +174,12 @@ def propose_forbid(
     default = {**space.spec.defaults(), **space.fixed}
     for good in goods:  # the same config ran well: nothing to learn
         if all(good[k.name] == failed[k.name] if not k.is_numeric
-               else abs(_norm(k, good[k.name]) - _norm(k, failed[k.name])) <= 0.02
+               else abs(k.position(good[k.name]) - k.position(failed[k.name])) <= 0.02
                for k in tuned):
             return None
     sides = {k.name: s for k in tuned if (s := _side(k, failed[k.name], default[k.name]))}
     usable = [k for k in tuned if k.name in sides]
-    moved = {k.name: abs(_norm(k, failed[k.name]) - _norm(k, default[k.name])) if k.is_numeric
+    moved = {k.name: abs(k.position(failed[k.name]) - k.position(default[k.name])) if k.is_numeric
              else float(failed[k.name] != default[k.name]) for k in tuned}
     candidates: list[tuple[int, bool, float, float, str]] = []
     combos = itertools.chain.from_iterable(itertools.combinations(usable, n) for n in (1, 2))
@@ -290,11 +273,11 @@ class LearnedRules:
         with self._locked():
             docs = self.documents()
             wanted = _conditions(expression)
-            for doc in docs:
+            for doc in docs if wanted is not None else []:
                 if doc.get("kind") != "forbid" or doc.get("status") == "dropped":
                     continue
                 held = _conditions(str(doc.get("when", "")))
-                if wanted is None or held is None:
+                if held is None:
                     continue
                 if _within(wanted, held):  # nothing new: this rule forbids it already
                     return rule_from_dict(doc, display_path(self.path), self.spec)

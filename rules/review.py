@@ -80,12 +80,7 @@ def range_hints(best: Sequence[Mapping[str, Any]], space: SearchSpace, edge: flo
     for knob in space.tuned:
         if not knob.is_numeric or len(best) < at_least:
             continue
-        low, high = float(knob.low), float(knob.high)
-        if knob.log:
-            position = [(np.log(float(c[knob.name])) - np.log(low)) / (np.log(high) - np.log(low))
-                        for c in best]
-        else:
-            position = [(float(c[knob.name]) - low) / (high - low) for c in best]
+        position = [knob.position(c[knob.name]) for c in best]
         for side, count, bound in (
             ("lower", sum(p <= edge for p in position), knob.low),
             ("upper", sum(p >= 1 - edge for p in position), knob.high),

@@ -74,6 +74,28 @@ class Knob:
         """The values of a bool or categorical knob."""
         return (False, True) if self.type == "bool" else self.values
 
+    def position(self, value: Any) -> float:
+        """Where ``value`` lies in the knob's range, 0 at ``low`` and 1 at ``high``, on the log
+        scale for log knobs (outside the range: below 0 or above 1); 0 for other knobs."""
+        if not self.is_numeric:
+            return 0.0
+        assert self.low is not None and self.high is not None
+        low, high, v = float(self.low), float(self.high), float(value)
+        if self.log:
+            low, high, v = math.log(low), math.log(high), math.log(max(v, 1e-300))
+        return (v - low) / (high - low) if high > low else 0.0
+
+    def value_at(self, position: float) -> float:
+        """The value at ``position`` (clipped to 0..1) of a numeric knob's range: the inverse
+        of ``position``."""
+        assert self.low is not None and self.high is not None
+        low, high, p = float(self.low), float(self.high), min(1.0, max(0.0, position))
+        if p in (0.0, 1.0):  # the bounds themselves, not exp(log(bound)) off by a rounding
+            return high if p else low
+        if self.log:
+            return math.exp(math.log(low) + p * (math.log(high) - math.log(low)))
+        return low + p * (high - low)
+
     def domain_text(self) -> str:
         """The knob's limits as shown in messages and tables: ``[low, high]`` or ``{a, b}``."""
         if self.is_numeric:

@@ -14,7 +14,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from targets.errors import ConfigError, KnobflowError, SpecError
-from targets.spec import KNOB_TYPES, KnobSpec, load_spec, parse_spec
+from targets.spec import KNOB_TYPES, Knob, KnobSpec, load_spec, parse_spec
 from targets.synthetic import SyntheticTarget
 from targets.yamlfile import display_path
 from tuners.space import SearchSpace
@@ -316,3 +316,15 @@ def test_knob_lookup(synthetic: KnobSpec) -> None:
     assert str(info.value) == (
         "--set: unknown knob 'buffer' for target 'synthetic' (did you mean 'buffer_kb'?)"
     )
+
+
+def test_a_knobs_position_in_its_range_and_back() -> None:
+    linear = Knob("x", "float", 0.5, low=0.0, high=2.0)
+    log = Knob("buffer_kb", "int", 256, low=16, high=65536, log=True)
+    assert linear.position(0.5) == pytest.approx(0.25)
+    assert log.position(256) == pytest.approx(1 / 3)  # 2^4 .. 2^16: 2^8 is a third of the way
+    assert linear.position(3.0) > 1 and log.position(8) < 0  # outside the range: outside 0..1
+    for knob, value in ((linear, 1.7), (log, 4096)):
+        assert knob.value_at(knob.position(value)) == pytest.approx(value)
+    assert log.value_at(1.4) == 65536 and linear.value_at(-0.2) == 0.0  # clipped
+    assert Knob("mode", "categorical", "a", values=("a", "b")).position("b") == 0.0
