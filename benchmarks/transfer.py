@@ -339,6 +339,7 @@ def report(console: Console, setup: Setup, runs: list[Run], seeds: int) -> dict[
                       f"{true['cold']} (median {med_true['cold']:g}), transfer {true['transfer']} "
                       f"(median {med_true['transfer']:g}), ratio "
                       f"{med_true['transfer'] / med_true['cold']:.2f}", soft_wrap=True)
+    _print_what_worked(console, setup, mine, seeds, gain_cold)
     for s in range(seeds):
         tr = mine[s, "transfer"]
         plan = tr.transfer or {}
@@ -352,6 +353,42 @@ def report(console: Console, setup: Setup, runs: list[Run], seeds: int) -> dict[
                       f"{tr.summary['duration_s']:.0f}, b cold "
                       f"{mine[s, 'cold'].summary['duration_s']:.0f}", soft_wrap=True)
     return fig
+
+
+def _print_what_worked(console: Console, setup: Setup, mine: dict[tuple[int, str], Run],
+                       seeds: int, gain_cold: float) -> None:
+    """Which queued trials did the work: the siblings' best alone, the champion's picks (their
+    gain, and their prediction against the best sibling measurement, comparable when both are
+    the objective's own values), and final gains against cold."""
+    first, picks, ratios, as_good = 0, [], [], 0
+    for s in range(seeds):
+        tr, cold = mine[s, "transfer"], mine[s, "cold"]
+        seeds_ = (tr.transfer or {}).get("seeds", [])
+        index = {n: i for i, n in enumerate(tr.trials)}
+        queued = (tr.summary.get("transfer") or {}).get("trials") or []
+        for n, seed in zip(queued, seeds_, strict=False):
+            value = tr.values[index[n]] if n in index else None
+            gain = None if value is None else _gain(value, tr) / gain_cold
+            if n == queued[0] and seed["source"] == "sibling" and gain is not None \
+                    and gain >= SHARE:
+                first += 1
+            if seed["source"] == "model" and gain is not None:
+                picks.append(gain)
+        measured = [x["measured"] for x in seeds_ if x["source"] == "sibling"]
+        if measured and not tr.relative:
+            best = max(measured) if tr.maximize else min(measured)
+            ratios += [x["predicted"] / best for x in seeds_ if x["source"] == "model"]
+        as_good += (tr.gains()[-1] >= cold.gains()[-1])
+    text = f"{setup.key}: the first queued config (a sibling's best) reached the target alone in "
+    text += f"{first} of {seeds} seeds; final gain with transfer >= cold in {as_good} of {seeds}"
+    if picks:
+        text += (f"; the champion's picks ran at {min(picks):.2f}-{max(picks):.2f} G "
+                 f"(median {statistics.median(picks):.2f})")
+    if ratios:
+        q = np.quantile(ratios, [0.25, 0.5, 0.75, 1.0])
+        text += (f"; predicted / best sibling measurement: quartiles {q[0]:.2f} {q[1]:.2f} "
+                 f"{q[2]:.2f}, max {q[3]:.2f}")
+    console.print(text, soft_wrap=True)
 
 
 def _gain(value: float, run: Run) -> float:
