@@ -467,6 +467,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.reuse and not args.keep:
         parser.error("--reuse needs --keep DIR")
+    unknown = [name for name in args.targets.split(",") if name not in SETUPS]
+    if unknown:  # before any job runs
+        parser.error(f"--targets: unknown setup {unknown[0]!r}; one of {', '.join(SETUPS)}")
     global REUSE
     REUSE = args.reuse
     seeds = 2 if args.quick and "--seeds" not in sys.argv else args.seeds
@@ -477,8 +480,6 @@ def main() -> None:
         for name in args.targets.split(","):
             root = Path(args.keep) if args.keep else Path(shm if name == "sqlite" else tmp)
             root.mkdir(parents=True, exist_ok=True)
-            if name not in SETUPS:
-                parser.error(f"--targets: unknown setup {name!r}; one of {', '.join(SETUPS)}")
             setup = SETUPS[name]
             if name == "synthetic" and args.shift_b is not None:
                 setup = replace(setup, workload_b={"shift": args.shift_b})
