@@ -24,7 +24,6 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-import flows.settings  # noqa: F401 - telemetry off
 import tuners.study  # noqa: F401 - Optuna's per-trial log lines off
 from targets.synthetic import SyntheticTarget
 from tuners.samplers import make_sampler

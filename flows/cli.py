@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli_rules import rules_app, validate_command
-from flows.settings import quiet_environment
-from targets.errors import KnobflowError, fmt_value
+from targets.common.errors import KnobflowError, fmt_value
+from targets.common.settings import quiet_environment
 
 app = typer.Typer(
     name="knobflow",
@@ -96,11 +96,11 @@ def import_command(
     """Import an expert's measured configs; bad rows are rejected with reasons, good ones kept."""
     from pathlib import Path
 
-    from flows.settings import knobflow_home
     from flows.trials import expert_path
+    from targets.common.settings import knobflow_home
     from targets.registry import load_target
     from tasks.expert import check_rows, merge_expert_rows
-    from tasks.table import read_parquet, write_parquet
+    from tuners.trials import read_parquet, write_parquet
 
     target_cls = load_target(target)
     result = check_rows(file, target_cls)
@@ -141,10 +141,10 @@ def export_command(
     from collections import Counter
     from pathlib import Path
 
-    from flows.settings import knobflow_home
     from flows.trials import service_table
+    from targets.common.settings import knobflow_home
     from targets.registry import load_target
-    from tasks.table import training_rows, write_parquet
+    from tuners.trials import training_rows, write_parquet
 
     load_target(target)
     table = service_table(knobflow_home(home), service or target)
@@ -164,7 +164,7 @@ def check_target_command(
     import tempfile
     from pathlib import Path
 
-    from targets.contract import CHECKS, ContractViolation, NotApplicable, variants
+    from flows.contract import CHECKS, ContractViolation, NotApplicable, variants
 
     table = Table(title=f"contract of target '{target}'")
     for col in ("variant", "check", "result"):
@@ -268,7 +268,7 @@ def tune_command(
 ) -> None:
     """Tune TARGET: explore configs, verify the best against the default, write it to a file."""
     from flows.job import build_job, find_resumable, parse_assignments
-    from flows.settings import knobflow_home
+    from targets.common.settings import knobflow_home
 
     options: dict[str, Any] = {
         "instance": instance,

@@ -27,7 +27,7 @@ def rules_check(
     import yaml
 
     from rules.ruleset import load_rule_file
-    from targets.errors import KnobflowError
+    from targets.common.errors import KnobflowError
     from targets.registry import load_target
 
     if target is None:
@@ -56,9 +56,9 @@ def rules_list(
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """List the rules learned from failures (and, with --shipped, the shipped ones)."""
-    from flows.settings import knobflow_home
     from rules.learn import LearnedRules, learned_path
     from rules.ruleset import RuleSet
+    from targets.common.settings import knobflow_home
     from targets.registry import load_target
 
     target_cls = load_target(target)
@@ -86,8 +86,8 @@ def rules_list(
 
 def _set_status(target: str, rule_id: str, status: str, home: str | None,
                 service: str | None) -> None:
-    from flows.settings import knobflow_home
     from rules.learn import LearnedRules, learned_path
+    from targets.common.settings import knobflow_home
     from targets.registry import load_target
 
     store = LearnedRules(learned_path(knobflow_home(home), service or target),
@@ -133,12 +133,12 @@ def validate_command(
     """Check a config against the rules: exit 0 if it passes, 3 if a rule blocks it."""
     from collections.abc import Mapping
 
-    from flows.settings import knobflow_home
     from rules.learn import LearnedRules, learned_path
     from rules.ruleset import RuleSet
-    from targets.errors import ConfigError
+    from targets.common.errors import ConfigError
+    from targets.common.files import display_path, load_yaml
+    from targets.common.settings import knobflow_home
     from targets.registry import load_target
-    from targets.yamlfile import display_path, load_yaml
 
     target_cls = load_target(target)
     spec = target_cls.knob_spec()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -22,11 +21,11 @@ from rules.learn import LearnedRules, learned_path
 from rules.review import check_space
 from rules.ruleset import RuleSet
 from targets.base import Target
-from targets.errors import JobError, KnobflowError, WorkloadError, did_you_mean
+from targets.common.errors import JobError, KnobflowError, WorkloadError, did_you_mean
+from targets.common.files import display_path, load_yaml, write_text_atomic
 from targets.registry import load_target, target_ref
-from targets.yamlfile import display_path, load_yaml
-from tasks.explore import TrialRunner
 from tasks.noise import RepeatPolicy
+from tasks.runner import TrialRunner
 from tuners.samplers import TUNERS
 from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
 
@@ -119,11 +118,8 @@ class Job:
         return LearnedRules(learned_path(self.home, self.service), self.target_cls.knob_spec())
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         data = {k: v for k, v in asdict(self).items() if k != "home"}
-        tmp = self.dir / "job.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, self.dir / "job.json")
+        write_text_atomic(self.dir / "job.json", json.dumps(data, indent=2, default=str))
 
     @classmethod
     def load(cls, path: Path, home: Path) -> Job:

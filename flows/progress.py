@@ -16,7 +16,8 @@ from rich.progress import (
 from rich.table import Table
 
 from flows.job import Job
-from tasks.explore import ExploreStats, TrialOutcome
+from tasks.explore import ExploreStats
+from tuners.trials import TrialOutcome
 
 
 class TuneProgress:

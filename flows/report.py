@@ -12,9 +12,8 @@ import yaml
 from optuna.trial import TrialState
 
 from flows.job import Job
-from rules.ruleset import RuleSet
-from tasks.explore import ATTR, finished_trials
 from tasks.verify import Verification
+from tuners.trials import ATTR, finished_trials
 
 
 def _plain(value: Any) -> Any:
@@ -27,26 +26,6 @@ def _plain(value: Any) -> Any:
 def _num(value: float) -> str:
     """A measured value for a legend: thousands separators, no exponent."""
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that ran and were clean, best first (blocked candidates never ran)."""
-    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-          if t.user_attrs.get(ATTR, {}).get("status") == "ok" and t.value is not None]
-    return sorted(ok, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
-
-
-def best_trial(
-    study: optuna.Study, rules: RuleSet | None = None
-) -> optuna.trial.FrozenTrial | None:
-    """The best clean trial whose config the rules (as they are now) pass; None if there is none.
-
-    Rules learned late in a job can forbid a config that ran earlier: the recommendation is
-    checked again before it is reported."""
-    for trial in ranked_trials(study):
-        if rules is None or not rules.check(trial.user_attrs[ATTR]["config"]).blocked:
-            return trial
-    return None
 
 
 def write_config_files(

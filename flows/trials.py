@@ -14,8 +14,8 @@ import optuna
 import pandas as pd
 
 from flows.job import Job, recorded_jobs
-from tasks.table import as_table, read_parquet, study_rows, write_parquet
 from tuners.study import journal_path, open_study
+from tuners.trials import as_table, read_parquet, study_rows, write_parquet
 
 
 def job_table_path(job: Job) -> Path:

@@ -20,15 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.job import Job, build_job, find_resumable
-from flows.report import (
-    best_trial,
-    plot_history,
-    ranked_trials,
-    summarize,
-    write_config_files,
-    write_summary,
-)
-from flows.settings import knobflow_home, tracking_uri
+from flows.report import plot_history, summarize, write_config_files, write_summary
 from flows.trials import service_table, write_job_table
 from model_registry import fingerprint
 from model_registry.priors import prior_trials
@@ -37,28 +29,27 @@ from model_registry.transfer import TransferPlan, plan_transfer
 from rules.learn import propose_forbid
 from rules.review import check_space, range_hints
 from rules.ruleset import Rule, RuleSet
-from tasks.explore import (
-    ATTR,
-    ExploreStats,
-    TrialOutcome,
-    TrialRunner,
-    explore,
-    finished_trials,
-    is_blocked,
-    requeue_interrupted,
-)
+from targets.common.settings import knobflow_home, tracking_uri
+from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard
-from tasks.table import training_rows
+from tasks.runner import TrialRunner
 from tasks.track import JobTracker
 from tasks.train import train_models, why_not_trainable
 from tasks.verify import Verification, verify_best
 from tuners.samplers import make_sampler
 from tuners.space import SearchSpace
 from tuners.study import open_study
-
-#: Called after every trial and verification run; the CLI's progress bar registers here.
-#: The Optuna user attribute marking a trial queued by transfer ("model" or "sibling").
-TRANSFER_ATTR = "knobflow.transfer"
+from tuners.trials import (
+    ATTR,
+    TRANSFER_ATTR,
+    TrialOutcome,
+    best_trial,
+    finished_trials,
+    is_blocked,
+    ranked_trials,
+    requeue_interrupted,
+    training_rows,
+)
 
 Listener = Callable[[str, TrialOutcome, ExploreStats | None], None]
 listeners: list[Listener] = []

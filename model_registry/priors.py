@@ -19,8 +19,8 @@ import pandas as pd
 from model_registry import fingerprint
 from model_registry.transfer import project
 from rules.ruleset import RuleSet
-from tasks.explore import PRIOR_ATTR, is_prior
 from tuners.space import SearchSpace
+from tuners.trials import PRIOR_ATTR, is_prior
 
 __all__ = ["MAX_PRIORS", "PRIOR_ATTR", "is_prior", "prior_trials"]
 

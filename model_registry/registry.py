@@ -15,14 +15,11 @@ the URIs explicitly: nothing here sets MLflow's process-wide tracking URI.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
-import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,9 +37,10 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 
-import flows.settings  # noqa: F401 - telemetry off before mlflow is used
 from model_registry.fingerprint import CLOSE, distance, fingerprint_hash
-from tasks.table import as_table
+from model_registry.store import client_for, process_tracking_uri
+from targets.common.files import file_lock
+from tuners.trials import as_table
 
 log = logging.getLogger("knobflow.registry")
 
@@ -58,44 +56,6 @@ FLOOR_MIN_ROWS = 5
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _ALREADY = "RESOURCE_ALREADY_EXISTS"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
-_URI_LOCK = threading.RLock()
-
-
-@contextmanager
-def process_tracking_uri(uri: str) -> Iterator[None]:
-    """Make ``uri`` MLflow's process-wide tracking URI for the block only, then restore the URI
-    and ``$MLFLOW_TRACKING_URI`` exactly as they were.
-
-    Some MLflow 3.17 code ignores the client's URI and uses the process-wide one (by default
-    ``sqlite:///mlflow.db`` in the working directory): the fluent ``log_model``, the registry
-    store resolving a ``models:/m-...`` source (``MlflowClient()`` inside
-    ``create_model_version``; MLflow's own TODO), and resolving ``models:/<name>@<alias>`` for a
-    download even when ``download_artifacts`` is given both URIs. Registry and tracking are the
-    same store here. Setting the URI also writes
-    ``$MLFLOW_TRACKING_URI`` for child processes, and MLflow's ``_use_tracking_uri`` unsets a
-    user's variable on the way out; hence this. One block at a time per process."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    with _URI_LOCK:
-        saved_uri, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
-        saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-        try:
-            tracking_utils.set_tracking_uri(uri)
-            registry_utils._registry_uri = uri  # not set_registry_uri: it writes the environment
-            yield
-        finally:
-            registry_utils._registry_uri = saved_registry
-            tracking_utils.set_tracking_uri(saved_uri)
-            if saved_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = saved_env
-
-
-def client_for(tracking_uri: str) -> MlflowClient:
-    """The client every registry call uses: tracking and registry in the same store."""
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def model_name(service: str, objective: str) -> str:
@@ -198,7 +158,7 @@ class Champion:
     uri: str = ""
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predicted objective for each row of ``frame`` (``tasks.train.feature_frame`` output;
+        """Predicted objective for each row of ``frame`` (``features.feature_frame`` output;
         extra columns are ignored, a missing one is a KeyError naming it), within the range of
         the targets it was trained on (tags ``target_min``, ``target_max``): boosted trees add
         up leaves of configs never seen together, and on a log target that overshoots to
@@ -208,7 +168,8 @@ class Champion:
         if missing:
             raise KeyError(
                 f"champion {self.name} v{self.version} needs columns {missing}; build the "
-                "frame with tasks.train.feature_frame for the same knob spec and workload features"
+                "frame with model_registry.features.feature_frame for the same knob spec and "
+                "workload features"
             )
         x = frame[self.features] if self.features else frame
         predicted = np.asarray(self.model.predict(x), dtype=float)
@@ -335,13 +296,8 @@ def champion_lock(tracking_uri: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(path):
+        yield
 
 
 def promote(

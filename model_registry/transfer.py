@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from model_registry import fingerprint
+from model_registry.features import feature_frame
 from rules.review import sample_space
 from rules.ruleset import RuleSet
 from tuners.space import SearchSpace
@@ -215,8 +216,6 @@ def plan_transfer(
     object with ``predict(frame)``, ``name`` and ``version``; see ``model_registry.registry``),
     or None.
     """
-    from tasks.train import feature_frame
-
     plan = TransferPlan()
     maximize = direction == "maximize"
     if siblings.empty and champion is None:

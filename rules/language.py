@@ -22,7 +22,7 @@ import numpy as np
 import rule_engine
 from rule_engine import ast
 
-from targets.errors import KnobflowError, did_you_mean
+from targets.common.errors import KnobflowError, did_you_mean
 
 NUMBER, STRING, BOOL = "number", "string", "bool"
 NAMESPACES = ("machine", "workload", "before", "after")

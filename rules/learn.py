@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import itertools
 import math
-import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,12 +29,11 @@ import yaml
 
 from rules.language import RuleError
 from rules.ruleset import Rule, RuleSet, rule_from_dict
+from targets.common.files import display_path, file_lock, write_text_atomic
 from targets.spec import Knob, KnobSpec
-from targets.yamlfile import display_path
 from tuners.space import SearchSpace
 
 LEARN_FROM = ("crash", "timeout", "out_of_memory")
-STATUSES = ("proposed", "accepted", "dropped")
 
 
 @dataclass(frozen=True)
@@ -213,7 +210,7 @@ def propose_forbid(
 
 def _matches_any(text: str, frame: pd.DataFrame, rules: RuleSet) -> bool:
     probe = rule_from_dict({"id": "probe", "kind": "forbid", "when": text}, "learned", rules.spec)
-    return bool(probe.matches(rules._columns(frame), len(frame)).any())
+    return bool(probe.matches(rules.columns(frame), len(frame)).any())
 
 
 def learned_path(home: Path, service: str) -> Path:
@@ -241,24 +238,15 @@ class LearnedRules:
                 if doc.get("status") != "dropped"]
 
     def _write(self, docs: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".yaml.tmp")
-        tmp.write_text(
+        write_text_atomic(
+            self.path,
             "# Rules knobflow learned from crashed and hung trials; review them with\n"
             "# `knobflow rules list|accept|drop`.\n"
-            + yaml.safe_dump({"rules": docs}, sort_keys=False), encoding="utf-8")
-        os.replace(tmp, self.path)
+            + yaml.safe_dump({"rules": docs}, sort_keys=False))
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the file's lock: jobs of one service may learn at the same time."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """The file's lock: jobs of one service may learn at the same time."""
+        return file_lock(self.path.with_suffix(".lock"))
 
     def add(self, expression: str, *, rules: RuleSet, study: str, trial: int,
             failure_class: str, message: str) -> Rule:

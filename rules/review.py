@@ -17,7 +17,7 @@ import pandas as pd
 
 from rules.language import RuleError
 from rules.ruleset import RuleSet
-from targets.errors import fmt_quantity, fmt_value
+from targets.common.errors import fmt_quantity, fmt_value
 from tuners.space import SearchSpace
 
 SAMPLES = 2000

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ import yaml
 
 from rules.language import BOOL, NUMBER, STRING, Expression, RuleError, compile_expression
 from targets.base import Target
-from targets.errors import did_you_mean, fmt_value
+from targets.common.errors import did_you_mean, fmt_value
+from targets.common.files import UniqueKeyLoader, display_path, yaml_problem
 from targets.spec import KnobSpec
-from targets.yamlfile import _UniqueKeyLoader, display_path, yaml_problem
 
 KINDS = ("constraint", "forbid", "trigger")
 SEVERITIES = ("error", "warn")
@@ -211,7 +211,7 @@ def parse_rules(
     """Parse and check a rule file's text; every error names file, line, column and rule."""
     loader = None
     try:
-        loader = _UniqueKeyLoader(text)
+        loader = UniqueKeyLoader(text)
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
@@ -412,7 +412,7 @@ class RuleSet:
         # a new list: checks running now keep theirs
         self.rules = [*(r for r in self.rules if r.id != rule.id), rule]
 
-    def _columns(self, frame: pd.DataFrame) -> dict[str, Any]:
+    def columns(self, frame: pd.DataFrame) -> dict[str, Any]:
         columns: dict[str, Any] = dict(self.facts)
         columns.update({f"workload.{k}": v for k, v in self.workload.items()})
         defaults = self.spec.defaults()
@@ -437,7 +437,7 @@ class RuleSet:
     def check_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Vectorised: one bool column per config rule (True: the row fails it), and
         ``blocked`` (an error rule failed) — for many candidates at once."""
-        columns = self._columns(frame)
+        columns = self.columns(frame)
         out = {r.id: r.matches(columns, len(frame)) for r in self.config_rules}
         errors = [out[r.id] for r in self.config_rules if r.severity == "error"]
         out["blocked"] = np.logical_or.reduce(errors) if errors else np.zeros(len(frame), bool)
@@ -446,7 +446,7 @@ class RuleSet:
     def check(self, config: Mapping[str, Any]) -> Verdict:
         """Every config rule ``config`` fails, with the values involved."""
         full = self.spec.full_config(config)
-        columns = self._columns(pd.DataFrame([full]))
+        columns = self.columns(pd.DataFrame([full]))
         verdict = Verdict()
         for rule in self.config_rules:
             if rule.matches(columns, 1)[0]:
@@ -471,6 +471,3 @@ class RuleSet:
                     Failure(rule.id, rule.severity, f"{rule.action}: {rule.message}", values)
                 )
         return fired
-
-    def without_learned(self) -> RuleSet:
-        return replace(self, rules=[r for r in self.rules if not r.provenance])

@@ -11,7 +11,7 @@ from targets.base import (
     Target,
     TrialFailed,
 )
-from targets.errors import KnobflowError
+from targets.common.errors import KnobflowError
 
 __all__ = [
     "MAXIMIZE",

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from targets.errors import WorkloadError, did_you_mean, fmt_value
+from targets.common.errors import WorkloadError, did_you_mean, fmt_value
 
 if TYPE_CHECKING:
     from targets.spec import KnobSpec

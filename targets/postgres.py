@@ -35,7 +35,7 @@ from targets.base import (
     Target,
     TrialFailed,
 )
-from targets.errors import WorkloadError, fmt_value
+from targets.common.errors import WorkloadError, fmt_value
 from targets.process import (
     ClientRun,
     Server,

@@ -39,7 +39,7 @@ from targets.base import (
     Target,
     TrialFailed,
 )
-from targets.errors import WorkloadError, did_you_mean
+from targets.common.errors import WorkloadError, did_you_mean
 from targets.process import (
     Server,
     ServerExited,

@@ -12,7 +12,7 @@ import functools
 from importlib import import_module
 
 from targets.base import Target
-from targets.errors import TargetNotFoundError, did_you_mean
+from targets.common.errors import TargetNotFoundError, did_you_mean
 
 GROUP = "knobflow.targets"
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from targets.errors import WorkloadError
+from targets.common.errors import WorkloadError
 
 DRIVERS = ("rocksdict", "db_bench")
 BENCHMARKS = {
@@ -49,8 +49,6 @@ WORKLOAD_LIMITS: dict[str, tuple[float, float]] = {
     "read_ratio": (0.0, 1.0),
     "threads": (1, 64),
 }
-#: Workload parameters that describe how it is run rather than what it is.
-NOT_FEATURES = ("driver",)
 
 
 def workload_problem(workload: Mapping[str, Any]) -> str | None:

@@ -32,8 +32,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from targets.errors import ConfigError, SpecError, check_fields, did_you_mean, fmt_value
-from targets.yamlfile import display_path, load_yaml
+from targets.common.errors import ConfigError, SpecError, check_fields, did_you_mean, fmt_value
+from targets.common.files import display_path, load_yaml
 
 KNOB_TYPES = ("int", "float", "bool", "categorical")
 KNOB_FIELDS = ("type", "range", "values", "default", "log", "unit", "description", "restart")

@@ -171,25 +171,3 @@ class SyntheticTarget(Target):
                     * _mode_factor(mode, compress, shift),
                 )
         return best
-
-    @classmethod
-    def known_optimum_config(cls, workload: Mapping[str, Any]) -> dict[str, Any]:
-        """A config that reaches ``known_optimum_value`` (for tests)."""
-        shift = float(workload.get("shift", 0.0))
-        x = 0.25 + 0.5 * shift
-        best: tuple[float, dict[str, Any]] = (0.0, {})
-        buffer_kb = max(range(16, 65536 + 1, 16), key=lambda b: _buffer_factor(b, shift))
-        for mode, threads in _THREADS_BEST.items():
-            for compress in (False, True):
-                cfg = {
-                    "x": x,
-                    "y": 10 ** (0.5 + 1.0 * shift + 1.5 * (x - 0.5)),
-                    "threads": threads,
-                    "buffer_kb": buffer_kb,
-                    "mode": mode,
-                    "compress": compress,
-                }
-                value = cls.true_value(cfg, workload)
-                if value > best[0]:
-                    best = (value, cfg)
-        return best[1]

@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 
 from targets.base import Target
-from targets.errors import ConfigError, KnobflowError, did_you_mean
-from targets.yamlfile import display_path
+from targets.common.errors import ConfigError, KnobflowError, did_you_mean
+from targets.common.files import display_path
 from tasks.gate import validate_rows
-from tasks.table import as_table, trial_row
+from tuners.trials import as_table, trial_row
 
 
 @dataclass

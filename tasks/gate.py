@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 
 from targets.base import Target
-from targets.errors import KnobflowError
-from targets.yamlfile import display_path
+from targets.common.errors import KnobflowError
+from targets.common.files import display_path
 
 DEFAULT_SUITE = Path(__file__).resolve().parent / "expectations" / "default.json"
 
@@ -43,10 +43,6 @@ class GateResult:
 
     reasons: list[list[str]]
     details: dict[str, Any]
-
-    @property
-    def passed(self) -> list[bool]:
-        return [not r for r in self.reasons]
 
 
 def suite_path(target_cls: type[Target]) -> Path:

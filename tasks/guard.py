@@ -16,6 +16,7 @@ import optuna
 
 from rules.language import RuleError
 from rules.ruleset import Rule, RuleSet, Verdict
+from tuners.trials import ATTR, blocked_record
 
 #: Consecutive blocked candidates after which the job stops: the rules leave (almost) nothing.
 MAX_BLOCKED_IN_A_ROW = 200
@@ -40,14 +41,11 @@ class CandidateGuard:
         return self.rules.check(config)
 
     def block(self, study: optuna.Study, trial: optuna.trial.Trial, config: Mapping[str, Any],
-              verdict: Verdict, placeholder: float, record_attr: str) -> None:
+              verdict: Verdict, placeholder: float) -> None:
         """Tell a blocked candidate to Optuna as infeasible; nothing runs."""
         errors = verdict.errors
-        trial.set_user_attr(record_attr, {
-            "status": "blocked", "failure_class": "blocked", "config": dict(config),
-            "rules": [f.rule for f in errors], "message": "; ".join(str(f) for f in errors),
-            "instance": "",
-        })
+        trial.set_user_attr(ATTR, blocked_record(config, [f.rule for f in errors],
+                                                 "; ".join(str(f) for f in errors)))
         trial.set_constraint("rules", float(len(errors)))
         study.tell(trial, placeholder)
         with self._lock:

@@ -1,10 +1,11 @@
-"""Tracking in MLflow: one parent run per tuning job, one child run per trial.
+"""Tracking in MLflow: one parent run per tuning job, one child run per trial, one run per model.
 
 Children carry the knobs as params, the metrics, the status and failure class as tags, and the
 effective config (as ``effective.<knob>`` params and a ``trial.json`` artifact), so the MLflow UI
 compares trials side by side. Writes go through one background thread so that a trial never waits
 on the tracking store; the Optuna study stays the source of truth, and ``missing_trials`` lets a
-resumed job log whatever a killed one had not written yet.
+resumed job log whatever a killed one had not written yet (``JobTracker.backfill``). A trained
+model's run (``log_model_run``) holds its metrics, importance plot, trial table and the model.
 """
 
 from __future__ import annotations
@@ -15,26 +16,32 @@ import queue
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+import optuna
+import pandas as pd
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+from sklearn.base import BaseEstimator
 
-import flows.settings  # noqa: F401 - telemetry off before mlflow is imported
+from model_registry.registry import TABLE_ARTIFACT
+from model_registry.store import client_for, experiment_id, param, process_tracking_uri
+from tuners.trials import ATTR, finished_trials
 
 log = logging.getLogger("knobflow.track")
 # "Creating initial MLflow database tables..." on every new store is noise to an operator
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 PARENT_TAG = "mlflow.parentRunId"
-_PARAM_MAX = 6000
-
-
-def _param(key: str, value: Any) -> Param:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return Param(key, text[:_PARAM_MAX])
+#: Packages a logged model needs; pinned to what trained it (MLflow does not infer them).
+REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "skops")
+#: Classes the skops serializer may load beyond its built-in safe set.
+_TRUSTED_PREFIXES = ("sklearn.", "lightgbm.", "numpy.", "collections.OrderedDict", "builtins.")
 
 
 class JobTracker:
@@ -42,15 +49,8 @@ class JobTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
         # no mlflow.set_tracking_uri: it also sets $MLFLOW_TRACKING_URI for every later process
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            artifact_root.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_root.resolve().as_uri()
-            )
-        else:
-            self.experiment_id = found.experiment_id
+        self.client = client_for(tracking_uri)
+        self.experiment_id = experiment_id(self.client, experiment, artifact_root)
         self.run_id: str = ""
         self.errors: list[str] = []
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -72,7 +72,7 @@ class JobTracker:
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
         self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=[_param(k, v) for k, v in params.items()])
+        self.client.log_batch(self.run_id, params=[param(k, v) for k, v in params.items()])
         return self.run_id
 
     def finish_job(
@@ -135,10 +135,10 @@ class JobTracker:
                 tags["knobflow.changed_knobs"] = ",".join(record["changed_knobs"])
             run = self.client.create_run(self.experiment_id, tags=tags)
             now = int(time.time() * 1000)
-            params = [_param(k, v) for k, v in record["config"].items()]
-            params += [_param(f"effective.{k}", v) for k, v in record["effective_config"].items()]
+            params = [param(k, v) for k, v in record["config"].items()]
+            params += [param(f"effective.{k}", v) for k, v in record["effective_config"].items()]
             params += [
-                _param(f"workload.{k}", v) for k, v in record.get("workload_features", {}).items()
+                param(f"workload.{k}", v) for k, v in record.get("workload_features", {}).items()
             ]
             measured = {**record.get("counters", {}), **record.get("metrics", {})}
             metrics = [
@@ -171,6 +171,16 @@ class JobTracker:
         )
         return {r.data.tags.get("knobflow.trial", "") for r in runs}
 
+    def backfill(self, study: optuna.Study) -> int:
+        """Log the finished trials a killed job had not written yet; how many."""
+        logged = self.logged_trials()
+        missing = [t for t in finished_trials(study)
+                   if str(t.number) not in logged and ATTR in t.user_attrs]
+        for t in missing:
+            self.log_trial(str(t.number), t.user_attrs[ATTR])
+        self.flush()
+        return len(missing)
+
     # -- the writer thread ------------------------------------------------------------------------
     def _drain(self) -> None:
         while True:
@@ -193,3 +203,105 @@ class JobTracker:
         self.flush()
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+
+# -- model runs ------------------------------------------------------------------------------------
+@dataclass
+class KindResult:
+    """One model kind's run."""
+
+    kind: str
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    importance: dict[str, float] = field(default_factory=dict)
+
+
+
+# -- MLflow ----------------------------------------------------------------------------------------
+def pip_requirements() -> list[str]:
+    """Exact pins of what the logged model needs to load, from the installed versions."""
+    pins = []
+    for dist in REQUIREMENTS:
+        try:
+            pins.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            pins.append(dist)
+    return pins
+
+
+def _trusted_types(model: BaseEstimator) -> list[str]:
+    """The classes skops must be told to trust to load ``model``: only sklearn/LightGBM/numpy."""
+    import skops.io
+
+    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    bad = [t for t in found if not t.startswith(_TRUSTED_PREFIXES)]
+    if bad:
+        raise TypeError(f"the model holds types a loader should not trust: {bad}")
+    return sorted(found)
+
+
+def _importance_png(importance: Mapping[str, float], title: str, path: Path) -> None:
+    from matplotlib.figure import Figure  # object API: no pyplot state, no GUI backend
+
+    top = list(importance.items())[:30][::-1]
+    fig = Figure(figsize=(7.0, 1.2 + 0.28 * max(1, len(top))))
+    ax = fig.add_subplot()
+    ax.barh([k for k, _ in top], [v for _, v in top], color="#4878a8")
+    ax.set_xlabel("importance")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _log_artifacts(client: MlflowClient, run_id: str, importance: Mapping[str, float],
+                   title: str, table: pd.DataFrame) -> None:
+    """The importance plot and its numbers, and the trial table the model was trained from."""
+    with tempfile.TemporaryDirectory(prefix="knobflow-train-") as tmp:
+        _importance_png(importance, title, Path(tmp) / "feature_importance.png")
+        (Path(tmp) / "feature_importance.json").write_text(
+            json.dumps(importance, indent=1), "utf-8")
+        table.to_parquet(Path(tmp) / TABLE_ARTIFACT, index=False)
+        for file in ("feature_importance.png", "feature_importance.json",
+                     TABLE_ARTIFACT):
+            client.log_artifact(run_id, str(Path(tmp) / file))
+
+
+def log_model_run(
+    client: MlflowClient, experiment: str, kind: str, model: BaseEstimator,
+    metrics: Mapping[str, float], importance: Mapping[str, float], *,
+    params: Mapping[str, Any], table: pd.DataFrame, x: pd.DataFrame, tracking_uri: str,
+) -> KindResult:
+    """One model kind's MLflow run: params, metrics, importance plot, trial table, the model."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    service, objective = params["service"], params["objective"]
+    run = client.create_run(experiment, run_name=f"{objective}-{kind}", tags={
+        "knobflow.service": str(service), "knobflow.instance": str(params["instance"]),
+        "knobflow.objective": str(objective), "knobflow.model_kind": kind,
+        "knobflow.data_hash": str(params["data_hash"]),
+    })
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                         params=[param(k, v) for k, v in params.items()])
+        _log_artifacts(client, run_id, importance, f"{service} {objective}: {kind}", table)
+        sample = x.head(50)
+        signature = infer_signature(sample, model.predict(sample))
+        with process_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id), \
+                warnings.catch_warnings():
+            # MLflow 3.17 compares an input example's columns with a range, which pandas 3
+            # deprecates: a warning about MLflow's code, not the operator's data
+            warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+            info = mlflow.sklearn.log_model(
+                model, name="model", signature=signature, input_example=x.head(3),
+                pip_requirements=pip_requirements(), skops_trusted_types=_trusted_types(model),
+            )
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return KindResult(kind=kind, run_id=run_id, model_uri=info.model_uri,
+                      metrics=dict(metrics), importance=dict(importance))

@@ -1,36 +1,39 @@
-"""The trial process: runs one target lifecycle (start, run, stop) and writes its outcome.
+"""The trial process, both sides: the child that runs one target lifecycle, and its control.
 
-Started by ``tasks/explore.py`` as ``python -m tasks.trial_process REQUEST.json`` in a new session
-(its own process group), so the tuner can kill it and everything it started with one signal; it
-kills its own group when the tuner dies. Only the standard library and the target's module are
-imported here: start-up time is paid on every trial.
+The child runs as ``python -m tasks.trial_process REQUEST.json`` in a new session (its own process
+group), so the tuner can kill it and everything it started with one signal; it kills its own group
+when the tuner dies. ``TrialProcesses`` is the tuner's side: it starts a child, waits for it with
+a hard timeout, kills its whole group, and stops every running child when the job is stopped.
+Only the standard library and the target's module are imported here: start-up time is paid on
+every trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
+import subprocess
 import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+LOG_TAIL_LINES = 20
 
+
+# -- the child -------------------------------------------------------------------------------------
 def _watch_parent(parent: int) -> None:
     """End the whole process group when the tuner dies (even by SIGKILL): no orphaned trials."""
     while True:
         time.sleep(0.25)
         if os.getppid() != parent:
             os.killpg(os.getpgrp(), signal.SIGKILL)
-
-
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_request(request: dict[str, Any]) -> dict[str, Any]:
@@ -67,12 +70,113 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    from targets.common.files import write_text_atomic
+
     request_path = Path(argv[1])
     request = json.loads(request_path.read_text(encoding="utf-8"))
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     outcome = run_request(request)
-    _write_atomic(Path(request["result_path"]), outcome)
+    write_text_atomic(request["result_path"], json.dumps(outcome, default=str))
     return 0
+
+
+# -- the tuner's side ------------------------------------------------------------------------------
+@dataclass
+class ChildExit:
+    """How one trial process ended: the outcome document it wrote (None if it wrote none), whether
+    it ran past its timeout or was killed because the job stopped, its exit code, its log's tail."""
+
+    result: dict[str, Any] | None
+    timed_out: bool
+    stopped: bool
+    returncode: int
+    log_tail: list[str]
+
+
+class TrialProcesses:
+    """The trial processes of one job: each runs with a hard timeout and is killed with its whole
+    process group; ``stop_all`` ends every one that is running (the job is being stopped)."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def run(self, request: dict[str, Any], trial_dir: Path, timeout_s: float) -> ChildExit:
+        """Run one trial process for ``request`` in ``trial_dir``; wait at most ``timeout_s``."""
+        request_path, log_path = trial_dir / "request.json", trial_dir / "log.txt"
+        result_path = Path(request["result_path"])
+        result_path.unlink(missing_ok=True)
+        request_path.write_text(json.dumps(request, default=str), encoding="utf-8")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tasks.trial_process", str(request_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: one killpg ends it all
+            )
+        with self._lock:
+            self._running[proc.pid] = proc
+        try:
+            timed_out = not wait_exit(proc, timeout_s)
+        finally:
+            kill_group(proc)
+            with self._lock:
+                self._running.pop(proc.pid, None)
+        stopped = self.stopping.is_set() and (timed_out or proc.returncode == -signal.SIGKILL)
+        result = None
+        if not timed_out and not stopped and result_path.exists():
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+            request_path.unlink(missing_ok=True)
+        return ChildExit(result, timed_out and not stopped, stopped, proc.returncode,
+                         log_tail(log_path))
+
+    def stop_all(self) -> None:
+        """Kill every running trial process (the job is being stopped)."""
+        self.stopping.set()
+        with self._lock:
+            procs = list(self._running.values())
+        for proc in procs:
+            kill_group(proc)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for ``proc`` to exit; False on timeout. Wakes at once on exit (Popen.wait polls)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): Popen's polling wait
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            return False
+    finally:
+        os.close(fd)
+    proc.wait()
+    return True
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the trial's whole process group (servers it started included) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` non-empty lines of a log file (its last 16 KiB are read)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 if __name__ == "__main__":

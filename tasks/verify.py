@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from targets.base import MAXIMIZE
-from tasks.explore import TrialOutcome, TrialRunner, run_trial
 from tasks.noise import t_interval
+from tasks.runner import TrialRunner, run_trial
+from tuners.trials import TrialOutcome
 
 
 @dataclass

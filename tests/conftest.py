@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import quiet_environment
+from targets.common.settings import quiet_environment
 
 quiet_environment()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

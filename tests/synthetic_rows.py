@@ -14,7 +14,7 @@ from targets.synthetic import SyntheticTarget
 def trial_table(n: int, *, seed: int = 0, shift: float = 0.0, noise: float = 0.03,
                 instance: str = "kv-1", study: str = "s1",
                 service: str = "orders-kv") -> pd.DataFrame:
-    """``n`` clean rows of one instance's trials, as ``tasks.table`` lays them out."""
+    """``n`` clean rows of one instance's trials, as ``tuners.trials`` lays them out."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):

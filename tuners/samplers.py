@@ -7,7 +7,7 @@ import warnings
 import optuna
 from optuna.samplers import BaseSampler
 
-from targets.errors import KnobflowError, did_you_mean
+from targets.common.errors import KnobflowError, did_you_mean
 
 TUNERS = ("tpe", "random", "cmaes")
 

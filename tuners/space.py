@@ -28,9 +28,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from targets.errors import SpecError, check_fields, did_you_mean, fmt_value
+from targets.common.errors import SpecError, check_fields, did_you_mean, fmt_value
+from targets.common.files import display_path, load_yaml
 from targets.spec import Knob, KnobSpec, Scalar, parse_range
-from targets.yamlfile import display_path, load_yaml
 
 _OVERRIDE_FIELDS = ("range", "values", "log")
 

@@ -13,10 +13,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.job import build_job
-from flows.tune import TRANSFER_ATTR, tune
-from targets.errors import KnobflowError
-from tasks.explore import PRIOR_ATTR
+from flows.tune import tune
+from targets.common.errors import KnobflowError
 from tuners.study import open_study
+from tuners.trials import PRIOR_ATTR, TRANSFER_ATTR
 
 FAST = {"duration": 0.0, "noise": 0.02}
 

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import DatabaseError
 
+from model_registry.features import feature_frame
 from model_registry.registry import (
     champion_lock,
     champion_lock_path,
@@ -28,9 +29,10 @@ from model_registry.registry import (
 )
 from targets.spec import parse_spec
 from targets.synthetic import SyntheticTarget
-from tasks.table import training_rows
-from tasks.train import TrainReport, feature_frame, holdout_mask, train_models
+from tasks.models import holdout_mask
+from tasks.train import TrainReport, train_models
 from tests.synthetic_rows import trial_table
+from tuners.trials import training_rows
 
 SPEC = SyntheticTarget.knob_spec()
 SERVICE, OBJECTIVE = "orders-kv", "throughput"

@@ -133,7 +133,7 @@ def test_sibling_configs_are_projected_into_a_narrower_space() -> None:
 def test_the_champion_predicts_within_the_range_it_was_trained_on(champion) -> None:
     """Boosted trees on a log target overshoot on configs never seen together; the champion's
     predictions stay between the smallest and largest target it learned from."""
-    from tasks.train import feature_frame
+    from model_registry.features import feature_frame
 
     space = SearchSpace.full(SPEC)
     low, high = champion.target_range

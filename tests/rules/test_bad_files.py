@@ -16,9 +16,9 @@ import pytest
 from rules.language import RuleError
 from rules.ruleset import load_rule_file
 from targets.base import Target
-from targets.errors import KnobflowError
+from targets.common.errors import KnobflowError
+from targets.common.files import display_path
 from targets.registry import load_target
-from targets.yamlfile import display_path
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BAD_RULES = sorted((DATA / "bad" / "rules").glob("*.yaml"))

@@ -33,7 +33,7 @@ from rules.language import (
     compile_expression,
 )
 from rules.ruleset import Rule, RuleSet, Verdict, config_symbols, parse_rules, trigger_symbols
-from targets.errors import KnobflowError
+from targets.common.errors import KnobflowError
 from targets.synthetic import SyntheticTarget
 
 SPEC = SyntheticTarget.knob_spec()

@@ -1,4 +1,4 @@
-"""The target contract (``targets/contract.py``) run against every registered target.
+"""The target contract (``flows/contract.py``) run against every registered target.
 
 Built-in targets and any installed by entry point are collected; a target that cannot load or
 declares no examples fails here rather than being skipped. Set KNOBFLOW_REQUIRE_ALL_TARGETS=1 (CI
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from targets.contract import CHECKS, ContractViolation, NotApplicable, Variant, variants
+from flows.contract import CHECKS, ContractViolation, NotApplicable, Variant, variants
 from targets.registry import available_targets
 
 

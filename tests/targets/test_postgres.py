@@ -22,10 +22,11 @@ import pytest
 from targets import postgres_cluster as pgc
 from targets import postgres_pgbench as pgb
 from targets.base import ConfigRefused, FailureClass, Measurement, TrialFailed
-from targets.errors import WorkloadError
+from targets.common.errors import WorkloadError
 from targets.postgres import PostgresTarget
 from targets.spec import load_spec
-from tasks.explore import TrialOutcome, TrialRunner
+from tasks.runner import TrialRunner
+from tuners.trials import TrialOutcome
 
 pytestmark = pytest.mark.skipif(
     pgc.find_bindir() is None,

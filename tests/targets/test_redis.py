@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from targets.base import ConfigRefused, FailureClass, TrialFailed
-from targets.errors import WorkloadError
+from targets.common.errors import WorkloadError
 from targets.redis import (
     KNOB_KINDS,
     PERSISTENCE,
@@ -23,7 +23,8 @@ from targets.redis import (
     parse_csv,
 )
 from targets.registry import load_target
-from tasks.explore import TrialOutcome, TrialRunner
+from tasks.runner import TrialRunner
+from tuners.trials import TrialOutcome
 
 BINARIES = ("redis-server", "redis-benchmark", "redis-cli")
 needs_redis = pytest.mark.skipif(

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from targets.base import BenchmarkError, ConfigRefused, FailureClass, Measurement
-from targets.errors import WorkloadError
+from targets.common.errors import WorkloadError
 from targets.process import ClientRun, Usage
 from targets.rocksdb import HANG, RocksdbTarget
 from targets.rocksdb_dbbench import classify_failure, db_bench_path, parse_benchmarks
@@ -26,7 +26,8 @@ from targets.rocksdb_options import (
 )
 from targets.rocksdb_workload import Phase, run_metrics
 from targets.spec import load_spec
-from tasks.explore import TrialOutcome, TrialRunner
+from tasks.runner import TrialRunner
+from tuners.trials import TrialOutcome
 
 rocksdict = pytest.importorskip("rocksdict", reason="pip install rocksdict")
 DB_BENCH = db_bench_path()

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from targets.errors import ConfigError, KnobflowError, SpecError
+from targets.common.errors import ConfigError, KnobflowError, SpecError
+from targets.common.files import display_path
 from targets.spec import KNOB_TYPES, Knob, KnobSpec, load_spec, parse_spec
 from targets.synthetic import SyntheticTarget
-from targets.yamlfile import display_path
 from tuners.space import SearchSpace
 
 DATA = Path(__file__).resolve().parent.parent / "data"

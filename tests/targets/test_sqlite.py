@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from targets.base import ConfigRefused, Measurement
-from targets.errors import ConfigError, WorkloadError
+from targets.common.errors import ConfigError, WorkloadError
 from targets.registry import load_target
 from targets.spec import load_spec
 from targets.sqlite import DB_NAME, PRAGMA_ORDER, SIDE_SUFFIXES, SqliteTarget, read_back
@@ -241,7 +241,7 @@ def test_cleanup_removes_what_a_killed_trial_left(
 
 # -- through the real trial process -----------------------------------------------------------
 def test_one_trial_through_the_trial_process(tmp_path: Path) -> None:
-    from tasks.explore import TrialRunner
+    from tasks.runner import TrialRunner
 
     runner = TrialRunner(
         target_cls=SqliteTarget,

@@ -16,9 +16,9 @@ import pytest
 
 from flows.job import parse_assignments, resolve_workload
 from targets.base import Measurement, Target
-from targets.errors import KnobflowError, WorkloadError
+from targets.common.errors import KnobflowError, WorkloadError
+from targets.common.files import display_path
 from targets.synthetic import SyntheticTarget
-from targets.yamlfile import display_path
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BAD_WORKLOADS = sorted((DATA / "bad" / "workloads").glob("*.yaml"))

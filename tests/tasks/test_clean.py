@@ -22,8 +22,10 @@ from targets.base import Measurement
 from targets.registry import load_target, target_ref
 from targets.synthetic import SyntheticTarget
 from tasks.clean import Cleaned, clean_measurement
-from tasks.explore import ATTR, TrialRunner, explore
+from tasks.explore import explore
+from tasks.runner import TrialRunner
 from tuners.space import parse_space
+from tuners.trials import ATTR
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "measurements"
 BAD = sorted(DATA.glob("*.json"))

@@ -9,7 +9,7 @@ import pytest
 from conftest import trial_processes
 
 from targets.synthetic import SyntheticTarget
-from tasks.explore import TrialRunner, run_trial
+from tasks.runner import TrialRunner, run_trial
 
 GOOD = {"x": 0.25, "y": 1.3, "threads": 8, "buffer_kb": 1000, "mode": "alpha", "compress": False}
 
@@ -108,9 +108,10 @@ def test_a_rule_learned_from_a_crash_checks_the_very_next_candidate(
     import optuna
 
     from rules.ruleset import RuleSet, rule_from_dict
-    from tasks.explore import ATTR, explore
+    from tasks.explore import explore
     from tasks.guard import CandidateGuard
     from tuners.space import parse_space
+    from tuners.trials import ATTR
 
     spec = SyntheticTarget.knob_spec()
     space = parse_space({"knobs": {"threads": {"range": [1, 64]}},

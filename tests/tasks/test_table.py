@@ -11,8 +11,8 @@ import pytest
 from flows.trials import job_table_path, jobs_of, service_table
 from flows.tune import tune
 from targets.synthetic import SyntheticTarget
-from tasks.table import IDENTITY, training_rows
 from tuners.study import open_study
+from tuners.trials import IDENTITY, training_rows
 
 
 @pytest.fixture

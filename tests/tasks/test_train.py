@@ -15,20 +15,11 @@ import pytest
 from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
+from model_registry.features import categorical_columns, feature_frame
 from targets.spec import parse_spec
 from targets.synthetic import SyntheticTarget
-from tasks.train import (
-    METRICS,
-    MIN_ROWS,
-    categorical_columns,
-    cross_validate,
-    feature_frame,
-    holdout_mask,
-    top_recall,
-    train_models,
-    training_set,
-    why_not_trainable,
-)
+from tasks.models import cross_validate, holdout_mask, top_recall, training_set
+from tasks.train import METRICS, MIN_ROWS, train_models, why_not_trainable
 from tests.synthetic_rows import trial_table
 
 SPEC = SyntheticTarget.knob_spec()

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from targets.errors import KnobflowError, SpecError
+from targets.common.errors import KnobflowError, SpecError
+from targets.common.files import display_path
 from targets.spec import KnobSpec, load_spec
 from targets.synthetic import SyntheticTarget
-from targets.yamlfile import display_path
 from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
 
 DATA = Path(__file__).resolve().parent.parent / "data"

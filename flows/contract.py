@@ -16,15 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psutil
 
 from targets.base import MAXIMIZE, ContractExamples, Target
 from targets.registry import load_target, target_ref
-
-if TYPE_CHECKING:  # the trial manager is imported when a check runs, not with this module
-    from tasks.explore import TrialOutcome, TrialRunner
+from tasks.runner import TrialRunner
+from tuners.trials import TrialOutcome
 
 
 class ContractViolation(AssertionError):
@@ -51,8 +49,6 @@ class Variant:
         return [exe for exe in self.examples.requires if shutil.which(exe) is None]
 
     def runner(self, root: Path, instance: str = "i1") -> TrialRunner:
-        from tasks.explore import TrialRunner
-
         cls = self.cls
         return TrialRunner(
             target_cls=cls,

@@ -1,27 +1,43 @@
-"""Reading the YAML files users write (specs, search spaces, workloads), with errors that name them.
+"""Reading the files users write, and writing knobflow's own files safely.
 
-PyYAML silently keeps the last of two equal keys; here a duplicate key is an error with its line,
-because in a knob spec it almost always hides a typo.
+* YAML (specs, search spaces, workloads, rule files): PyYAML silently keeps the last of two equal
+  keys; ``UniqueKeyLoader`` makes a duplicate key an error with its line, because in a knob spec it
+  almost always hides a typo. ``load_yaml`` names the file, line and column of any mistake.
+* Atomic writes (``atomic_path``, ``write_text_atomic``): a crash never leaves half a file behind.
+* File locks (``file_lock``): processes sharing a home take turns (``filelock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from targets.errors import KnobflowError
+from targets.common.errors import KnobflowError
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = [
+    "UniqueKeyLoader",
+    "atomic_path",
+    "display_path",
+    "file_lock",
+    "load_yaml",
+    "write_text_atomic",
+    "yaml_problem",
+]
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """A SafeLoader that refuses duplicate mapping keys."""
 
 
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -41,7 +57,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
+UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
 )
 
@@ -67,7 +83,7 @@ def load_yaml(path: str | os.PathLike[str], error: type[KnobflowError] = Knobflo
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise error(f"{shown}: cannot read: {exc}") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise error(f"{shown}{yaml_problem(exc, text)}") from None
 
@@ -84,3 +100,36 @@ def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
         return (f":{line}:{col}: invalid YAML: unacceptable character "
                 f"#x{exc.character:04x}: {exc.reason}")
     return f": invalid YAML: {exc}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; it replaces ``path`` when the block ends
+    without an error, and is removed when it raises (``path`` is then untouched). Concurrent
+    writers each get their own temporary file: the last to finish wins, whole."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], timeout: float = -1) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block; waits
+    for another holder (``timeout`` seconds, -1 = for ever)."""
+    from filelock import FileLock  # 60 ms to import: only where a lock is taken
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=timeout):
+        yield

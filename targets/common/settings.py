@@ -1,14 +1,18 @@
 """Process-wide settings of knobflow: where its state lives, and an environment that stays quiet.
 
 State is embedded by default under ``./.knobflow`` (override with ``KNOBFLOW_HOME``): the Optuna
-journals, the MLflow store, job records and instance data directories. Telemetry of Prefect and
-MLflow is switched off whenever knobflow runs.
+journals, the MLflow store, job records and instance data directories. Every entry point (the
+``knobflow`` command, the tune flow, the benchmarks, the tests) calls ``quiet_environment()``
+first: nothing here changes the environment when it is imported.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+__all__ = ["knobflow_home", "quiet_environment", "tracking_uri"]
 
 _TELEMETRY_OFF = {
     "DO_NOT_TRACK": "true",
@@ -24,10 +28,17 @@ _QUIET_DEFAULTS = {
 
 
 def quiet_environment() -> None:
-    """Turn telemetry off (always) and set quiet defaults the user has not set."""
+    """Turn telemetry off (always) and set quiet defaults the user has not set.
+
+    MLflow decides about telemetry when it is imported; if it already was (a flow loaded by a
+    Prefect worker imports it with the flow's module), its telemetry client is dropped here."""
     os.environ.update(_TELEMETRY_OFF)
     for key, value in _QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if "mlflow.telemetry" in sys.modules:
+        from mlflow.telemetry import set_telemetry_client
+
+        set_telemetry_client()  # reads the environment again: no client
 
 
 def knobflow_home(home: str | os.PathLike[str] | None = None) -> Path:

@@ -1,0 +1,103 @@
+"""The one MLflow adapter of knobflow: tracking, training and the registry all go through it.
+
+* ``client_for``: a client for a store, tracking and registry in the same place;
+* ``experiment_id``: get or create an experiment (a concurrent creator is not an error), with its
+  artifacts beside an embedded SQLite store (``default_artifact_root``);
+* ``param``: a parameter cut to the length every store accepts;
+* ``process_tracking_uri``: MLflow's process-wide URI for the calls that ignore a client's.
+
+Nothing here sets MLflow's process-wide tracking URI for longer than one block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "PARAM_MAX", "client_for", "default_artifact_root", "experiment_id", "param",
+    "process_tracking_uri",
+]
+
+#: The longest parameter value written (MLflow's SQL stores accept 6000 characters).
+PARAM_MAX = 6000
+_URI_LOCK = threading.RLock()
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """The client every call uses: tracking and registry in the same store."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def default_artifact_root(tracking_uri: str) -> Path | None:
+    """Artifacts beside an embedded SQLite store (``<home>/artifacts``, as tuning jobs use);
+    None for a tracking server, which keeps its own."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
+    """The id of experiment ``name``, created (artifacts under ``artifact_root`` when given) if
+    it does not exist; two processes creating it at once both get the same one."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        if artifact_root is None:
+            return str(client.create_experiment(name))
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        return str(client.create_experiment(
+            name, artifact_location=artifact_root.resolve().as_uri()))
+    except MlflowException:  # created by a concurrent process between the two calls
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def param(key: str, value: Any) -> Param:
+    """A run parameter: text as it is, anything else as JSON, cut to ``PARAM_MAX``."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return Param(key, text[:PARAM_MAX])
+
+
+@contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """Make ``uri`` MLflow's process-wide tracking URI for the block only, then restore the URI
+    and ``$MLFLOW_TRACKING_URI`` exactly as they were.
+
+    Some MLflow 3.17 code ignores the client's URI and uses the process-wide one (by default
+    ``sqlite:///mlflow.db`` in the working directory): the fluent ``log_model``, the registry
+    store resolving a ``models:/m-...`` source (``MlflowClient()`` inside
+    ``create_model_version``; MLflow's own TODO), and resolving ``models:/<name>@<alias>`` for a
+    download even when ``download_artifacts`` is given both URIs. Registry and tracking are the
+    same store here. Setting the URI also writes ``$MLFLOW_TRACKING_URI`` for child processes,
+    and MLflow's ``_use_tracking_uri`` unsets a user's variable on the way out; hence this. One
+    block at a time per process."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    with _URI_LOCK:
+        saved_uri, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+        saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            tracking_utils.set_tracking_uri(uri)
+            registry_utils._registry_uri = uri  # not set_registry_uri: it writes the environment
+            yield
+        finally:
+            registry_utils._registry_uri = saved_registry
+            tracking_utils.set_tracking_uri(saved_uri)
+            if saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved_env

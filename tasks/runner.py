@@ -1,0 +1,177 @@
+"""Running one trial: a config on an instance, in a trial process, cleaned, maybe repeated.
+
+``TrialRunner`` holds what every trial of a job shares (target, workload, objective, timeout,
+instances, repeat policy); ``execute`` runs one trial process (``tasks/trial_process.py``) and
+classifies how it ended, ``clean`` passes its measurement through the gate (``tasks/clean.py``),
+``run_repeated`` runs a config as the repeat policy asks. ``run_trial``, ``execute_trial`` and
+``clean_trial`` are the same steps as Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from targets.base import FailureClass, Measurement, Target
+from tasks.clean import clean_measurement
+from tasks.noise import RepeatPolicy, run_repeated, t_interval
+from tasks.trial_process import LOG_TAIL_LINES, ChildExit, TrialProcesses
+from tuners.trials import TrialOutcome, TrialStatus
+
+__all__ = ["TrialRunner", "clean_trial", "execute_trial", "run_trial"]
+
+
+@dataclass
+class TrialRunner:
+    """Everything needed to run trials of one job: target, workload, objective, where, how long."""
+
+    target_cls: type[Target]
+    target_ref: str
+    workload: dict[str, Any]
+    objective: str
+    timeout_s: float
+    job_dir: Path
+    instance_dirs: dict[str, Path]  # instance name -> its data directory
+    seed: int = 0
+    policy: RepeatPolicy = field(default_factory=RepeatPolicy)
+    processes: TrialProcesses = field(default_factory=TrialProcesses, repr=False)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the job is being stopped (no new trial starts)."""
+        return self.processes.stopping.is_set()
+
+    def stop_all(self) -> None:
+        """Kill every running trial process (the job is being stopped)."""
+        self.processes.stop_all()
+
+    def trial_seed(self, key: int) -> int:
+        return (self.seed * 1_000_003 + key) % (2**31)
+
+    def run_repeated(
+        self, key: str, config: Mapping[str, Any], instance: str, seed: int
+    ) -> TrialOutcome:
+        """Run ``config`` as the repeat policy asks; the outcome's value is the mean of repeats."""
+        runs: list[TrialOutcome] = []
+
+        def once(i: int) -> tuple[bool, float | None]:
+            runs.append(self.run(key if i == 0 else f"{key}.r{i}", config, instance, seed + i))
+            return runs[-1].ok, runs[-1].value
+
+        values, all_ok = run_repeated(once, self.policy)
+        outcome = runs[-1]
+        outcome.repeat_values = values
+        outcome.elapsed_s = sum(r.elapsed_s for r in runs)
+        if all_ok:
+            outcome.value = statistics.fmean(values)
+            outcome.value_low, outcome.value_high = t_interval(values)
+            outcome.metrics = {
+                name: statistics.fmean(r.metrics[name] for r in runs)
+                for name in outcome.metrics
+                if all(name in r.metrics for r in runs)
+            }
+        return outcome
+
+    def run(self, key: str, config: Mapping[str, Any], instance: str, seed: int) -> TrialOutcome:
+        """Run ``config`` once on ``instance`` in a child process; return the cleaned outcome."""
+        return self.clean(self.execute(key, config, instance, seed))
+
+    def execute(
+        self, key: str, config: Mapping[str, Any], instance: str, seed: int
+    ) -> TrialOutcome:
+        """Run ``config`` once in a child process; the outcome is not cleaned yet."""
+        trial_dir = self.job_dir / "trials" / key
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = self.instance_dirs[instance]
+        started = time.monotonic()
+        exit_ = self.processes.run({
+            "target_ref": self.target_ref, "data_dir": str(data_dir), "workload": self.workload,
+            "config": dict(config), "seed": seed, "result_path": str(trial_dir / "result.json"),
+        }, trial_dir, self.timeout_s)
+        outcome = TrialOutcome(
+            config=dict(config), instance=instance, status=TrialStatus.OK,
+            log_tail=exit_.log_tail,
+            workload_features=self.target_cls.workload_features(self.workload),
+        )
+        self._classify(exit_, outcome, data_dir)
+        outcome.elapsed_s = time.monotonic() - started
+        return outcome
+
+    def _classify(self, exit_: ChildExit, outcome: TrialOutcome, data_dir: Path) -> None:
+        """How the trial process ended, as the outcome's status, failure class and message."""
+        if exit_.result is not None:
+            if exit_.result["status"] == TrialStatus.OK:
+                outcome.measurement = Measurement.from_dict(exit_.result["measurement"])
+            else:
+                outcome.fail(FailureClass(exit_.result["failure_class"]), exit_.result["message"])
+            return
+        self.target_cls.cleanup(data_dir)  # it was killed, or died: the target tidies up
+        if exit_.stopped:
+            outcome.fail(FailureClass.INTERRUPTED, "job stopped")
+        elif exit_.timed_out:
+            outcome.fail(FailureClass.TIMEOUT,
+                         f"no result within the {self.timeout_s:g} s trial timeout (hang)")
+        elif exit_.returncode < 0:
+            outcome.fail(FailureClass.CRASH,
+                         f"trial process killed by {signal.Signals(-exit_.returncode).name}")
+        else:
+            outcome.fail(FailureClass.CRASH,
+                         f"trial process exited with code {exit_.returncode} and no result")
+
+    def clean(self, outcome: TrialOutcome) -> TrialOutcome:
+        """Gate the outcome's measurement (``tasks/clean.py``): a value, or why it has none."""
+        measurement, outcome.measurement = outcome.measurement, None
+        if measurement is None:
+            return outcome
+        cleaned = clean_measurement(measurement, self.target_cls, self.objective, outcome.config)
+        outcome.metrics = cleaned.metrics
+        outcome.effective_config = measurement.effective_config
+        outcome.changed_knobs = cleaned.changed_knobs
+        outcome.samples = measurement.samples
+        outcome.counters = measurement.counters
+        outcome.row = cleaned.row
+        outcome.reasons = cleaned.reasons
+        outcome.validation = cleaned.validation
+        outcome.log_tail = (measurement.log + outcome.log_tail)[-LOG_TAIL_LINES:]
+        if cleaned.valid:
+            outcome.value = cleaned.metrics[self.objective]
+        else:
+            outcome.fail(FailureClass.INVALID, cleaned.reason)
+        return outcome
+
+
+@task(name="run-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
+def run_trial(
+    runner: TrialRunner,
+    key: str,
+    config: dict[str, Any],
+    instance: str,
+    seed: int,
+    single: bool = False,
+) -> TrialOutcome:
+    """One trial as a Prefect task: run ``config`` on ``instance`` (repeated unless ``single``)."""
+    if single:
+        return runner.run(key, config, instance, seed)
+    return runner.run_repeated(key, config, instance, seed)
+
+
+@task(name="execute-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
+def execute_trial(
+    runner: TrialRunner, key: str, config: dict[str, Any], instance: str, seed: int
+) -> TrialOutcome:
+    """One trial's run as a Prefect task, cleaned later by ``clean_trial``."""
+    return runner.execute(key, config, instance, seed)
+
+
+@task(name="clean-trial", task_run_name="clean-{key}", cache_policy=NO_CACHE)
+def clean_trial(runner: TrialRunner, key: str, outcome: TrialOutcome) -> TrialOutcome:
+    """One trial's measurement through the cleaning gate, as a Prefect task."""
+    return runner.clean(outcome)

@@ -1,0 +1,302 @@
+"""Trials as data: the record of one trial, the questions asked of a study, the trial table.
+
+* ``TrialOutcome`` is what one trial produced after cleaning; its ``record()`` is stored on the
+  Optuna trial (user attribute ``ATTR``) and is what MLflow and the trial table are built from.
+  ``TrialStatus`` and ``FailureClass`` travel as enums from the trial process to MLflow.
+* Study queries (``finished_trials``, ``ranked_trials``, ``best_trial``, ``is_blocked``,
+  ``is_prior``, ``requeue_interrupted``) say what a study's trials mean to knobflow.
+* The trial table: one row per trial of a service in one pandas schema (``IDENTITY`` first, then
+  ``knob.*``, ``effective.*``, ``workload.*``, ``metric.*``, ``counter.*``, ``log.*`` and the
+  gate's facts), exported as Parquet. ``value`` is what the tuner was told (a ratio when judged
+  against a baseline); ``metric.*`` is what was measured. ``training_rows`` keeps only what a
+  model may learn from: clean trials, and expert rows only when asked.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from targets.base import FailureClass, Measurement
+from targets.common.files import atomic_path
+
+if TYPE_CHECKING:
+    from rules.ruleset import RuleSet
+
+__all__ = [
+    "ATTR", "IDENTITY", "PRIOR_ATTR", "RETRY_ATTR", "TRANSFER_ATTR", "RowStatus", "TrialOutcome",
+    "TrialStatus", "as_table", "best_trial", "blocked_record", "finished_trials", "is_blocked",
+    "is_prior", "ranked_trials", "read_parquet", "requeue_interrupted", "study_rows",
+    "training_rows", "trial_row", "write_parquet",
+]
+
+ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
+PRIOR_ATTR = "knobflow.prior"  # a sibling's trial added as a prior observation (transfer)
+RETRY_ATTR = "knobflow.retry_of"  # set on a trial re-enqueued for an interrupted one
+TRANSFER_ATTR = "knobflow.transfer"  # a trial queued by transfer: "model" or "sibling"
+
+
+class TrialStatus(enum.StrEnum):
+    """How a trial ended, as the tuner and MLflow see it."""
+
+    OK = "ok"
+    FAILED = "failed"
+    BLOCKED = "blocked"  # the rules kept it from running (nothing ran)
+
+
+class RowStatus(enum.StrEnum):
+    """A trial-table row's verdict: what a model may learn from (``ok``) and what not."""
+
+    OK = "ok"
+    INVALID = "invalid"  # it ran, and the measurement gate refused its measurement
+    FAILED = "failed"
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial produced, after cleaning: a value to tell, or a failure with its reason."""
+
+    config: dict[str, Any]
+    instance: str
+    status: TrialStatus
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    effective_config: dict[str, Any] = field(default_factory=dict)
+    changed_knobs: list[str] = field(default_factory=list)
+    failure_class: FailureClass | None = None
+    message: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)
+    workload_features: dict[str, float] = field(default_factory=dict)
+    #: The measurement row that was gated (``tasks/clean.py``) and why it failed, if it did.
+    row: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    #: Noise-aware evaluation: the objective of every repeat and the 95 % interval of their mean;
+    #: with a baseline, ``value`` is the ratio to it and ``raw_value`` the measured mean.
+    repeat_values: list[float] = field(default_factory=list)
+    value_low: float | None = None
+    value_high: float | None = None
+    raw_value: float | None = None
+    baseline_value: float | None = None
+    #: Warnings of the rules the config passed with, and a rule learned from this failure.
+    rule_warnings: list[str] = field(default_factory=list)
+    learned_rule: str | None = None
+    elapsed_s: float = 0.0
+    #: The raw measurement between running and cleaning (never stored).
+    measurement: Measurement | None = field(default=None, repr=False)
+    #: Great Expectations' validation result (kept in MLflow, not in the study).
+    validation: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == TrialStatus.OK
+
+    def fail(self, failure_class: FailureClass, message: str) -> None:
+        """Mark the trial failed (its value is not told to the tuner)."""
+        self.status, self.failure_class, self.message = TrialStatus.FAILED, failure_class, message
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able record stored on the Optuna trial (samples left out: MLflow has them)."""
+        return {
+            "status": self.status, "value": self.value, "metrics": self.metrics,
+            "config": self.config, "effective_config": self.effective_config,
+            "changed_knobs": self.changed_knobs, "failure_class": self.failure_class,
+            "message": self.message, "log_tail": self.log_tail, "counters": self.counters,
+            "workload_features": self.workload_features, "row": self.row,
+            "reasons": self.reasons, "repeat_values": self.repeat_values,
+            "value_low": self.value_low, "value_high": self.value_high,
+            "raw_value": self.raw_value, "baseline_value": self.baseline_value,
+            "rule_warnings": self.rule_warnings, "learned_rule": self.learned_rule,
+            "instance": self.instance, "elapsed_s": round(self.elapsed_s, 4),
+        }
+
+
+def blocked_record(config: Mapping[str, Any], rules: list[str], message: str) -> dict[str, Any]:
+    """The record of a candidate the rules kept from running."""
+    return {"status": TrialStatus.BLOCKED, "failure_class": FailureClass.BLOCKED,
+            "config": dict(config), "rules": rules, "message": message, "instance": ""}
+
+
+# -- study queries ---------------------------------------------------------------------------------
+def _record(trial: FrozenTrial) -> dict[str, Any]:
+    return trial.user_attrs.get(ATTR, {})
+
+
+def is_prior(trial: FrozenTrial) -> bool:
+    """A sibling instance's trial told to this job's tuner before it started (never run here)."""
+    return PRIOR_ATTR in trial.user_attrs
+
+
+def is_blocked(trial: FrozenTrial) -> bool:
+    """A candidate the rules kept from running (told to Optuna as infeasible)."""
+    return _record(trial).get("status") == TrialStatus.BLOCKED
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that count against the budget: complete, or failed for a reason of their own
+    (not blocked, not interrupted, not a sibling's trial told as a prior observation)."""
+    return [
+        t for t in study.get_trials(deepcopy=False)
+        if (t.state == TrialState.COMPLETE and not is_blocked(t) and not is_prior(t))
+        or (t.state == TrialState.FAIL
+            and _record(t).get("failure_class") not in (None, FailureClass.INTERRUPTED))
+    ]
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that ran and were clean, best first (blocked candidates never ran)."""
+    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+          if _record(t).get("status") == TrialStatus.OK and t.value is not None]
+    return sorted(ok, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+
+
+def best_trial(study: optuna.Study, rules: RuleSet | None = None) -> FrozenTrial | None:
+    """The best clean trial whose config the rules (as they are now) pass; None if there is none.
+
+    Rules learned late in a job can forbid a config that ran earlier: the recommendation is
+    checked again before it is reported."""
+    for trial in ranked_trials(study):
+        if rules is None or not rules.check(trial.user_attrs[ATTR]["config"]).blocked:
+            return trial
+    return None
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Close trials a killed job left running and enqueue their configs again; return how many."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_ATTR) for t in trials}
+    count = 0
+    for t in trials:
+        stale = t.state == TrialState.RUNNING
+        interrupted = t.state == TrialState.FAIL and (
+            _record(t).get("failure_class") in (None, FailureClass.INTERRUPTED))
+        if stale:
+            study.tell(t.number, state=TrialState.FAIL)
+        if (stale or interrupted) and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+            count += 1
+    return count
+
+
+# -- the trial table -------------------------------------------------------------------------------
+IDENTITY = [
+    "service", "target", "instance", "study", "trial", "source", "status", "failure_class",
+    "reason", "objective", "direction", "value", "value_low", "value_high", "repeats",
+    "raw_value", "baseline_value", "started_at", "elapsed_s",
+]
+_ROW_FACTS = (
+    "n_samples", "duration_s", "timestamps_monotonic", "samples_finite", "error_rate",
+    "objective_cv", "steady_rate", "steady_rate_low", "steady_rate_high", "config_consistent",
+    "config_differences", "knobs_not_read_back",
+)
+
+
+def _row_status(record: Mapping[str, Any]) -> RowStatus:
+    if record.get("status") == TrialStatus.OK:
+        return RowStatus.OK
+    if record.get("failure_class") == FailureClass.INVALID:
+        return RowStatus.INVALID
+    return RowStatus.FAILED
+
+
+def trial_row(
+    record: Mapping[str, Any], *, service: str, target: str, study: str, trial: str,
+    objective: str, direction: str, source: str = "tuner", started_at: Any = None,
+) -> dict[str, Any]:
+    """One trial record (``TrialOutcome.record()``) as a row of the trial table."""
+    row: dict[str, Any] = {
+        "service": service, "target": target, "instance": record.get("instance", ""),
+        "study": study, "trial": trial, "source": source,
+        "status": str(_row_status(record)),
+        "failure_class": None if record.get("failure_class") is None
+        else str(record["failure_class"]),
+        "reason": "; ".join(record.get("reasons") or []) or record.get("message") or None,
+        "objective": objective, "direction": direction, "value": record.get("value"),
+        "value_low": record.get("value_low"), "value_high": record.get("value_high"),
+        "repeats": len(record.get("repeat_values") or []) or (1 if record.get("value") else 0),
+        "raw_value": record.get("raw_value"), "baseline_value": record.get("baseline_value"),
+        "started_at": started_at, "elapsed_s": record.get("elapsed_s"),
+    }
+    row.update({f"knob.{k}": v for k, v in (record.get("config") or {}).items()})
+    row.update({f"effective.{k}": v for k, v in (record.get("effective_config") or {}).items()})
+    row.update({f"workload.{k}": v for k, v in (record.get("workload_features") or {}).items()})
+    gated = record.get("row") or {}
+    row.update({k: v for k, v in gated.items() if k.startswith(("metric.", "counter.", "log."))})
+    if not gated:  # failed before cleaning: the metrics it has, if any
+        row.update({f"metric.{k}": v for k, v in (record.get("metrics") or {}).items()})
+    row.update({k: gated.get(k) for k in _ROW_FACTS})
+    return row
+
+
+def study_rows(
+    study: optuna.Study, *, service: str, target: str, objective: str, direction: str
+) -> list[dict[str, Any]]:
+    """The finished trials of one job's study as trial-table rows."""
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        record = _record(t)
+        if not record or record.get("failure_class") in (
+            FailureClass.INTERRUPTED, FailureClass.BLOCKED
+        ):
+            continue  # it did not run: interrupted, or kept from running by a rule
+        rows.append(trial_row(
+            record, service=service, target=target, study=study.study_name, trial=str(t.number),
+            objective=objective, direction=direction, started_at=t.datetime_start,
+        ))
+    return rows
+
+
+def as_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame with the identity columns first and the rest sorted by name."""
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        return pd.DataFrame(columns=IDENTITY)
+    for col in IDENTITY:
+        if col not in df.columns:
+            df[col] = None
+    rest = sorted(c for c in df.columns if c not in IDENTITY)
+    return _arrow_safe(df[IDENTITY + rest])
+
+
+def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet wants one type per column: a column that mixes kinds of values becomes text."""
+    for col in df.columns:
+        if df[col].dtype != object:
+            continue
+        kinds = {type(v) for v in df[col] if v is not None and not _missing(v)}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            df[col] = [None if _missing(v) else str(v) for v in df[col]]
+    return df
+
+
+def _missing(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def training_rows(table: pd.DataFrame, use_expert: bool = False) -> pd.DataFrame:
+    """What a model may learn from: clean trials; expert rows only when asked (they are
+    hand-picked and bias a model toward what a person already believed)."""
+    keep = table["status"] == RowStatus.OK
+    if not use_expert:
+        keep &= table["source"] != "expert"
+    return table[keep & table["value"].notna()].reset_index(drop=True)
+
+
+def write_parquet(table: pd.DataFrame, path: Path) -> Path:
+    """Write ``table`` atomically (a crash never leaves half a table behind)."""
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+    return path
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.exists() else as_table([])
