@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 import tuners.study  # noqa: F401 - Optuna's per-trial log lines off
+from targets.common.settings import quiet_environment
 from targets.synthetic import SyntheticTarget
 from tuners.samplers import make_sampler
 from tuners.space import parse_space
@@ -70,11 +71,12 @@ def knobflow_job(n: int, workload: dict, seed: int, home: Path) -> float:
         space_file=str(space_file),
         home=str(home),
     )
-    assert summary["n_failed"] == 0, summary["failure_classes"]
+    assert summary.n_failed == 0, summary.failure_classes
     return time.perf_counter() - began
 
 
 def main() -> None:
+    quiet_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=15)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per trial")

@@ -29,16 +29,19 @@ def run(target: str, seed: int, budget: int, repeats: int, home: Path) -> dict:
     from tasks.verify import verify_best
 
     summary = tune(target, budget=budget, seed=seed, home=str(home))
-    job = Job.load(home / "jobs" / summary["study_name"] / "job.json", home)
+    job = Job.load(home / "jobs" / summary.study_name / "job.json", home)
     runner = job.trial_runner()
-    again = verify_best(runner, job.target_cls.knob_spec().defaults(), summary["best_config"],
-                        job.direction, repeats, next(iter(runner.instance_dirs)))
-    return {"target": target, "seed": seed, "reported": (summary["gain"], summary["gain_low"],
-            summary["gain_high"]), "again": (again.gain, again.gain_low, again.gain_high),
+    again = verify_best.fn(runner, job.target_cls.knob_spec().defaults(), summary.best_config,
+                           job.direction, repeats, next(iter(runner.instance_dirs)))
+    return {"target": target, "seed": seed, "reported": (summary.gain, summary.gain_low,
+            summary.gain_high), "again": (again.gain, again.gain_low, again.gain_high),
             "failures": again.failures}
 
 
 def main() -> None:
+    from targets.common.settings import quiet_environment
+
+    quiet_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="sqlite,rocksdb")
     parser.add_argument("--seeds", type=int, default=2)

@@ -23,8 +23,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from rules.parse import load_rule_file, parse_rules
 from rules.review import sample_space
-from rules.ruleset import RuleSet, load_rule_file, parse_rules, shipped_rules_path
+from rules.ruleset import RuleSet, shipped_rules_path
 from targets.rocksdb import RocksdbTarget
 from tuners.space import SearchSpace
 

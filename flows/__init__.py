@@ -1,1 +1,14 @@
-"""Prefect flows that chain knobflow's tasks, and the ``knobflow`` command."""
+"""Prefect flows that chain knobflow's tasks, and the ``knobflow`` command.
+
+Every name below is imported when first used (``knobflow --help`` must not wait for Prefect).
+"""
+
+from targets.common.exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "cli": ("app", "main"),
+    "job": ("Job", "prepare_job"),
+    "report": ("RunSummary", "TuneListener"),
+    "spec": ("JobSpec",),
+    "tune": ("tune",),
+})

@@ -26,7 +26,7 @@ def rules_check(
     """Lint a rule file: every error names the file, line, column and rule, with a fix."""
     import yaml
 
-    from rules.ruleset import load_rule_file
+    from rules.parse import load_rule_file
     from targets.common.errors import KnobflowError
     from targets.registry import load_target
 
@@ -136,8 +136,9 @@ def validate_command(
     from rules.learn import LearnedRules, learned_path
     from rules.ruleset import RuleSet
     from targets.common.errors import ConfigError
-    from targets.common.files import display_path, load_yaml
+    from targets.common.files import display_path
     from targets.common.settings import knobflow_home
+    from targets.common.yamlfiles import load_yaml
     from targets.registry import load_target
 
     target_cls = load_target(target)

@@ -1,15 +1,16 @@
-"""Tuning jobs: their validated parameters, their record on disk, and finding one to resume.
+"""Tuning jobs: the record of one on disk, building it from a spec, and finding one to resume.
 
 A job's record (``<home>/jobs/<study>/job.json``) holds everything needed to continue it after a
-crash: target, instance, objective, tuner, budgets, seed, workload and search space. The record is
+crash: the spec's options resolved against the target (objective, trial timeout, workload, search
+space, rule files), its study name, status and MLflow run. ``prepare_job`` builds it once per job,
+from what was asked (``flows.spec.JobSpec``) or from the record of the job to resume; the record is
 written before the first trial runs and updated when the job ends.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-import math
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -17,24 +18,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.spec import JobSpec, Resume, option_error
 from rules.learn import LearnedRules, learned_path
 from rules.review import check_space
 from rules.ruleset import RuleSet
 from targets.base import Target
-from targets.common.errors import JobError, KnobflowError, WorkloadError, did_you_mean
-from targets.common.files import display_path, load_yaml, write_text_atomic
+from targets.common.errors import JobError, KnobflowError, WorkloadError
+from targets.common.files import display_path, write_text_atomic
+from targets.common.yamlfiles import load_yaml
 from targets.registry import load_target, target_ref
 from tasks.noise import RepeatPolicy
 from tasks.runner import TrialRunner
-from tuners.samplers import TUNERS
 from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
 
-_INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+__all__ = [
+    "DEFAULT_BUDGET", "Job", "JobStatus", "check_spec", "find_resumable", "parse_assignments",
+    "prepare_job", "recorded_jobs", "resolve_workload",
+]
+
+DEFAULT_BUDGET = 40
+
+
+class JobStatus(enum.StrEnum):
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    FINISHED = "finished"
 
 
 @dataclass
 class Job:
-    """The parameters of one tuning job, as recorded for ``--resume``."""
+    """The record of one tuning job: its resolved settings, identity, status and where it is."""
 
     study_name: str
     target: str
@@ -62,12 +78,60 @@ class Job:
     transfer: bool = True  # start from what sibling instances of the service learned
     transfer_priors: bool = False  # also tell the tuner siblings' trials with close workloads
     train: bool = True  # train the service's models after the job
-    status: str = "running"
+    status: JobStatus = JobStatus.RUNNING
     mlflow_run_id: str | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
 
     def __post_init__(self) -> None:
         self.service = self.service or self.target
+        self.status = JobStatus(self.status)
+
+    @classmethod
+    def create(cls, spec: JobSpec, home: Path) -> Job:
+        """A new job for ``spec``, every input checked against the target (nothing is saved);
+        a ``KnobflowError`` names the first bad one."""
+        target_cls = load_target(spec.target)
+        service = spec.service or spec.target
+        _check_service(home, service, spec.target)
+        objective = spec.objective or target_cls.default_objective
+        if objective not in target_cls.metrics:
+            raise option_error("objective", objective,
+                               f"a metric of target '{spec.target}': "
+                               f"{', '.join(target_cls.metrics)}", tuple(target_cls.metrics))
+        known = _policies(target_cls, spec.rule_files)
+        for policy in spec.policies:
+            if policy not in known:
+                raise option_error("policy", policy, "a policy of the rules: "
+                                   f"{', '.join(sorted(known)) or 'none'}", tuple(known))
+        now = datetime.now(UTC)
+        job = cls(
+            study_name=f"{service}-{spec.instance}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}",
+            target=spec.target, instance=spec.instance, objective=objective,
+            direction=target_cls.metrics[objective], tuner=spec.tuner,
+            budget=spec.budget or DEFAULT_BUDGET, time_budget=spec.time_budget,
+            parallel=spec.parallel or 1, seed=spec.seed,
+            workload=resolve_workload(target_cls, spec.workload_file, spec.workload or {}),
+            space=_space(spec, target_cls).to_dict(),
+            trial_timeout=spec.trial_timeout or float(target_cls.trial_timeout_s),
+            verify_repeats=spec.verify_repeats, created=now.isoformat(), repeats=spec.repeats,
+            repeat_until=spec.repeat_until, max_repeats=spec.max_repeats,
+            baseline_every=spec.baseline_every,
+            rule_files=[str(Path(f).resolve()) for f in spec.rule_files],
+            policies=list(spec.policies), learn_rules=spec.learn_rules, service=service,
+            transfer=spec.transfer, transfer_priors=spec.transfer_priors, train=spec.train,
+            home=home,
+        )
+        check_space(job.rule_set(), job.search_space(), f"search space of {spec.target}")
+        return job
+
+    def resumed_with(self, spec: JobSpec) -> Job:
+        """This job, continued with what ``spec`` may change (``Resume.MAY_CHANGE``); anything
+        else ``spec`` gives is refused."""
+        spec.check_resume(self.study_name)
+        for name, value in spec.given().items():
+            if JobSpec.resume_rule(name) == Resume.MAY_CHANGE:
+                setattr(self, name, value)
+        return self
 
     @property
     def target_cls(self) -> type[Target]:
@@ -128,28 +192,30 @@ class Job:
         return cls(**{k: v for k, v in data.items() if k in known}, home=home)
 
 
-def check_int(name: str, value: Any, low: int, high: float = math.inf) -> int:
-    """An int option in [low, high], with scikit-learn's message shape when it is not."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        upper = "inf)" if high == math.inf else f"{high}]"
-        raise KnobflowError(
-            f"The '{name}' option of tune must be an int in [{low}, {upper}. Got {value!r} instead."
-        )
-    return value
+def _check_service(home: Path, service: str, target: str) -> None:
+    """A service belongs to one target: its instances share models and rules."""
+    for other in recorded_jobs(home):
+        if other.service == service and other.target != target:
+            raise KnobflowError(
+                f"The 'service' option of tune names a service of target '{other.target}' "
+                f"(job {other.study_name}); an instance of '{target}' needs another service name."
+            )
 
 
-def check_seconds(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise KnobflowError(
-            f"The '{name}' option of tune must be a number of seconds > 0. Got {value!r} instead."
-        )
-    return float(value)
+def _space(spec: JobSpec, target_cls: type[Target]) -> SearchSpace:
+    """The search space asked for: an expert's file, a list of knobs, or the whole spec."""
+    knob_spec = target_cls.knob_spec()
+    if spec.space_file:
+        return load_space(spec.space_file, knob_spec)
+    if spec.knobs:
+        return space_for_knobs(knob_spec, [k.strip() for k in spec.knobs if k.strip()])
+    return SearchSpace.full(knob_spec)
+
+
+def _policies(target_cls: type[Target], files: list[str]) -> set[str]:
+    """Policies the job's rule files define (an operator turns them on with --policy)."""
+    ruleset = RuleSet.for_target(target_cls, files, all_policies=True)
+    return {r.policy for r in ruleset.rules if r.policy}
 
 
 def parse_assignments(items: list[str], option: str = "--set-workload") -> dict[str, str]:
@@ -181,143 +247,6 @@ def resolve_workload(
     return target_cls.parse_workload({**values, **overrides}, "workload")
 
 
-def build_job(
-    home: Path,
-    target: str,
-    *,
-    instance: str = "local",
-    budget: int = 40,
-    time_budget: float | None = None,
-    tuner: str = "tpe",
-    parallel: int = 1,
-    workload_file: str | None = None,
-    workload: Mapping[str, Any] | None = None,
-    objective: str | None = None,
-    seed: int = 0,
-    space_file: str | None = None,
-    knobs: list[str] | None = None,
-    trial_timeout: float | None = None,
-    verify_repeats: int = 3,
-    repeats: int = 1,
-    repeat_until: float | None = None,
-    max_repeats: int = 5,
-    baseline_every: int = 0,
-    rule_files: list[str] | None = None,
-    policies: list[str] | None = None,
-    learn_rules: bool = True,
-    service: str | None = None,
-    transfer: bool = True,
-    transfer_priors: bool = False,
-    train: bool = True,
-) -> Job:
-    """Validate every input of a new job; raise a KnobflowError naming the first bad one."""
-    target_cls = load_target(target)
-    if not _INSTANCE_RE.match(instance or ""):
-        raise KnobflowError(
-            f"The 'instance' option of tune must be 1-64 letters, digits, '.', '_' or '-'. "
-            f"Got {instance!r} instead."
-        )
-    service = service or target
-    if not _INSTANCE_RE.match(service):
-        raise KnobflowError(
-            f"The 'service' option of tune must be 1-64 letters, digits, '.', '_' or '-'. "
-            f"Got {service!r} instead."
-        )
-    for other in recorded_jobs(home):
-        if other.service == service and other.target != target:
-            raise KnobflowError(
-                f"The 'service' option of tune names a service of target '{other.target}' "
-                f"(job {other.study_name}); an instance of '{target}' needs another service name."
-            )
-    check_int("budget", budget, 1)
-    check_int("parallel", parallel, 1, 64)
-    check_int("seed", seed, 0, 2**31 - 1)
-    check_int("verify_repeats", verify_repeats, 2, 100)
-    check_int("repeats", repeats, 1, 100)
-    check_int("max_repeats", max_repeats, max(repeats, 2), 100)
-    check_int("baseline_every", baseline_every, 0, 10_000)
-    if repeat_until is not None and (
-        isinstance(repeat_until, bool)
-        or not isinstance(repeat_until, (int, float))
-        or not 0 < repeat_until < 1
-    ):
-        raise KnobflowError(
-            "The 'repeat_until' option of tune must be a relative half-width in (0, 1), e.g. "
-            f"0.05 for +-5 %. Got {repeat_until!r} instead."
-        )
-    time_budget = check_seconds("time_budget", time_budget)
-    timeout = check_seconds("trial_timeout", trial_timeout) or float(target_cls.trial_timeout_s)
-    if tuner not in TUNERS:
-        raise KnobflowError(
-            f"The 'tuner' option of tune must be one of {', '.join(TUNERS)}. "
-            f"Got {tuner!r} instead{did_you_mean(tuner, TUNERS)}."
-        )
-    objective = objective or target_cls.default_objective
-    if objective not in target_cls.metrics:
-        raise KnobflowError(
-            f"The 'objective' option of tune must be a metric of target '{target}': "
-            f"{', '.join(target_cls.metrics)}. Got {objective!r} instead"
-            f"{did_you_mean(objective, target_cls.metrics)}."
-        )
-    spec = target_cls.knob_spec()
-    if space_file and knobs:
-        raise KnobflowError("--space and --knobs both narrow the search space; use one of them")
-    if space_file:
-        space = load_space(space_file, spec)
-    elif knobs:
-        space = space_for_knobs(spec, knobs)
-    else:
-        space = SearchSpace.full(spec)
-    wl = resolve_workload(target_cls, workload_file, dict(workload or {}))
-    policies = list(policies or [])
-    known = _policies(target_cls, rule_files or [])
-    for policy in policies:
-        if policy not in known:
-            raise KnobflowError(
-                f"The 'policy' option of tune must name a policy of the rules: "
-                f"{', '.join(sorted(known)) or 'none'}. Got {policy!r} instead"
-                f"{did_you_mean(policy, known)}."
-            )
-    now = datetime.now(UTC)
-    job = Job(
-        study_name=f"{service}-{instance}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}",
-        target=target,
-        instance=instance,
-        objective=objective,
-        direction=target_cls.metrics[objective],
-        tuner=tuner,
-        budget=budget,
-        time_budget=time_budget,
-        parallel=parallel,
-        seed=seed,
-        workload=wl,
-        space=space.to_dict(),
-        trial_timeout=timeout,
-        verify_repeats=verify_repeats,
-        created=now.isoformat(),
-        repeats=repeats,
-        repeat_until=repeat_until,
-        max_repeats=max_repeats,
-        baseline_every=baseline_every,
-        rule_files=[str(Path(f).resolve()) for f in rule_files or []],
-        policies=policies,
-        learn_rules=learn_rules,
-        service=service,
-        transfer=transfer,
-        transfer_priors=transfer_priors,
-        train=train,
-        home=home,
-    )
-    check_space(job.rule_set(), space, f"search space of {target}")  # bad ranges stop here
-    return job
-
-
-def _policies(target_cls: type[Target], files: list[str]) -> set[str]:
-    """Policies the job's rule files define (an operator turns them on with --policy)."""
-    ruleset = RuleSet.for_target(target_cls, files, all_policies=True)
-    return {r.policy for r in ruleset.rules if r.policy}
-
-
 def recorded_jobs(home: Path) -> list[Job]:
     """Every job recorded under ``home`` (records that cannot be read are skipped)."""
     jobs = []
@@ -329,20 +258,40 @@ def recorded_jobs(home: Path) -> list[Job]:
     return jobs
 
 
-def find_resumable(home: Path, target: str, instance: str, service: str | None = None) -> Job:
-    """The latest unfinished job of ``target`` on ``instance``; a JobError if there is none."""
+def find_resumable(home: Path, spec: JobSpec) -> Job:
+    """The latest unfinished job of the spec's target, instance and service; a JobError if
+    there is none."""
+    target, instance, service = spec.target, spec.instance, spec.service or spec.target
     load_target(target)  # an unknown target is reported as such, not as "nothing to resume"
     jobs = [j for j in recorded_jobs(home) if j.target == target and j.instance == instance
-            and j.service == (service or target)]
+            and j.service == service]
     if not jobs:
         raise JobError(
             f"--resume: no job of target '{target}' on instance '{instance}' under "
             f"{display_path(home)}; start one without --resume"
         )
     latest = max(jobs, key=lambda j: j.created)
-    if latest.status == "finished":
+    if latest.status == JobStatus.FINISHED:
         raise JobError(
             f"--resume: the last job of '{target}' on '{instance}' ({latest.study_name}) "
             "already finished; start a new job without --resume"
         )
     return latest
+
+
+def check_spec(spec: JobSpec, home: Path, resume: bool) -> Job:
+    """What ``prepare_job`` would run, checked without writing anything (the CLI asks before
+    it starts Prefect: bad input answers in a second, not in thirty)."""
+    if resume:
+        return find_resumable(home, spec).resumed_with(spec)
+    return Job.create(spec, home)
+
+
+@task(name="prepare-job", cache_policy=NO_CACHE)
+def prepare_job(spec: JobSpec, home: Path, resume: bool) -> Job:
+    """Build the job for ``spec`` (or load the unfinished one to resume) and record it as
+    running."""
+    job = check_spec(spec, home, resume)
+    job.status = JobStatus.RUNNING
+    job.save()
+    return job

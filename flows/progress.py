@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -16,15 +14,17 @@ from rich.progress import (
 from rich.table import Table
 
 from flows.job import Job
+from flows.report import RunSummary, TuneListener
 from tasks.explore import ExploreStats
 from tuners.trials import TrialOutcome
 
+__all__ = ["TuneProgress", "print_summary"]
 
-class TuneProgress:
-    """A rich progress display fed by the tune flow's listeners (see ``flows.tune.listeners``)."""
 
-    def __init__(self, console: Console, job: Job, resume: bool = False) -> None:
-        self.job = job
+class TuneProgress(TuneListener):
+    """A rich progress display of one job, fed by the tune flow (its ``progress`` parameter)."""
+
+    def __init__(self, console: Console, label: str) -> None:
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -35,12 +35,12 @@ class TuneProgress:
             console=console,
             transient=False,
         )
-        label = f"{job.target}/{job.instance}" + (" (resumed)" if resume else "")
+        self.objective = ""
         self.explore_task = self.progress.add_task(
-            f"tuning {label}", total=job.budget, status="starting (Prefect, MLflow)"
+            f"tuning {label}", total=None, status="starting (Prefect, MLflow)"
         )
         self.verify_task = self.progress.add_task(
-            "verifying best vs default", total=2 * job.verify_repeats, status="", visible=False
+            "verifying best vs default", total=None, status="", visible=False
         )
 
     def __enter__(self) -> TuneProgress:
@@ -50,99 +50,111 @@ class TuneProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
 
-    def on_run(self, key: str, outcome: TrialOutcome, stats: ExploreStats | None) -> None:
-        """Called after each trial (``stats`` set) and each verification run (``stats`` None)."""
-        if stats is not None:
-            best = "-" if stats.best_value is None else f"{stats.best_value:,.6g}"
-            self.progress.update(
-                self.explore_task,
-                completed=stats.done,
-                total=stats.budget,
-                status=f"failed {stats.failed} · blocked {stats.blocked} · best "
-                f"{self.job.objective} {best}",
-            )
-            return
-        self.progress.update(self.explore_task, status=self.progress.tasks[0].fields["status"])
+    def job_started(self, job: Job, resume: bool) -> None:
+        self.objective = job.objective
+        label = f"{job.target}/{job.instance}" + (" (resumed)" if resume else "")
+        self.progress.update(self.explore_task, description=f"tuning {label}",
+                             total=job.budget, status="starting")
+        self.progress.update(self.verify_task, total=2 * job.verify_repeats)
+
+    def trial_done(self, key: str, outcome: TrialOutcome, stats: ExploreStats) -> None:
+        best = "-" if stats.best_value is None else f"{stats.best_value:,.6g}"
+        self.progress.update(
+            self.explore_task,
+            completed=stats.done,
+            total=stats.budget,
+            status=f"failed {stats.failed} · blocked {stats.blocked} · best "
+            f"{self.objective} {best}",
+        )
+
+    def verify_done(self, key: str, outcome: TrialOutcome) -> None:
         self.progress.update(
             self.verify_task,
             visible=True,
             advance=1,
             status=f"last: {key.split('-')[-1]} "
-            + (f"{outcome.value:,.6g}" if outcome.ok else outcome.failure_class),
+            + (f"{outcome.value:,.6g}" if outcome.ok else str(outcome.failure_class)),
         )
 
-    @staticmethod
-    def print_summary(console: Console, summary: dict[str, Any]) -> None:
-        """The human-readable result of a job."""
-        best = summary.get("best_config")
-        if not best:
-            console.print(
-                f"[red]No trial completed[/red] ({summary['n_failed']} failed: "
-                f"{summary.get('failure_classes')}). See the trial logs under the job folder."
-            )
-            return
-        console.print(f"job {summary['study_name']}")
-        table = Table(title="best config")
-        table.add_column("knob")
-        table.add_column("value")
-        for k, v in best.items():
-            table.add_row(k, str(v))
-        console.print(table)
-        objective = summary["objective"]
+
+def print_summary(console: Console, summary: RunSummary) -> None:
+    """The human-readable result of a job."""
+    if not summary.best_config:
         console.print(
-            f"trials: {summary['n_trials']} ({summary['n_failed']} failed"
-            + (f": {summary['failure_classes']}" if summary["failure_classes"] else "")
-            + ")"
+            f"[red]No trial completed[/red] ({summary.n_failed} failed: "
+            f"{summary.failure_classes}). See the trial logs under the job folder."
         )
-        if summary.get("gain") is None:
-            console.print(
-                "[red]verification failed:[/red] " + "; ".join(summary["verify_failures"])
-            )
-            return
-        verdict = (
-            "[green]better than the default[/green]"
-            if summary["gain_significant"]
-            else "[yellow]not clearly better than the default (the interval includes 1)[/yellow]"
-        )
+        return
+    console.print(f"job {summary.study_name}")
+    table = Table(title="best config")
+    table.add_column("knob")
+    table.add_column("value")
+    for k, v in summary.best_config.items():
+        table.add_row(k, str(v))
+    console.print(table)
+    console.print(
+        f"trials: {summary.n_trials} ({summary.n_failed} failed"
+        + (f": {summary.failure_classes}" if summary.failure_classes else "")
+        + ")"
+    )
+    if summary.gain is None:
+        console.print("[red]verification failed:[/red] " + "; ".join(summary.verify_failures))
+        return
+    _print_gain(console, summary)
+    _print_rules(console, summary)
+    _print_learning(console, summary)
+    for path, label in ((summary.best_config_file, "best config file"),
+                        (summary.native_config_file, "native config file")):
+        if path:
+            console.print(f"{label}: {path}")
+    console.print(
+        f"MLflow run {summary.mlflow_run_id}: open the UI with "
+        f"`mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1`"
+    )
+
+
+def _print_gain(console: Console, s: RunSummary) -> None:
+    verdict = (
+        "[green]better than the default[/green]"
+        if s.gain_significant
+        else "[yellow]not clearly better than the default (the interval includes 1)[/yellow]"
+    )
+    assert s.default_value is not None and s.best_value is not None
+    console.print(
+        f"{s.objective}: default {s.default_value:,.6g} -> best {s.best_value:,.6g}"
+        f"  gain [bold]{s.gain:.2f}x[/bold] "
+        f"(95% interval {s.gain_low:.2f}-{s.gain_high:.2f}, "
+        f"{s.verify_repeats} interleaved repeats): {verdict}"
+    )
+    if s.known_optimum_value is not None and s.best_true_value is not None:
         console.print(
-            f"{objective}: default {summary['default_value']:,.6g}"
-            f" -> best {summary['best_value']:,.6g}"
-            f"  gain [bold]{summary['gain']:.2f}x[/bold] "
-            f"(95% interval {summary['gain_low']:.2f}-{summary['gain_high']:.2f}, "
-            f"{summary['verify_repeats']} interleaved repeats): {verdict}"
+            f"true value of best: {s.best_true_value:,.6g} "
+            f"(known optimum {s.known_optimum_value:,.6g})"
         )
-        if "best_true_value" in summary:
-            console.print(
-                f"true value of best: {summary['best_true_value']:,.6g} "
-                f"(known optimum {summary['known_optimum_value']:,.6g})"
-            )
-        if summary.get("n_blocked"):
-            by_rule = ", ".join(f"{k} {v}" for k, v in summary["blocked_by"].items())
-            console.print(f"candidates blocked by rules (never run): {summary['n_blocked']} "
-                          f"({by_rule})")
-        service = summary.get("service")
-        review = f"knobflow rules list {summary['target']}" + (
-            f" --service {service}" if service and service != summary["target"] else "")
-        for rule in summary.get("learned_rules", []):
-            console.print(f"[yellow]learned rule[/yellow] {rule} (review: {review})")
-        for text in summary.get("rule_warnings", []) + summary.get("range_hints", []):
-            console.print(f"[yellow]warning:[/yellow] {text}")
-        transfer = summary.get("transfer") or {}
-        if transfer.get("n_seeds"):
-            model = (f", model {transfer['model']} v{transfer['model_version']}"
-                     if transfer.get("model") else "")
-            console.print(f"transfer: {transfer['n_seeds']} configs queued first from "
-                          f"{', '.join(transfer['from_instances']) or 'siblings'}{model} "
-                          f"(trials {', '.join(map(str, transfer['trials']))})")
-        model_report = summary.get("model") or {}
-        if model_report.get("error"):
-            console.print(f"[yellow]warning:[/yellow] models not trained: {model_report['error']}")
-        elif model_report.get("line"):
-            console.print(f"models: {model_report['line']}")
-        for key in ("best_config_file", "native_config_file"):
-            if summary.get(key):
-                console.print(f"{key.replace('_', ' ')}: {summary[key]}")
-        console.print(
-            f"MLflow run {summary['mlflow_run_id']}: open the UI with "
-            f"`mlflow ui --backend-store-uri {summary.get('tracking_uri')} --host 127.0.0.1`"
-        )
+
+
+def _print_rules(console: Console, s: RunSummary) -> None:
+    if s.n_blocked:
+        by_rule = ", ".join(f"{k} {v}" for k, v in s.blocked_by.items())
+        console.print(f"candidates blocked by rules (never run): {s.n_blocked} ({by_rule})")
+    review = f"knobflow rules list {s.target}" + (
+        f" --service {s.service}" if s.service and s.service != s.target else "")
+    for rule in s.learned_rules:
+        console.print(f"[yellow]learned rule[/yellow] {rule} (review: {review})")
+    for text in s.rule_warnings + s.range_hints:
+        console.print(f"[yellow]warning:[/yellow] {text}")
+
+
+def _print_learning(console: Console, s: RunSummary) -> None:
+    transfer = s.transfer or {}
+    if transfer.get("n_seeds"):
+        model = (f", model {transfer['model']} v{transfer['model_version']}"
+                 if transfer.get("model") else "")
+        console.print(f"transfer: {transfer['n_seeds']} configs queued first from "
+                      f"{', '.join(transfer['from_instances']) or 'siblings'}{model} "
+                      f"(trials {', '.join(map(str, transfer['trials']))})")
+    model_report = s.model or {}
+    if model_report.get("error"):
+        console.print(f"[yellow]warning:[/yellow] models not trained: {model_report['error']}")
+    elif model_report.get("line"):
+        console.print(f"models: {model_report['line']}")

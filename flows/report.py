@@ -1,19 +1,114 @@
-"""The result of a tuning job: the summary (``--json``), the config files, and the history plot."""
+"""The result of a tuning job: the summary (``--json``, ``result.json``), the config files, the
+history plot; and ``TuneListener``, through which whoever watches a job (the CLI's progress bar)
+hears of it as it runs."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from flows.job import Job
+from model_registry.transfer import TransferPlan
+from rules.review import range_hints
+from rules.ruleset import RuleSet
+from tasks.explore import ExploreStats
+from tasks.guard import CandidateGuard
 from tasks.verify import Verification
-from tuners.trials import ATTR, finished_trials
+from tuners.space import SearchSpace
+from tuners.trials import (
+    ATTR,
+    TRANSFER_ATTR,
+    TrialOutcome,
+    finished_trials,
+    is_blocked,
+    ranked_trials,
+)
+
+__all__ = ["RunSummary", "TuneListener", "report", "write_config_files"]
+
+
+class TuneListener:
+    """What a tuning job tells whoever watches it, as it runs; each method does nothing here.
+    The CLI's progress bar (``flows/progress.py``) is one; pass it as the flow's ``progress``."""
+
+    def job_started(self, job: Job, resume: bool) -> None:
+        """The job is recorded and about to run its first trial."""
+
+    def trial_done(self, key: str, outcome: TrialOutcome, stats: ExploreStats) -> None:
+        """A trial of the search finished (``stats``: the search so far)."""
+
+    def verify_done(self, key: str, outcome: TrialOutcome) -> None:
+        """A run of the verification finished."""
+
+
+@dataclass
+class RunSummary:
+    """What a job did and found: what ``--json`` prints and ``result.json`` keeps."""
+
+    target: str
+    service: str
+    instance: str
+    objective: str
+    direction: str
+    tuner: str
+    n_trials: int
+    n_failed: int
+    failure_classes: dict[str, int]
+    best_trial: int | None
+    best_config: dict[str, Any] | None
+    best_observed_value: float | None
+    best_value: float | None
+    default_value: float | None
+    gain: float | None
+    gain_low: float | None
+    gain_high: float | None
+    gain_significant: bool
+    verify_repeats: int
+    verify_default_values: list[float]
+    verify_best_values: list[float]
+    verify_failures: list[str]
+    workload: dict[str, Any]
+    study_name: str
+    mlflow_run_id: str | None
+    duration_s: float
+    best_config_file: str | None = None
+    native_config_file: str | None = None
+    #: The synthetic target's known optimum, and the noiseless value of the best config.
+    known_optimum_value: float | None = None
+    best_true_value: float | None = None
+    trial_table: str | None = None
+    tracking_uri: str | None = None
+    n_blocked: int = 0
+    blocked_by: dict[str, int] = field(default_factory=dict)
+    learned_rules: list[str] = field(default_factory=list)
+    rule_warnings: list[str] = field(default_factory=list)
+    range_hints: list[str] = field(default_factory=list)
+    transfer: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """A best config was found and verified (the command exits 0)."""
+        return self.best_config is not None and self.gain is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-able data (keys a job did not produce are left out)."""
+        data = asdict(self)
+        for key in ("best_config_file", "native_config_file"):
+            if data[key] is None:
+                del data[key]
+        if self.known_optimum_value is None:
+            del data["known_optimum_value"], data["best_true_value"]
+        return data
 
 
 def _plain(value: Any) -> Any:
@@ -21,11 +116,6 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
-
-
-def _num(value: float) -> str:
-    """A measured value for a legend: thousands separators, no exponent."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def write_config_files(
@@ -61,118 +151,79 @@ def write_config_files(
     return paths
 
 
-def summarize(
-    job: Job,
-    study: optuna.Study,
-    best: optuna.trial.FrozenTrial | None,
-    verification: Verification | None,
-    files: dict[str, str],
-    duration_s: float,
-) -> dict[str, Any]:
-    """The job's summary: what ``--json`` prints and ``result.json`` keeps."""
+def _rules_part(study: optuna.Study, space: SearchSpace, ruleset: RuleSet,
+                guard: CandidateGuard, warnings: list[str],
+                best: FrozenTrial | None) -> dict[str, Any]:
+    """What the rules did in this job."""
+    by_rule: Counter[str] = Counter()
+    blocked = [t for t in study.get_trials(deepcopy=False) if is_blocked(t)]
+    for t in blocked:
+        by_rule.update(t.user_attrs[ATTR]["rules"])
+    top = [t.user_attrs[ATTR]["config"] for t in ranked_trials(study)[:5]]
+    best_warnings = ruleset.check(best.user_attrs[ATTR]["config"]).warnings if best else []
+    return {
+        "n_blocked": len(blocked),
+        "blocked_by": dict(by_rule),
+        "learned_rules": [r.id for r in guard.learned],
+        "rule_warnings": warnings + [f"best config: {w}" for w in best_warnings],
+        "range_hints": range_hints(top, space),
+    }
+
+
+def _transfer_part(plan: TransferPlan | None, study: optuna.Study) -> dict[str, Any] | None:
+    """What transfer queued, and the trials that ran its configs."""
+    if plan is None:
+        return None
+    trials = [t.number for t in study.get_trials(deepcopy=False)
+              if TRANSFER_ATTR in t.user_attrs]
+    return {"n_seeds": len(plan.seeds), "from_instances": plan.from_instances,
+            "model": plan.model_name, "model_version": plan.model_version,
+            "reason": plan.reason, "trials": trials, "n_priors": plan.n_priors}
+
+
+def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
+              verification: Verification | None, duration_s: float,
+              **parts: Any) -> RunSummary:
+    """The job's summary from its study, its verification and the other steps' ``parts``."""
     done = finished_trials(study)
     failed = [t for t in done if t.state == TrialState.FAIL]
     best_config = best.user_attrs[ATTR]["config"] if best else None
     v = verification or Verification()
-    summary: dict[str, Any] = {
-        "target": job.target,
-        "service": job.service,
-        "instance": job.instance,
-        "objective": job.objective,
-        "direction": job.direction,
-        "tuner": job.tuner,
-        "n_trials": len(done),
-        "n_failed": len(failed),
-        "failure_classes": dict(Counter(t.user_attrs[ATTR]["failure_class"] for t in failed)),
-        "best_trial": best.number if best else None,
-        "best_config": best_config,
-        "best_observed_value": best.value if best else None,
-        "best_value": v.best_value,
-        "default_value": v.default_value,
-        "gain": v.gain,
-        "gain_low": v.gain_low,
-        "gain_high": v.gain_high,
-        "gain_significant": v.significant,
-        "verify_repeats": len(v.best_values),
-        "verify_default_values": v.default_values,
-        "verify_best_values": v.best_values,
-        "verify_failures": v.failures,
-        "workload": job.workload,
-        "study_name": job.study_name,
-        "mlflow_run_id": job.mlflow_run_id,
-        "duration_s": round(duration_s, 2),
-        **files,
-    }
+    summary = RunSummary(
+        target=job.target, service=job.service, instance=job.instance, objective=job.objective,
+        direction=job.direction, tuner=job.tuner, n_trials=len(done), n_failed=len(failed),
+        failure_classes=dict(Counter(str(t.user_attrs[ATTR]["failure_class"]) for t in failed)),
+        best_trial=best.number if best else None, best_config=best_config,
+        best_observed_value=best.value if best else None, best_value=v.best_value,
+        default_value=v.default_value, gain=v.gain, gain_low=v.gain_low, gain_high=v.gain_high,
+        gain_significant=v.significant, verify_repeats=len(v.best_values),
+        verify_default_values=v.default_values, verify_best_values=v.best_values,
+        verify_failures=v.failures, workload=job.workload, study_name=job.study_name,
+        mlflow_run_id=job.mlflow_run_id, duration_s=round(duration_s, 2), **parts,
+    )
     target_cls = job.target_cls
     if hasattr(target_cls, "known_optimum_value"):
-        summary["known_optimum_value"] = target_cls.known_optimum_value(job.workload)
-        summary["best_true_value"] = (
-            target_cls.true_value(best_config, job.workload) if best_config else None
-        )
+        summary.known_optimum_value = target_cls.known_optimum_value(job.workload)
+        summary.best_true_value = (
+            target_cls.true_value(best_config, job.workload) if best_config else None)
     return summary
 
 
-def write_summary(job: Job, summary: dict[str, Any]) -> Path:
+@task(name="report", cache_policy=NO_CACHE)
+def report(job: Job, study: optuna.Study, best: FrozenTrial | None,
+           verification: Verification | None, duration_s: float, *, space: SearchSpace,
+           ruleset: RuleSet, guard: CandidateGuard, rule_warnings: list[str],
+           plan: TransferPlan | None, **parts: Any) -> tuple[RunSummary, list[Path]]:
+    """Write the best config's files, the summary (``result.json``) and the history plot; the
+    summary and the files written (for the job's MLflow run)."""
+    from flows.plots import plot_history
+
+    files = (write_config_files(job, best.user_attrs[ATTR]["config"], verification)
+             if best is not None else {})
+    summary = summarize(job, study, best, verification, duration_s, **files, **parts,
+                        **_rules_part(study, space, ruleset, guard, rule_warnings, best),
+                        transfer=_transfer_part(plan, study))
     path = job.dir / "result.json"
-    path.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    return path
-
-
-def plot_history(job: Job, study: optuna.Study, verification: Verification | None) -> Path | None:
-    """A PNG of the search: each trial's value, the best so far, failures, and the verification."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    trials = finished_trials(study)
-    if not trials:
-        return None
-    maximize = job.direction == "maximize"
-    ok = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
-    bad = [t.number for t in trials if t.state == TrialState.FAIL]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    if ok:
-        xs, ys = zip(*ok, strict=True)
-        ax.scatter(xs, ys, s=18, color="#4477aa", label="trial", zorder=3)
-        best_so_far, running = [], None
-        for y in ys:
-            running = y if running is None else (max(running, y) if maximize else min(running, y))
-            best_so_far.append(running)
-        ax.step(xs, best_so_far, where="post", color="#228833", label="best so far")
-    if bad:
-        floor = min(v for _, v in ok) if ok else 0.0
-        ax.scatter(
-            bad,
-            [floor] * len(bad),
-            marker="x",
-            color="#cc3311",
-            label=f"failed ({len(bad)})",
-            zorder=3,
-        )
-    for label, value, colour in (
-        ("default", verification.default_value if verification else None, "#777777"),
-        ("best", verification.best_value if verification else None, "#ee7733"),
-    ):
-        if value is not None:
-            label = f"{label}, verified ({_num(value)})"
-            ax.axhline(value, color=colour, linestyle="--", label=label)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"{job.objective} ({'higher' if maximize else 'lower'} is better)")
-    title = f"{job.target} / {job.instance}: {job.tuner}, {len(trials)} trials"
-    if verification and verification.gain is not None:
-        title += (
-            f"; gain {verification.gain:.2f}x "
-            f"[{verification.gain_low:.2f}, {verification.gain_high:.2f}]"
-        )
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = job.dir / "history.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    path.write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
+    plot = plot_history(job, study, verification)
+    return summary, [path, *map(Path, files.values()), *([plot] if plot else [])]

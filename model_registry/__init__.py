@@ -1,1 +1,17 @@
-"""Model repository: the MLflow registry of surrogate models per service and objective (issue 6)."""
+"""Model repository: the MLflow registry of surrogate models per service and objective, the
+model inputs they share, and transfer to a new instance of a service.
+
+Every name below is imported when first used (MLflow is slow to import).
+"""
+
+from targets.common.exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "features": ("feature_frame",),
+    "fingerprint": ("distance", "fingerprint_hash"),
+    "priors": ("prior_trials",),
+    "registry": ("Champion", "champion_table", "load_champion", "model_name", "promote",
+                 "register"),
+    "store": ("client_for", "experiment_id", "process_tracking_uri"),
+    "transfer": ("TransferPlan", "TransferRequest", "plan_transfer", "transfer_from_siblings"),
+})

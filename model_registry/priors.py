@@ -17,7 +17,6 @@ import optuna
 import pandas as pd
 
 from model_registry import fingerprint
-from model_registry.transfer import project
 from rules.ruleset import RuleSet
 from tuners.space import SearchSpace
 from tuners.trials import PRIOR_ATTR, is_prior
@@ -60,7 +59,7 @@ def prior_trials(
         if len(out) >= MAX_PRIORS:
             break
         config = {k.removeprefix("knob."): v for k, v in row.items() if k.startswith("knob.")}
-        params = project(config, space)
+        params = space.project(config)
         if params is None or rules.check(space.config(params)).blocked:
             continue
         out.append(optuna.trial.create_trial(

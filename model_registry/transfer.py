@@ -12,24 +12,34 @@ Before the first trial of a job, when sibling instances of the service have run 
    candidates first, and the best few (spread apart) are queued next;
 3. what was queued, from which instances and model version, is returned for the job's MLflow run.
 
+``transfer_from_siblings`` is that step of a tuning job, as a Prefect task.
+
 Nothing here runs a trial: the queued configs go through the same trial manager as any other.
 """
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from model_registry import fingerprint
 from model_registry.features import feature_frame
+from model_registry.priors import prior_trials
+from model_registry.registry import champion_table, load_champion
 from rules.review import sample_space
 from rules.ruleset import RuleSet
+from targets.common.files import write_text_atomic
 from tuners.space import SearchSpace
+from tuners.trials import TRANSFER_ATTR, training_rows
 
 #: Candidates the champion ranks, configs it queues, best configs taken from each sibling.
 CANDIDATES = 4000
@@ -89,31 +99,6 @@ def _spread(a: Mapping[str, Any], b: Mapping[str, Any], space: SearchSpace) -> f
     return float(np.mean(parts)) if parts else 0.0
 
 
-def project(config: Mapping[str, Any], space: SearchSpace) -> dict[str, Any] | None:
-    """A sibling's config as params of this job's space: numeric values clipped into the
-    ranges, categories kept only if the space allows them; None if it cannot be expressed."""
-    params: dict[str, Any] = {}
-    for knob in space.tuned:
-        if knob.name not in config or config[knob.name] is None:
-            return None
-        value = config[knob.name]
-        if knob.is_numeric:
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                return None
-            if math.isnan(number):
-                return None
-            number = min(max(number, float(knob.low)), float(knob.high))
-            value = round(number) if knob.type == "int" else number
-        elif knob.type == "bool":
-            value = bool(value) if not isinstance(value, str) else value.lower() == "true"
-        if knob.problem_with(value):
-            return None
-        params[knob.name] = value
-    return params
-
-
 def _near(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n: int,
           seed: int) -> pd.DataFrame:
     """``n`` full configs drawn around ``centres`` (params of this space), in turn."""
@@ -143,7 +128,7 @@ def _centres(siblings: pd.DataFrame, space: SearchSpace, maximize: bool) -> list
     centres = []
     for row in ranked.to_dict(orient="records"):
         config = {k.removeprefix("knob."): v for k, v in row.items() if k.startswith("knob.")}
-        params = project(config, space)
+        params = space.project(config)
         if params is not None:
             centres.append(params)
         if len(centres) >= LOCAL_TOP:
@@ -189,7 +174,7 @@ def _sibling_seeds(siblings: pd.DataFrame, space: SearchSpace, rules: RuleSet,
             if taken >= FROM_SIBLINGS:
                 break
             config = {k.removeprefix("knob."): v for k, v in row.items() if k.startswith("knob.")}
-            params = project(config, space)
+            params = space.project(config)
             if params is None or not _keep(params, seeds, space, rules):
                 continue
             seeds.append(Seed(params, "sibling", instance=instance, measured=float(row["value"]),
@@ -242,7 +227,7 @@ def plan_transfer(
             for i in order:
                 if sum(s.source == "model" for s in plan.seeds) >= FROM_MODEL:
                     break
-                params = project(allowed.iloc[int(i)].to_dict(), space)
+                params = space.project(allowed.iloc[int(i)].to_dict())
                 if params is not None and _keep(params, plan.seeds, space, rules):
                     plan.seeds.append(Seed(params, "model", predicted=float(predicted[i])))
     plan.from_instances = sorted({s.instance for s in plan.seeds if s.instance})
@@ -252,4 +237,61 @@ def plan_transfer(
             plan.from_instances = sorted({*plan.from_instances, tag})
     if not plan.seeds:
         plan.reason = "every transferred candidate was blocked by the rules or outside the space"
+    return plan
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Who is asking for a warm start: the new instance's service, objective and workload."""
+
+    service: str
+    objective: str
+    direction: str
+    own_instances: frozenset[str]  # the job's instance names: not siblings of itself
+    workload_fp: dict[str, float]
+    limits: dict[str, tuple[float, float]]
+    seed: int = 0
+    priors: bool = False  # also tell the tuner the siblings' close-workload trials
+
+
+@task(name="transfer-from-siblings", cache_policy=NO_CACHE)
+def transfer_from_siblings(
+    study: optuna.Study, request: TransferRequest, *, table: pd.DataFrame, tracking_uri: str,
+    space: SearchSpace, rules: RuleSet, record: Path,
+) -> TransferPlan:
+    """Queue in ``study`` the configs the service's champion model and its sibling instances
+    suggest, right after the default config; ``table`` is the service's trial table here (the
+    champion's own table is used when it is empty: siblings tuned elsewhere). The plan is kept
+    as ``record`` (``transfer.json``)."""
+    logger = get_run_logger()
+    table = training_rows(table)
+    champion = load_champion(tracking_uri, request.service, request.objective)
+    if table.empty and champion is not None:
+        table = training_rows(champion_table(tracking_uri, request.service, request.objective))
+    siblings = table[~table["instance"].isin(request.own_instances)
+                     & (table["objective"] == request.objective)]
+    if siblings.empty and (champion is None or champion.tags.get("instance")
+                           in request.own_instances):
+        plan = TransferPlan(reason="no sibling instance of the service has run trials yet")
+    else:
+        plan = plan_transfer(space=space, rules=rules, siblings=siblings,
+                             workload_fp=request.workload_fp, limits=request.limits,
+                             direction=request.direction, champion=champion, seed=request.seed)
+    for seed in plan.seeds:
+        study.enqueue_trial(seed.params, user_attrs={TRANSFER_ATTR: seed.source},
+                            skip_if_exists=True)
+    if request.priors and not siblings.empty:
+        priors = prior_trials(siblings, space, rules, request.workload_fp, request.limits,
+                              request.direction)
+        study.add_trials(priors)
+        plan.n_priors = len(priors)
+        logger.info("transfer: %d sibling trials with close workloads told as priors",
+                    len(priors))
+    write_text_atomic(record, json.dumps(plan.to_dict(), indent=2, default=str))
+    if plan.seeds:
+        logger.info("transfer: %d configs queued first (%s) from %s, model %s v%s",
+                    len(plan.seeds), ", ".join(s.source for s in plan.seeds),
+                    ", ".join(plan.from_instances) or "-", plan.model_name, plan.model_version)
+    else:
+        logger.info("transfer: nothing queued (%s)", plan.reason)
     return plan

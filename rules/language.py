@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import rule_engine
@@ -30,28 +30,12 @@ MAX_TEXT, MAX_NODES, MAX_DEPTH, MAX_STRING, MAX_ARRAY, MAX_EXPONENT = 1000, 150,
 FUNCTIONS = {"abs": 1, "min": None, "max": None}  # name -> number of arguments (None: an array)
 _A_VALUE = {NUMBER: "a number", STRING: "a quoted string", BOOL: "true or false"}
 
-_TYPES = {
-    NUMBER: rule_engine.DataType.FLOAT,
-    STRING: rule_engine.DataType.STRING,
-    BOOL: rule_engine.DataType.BOOLEAN,
-}
-_ARITHMETIC = {
-    "add": np.add,
-    "sub": np.subtract,
-    "mul": np.multiply,
-    "tdiv": np.true_divide,
-    "fdiv": np.floor_divide,
-    "mod": np.mod,
-    "pow": np.power,
-}
-_COMPARE = {
-    "eq": np.equal,
-    "ne": np.not_equal,
-    "gt": np.greater,
-    "ge": np.greater_equal,
-    "lt": np.less,
-    "le": np.less_equal,
-}
+_TYPES = {NUMBER: rule_engine.DataType.FLOAT, STRING: rule_engine.DataType.STRING,
+          BOOL: rule_engine.DataType.BOOLEAN}
+_ARITHMETIC = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "tdiv": np.true_divide,
+               "fdiv": np.floor_divide, "mod": np.mod, "pow": np.power}
+_COMPARE = {"eq": np.equal, "ne": np.not_equal, "gt": np.greater, "ge": np.greater_equal,
+            "lt": np.less, "le": np.less_equal}
 
 
 class RuleError(KnobflowError):
@@ -114,15 +98,16 @@ def compile_expression(
         raise RuleError(f"{locate(0)}: {_engine_message(exc)}") from None
     except (ArithmeticError, ValueError) as exc:  # constant folding overflowed
         raise RuleError(f"{locate(0)}: the expression cannot be computed: {exc}") from None
-    names: set[str] = set()
-    _check(rule.statement.expression, text, symbols, locate, names, [0], 1)
+    checker = _Checker(text, symbols, locate)
+    checker.check(rule.statement.expression)
     _check_literals(rule.statement.expression, text, symbols, choices or {}, locate)
     if getattr(rule.statement.expression, "result_type", None) not in (
         rule_engine.DataType.BOOLEAN,
         rule_engine.DataType.UNDEFINED,
     ):
         raise RuleError(f"{locate(0)}: a rule must be a true/false condition, e.g. 'a >= b'")
-    return Expression(text=text, names=frozenset(names), tree=rule.statement.expression)
+    return Expression(text=text, names=frozenset(checker.names),
+                      tree=rule.statement.expression)
 
 
 def _context_types(symbols: Mapping[str, str]) -> dict[str, Any]:
@@ -192,108 +177,12 @@ def _attribute_refused(name: str, text: str, locate: Locate) -> RuleError:
     )
 
 
-def _refuse(node: Any, text: str, locate: Locate, what: str) -> RuleError:
-    return RuleError(f"{locate(0)}: {what} is not allowed in rules (in {text!r})")
+class _Checker:
+    """Walks a parsed tree: only whitelisted constructs, known names, and limits on size; the
+    names it uses are collected in ``names``."""
 
-
-def _check(
-    node: Any,
-    text: str,
-    symbols: Mapping[str, str],
-    locate: Locate,
-    names: set[str],
-    count: list[int],
-    depth: int,
-) -> None:
-    """Walk the tree: only whitelisted constructs, known names, and limits on size."""
-    count[0] += 1
-    if count[0] > MAX_NODES:
-        raise RuleError(f"{locate(0)}: the expression has more than {MAX_NODES} parts")
-    if depth > MAX_DEPTH:
-        raise RuleError(f"{locate(0)}: the expression nests deeper than {MAX_DEPTH} levels")
-    kind = type(node)
-    if kind is ast.SymbolExpression:
-        if node.scope is not None:
-            raise _refuse(node, text, locate, f"the built-in symbol '${node.name}'")
-        if node.name in NAMESPACES:
-            raise RuleError(
-                f"{locate(_offset_of(text, node.name))}: '{node.name}' needs a name "
-                f"after it, e.g. '{node.name}.{_example(node.name, symbols)}'"
-            )
-        names.add(node.name)
-        return
-    if kind is ast.GetAttributeExpression:
-        obj = node.object
-        if not (type(obj) is ast.SymbolExpression and obj.scope is None and obj.name in NAMESPACES):
-            raise _attribute_refused(node.name, text, locate)
-        full = f"{obj.name}.{node.name}"
-        if full not in symbols:
-            known = [s for s in symbols if s.startswith(f"{obj.name}.")]
-            raise RuleError(
-                f"{locate(_offset_of(text, full))}: unknown name '{full}'"
-                + (did_you_mean(full, known) or f"; the {obj.name}.* names are {', '.join(known)}")
-            )
-        names.add(full)
-        return
-    if kind is ast.FloatExpression:
-        if not Decimal(node.value).is_finite():
-            raise RuleError(f"{locate(0)}: a number in the expression is too large")
-        return
-    if kind is ast.StringExpression:
-        if len(node.value) > MAX_STRING:
-            raise RuleError(f"{locate(0)}: a string longer than {MAX_STRING} characters")
-        return
-    if kind is ast.BooleanExpression:
-        return
-    if (
-        kind is ast.ArithmeticExpression
-        and node.type == "pow"
-        and (type(node.right) is not ast.FloatExpression or abs(node.right.value) > MAX_EXPONENT)
-    ):
-        raise RuleError(
-            f"{locate(0)}: an exponent must be a number of at most {MAX_EXPONENT} (in {text!r})"
-        )
-    if kind is ast.FunctionCallExpression:
-        function = node.function
-        if not (
-            type(function) is ast.SymbolExpression
-            and function.scope == "built-in"
-            and function.name in FUNCTIONS
-        ):
-            name = getattr(function, "name", "?")
-            raise _refuse(
-                node,
-                text,
-                locate,
-                f"calling '{name}' (allowed: " + ", ".join(f"${f}" for f in FUNCTIONS) + ")",
-            )
-        args = list(node.arguments)
-        if FUNCTIONS[function.name] is None:  # $min([a, b, ...]), $max([...])
-            if len(args) != 1 or type(args[0]) is not ast.ArrayExpression:
-                raise RuleError(
-                    f"{locate(0)}: ${function.name} takes one [list], e.g. ${function.name}([a, b])"
-                )
-            args = list(args[0].value)
-            if len(args) > MAX_ARRAY:
-                raise RuleError(f"{locate(0)}: a list longer than {MAX_ARRAY} items")
-        for arg in args:
-            _check(arg, text, symbols, locate, names, count, depth + 1)
-        return
-    if kind is ast.ContainsExpression:
-        container = node.container
-        if type(container) is not ast.ArrayExpression:
-            raise _refuse(node, text, locate, "'in' with something other than a [list]")
-        _check(node.member, text, symbols, locate, names, count, depth + 1)
-        _check(container, text, symbols, locate, names, count, depth + 1)
-        return
-    if kind is ast.ArrayExpression:
-        if len(node.value) > MAX_ARRAY:
-            raise RuleError(f"{locate(0)}: a list longer than {MAX_ARRAY} items")
-        for item in node.value:
-            if type(item) not in (ast.FloatExpression, ast.StringExpression, ast.BooleanExpression):
-                raise _refuse(item, text, locate, "a list of anything but plain values")
-        return
-    children = {
+    #: Constructs that only combine their children, and the fields holding them.
+    COMBINE: ClassVar[dict[type, tuple[str, ...]]] = {
         ast.LogicExpression: ("left", "right"),
         ast.ComparisonExpression: ("left", "right"),
         ast.ArithmeticComparisonExpression: ("left", "right"),
@@ -302,12 +191,115 @@ def _check(
         ast.SubtractExpression: ("left", "right"),
         ast.UnaryExpression: ("right",),
         ast.TernaryExpression: ("condition", "case_true", "case_false"),
-    }.get(kind)
-    if children is None:
-        what = kind.__name__.removesuffix("Expression").lower() or "this construct"
-        raise _refuse(node, text, locate, f"a {what} expression")
-    for field in children:
-        _check(getattr(node, field), text, symbols, locate, names, count, depth + 1)
+    }
+
+    def __init__(self, text: str, symbols: Mapping[str, str], locate: Locate) -> None:
+        self.text, self.symbols, self.locate = text, symbols, locate
+        self.names: set[str] = set()
+        self.count = 0
+
+    def check(self, node: Any, depth: int = 1) -> None:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise RuleError(f"{self.locate(0)}: the expression has more than {MAX_NODES} parts")
+        if depth > MAX_DEPTH:
+            raise RuleError(
+                f"{self.locate(0)}: the expression nests deeper than {MAX_DEPTH} levels")
+        kind = type(node)
+        leaf = {
+            ast.SymbolExpression: self._symbol, ast.GetAttributeExpression: self._attribute,
+            ast.FloatExpression: self._number, ast.StringExpression: self._string,
+            ast.BooleanExpression: lambda node: None, ast.ArrayExpression: self._array,
+        }.get(kind)
+        if leaf is not None:
+            leaf(node)
+            return
+        if kind is ast.FunctionCallExpression:
+            children = self._call(node)
+        elif kind is ast.ContainsExpression:
+            children = self._contains(node)
+        else:
+            children = self._combined(node)
+        for child in children:
+            self.check(child, depth + 1)
+
+    def _refuse(self, what: str) -> RuleError:
+        return RuleError(f"{self.locate(0)}: {what} is not allowed in rules (in {self.text!r})")
+
+    def _symbol(self, node: Any) -> None:
+        if node.scope is not None:
+            raise self._refuse(f"the built-in symbol '${node.name}'")
+        if node.name in NAMESPACES:
+            raise RuleError(
+                f"{self.locate(_offset_of(self.text, node.name))}: '{node.name}' needs a name "
+                f"after it, e.g. '{node.name}.{_example(node.name, self.symbols)}'"
+            )
+        self.names.add(node.name)
+
+    def _attribute(self, node: Any) -> None:
+        obj = node.object
+        if not (type(obj) is ast.SymbolExpression and obj.scope is None
+                and obj.name in NAMESPACES):
+            raise _attribute_refused(node.name, self.text, self.locate)
+        full = f"{obj.name}.{node.name}"
+        if full not in self.symbols:
+            known = [s for s in self.symbols if s.startswith(f"{obj.name}.")]
+            raise RuleError(
+                f"{self.locate(_offset_of(self.text, full))}: unknown name '{full}'"
+                + (did_you_mean(full, known) or f"; the {obj.name}.* names are {', '.join(known)}")
+            )
+        self.names.add(full)
+
+    def _number(self, node: Any) -> None:
+        if not Decimal(node.value).is_finite():
+            raise RuleError(f"{self.locate(0)}: a number in the expression is too large")
+
+    def _string(self, node: Any) -> None:
+        if len(node.value) > MAX_STRING:
+            raise RuleError(f"{self.locate(0)}: a string longer than {MAX_STRING} characters")
+
+    def _array(self, node: Any) -> None:
+        if len(node.value) > MAX_ARRAY:
+            raise RuleError(f"{self.locate(0)}: a list longer than {MAX_ARRAY} items")
+        for item in node.value:
+            if type(item) not in (ast.FloatExpression, ast.StringExpression, ast.BooleanExpression):
+                raise self._refuse("a list of anything but plain values")
+
+    def _call(self, node: Any) -> list[Any]:
+        """A whitelisted function's arguments ($min and $max take one [list])."""
+        function = node.function
+        if not (type(function) is ast.SymbolExpression and function.scope == "built-in"
+                and function.name in FUNCTIONS):
+            name = getattr(function, "name", "?")
+            raise self._refuse(
+                f"calling '{name}' (allowed: " + ", ".join(f"${f}" for f in FUNCTIONS) + ")")
+        args = list(node.arguments)
+        if FUNCTIONS[function.name] is None:  # $min([a, b, ...]), $max([...])
+            if len(args) != 1 or type(args[0]) is not ast.ArrayExpression:
+                raise RuleError(f"{self.locate(0)}: ${function.name} takes one [list], e.g. "
+                                f"${function.name}([a, b])")
+            args = list(args[0].value)
+            if len(args) > MAX_ARRAY:
+                raise RuleError(f"{self.locate(0)}: a list longer than {MAX_ARRAY} items")
+        return args
+
+    def _contains(self, node: Any) -> list[Any]:
+        if type(node.container) is not ast.ArrayExpression:
+            raise self._refuse("'in' with something other than a [list]")
+        return [node.member, node.container]
+
+    def _combined(self, node: Any) -> list[Any]:
+        kind = type(node)
+        if (kind is ast.ArithmeticExpression and node.type == "pow"
+                and (type(node.right) is not ast.FloatExpression
+                     or abs(node.right.value) > MAX_EXPONENT)):
+            raise RuleError(f"{self.locate(0)}: an exponent must be a number of at most "
+                            f"{MAX_EXPONENT} (in {self.text!r})")
+        fields = self.COMBINE.get(kind)
+        if fields is None:
+            what = kind.__name__.removesuffix("Expression").lower() or "this construct"
+            raise self._refuse(f"a {what} expression")
+        return [getattr(node, field) for field in fields]
 
 
 def _check_literals(
@@ -395,4 +387,4 @@ def _eval(node: Any, columns: Mapping[str, Any]) -> Any:
         return (np.minimum if name == "min" else np.maximum).reduce(items)
     if kind is ast.ArrayExpression:
         return [_eval(item, columns) for item in node.value]
-    raise AssertionError(f"unchecked construct {kind.__name__}")  # _check refuses these
+    raise AssertionError(f"unchecked construct {kind.__name__}")  # _Checker refuses these

@@ -28,7 +28,9 @@ import pandas as pd
 import yaml
 
 from rules.language import RuleError
-from rules.ruleset import Rule, RuleSet, rule_from_dict
+from rules.parse import rule_from_dict
+from rules.rule import Rule
+from rules.ruleset import RuleSet
 from targets.common.files import display_path, file_lock, write_text_atomic
 from targets.spec import Knob, KnobSpec
 from tuners.space import SearchSpace

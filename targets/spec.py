@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from targets.common.errors import ConfigError, SpecError, check_fields, did_you_mean, fmt_value
-from targets.common.files import display_path, load_yaml
+from targets.common.files import display_path
+from targets.common.yamlfiles import load_yaml
 
 KNOB_TYPES = ("int", "float", "bool", "categorical")
 KNOB_FIELDS = ("type", "range", "values", "default", "log", "unit", "description", "restart")

@@ -1,5 +1,20 @@
-"""Tasks of the tuning plane: trial execution (explore), measurement cleaning, tracking.
+"""Tasks of the tuning plane: running trials, cleaning measurements, verifying, tracking, training.
 
 Kept import-light: the trial process imports ``tasks.trial_process`` and must not pay for Prefect,
-MLflow or pandas.
+MLflow or pandas; every name below is imported when first used.
 """
+
+from targets.common.exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "clean": ("Cleaned", "clean_measurement", "measurement_row"),
+    "expert": ("check_rows", "merge_expert_rows"),
+    "explore": ("ExploreStats", "Exploration", "explore"),
+    "guard": ("CandidateGuard", "RuleLearner"),
+    "noise": ("RepeatPolicy", "t_interval"),
+    "runner": ("TrialRunner", "run_trial"),
+    "track": ("JobTracker", "start_tracking"),
+    "train": ("TrainReport", "train_models", "train_service_models"),
+    "trial_process": ("TrialProcesses",),
+    "verify": ("Verification", "verify_best"),
+})

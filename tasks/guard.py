@@ -3,20 +3,30 @@
 A candidate an error rule blocks never runs: it is told to Optuna as infeasible (a constraint
 above zero, so the sampler learns to keep away), counted per rule, and reported. Warnings travel
 with the trial. When a trial crashes, hangs or runs out of memory, a forbid rule for the region
-that caused it is proposed and applies to every later candidate.
+that caused it is proposed (``RuleLearner``), stored for review, and applies to every later
+candidate.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
+import pandas as pd
+from optuna.trial import TrialState
 
 from rules.language import RuleError
-from rules.ruleset import Rule, RuleSet, Verdict
-from tuners.trials import ATTR, blocked_record
+from rules.learn import LearnedRules, propose_forbid
+from rules.rule import Rule, Verdict
+from rules.ruleset import RuleSet
+from targets.spec import KnobSpec
+from tuners.space import SearchSpace
+from tuners.trials import ATTR, RowStatus, TrialOutcome, blocked_record, ranked_trials
+
+__all__ = ["MAX_BLOCKED_IN_A_ROW", "CandidateGuard", "RuleLearner"]
 
 #: Consecutive blocked candidates after which the job stops: the rules leave (almost) nothing.
 MAX_BLOCKED_IN_A_ROW = 200
@@ -78,3 +88,41 @@ class CandidateGuard:
                 else:
                     self.learned.append(rule)
         return rule
+
+
+class RuleLearner:
+    """Proposes a forbid rule for a failed trial's region (``rules.learn.propose_forbid``): it
+    must spare every config that ran well (in this job and, from ``table``, in earlier jobs of
+    the service) and is widened to hold earlier failures of the same kind where it can. The
+    rule is stored in ``store`` with its provenance and logged."""
+
+    def __init__(self, store: LearnedRules, study: optuna.Study, space: SearchSpace,
+                 rules: RuleSet, table: pd.DataFrame, logger: logging.Logger | Any) -> None:
+        self.store, self.study, self.space, self.rules, self.logger = (
+            store, study, space, rules, logger)
+        self.prior_good = _good_configs(table, space.spec)
+
+    def __call__(self, number: int, outcome: TrialOutcome) -> Rule | None:
+        goods = self.prior_good + [t.user_attrs[ATTR]["config"]
+                                   for t in ranked_trials(self.study)]
+        failures = [t.user_attrs[ATTR]["config"]
+                    for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                    if t.user_attrs.get(ATTR, {}).get("failure_class") == outcome.failure_class]
+        expression = propose_forbid(outcome.config, goods, self.space, self.rules, failures)
+        if expression is None:
+            return None
+        rule = self.store.add(expression, rules=self.rules, study=self.study.study_name,
+                              trial=number, failure_class=str(outcome.failure_class),
+                              message=outcome.message)
+        self.logger.warning("trial %d %s: learned rule %s: forbid %s", number,
+                            outcome.failure_class, rule.id,
+                            rule.expression.text)  # a widened rule keeps its id
+        return rule
+
+
+def _good_configs(table: pd.DataFrame, spec: KnobSpec) -> list[dict[str, Any]]:
+    """The configs of the clean rows of a trial table (knobs it lacks at their defaults)."""
+    if table.empty:
+        return []
+    rows = table[table["status"] == RowStatus.OK].to_dict(orient="records")
+    return [{k.name: row.get(f"knob.{k.name}", k.default) for k in spec} for row in rows]

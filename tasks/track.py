@@ -27,6 +27,8 @@ import optuna
 import pandas as pd
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from sklearn.base import BaseEstimator
 
 from model_registry.registry import TABLE_ARTIFACT
@@ -203,6 +205,19 @@ class JobTracker:
         self.flush()
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+
+@task(name="start-tracking", cache_policy=NO_CACHE)
+def start_tracking(tracking_uri: str, experiment: str, artifact_root: Path, name: str, *,
+                   params: Mapping[str, Any], tags: Mapping[str, str], run_id: str | None,
+                   study: optuna.Study | None = None) -> JobTracker:
+    """Open a job's MLflow parent run, or reopen ``run_id`` to resume; a resumed job's
+    ``study`` has its finished trials the killed job had not logged written now."""
+    tracker = JobTracker(tracking_uri, experiment, artifact_root)
+    tracker.start_job(name, params=params, tags=tags, run_id=run_id)
+    if study is not None:
+        get_run_logger().info("%d finished trials logged to MLflow late", tracker.backfill(study))
+    return tracker
 
 
 # -- model runs ------------------------------------------------------------------------------------

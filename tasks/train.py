@@ -155,13 +155,10 @@ def train_models(
     artifact_root: Path | None = None,
 ) -> TrainReport | None:
     """Train a surrogate of ``objective`` per model kind on ``service``'s trial table (all its
-    instances), cross-validate and score each on held-out trials, log one MLflow run per kind,
-    register the best (held-out Spearman, then CV R²) and offer it to the champion policy.
-    None, with the reason logged, when there are fewer than ``MIN_ROWS`` clean trials.
-
-    ``workload_fp`` is the current workload of ``instance`` (tags, and the champion's
-    "workload moved" test); every row's own ``workload.*`` features are model inputs.
-    Artifacts go to ``artifact_root`` (default: ``artifacts/`` beside a SQLite store)."""
+    instances), score each on held-out trials, log one MLflow run per kind, register the best
+    (held-out Spearman, then CV R²) and offer it to the champion policy; None when there are
+    fewer than ``MIN_ROWS`` clean trials. ``workload_fp``: the current workload of ``instance``
+    (tags, the champion's "workload moved" test); rows' own ``workload.*`` are model inputs."""
     if direction not in (MAXIMIZE, MINIMIZE):
         raise ValueError(f"direction must be {MAXIMIZE} or {MINIMIZE}, got {direction!r}")
     if not 0.0 < holdout_fraction < 0.5:

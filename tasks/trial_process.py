@@ -13,16 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the tuner's side imports it when it starts a trial; the child never does
+    import subprocess
 
 LOG_TAIL_LINES = 20
 
@@ -104,6 +105,8 @@ class TrialProcesses:
 
     def run(self, request: dict[str, Any], trial_dir: Path, timeout_s: float) -> ChildExit:
         """Run one trial process for ``request`` in ``trial_dir``; wait at most ``timeout_s``."""
+        import subprocess
+
         request_path, log_path = trial_dir / "request.json", trial_dir / "log.txt"
         result_path = Path(request["result_path"])
         result_path.unlink(missing_ok=True)
@@ -141,6 +144,9 @@ class TrialProcesses:
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Wait for ``proc`` to exit; False on timeout. Wakes at once on exit (Popen.wait polls)."""
+    import select
+    import subprocess
+
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): Popen's polling wait

@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from targets.base import MAXIMIZE
 from tasks.noise import t_interval
 from tasks.runner import TrialRunner, run_trial
@@ -56,6 +59,7 @@ def gain_interval(
     return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
+@task(name="verify-best", cache_policy=NO_CACHE)
 def verify_best(
     runner: TrialRunner,
     default_config: Mapping[str, Any],

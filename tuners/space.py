@@ -16,6 +16,7 @@ error, never a silent clamp.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,8 @@ from optuna.distributions import (
 )
 
 from targets.common.errors import SpecError, check_fields, did_you_mean, fmt_value
-from targets.common.files import display_path, load_yaml
+from targets.common.files import display_path
+from targets.common.yamlfiles import load_yaml
 from targets.spec import Knob, KnobSpec, Scalar, parse_range
 
 _OVERRIDE_FIELDS = ("range", "values", "log")
@@ -73,6 +75,20 @@ class SearchSpace:
         params = {k.name: self.spec[k.name].default for k in self.tuned}
         if any(k.problem_with(params[k.name]) for k in self.tuned):
             return None
+        return params
+
+    def project(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Another job's config as params of this space (transfer): numeric values clipped into
+        the ranges, categories kept only if the space allows them; None if it cannot be
+        expressed."""
+        params: dict[str, Any] = {}
+        for knob in self.tuned:
+            if config.get(knob.name) is None:
+                return None
+            value = _projected(knob, config[knob.name])
+            if value is None or knob.problem_with(value):
+                return None
+            params[knob.name] = value
         return params
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,3 +217,19 @@ def load_space(path: str | os.PathLike[str], spec: KnobSpec) -> SearchSpace:
 def space_for_knobs(spec: KnobSpec, names: Sequence[str], source: str = "--knobs") -> SearchSpace:
     """Tune only ``names`` over their whole domains (the ``--knobs a,b`` shortcut)."""
     return parse_space({"knobs": {n: None for n in names}}, spec, source)
+
+
+def _projected(knob: Knob, value: Any) -> Any:
+    """``value`` as a value of ``knob``: a number clipped into its range (None if not a number)."""
+    if knob.is_numeric:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        if math.isnan(number):
+            return None
+        number = min(max(number, float(knob.low)), float(knob.high))
+        return round(number) if knob.type == "int" else number
+    if knob.type == "bool":
+        return bool(value) if not isinstance(value, str) else value.lower() == "true"
+    return value

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from typer.testing import CliRunner
+
+from flows.cli import app
 
 REQUIRED_KEYS = {
     "target",
@@ -135,8 +138,9 @@ def test_tune_json_prints_one_object_with_the_result(prefect_api: str, home: Pat
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(args: list[str], message: str, home: Path) -> None:
-    result = run_cli([*args, "--home", str(home)] if args[0] == "tune" else args)
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    """In-process, as the console script runs it (same command group, same error handling)."""
+    result = CliRunner().invoke(app, [*args, "--home", str(home)] if args[0] == "tune" else args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(message), lines[0]

@@ -49,7 +49,7 @@ def test_the_nightly_sqlite_deployment_runs_a_job(prefect_api: str, home: Path,
     params: dict[str, Any] = {**deployment["parameters"], "budget": 3, "home": str(home),
                               "workload": {"rows": 2000, "ops": 2000}, "verify_repeats": 2}
     summary = flow(**flow.validate_parameters(params))
-    assert summary["target"] == "sqlite"
-    assert summary["service"] == deployment["parameters"]["service"]
-    assert summary["instance"] == deployment["parameters"]["instance"]
-    assert summary["n_trials"] == 3 and summary["n_failed"] == 0
+    assert summary.target == "sqlite"
+    assert summary.service == deployment["parameters"]["service"]
+    assert summary.instance == deployment["parameters"]["instance"]
+    assert summary.n_trials == 3 and summary.n_failed == 0

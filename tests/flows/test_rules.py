@@ -11,7 +11,9 @@ import optuna
 import pytest
 import yaml
 
-from flows.job import build_job
+from flows.job import Job
+from flows.report import RunSummary
+from flows.spec import JobSpec
 from flows.tune import tune
 from rules.language import RuleError
 from rules.learn import LearnedRules, learned_path
@@ -25,9 +27,9 @@ FAST = {"duration": 0.0, "noise": 0.02}
 MIB = 2**20
 
 
-def _trials(home: Path, summary: dict) -> list[optuna.trial.FrozenTrial]:
+def _trials(home: Path, summary: RunSummary) -> list[optuna.trial.FrozenTrial]:
     study = open_study(
-        home, summary["study_name"], "maximize", optuna.samplers.RandomSampler(), create=False
+        home, summary.study_name, "maximize", optuna.samplers.RandomSampler(), create=False
     )
     return study.get_trials(deepcopy=False)
 
@@ -55,9 +57,9 @@ def test_a_job_with_rules_runs_none_of_the_known_hangs(
     assert len(ran) == 4
     hangs = [c for c in ran if c["io_threads"] > cores or 0 < c["maxmemory"] < MIB]
     assert hangs == []
-    assert summary["n_blocked"] > 0
-    assert set(summary["blocked_by"]) <= {"io-threads-beyond-cores", "maxmemory-too-small"}
-    assert summary["n_failed"] == 0
+    assert summary.n_blocked > 0
+    assert set(summary.blocked_by) <= {"io-threads-beyond-cores", "maxmemory-too-small"}
+    assert summary.n_failed == 0
 
 
 def test_blocked_candidates_are_infeasible_for_the_tuner(prefect_api: str, home: Path) -> None:
@@ -68,14 +70,14 @@ def test_blocked_candidates_are_infeasible_for_the_tuner(prefect_api: str, home:
                    rule_files=[str(rules)], home=str(home))
     trials = _trials(home, summary)
     blocked = [t for t in trials if t.user_attrs["knobflow"]["status"] == "blocked"]
-    assert blocked and summary["n_blocked"] == len(blocked)
+    assert blocked and summary.n_blocked == len(blocked)
     mine = [t for t in blocked if "no-big-x" in t.user_attrs["knobflow"]["rules"]]
-    assert len(mine) == summary["blocked_by"]["no-big-x"] > 0
+    assert len(mine) == summary.blocked_by["no-big-x"] > 0
     # told to Optuna as infeasible: a constraint above zero, for the sampler to keep away
     assert all(t.constraints and min(t.constraints.values()) > 0 for t in blocked)
     assert all(t.params["x"] > 0.5 for t in mine)
     assert all(c["x"] <= 0.5 for c in _ran(trials)) and len(_ran(trials)) == 8
-    assert summary["best_config"]["x"] <= 0.5
+    assert summary.best_config["x"] <= 0.5
 
 
 def test_crashes_teach_rules_that_later_jobs_apply_and_operators_review(
@@ -87,11 +89,11 @@ def test_crashes_teach_rules_that_later_jobs_apply_and_operators_review(
                                      "fixed": {"compress": True, "mode": "alpha"}}))
     first = tune("synthetic", budget=16, tuner="random", seed=7, workload=FAST,
                  space_file=str(space), trial_timeout=2.0, home=str(home))
-    assert first["failure_classes"].get("crash", 0) >= 1
-    assert first["learned_rules"]
+    assert first.failure_classes.get("crash", 0) >= 1
+    assert first.learned_rules
     store = LearnedRules(learned_path(home, "synthetic"), SyntheticTarget.knob_spec())
     docs = store.documents()
-    assert [d["id"] for d in docs] == first["learned_rules"]
+    assert [d["id"] for d in docs] == first.learned_rules
     crashed = [t for t in _trials(home, first) if t.user_attrs["knobflow"].get("failure_class")
                == "crash"]
     first_crash = crashed[0]
@@ -111,12 +113,12 @@ def test_crashes_teach_rules_that_later_jobs_apply_and_operators_review(
     # a later job of the service applies them; --no-learned-rules does not
     second = tune("synthetic", budget=10, tuner="random", seed=8, workload=FAST,
                   space_file=str(space), trial_timeout=2.0, home=str(home))
-    learned_blocks = {k: v for k, v in second["blocked_by"].items() if k.startswith("learned-")}
+    learned_blocks = {k: v for k, v in second.blocked_by.items() if k.startswith("learned-")}
     assert learned_blocks
     plain = tune("synthetic", budget=6, tuner="random", seed=8, workload=FAST,
                  space_file=str(space), trial_timeout=2.0, learn_rules=False, home=str(home))
-    assert not any(k.startswith("learned-") for k in plain["blocked_by"])
-    assert len(store.documents()) == len(docs) + len(second["learned_rules"])
+    assert not any(k.startswith("learned-") for k in plain.blocked_by)
+    assert len(store.documents()) == len(docs) + len(second.learned_rules)
 
     # operators list, accept and drop them
     rule_id = doc["id"]
@@ -192,7 +194,8 @@ def test_a_space_the_rules_block_entirely_is_refused_before_the_job(
 ) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"knobs": {"journal_mode": {"values": ["off", "memory"]}}}))
-    build_job(home, "sqlite", space_file=str(space))  # fine without the policy
+    Job.create(JobSpec.of(target="sqlite", space_file=str(space)), home)  # fine without policy
     with pytest.raises(RuleError, match="every config of the search space fails the rules "
                                         r"\(e.g. rule 'durable-journal'"):
-        build_job(home, "sqlite", space_file=str(space), policies=["durability"])
+        Job.create(JobSpec.of(target="sqlite", space_file=str(space), policies=["durability"]),
+                   home)

@@ -38,19 +38,19 @@ def test_synthetic_job_records_every_trial_in_mlflow(prefect_api: str, home: Pat
     # the job's store must not leak to later processes (mlflow.set_tracking_uri sets this)
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
-    assert summary["n_trials"] == 14
-    assert summary["best_config"] is not None
+    assert summary.n_trials == 14
+    assert summary.best_config is not None
     # trial 0 measures the default config; the search then has to beat it
-    assert summary["best_observed_value"] >= summary["default_value"] * 0.9
-    assert summary["gain"] > 1.0 and summary["gain_low"] <= summary["gain"] <= summary["gain_high"]
-    assert summary["best_true_value"] <= summary["known_optimum_value"] + 1e-9
+    assert summary.best_observed_value >= summary.default_value * 0.9
+    assert summary.gain > 1.0 and summary.gain_low <= summary.gain <= summary.gain_high
+    assert summary.best_true_value <= summary.known_optimum_value + 1e-9
 
     client = _client(home)
-    parent = client.get_run(summary["mlflow_run_id"])
+    parent = client.get_run(summary.mlflow_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["target"] == "synthetic"
-    assert parent.data.metrics["gain"] == pytest.approx(summary["gain"])
-    trials = _children(client, summary["mlflow_run_id"], "explore")
+    assert parent.data.metrics["gain"] == pytest.approx(summary.gain)
+    trials = _children(client, summary.mlflow_run_id, "explore")
     assert len(trials) == 14
     spec = SyntheticTarget.knob_spec()
     for run in trials:
@@ -65,15 +65,15 @@ def test_synthetic_job_records_every_trial_in_mlflow(prefect_api: str, home: Pat
             assert {"trial.json", "validation.json"} <= files
         else:
             assert run.data.tags["knobflow.failure_class"]
-    verify = _children(client, summary["mlflow_run_id"], "verify")
+    verify = _children(client, summary.mlflow_run_id, "verify")
     assert len(verify) == 2 * 3
 
-    best_file = Path(summary["best_config_file"])
+    best_file = Path(summary.best_config_file)
     config = yaml.safe_load(best_file.read_text())
-    assert config == summary["best_config"]
+    assert config == summary.best_config
     assert spec.validate_config(config, str(best_file)) == config
     result = json.loads((best_file.parent / "result.json").read_text())
-    assert result["study_name"] == summary["study_name"]
+    assert result["study_name"] == summary.study_name
     assert (best_file.parent / "history.png").stat().st_size > 1000
 
 
@@ -103,15 +103,15 @@ def test_crashes_and_hangs_become_failed_trials_and_the_job_goes_on(
         trial_timeout=1.0,
         home=str(home),
     )
-    assert summary["n_trials"] == 10
-    classes = summary["failure_classes"]
+    assert summary.n_trials == 10
+    classes = summary.failure_classes
     assert classes.get("crash", 0) >= 1, classes
-    assert summary["n_failed"] == sum(classes.values())
+    assert summary.n_failed == sum(classes.values())
     study = open_study(
-        home, summary["study_name"], "maximize", optuna.samplers.RandomSampler(), create=False
+        home, summary.study_name, "maximize", optuna.samplers.RandomSampler(), create=False
     )
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    assert len(failed) == summary["n_failed"]
+    assert len(failed) == summary.n_failed
     assert all(t.user_attrs["knobflow"]["log_tail"] is not None for t in failed)
     # crashes never reach the tuner as values
     assert all(t.value is None for t in failed)
@@ -121,9 +121,9 @@ def test_parallel_instances_use_their_own_data_directories(prefect_api: str, hom
     summary = tune(
         "synthetic", budget=8, parallel=2, instance="kv", seed=1, workload=FAST, home=str(home)
     )
-    assert summary["n_trials"] == 8
+    assert summary.n_trials == 8
     study = open_study(
-        home, summary["study_name"], "maximize", optuna.samplers.RandomSampler(), create=False
+        home, summary.study_name, "maximize", optuna.samplers.RandomSampler(), create=False
     )
     ran = [t for t in study.trials if t.user_attrs["knobflow"]["status"] != "blocked"]
     used = {t.user_attrs["knobflow"]["instance"] for t in ran}
@@ -141,16 +141,16 @@ def test_time_budget_stops_new_trials(prefect_api: str, home: Path) -> None:
         workload={**FAST, "duration": 0.2},
         home=str(home),
     )
-    assert 3 <= summary["n_trials"] < 500
+    assert 3 <= summary.n_trials < 500
 
 
 @pytest.mark.parametrize("tuner", ["random", "cmaes"])
 def test_other_tuners_run_a_job(prefect_api: str, home: Path, tuner: str) -> None:
     summary = tune("synthetic", budget=8, tuner=tuner, seed=3, workload=FAST,
                    verify_repeats=2, home=str(home))
-    assert summary["tuner"] == tuner
-    assert summary["n_trials"] == 8
-    study = open_study(home, summary["study_name"], "maximize",
+    assert summary.tuner == tuner
+    assert summary.n_trials == 8
+    study = open_study(home, summary.study_name, "maximize",
                        optuna.samplers.RandomSampler(), create=False)
     # different configs were tried (the sampler really sampled)
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) >= 6

@@ -12,7 +12,7 @@ import yaml
 
 from model_registry import transfer
 from model_registry.registry import load_champion
-from model_registry.transfer import plan_transfer, project
+from model_registry.transfer import plan_transfer
 from rules.review import sample_space
 from rules.ruleset import RuleSet
 from targets.synthetic import SyntheticTarget
@@ -83,7 +83,7 @@ def test_transfer_never_queues_a_config_the_rules_block(champion, tmp_path: Path
     assert plan.n_blocked > 0
     for queued in plan.seeds:
         assert not rules.check(space.config(queued.params)).blocked, queued
-    assert not any(s.params == project(c, space) for s in plan.seeds for c in best)
+    assert not any(s.params == space.project(c) for s in plan.seeds for c in best)
 
 
 def test_measured_configs_come_first_and_the_model_searches_near_them(champion,
@@ -124,10 +124,10 @@ def test_no_sibling_and_no_champion_is_a_reason_not_an_error(tmp_path: Path) -> 
 def test_sibling_configs_are_projected_into_a_narrower_space() -> None:
     space = parse_space({"knobs": {"x": {"range": [0.2, 0.4]},
                                    "mode": {"values": ["alpha", "beta"]}}}, SPEC, "space.yaml")
-    assert project({"x": 0.9, "mode": "beta", "threads": 7}, space) == {"x": 0.4, "mode": "beta"}
-    assert project({"x": 0.3, "mode": "gamma"}, space) is None  # a category it does not allow
-    assert project({"x": float("nan"), "mode": "alpha"}, space) is None
-    assert project({"mode": "alpha"}, space) is None
+    assert space.project({"x": 0.9, "mode": "beta", "threads": 7}) == {"x": 0.4, "mode": "beta"}
+    assert space.project({"x": 0.3, "mode": "gamma"}) is None  # a category it does not allow
+    assert space.project({"x": float("nan"), "mode": "alpha"}) is None
+    assert space.project({"mode": "alpha"}) is None
 
 
 def test_the_champion_predicts_within_the_range_it_was_trained_on(champion) -> None:

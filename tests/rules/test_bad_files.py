@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rules.language import RuleError
-from rules.ruleset import load_rule_file
+from rules.parse import load_rule_file
 from targets.base import Target
 from targets.common.errors import KnobflowError
 from targets.common.files import display_path

@@ -32,7 +32,9 @@ from rules.language import (
     RuleError,
     compile_expression,
 )
-from rules.ruleset import Rule, RuleSet, Verdict, config_symbols, parse_rules, trigger_symbols
+from rules.parse import parse_rules
+from rules.rule import Rule, Verdict, config_symbols, trigger_symbols
+from rules.ruleset import RuleSet
 from targets.common.errors import KnobflowError
 from targets.synthetic import SyntheticTarget
 

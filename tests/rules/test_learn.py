@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 
 from rules.learn import LearnedRules, propose_forbid
+from rules.parse import rule_from_dict
 from rules.review import sample_space
-from rules.ruleset import Rule, RuleSet, rule_from_dict
+from rules.rule import Rule
+from rules.ruleset import RuleSet
 from targets.synthetic import SyntheticTarget
 from tuners.space import SearchSpace, parse_space
 

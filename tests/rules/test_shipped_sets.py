@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from rules.ruleset import RuleSet, load_rule_file, machine_facts
+from rules.parse import load_rule_file
+from rules.rule import machine_facts
+from rules.ruleset import RuleSet
 from targets.registry import load_target
 
 REPO = Path(__file__).resolve().parents[2]

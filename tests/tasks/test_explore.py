@@ -107,7 +107,8 @@ def test_a_rule_learned_from_a_crash_checks_the_very_next_candidate(
     (the first cleaning warms up); a crash still teaches its rule before the next candidate."""
     import optuna
 
-    from rules.ruleset import RuleSet, rule_from_dict
+    from rules.parse import rule_from_dict
+    from rules.ruleset import RuleSet
     from tasks.explore import explore
     from tasks.guard import CandidateGuard
     from tuners.space import parse_space

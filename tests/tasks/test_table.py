@@ -28,13 +28,13 @@ def test_rejected_trials_reach_neither_the_tuner_nor_the_training_table(
     summary = tune("synthetic", budget=12, seed=7, workload={"duration": 0.0, "noise": 0.02},
                    home=str(home))
     table = service_table(home, "synthetic")
-    assert len(table) == summary["n_trials"] == 12
+    assert len(table) == summary.n_trials == 12
     invalid = table[table["status"] == "invalid"]
     assert len(invalid) >= 3, table[["trial", "status", "reason"]]
     assert all("buffer_kb requested" in r for r in invalid["reason"])
     assert invalid["value"].isna().all()
 
-    study = open_study(home, summary["study_name"], "maximize",
+    study = open_study(home, summary.study_name, "maximize",
                        optuna.samplers.RandomSampler(), create=False)
     told = {str(t.number): t.value for t in study.trials}
     for trial in invalid["trial"]:

@@ -1,0 +1,148 @@
+"""``knobflow tune``: its options are the job spec's fields (``flows/spec.py``), made here.
+
+Each field of ``JobSpec`` becomes one option as the field declares it (a value, a repeated
+option, ``K=V`` assignments, a comma list, a flag that turns an option on or off); only the
+options given on the command line reach the spec, so ``--resume`` can tell which were given.
+The spec is checked before Prefect starts (bad input answers in a second, not in thirty); the
+tune flow then builds and runs the job, and the progress bar hears of it through the flow's
+``progress`` parameter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.models import ParameterInfo
+
+from flows.spec import Cli, JobSpec
+
+__all__ = ["given_spec", "spec_value", "tune_command"]
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+#: Options of the command that are not options of the job.
+_COMMAND_ONLY = [
+    inspect.Parameter("resume", _KW, default=False, annotation=Annotated[
+        bool, typer.Option(help="Continue the last unfinished job.")]),
+    inspect.Parameter("home", _KW, default=None, annotation=Annotated[
+        str | None, typer.Option(help="State directory (default ./.knobflow).")]),
+    inspect.Parameter("as_json", _KW, default=False, annotation=Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object.")]),
+    inspect.Parameter("verbose", _KW, default=False, annotation=Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")]),
+]
+
+
+def _cli_parameter(name: str) -> inspect.Parameter:
+    """Spec field ``name`` as a typer parameter of the command."""
+    field = JobSpec.model_fields[name]
+    kind, help_text = JobSpec.cli_kind(name), field.description
+    info: ParameterInfo
+    if kind == Cli.ARGUMENT:
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 annotation=Annotated[str, typer.Argument(help=help_text)])
+    info = typer.Option(JobSpec.flag(name), help=help_text)
+    default: Any = None
+    if kind in (Cli.REPEATED, Cli.ASSIGNMENTS):
+        annotation: Any = list[str] | None
+    elif kind == Cli.COMMA_LIST:
+        annotation = str | None
+    elif kind in (Cli.OFF_FLAG, Cli.ON_FLAG):
+        annotation, default = bool, False
+    else:
+        annotation, default = field.annotation, field.get_default(call_default_factory=True)
+    return inspect.Parameter(name, _KW, annotation=Annotated[annotation, info], default=default)
+
+
+def spec_value(name: str, value: Any) -> Any:
+    """What the command line gave for ``name``, as the spec's field takes it."""
+    from flows.job import parse_assignments
+
+    kind = JobSpec.cli_kind(name)
+    if kind == Cli.ASSIGNMENTS:
+        return parse_assignments(value or [], JobSpec.flag(name)) or None
+    if kind == Cli.COMMA_LIST:
+        return [k.strip() for k in (value or "").split(",") if k.strip()] or None
+    if kind == Cli.REPEATED:
+        return list(value or [])
+    if kind == Cli.OFF_FLAG:
+        return not value
+    return value
+
+
+def given_spec(ctx: typer.Context, values: dict[str, Any]) -> JobSpec:
+    """The job spec of the options given on the command line (defaults are not given)."""
+    # by name: typer carries its own copy of click, with its own ParameterSource enum
+    given = {name: spec_value(name, value) for name, value in values.items()
+             if getattr(ctx.get_parameter_source(name), "name", None)
+             not in ("DEFAULT", "DEFAULT_MAP")}
+    return JobSpec.of(**given)
+
+
+def tune_command(ctx: typer.Context, **values: Any) -> None:
+    """Tune TARGET: explore configs, verify the best against the default, write it to a file."""
+    resume, home, as_json, verbose = (values.pop(k) for k in
+                                      ("resume", "home", "as_json", "verbose"))
+    if not verbose:  # before Prefect is imported: it reads its logging settings then
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.job import check_spec
+    from targets.common.settings import knobflow_home
+
+    spec = given_spec(ctx, values)
+    root = knobflow_home(home)
+    check_spec(spec, root, resume)  # before Prefect's server starts: bad input answers at once
+    from flows.progress import TuneProgress, print_summary
+    from flows.tune import tune
+
+    out, err = Console(), Console(stderr=True)
+    start_embedded_prefect_server()
+    with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress:
+        summary = tune(**spec.given(), resume=resume, home=str(root), progress=progress)
+    if as_json:
+        text = json.dumps(summary.to_dict(), default=str)
+        out.print_json(text) if out.is_terminal else print(text)
+    else:
+        print_summary(out, summary)
+    if not summary.succeeded:
+        raise typer.Exit(1)
+
+
+_PARAMETERS = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 annotation=typer.Context),
+               *(_cli_parameter(name) for name in JobSpec.model_fields), *_COMMAND_ONLY]
+tune_command.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr-defined]
+tune_command.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
+
+
+def start_embedded_prefect_server() -> None:
+    """Start Prefect's ephemeral API (when no server is configured) in a session of its own.
+
+    Prefect starts it on first use as a child in our process group, so a Ctrl-C in the terminal
+    killed it together with the job, and the job then spent minutes retrying to report its crash
+    to a dead API. Started here in its own session it outlives the interrupt and is stopped at
+    exit as usual; the flow's client reuses this instance (Prefect keeps one per process).
+    """
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.running:
+        return
+    popen = subprocess.Popen
+
+    def popen_own_session(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        return popen(*args, start_new_session=True, **kwargs)
+
+    subprocess.Popen = popen_own_session  # type: ignore[misc] - only while the server starts
+    try:
+        server.start()
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]

@@ -1,0 +1,272 @@
+"""The job spec: every option of a tuning job, declared once.
+
+``JobSpec`` is what was asked of a tuning job, as a pydantic model: each field is one option with
+its type, default, bounds, help text, how it is spelled on the command line and whether
+``--resume`` may change it. Everything else is made from it: the ``knobflow tune`` options
+(``flows/cli_tune.py``), the tune flow's parameters (``flows/tune.py``, so ``prefect.yaml``'s
+deployments are checked against it), and what ``--resume`` accepts. A bad value gets the same
+one-line error from all of them: "The 'budget' option of tune must be an int in [1, inf). Got 0
+instead." What depends on the target (its metrics, knobs, workload, rules) is checked when the job
+is built (``flows/job.py``). Adding an option is one field here.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+
+from targets.common.errors import KnobflowError, did_you_mean
+from tuners.samplers import TUNERS
+
+__all__ = ["Cli", "JobSpec", "Resume", "option_error", "spec_parameters", "with_spec_signature"]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME_MUST = "1-64 letters, digits, '.', '_' or '-'"
+_SECONDS_MUST = "a number of seconds > 0"
+
+
+class Resume(enum.StrEnum):
+    """What ``--resume`` does with an option."""
+
+    FINDS = "finds"  # names the job to continue (target, instance, service)
+    MAY_CHANGE = "may change"  # a new value applies to the continued job
+    KEEPS = "keeps"  # the job keeps its own; giving one is an error
+
+
+class Cli(enum.StrEnum):
+    """How an option is given on the command line."""
+
+    ARGUMENT = "argument"  # positional
+    VALUE = "value"  # --name VALUE
+    REPEATED = "repeated"  # --name A --name B -> [A, B]
+    ASSIGNMENTS = "assignments"  # --name K=V (repeatable) -> {K: V}
+    COMMA_LIST = "comma list"  # --name a,b,c -> [a, b, c]
+    OFF_FLAG = "off flag"  # --no-... turns a default-on option off
+    ON_FLAG = "on flag"  # --... turns a default-off option on
+
+
+def _option(default: Any, help: str, *, cli: Cli = Cli.VALUE, flag: str | None = None,
+            resume: Resume = Resume.KEEPS, must: str | None = None,
+            choices: tuple[str, ...] = (), **constraints: Any) -> Any:
+    """One option of the spec: a pydantic field with what the CLI and resume need to know."""
+    extra = {"cli": str(cli), "flag": flag, "resume": str(resume), "must": must,
+             "choices": list(choices)}
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+class JobSpec(BaseModel):
+    """What was asked of one tuning job (``None``: the default the help text names)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    target: str = _option(..., "Target name, e.g. sqlite.", cli=Cli.ARGUMENT, resume=Resume.FINDS)
+    instance: str = _option("local", "Instance name; its data lives apart.", pattern=_NAME,
+                            must=_NAME_MUST, resume=Resume.FINDS)
+    service: str | None = _option(
+        None, "Service the instance belongs to; its instances share models, data and learned "
+        "rules (default: the target's name).", pattern=_NAME, must=_NAME_MUST,
+        resume=Resume.FINDS)
+    budget: int | None = _option(None, "Trials to run (default 40).", ge=1,
+                                 resume=Resume.MAY_CHANGE)
+    time_budget: float | None = _option(None, "Seconds after which no new trial starts.",
+                                        gt=0, allow_inf_nan=False, must=_SECONDS_MUST,
+                                        resume=Resume.MAY_CHANGE)
+    tuner: str = _option("tpe", "tpe (default), random or cmaes.", choices=TUNERS,
+                         must=f"one of {', '.join(TUNERS)}")
+    parallel: int | None = _option(None, "Instances running trials at once (default 1).",
+                                   ge=1, le=64, resume=Resume.MAY_CHANGE)
+    workload_file: str | None = _option(None, "Workload YAML file.", flag="--workload")
+    workload: dict[str, Any] | None = _option(None, "KEY=VALUE workload parameter.",
+                                              cli=Cli.ASSIGNMENTS, flag="--set-workload")
+    objective: str | None = _option(None, "Metric to optimize.")
+    seed: int = _option(0, "Seed of sampler and noise (default 0).", ge=0, le=2**31 - 1)
+    space_file: str | None = _option(None, "Search-space YAML (expert ranges).", flag="--space")
+    knobs: list[str] | None = _option(None, "Comma-separated knobs to tune.",
+                                      cli=Cli.COMMA_LIST)
+    trial_timeout: float | None = _option(None, "Hard timeout of one trial, seconds.", gt=0,
+                                          allow_inf_nan=False, must=_SECONDS_MUST)
+    verify_repeats: int = _option(3, "Interleaved re-measurements of best and default (3).",
+                                  ge=2, le=100)
+    repeats: int = _option(1, "Runs of every trial config; its value is their mean (1).",
+                           ge=1, le=100)
+    repeat_until: float | None = _option(
+        None, "Repeat a trial until its 95% interval is within +- this fraction.", gt=0, lt=1,
+        must="a relative half-width in (0, 1), e.g. 0.05 for +-5 %")
+    max_repeats: int = _option(5, "Most runs of one trial with --repeat-until (5).", ge=2,
+                               le=100)
+    baseline_every: int = _option(
+        0, "Measure the default before every N-th trial; tell the tuner ratios.", ge=0,
+        le=10_000)
+    rule_files: list[str] = _option([], "Rule file of your own (repeatable).",
+                                    cli=Cli.REPEATED, flag="--rules")
+    policies: list[str] = _option([], "Turn on a rule policy, e.g. durability (repeatable).",
+                                  cli=Cli.REPEATED, flag="--policy")
+    learn_rules: bool = _option(True, "Neither use nor learn rules from failures.",
+                                cli=Cli.OFF_FLAG, flag="--no-learned-rules")
+    transfer: bool = _option(True, "Start cold: do not use the models and best configs of "
+                             "sibling instances.", cli=Cli.OFF_FLAG)
+    transfer_priors: bool = _option(False, "Also tell the tuner the siblings' trials whose "
+                                    "workloads are close, as prior observations.",
+                                    cli=Cli.ON_FLAG)
+    train: bool = _option(True, "Do not train the service's models after the job.",
+                          cli=Cli.OFF_FLAG)
+
+    @model_validator(mode="after")
+    def _check_together(self) -> JobSpec:
+        if self.tuner not in TUNERS:
+            raise option_error("tuner", self.tuner)
+        if not max(self.repeats, 2) <= self.max_repeats:
+            raise KnobflowError(_message("max_repeats", self.max_repeats,
+                                         _int_range(max(self.repeats, 2), 100)))
+        if self.space_file and self.knobs:
+            raise KnobflowError("--space and --knobs both narrow the search space; use one of "
+                                "them")
+        return self
+
+    @classmethod
+    def of(cls, **options: Any) -> JobSpec:
+        """A spec from ``options`` (omitted or None: the default); a bad value is a
+        ``KnobflowError`` with one line naming the option, what it must be and what it got."""
+        unknown = [k for k in options if k not in cls.model_fields]
+        if unknown:
+            raise KnobflowError(f"tune has no option '{unknown[0]}'"
+                                f"{did_you_mean(unknown[0], cls.model_fields)}")
+        # what was given: a value that is not None and not the default (Prefect passes every
+        # parameter of a flow, defaults included)
+        given = {k: v for k, v in options.items()
+                 if v is not None and not _is_default(k, v)}
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:  # the validator's own KnobflowErrors are not wrapped
+            error = exc.errors()[0]
+            raise option_error(str(error["loc"][0]), error.get("input")) from None
+
+    def given(self) -> dict[str, Any]:
+        """The options that were given (not left at their defaults)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """How option ``name`` is spelled on the command line (``--set-workload``)."""
+        extra = _extra(cls.model_fields[name])
+        if extra["flag"]:
+            return str(extra["flag"])
+        prefix = "--no-" if extra["cli"] == Cli.OFF_FLAG else "--"
+        return prefix + name.replace("_", "-")
+
+    @classmethod
+    def resume_rule(cls, name: str) -> Resume:
+        return Resume(_extra(cls.model_fields[name])["resume"])
+
+    @classmethod
+    def cli_kind(cls, name: str) -> Cli:
+        return Cli(_extra(cls.model_fields[name])["cli"])
+
+    def check_resume(self, study_name: str) -> None:
+        """Refuse options a resumed job would not honour (it keeps its own settings)."""
+        kept = [n for n in JobSpec.model_fields if n in self.model_fields_set
+                and self.resume_rule(n) == Resume.KEEPS]
+        if kept:
+            may = [self.flag(n) for n in JobSpec.model_fields
+                   if self.resume_rule(n) == Resume.MAY_CHANGE]
+            raise KnobflowError(
+                f"--resume continues job {study_name} with its own settings; drop "
+                + ", ".join(self.flag(n) for n in kept)
+                + f" (only {', '.join(may[:-1])} and {may[-1]} may change)")
+
+
+def _is_default(name: str, value: Any) -> bool:
+    field = JobSpec.model_fields[name]
+    if field.is_required():
+        return False
+    default = field.get_default(call_default_factory=True)
+    return type(value) is type(default) and value == default
+
+
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return dict(extra) if isinstance(extra, Mapping) else {}
+
+
+def _int_range(low: Any, high: Any) -> str:
+    upper = "inf)" if high is None or high == math.inf else f"{high}]"
+    return f"an int in [{low}, {upper}"
+
+
+def _must(name: str) -> str:
+    """What option ``name`` must be, from its declaration."""
+    field = JobSpec.model_fields[name]
+    extra = _extra(field)
+    if extra.get("must"):
+        return str(extra["must"])
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "le")
+              if getattr(m, k, None) is not None}
+    if int in _types(field.annotation):
+        return _int_range(bounds.get("ge", "-inf"), bounds.get("le"))
+    if bool in _types(field.annotation):
+        return "true or false"
+    kinds = sorted(t.__name__ for t in _types(field.annotation) if t is not type(None))
+    return "a " + " or ".join(kinds)
+
+
+def _types(annotation: Any) -> set[type]:
+    args = getattr(annotation, "__args__", None)
+    if args and getattr(annotation, "__origin__", None) is None:  # X | None
+        return {t for a in args for t in _types(a)}
+    origin = getattr(annotation, "__origin__", None)
+    return {origin or annotation} if isinstance(origin or annotation, type) else set()
+
+
+def _message(name: str, value: Any, must: str, choices: tuple[str, ...] | list[str] = ()) -> str:
+    hint = did_you_mean(value, choices) if isinstance(value, str) and choices else ""
+    return f"The '{name}' option of tune must be {must}. Got {value!r} instead{hint}."
+
+
+def option_error(name: str, value: Any, must: str | None = None,
+                 choices: tuple[str, ...] | list[str] = ()) -> KnobflowError:
+    """The one-line error for a bad value of option ``name`` (scikit-learn's message shape)."""
+    if name in JobSpec.model_fields:
+        must = must or _must(name)
+        choices = choices or tuple(_extra(JobSpec.model_fields[name]).get("choices") or ())
+    return KnobflowError(_message(name, value, must or "valid", choices))
+
+
+def spec_parameters(kind: Any = inspect.Parameter.KEYWORD_ONLY) -> list[inspect.Parameter]:
+    """The spec's fields as function parameters (``target`` first, positional): name, type
+    with its help text, default."""
+    params = []
+    for name, field in JobSpec.model_fields.items():
+        annotation = Annotated[field.annotation, Field(description=field.description)]
+        if field.is_required():
+            params.append(inspect.Parameter(
+                name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation))
+        else:
+            default = field.get_default(call_default_factory=True)
+            params.append(inspect.Parameter(name, kind, annotation=annotation, default=default))
+    return params
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_spec_signature(extra: list[inspect.Parameter], returns: Any) -> Callable[[F], F]:
+    """Give ``fn(target, **options)`` the spec's fields and then ``extra`` as its signature, and
+    an ``Args:`` section in its docstring (Prefect shows both in its UI and checks deployments'
+    parameters against them)."""
+
+    def decorate(fn: F) -> F:
+        params = spec_parameters() + extra
+        fn.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+        fn.__annotations__ = {**{p.name: p.annotation for p in params}, "return": returns}
+        lines = [f"    {name}: {field.description}"
+                 for name, field in JobSpec.model_fields.items()]
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\nArgs:\n" + "\n".join(lines) + "\n"
+        return fn
+
+    return decorate
