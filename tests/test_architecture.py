@@ -3,6 +3,8 @@ pyproject.toml), every module is in a layer, and a planted upward import breaks 
 
 from __future__ import annotations
 
+import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -82,3 +84,42 @@ def test_a_planted_upward_import_breaks_the_check(tmp_path: Path, module: str,
     assert result.returncode == 1, result.stdout + result.stderr
     importer = module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
     assert f"{importer} -> {planted}" in result.stdout, result.stdout
+
+
+#: The folders whose modules stay small enough to read (the issue that set the layers).
+SMALL = ("flows", "tasks", "rules", "model_registry", "tuners")
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def test_modules_and_functions_stay_small() -> None:
+    too_long = []
+    for folder in SMALL:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            name = path.relative_to(REPO)
+            if text.count("\n") > MAX_MODULE_LINES:
+                too_long.append(f"{name}: {text.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        too_long.append(f"{name}: {node.name}() {lines} lines")
+    assert not too_long, too_long
+
+
+def test_the_readme_layout_table_names_every_module_of_the_small_folders() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Layout"):readme.index("## Your own target")]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)/` \|[^|]*\|(.*)\|$",
+                                                       table, flags=re.M)}
+    assert set(PACKAGES) <= set(rows), "a package has no row in the README's layout table"
+    for folder in SMALL:
+        named = set(re.findall(r"`([\w*]+)\.py`", rows[folder]))
+        modules = {p.stem for p in (REPO / folder).glob("*.py") if p.stem != "__init__"}
+        assert _expanded(named, modules) == modules, (folder, named)
+
+
+def _expanded(named: set[str], modules: set[str]) -> set[str]:
+    """The modules a row names; ``cli*.py`` stands for every ``cli...`` module."""
+    globs = {n for n in named if n.endswith("*")}
+    return (named - globs) | {m for m in modules for g in globs if m.startswith(g[:-1])}
