@@ -8,36 +8,51 @@ knobflow's per-trial time is the difference between two jobs that differ only in
 (after a warm-up job), so fixed costs (Prefect API, MLflow store, verification) cancel out.
 
     python benchmarks/overhead.py --trials 15 --duration 2.0
+    python benchmarks/overhead.py --compare 84a6d56 --rounds 3   # this tree against a commit
+
+``--compare REV`` measures this checkout and ``REV`` (checked out into a temporary worktree)
+side by side, alternating A B B A ... so the machine's load falls on both alike; it prints both
+per round, their medians and the ratio, and saves ``benchmarks/overhead-compare.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # before Prefect is imported
 
-import optuna
-from rich.console import Console
-from rich.table import Table
-
-import tuners.study  # noqa: F401 - Optuna's per-trial log lines off
-from targets.common.settings import quiet_environment
-from targets.synthetic import SyntheticTarget
-from tuners.samplers import make_sampler
-from tuners.space import parse_space
-
+HERE = Path(__file__).resolve().parent
 SPACE = {
     "knobs": {"x": None, "y": {"range": [0.001, 100.0]}, "threads": None, "buffer_kb": None},
     "fixed": {"mode": "alpha", "compress": False},
 }
 
 
+def _quiet() -> None:
+    try:
+        from targets.common.settings import quiet_environment
+    except ImportError:  # a checkout from before targets/common (--compare with an old commit)
+        from flows.settings import quiet_environment  # type: ignore[no-redef]
+    quiet_environment()
+
+
 def bare_loop(n: int, workload: dict, seed: int, data_dir: Path) -> list[float]:
     """Completion times of ``n`` trials of a plain Optuna loop calling the target in-process."""
+    import optuna
+
+    from targets.synthetic import SyntheticTarget
+    from tuners.samplers import make_sampler
+    from tuners.space import parse_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = parse_space(SPACE, SyntheticTarget.knob_spec(), "benchmark space")
     study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", seed))
     study.enqueue_trial(space.default_params())
@@ -62,58 +77,148 @@ def knobflow_job(n: int, workload: dict, seed: int, home: Path) -> float:
     space_file = home / "space.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
     began = time.perf_counter()
-    summary = tune(
-        "synthetic",
-        budget=n,
-        seed=seed,
-        workload=workload,
-        verify_repeats=2,
-        space_file=str(space_file),
-        home=str(home),
-    )
-    assert summary.n_failed == 0, summary.failure_classes
+    summary = tune("synthetic", budget=n, seed=seed, workload=workload, verify_repeats=2,
+                   space_file=str(space_file), home=str(home))
+    failed = summary["n_failed"] if isinstance(summary, dict) else summary.n_failed
+    assert failed == 0, summary
     return time.perf_counter() - began
 
 
+def measure(trials: int, duration: float, seed: int, small: int) -> dict[str, float]:
+    """The figures of one measurement, in seconds."""
+    from targets.synthetic import SyntheticTarget
+
+    workload = SyntheticTarget.parse_workload({"duration": duration, "noise": 0.03})
+    with tempfile.TemporaryDirectory(prefix="knobflow-overhead-") as tmp:
+        bare = bare_loop(trials, workload, seed, Path(tmp) / "bare")
+        # a warm-up job pays the one-time costs (Prefect API, MLflow store, GE import); two jobs
+        # that differ only in their budget then give the cost of a trial, fixed costs cancelled
+        warmup = knobflow_job(2, workload, seed, Path(tmp) / "kf")
+        small_job = knobflow_job(small, workload, seed, Path(tmp) / "kf")
+        large_job = knobflow_job(small + trials, workload, seed, Path(tmp) / "kf")
+    bare_s = (bare[-1] - bare[0]) / (len(bare) - 1)
+    flow_s = (large_job - small_job) / trials
+    return {"bare_s": bare_s, "flow_s": flow_s, "overhead_s": flow_s - bare_s,
+            "warmup_s": warmup, "small_job_s": small_job}
+
+
+def print_one(m: dict[str, float], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"knobflow per-trial overhead ({args.trials} trials of "
+                        f"{args.duration:g} s, synthetic target)")
+    for col in ("measure", "value"):
+        table.add_column(col)
+    table.add_row("bare Optuna loop, per trial", f"{m['bare_s'] * 1000:,.1f} ms")
+    table.add_row(f"knobflow, per trial: (job of {args.small + args.trials} - job of "
+                  f"{args.small}) / {args.trials}", f"{m['flow_s'] * 1000:,.1f} ms")
+    table.add_row("overhead per trial", f"{m['overhead_s'] * 1000:,.1f} ms")
+    table.add_row("overhead, % of the bare trial", f"{100 * m['overhead_s'] / m['bare_s']:.2f} %")
+    table.add_row("first job (one-time start-up included), 2 trials", f"{m['warmup_s']:.1f} s")
+    table.add_row(f"job of {args.small} trials (fixed costs: verification 2 x 2, report)",
+                  f"{m['small_job_s']:.1f} s")
+    Console(width=130).print(table)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This checkout and ``args.compare`` measured alternately, ``args.rounds`` times each."""
+    repo = HERE.parent
+    script = Path(__file__).resolve()
+    flags = ["--json", "--trials", str(args.trials), "--duration", str(args.duration),
+             "--seed", str(args.seed), "--small", str(args.small)]
+    results: dict[str, list[dict[str, float]]] = {args.compare: [], "this tree": []}
+    with tempfile.TemporaryDirectory(prefix="knobflow-compare-") as tmp:
+        other = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(other), args.compare],
+                       cwd=repo, check=True, capture_output=True)
+        try:
+            trees = {args.compare: other, "this tree": repo}
+            for r in range(args.rounds):
+                order = list(trees) if r % 2 == 0 else list(trees)[::-1]  # A B, B A, ...
+                for label in order:
+                    results[label].append(_run_in(trees[label], script, flags))
+                    print(f"round {r + 1}: {label}: overhead per trial "
+                          f"{results[label][-1]['overhead_s'] * 1000:.1f} ms", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=repo,
+                           check=False, capture_output=True)
+    _print_comparison(results, args)
+    _plot_comparison(results, args)
+
+
+def _run_in(tree: Path, script: Path, flags: list[str]) -> dict[str, float]:
+    """One measurement with the packages of ``tree`` (this script, that checkout's code)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, str(script), *flags], cwd=tree, env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"measurement in {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _print_comparison(results: dict[str, list[dict[str, float]]],
+                      args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    labels = list(results)
+    table = Table(title=f"per-trial overhead, {args.rounds} alternating rounds of {args.trials} "
+                        f"trials of {args.duration:g} s (load at start: "
+                        f"{os.getloadavg()[0]:.2f})")
+    table.add_column("measure")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for key, name in (("overhead_s", "overhead per trial"), ("bare_s", "bare trial"),
+                      ("flow_s", "knobflow trial")):
+        for r in range(args.rounds):
+            table.add_row(f"{name}, round {r + 1}",
+                          *(f"{results[lb][r][key] * 1000:,.1f} ms" for lb in labels))
+        table.add_row(f"[bold]{name}, median[/bold]", *(
+            f"[bold]{statistics.median(m[key] for m in results[lb]) * 1000:,.1f} ms[/bold]"
+            for lb in labels))
+    old, new = (statistics.median(m["overhead_s"] for m in results[lb]) for lb in labels)
+    table.add_row("overhead, this tree / the other", "", f"{new / old:.2f}" if old else "-")
+    Console(width=140).print(table)
+
+
+def _plot_comparison(results: dict[str, list[dict[str, float]]],
+                     args: argparse.Namespace) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.add_subplot()
+    for i, (label, runs) in enumerate(results.items()):
+        values = [m["overhead_s"] * 1000 for m in runs]
+        ax.scatter([i] * len(values), values, s=30, label=label, zorder=3)
+        ax.hlines(statistics.median(values), i - 0.2, i + 0.2, color="black")
+    ax.set_xticks(range(len(results)), list(results))
+    ax.set_ylabel("overhead per trial (ms)")
+    ax.set_title(f"knobflow per-trial overhead, {args.rounds} alternating rounds", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(HERE / "overhead-compare.png", dpi=110)
+
+
 def main() -> None:
-    quiet_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=15)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per trial")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small", type=int, default=3, help="budget of the shorter job")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--compare", metavar="REV", help="measure against this git revision")
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare: rounds each")
     args = parser.parse_args()
-    workload = SyntheticTarget.parse_workload({"duration": args.duration, "noise": 0.03})
-    console = Console(width=130)
-    with tempfile.TemporaryDirectory(prefix="knobflow-overhead-") as tmp:
-        bare = bare_loop(args.trials, workload, args.seed, Path(tmp) / "bare")
-        # a warm-up job pays the one-time costs (Prefect API, MLflow store, GE import); two jobs
-        # that differ only in their budget then give the cost of a trial, fixed costs cancelled
-        warmup = knobflow_job(2, workload, args.seed, Path(tmp) / "kf")
-        small = knobflow_job(args.small, workload, args.seed, Path(tmp) / "kf")
-        large = knobflow_job(args.small + args.trials, workload, args.seed, Path(tmp) / "kf")
-    bare_s = (bare[-1] - bare[0]) / (len(bare) - 1)
-    flow_s = (large - small) / args.trials
-    overhead = flow_s - bare_s
-    table = Table(
-        title=f"knobflow per-trial overhead ({args.trials} trials of "
-        f"{args.duration:g} s, synthetic target)"
-    )
-    for col in ("measure", "value"):
-        table.add_column(col)
-    table.add_row("bare Optuna loop, per trial", f"{bare_s * 1000:,.1f} ms")
-    table.add_row(
-        f"knobflow, per trial: (job of {args.small + args.trials} - job of {args.small}) "
-        f"/ {args.trials}",
-        f"{flow_s * 1000:,.1f} ms",
-    )
-    table.add_row("overhead per trial", f"{overhead * 1000:,.1f} ms")
-    table.add_row("overhead, % of the bare trial", f"{100 * overhead / bare_s:.2f} %")
-    table.add_row("first job (one-time start-up included), 2 trials", f"{warmup:.1f} s")
-    table.add_row(
-        f"job of {args.small} trials (fixed costs: verification 2 x 2, report)", f"{small:.1f} s"
-    )
-    console.print(table)
+    if args.compare:
+        compare(args)
+        return
+    _quiet()
+    figures = measure(args.trials, args.duration, args.seed, args.small)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print_one(figures, args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from targets.base import (
     Measurement,
     Target,
     TrialFailed,
+    TrialStatus,
 )
 from targets.common.errors import KnobflowError
 from targets.common.exports import lazy_exports
@@ -33,5 +34,6 @@ __all__ = [
     "Measurement",
     "Target",
     "TrialFailed",
+    "TrialStatus",
     *_LAZY,
 ]

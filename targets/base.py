@@ -39,6 +39,14 @@ MAXIMIZE = "maximize"
 MINIMIZE = "minimize"
 
 
+class TrialStatus(enum.StrEnum):
+    """How a trial ended, from the trial process to the tuner and MLflow."""
+
+    OK = "ok"
+    FAILED = "failed"  # with a FailureClass
+    BLOCKED = "blocked"  # the rules kept it from running (nothing ran)
+
+
 class FailureClass(enum.StrEnum):
     """Why a trial produced no usable measurement."""
 

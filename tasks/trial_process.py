@@ -39,7 +39,7 @@ def _watch_parent(parent: int) -> None:
 
 def run_request(request: dict[str, Any]) -> dict[str, Any]:
     """Run the lifecycle described by ``request``; return the outcome document."""
-    from targets.base import BenchmarkError, ConfigRefused, FailureClass, TrialFailed
+    from targets.base import BenchmarkError, ConfigRefused, FailureClass, TrialFailed, TrialStatus
     from targets.registry import import_target
 
     target_cls = import_target(request["target_ref"])
@@ -48,7 +48,7 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
     target = target_cls(data_dir, request["workload"], seed=int(request["seed"]))
 
     def failed(cls: FailureClass, message: str) -> dict[str, Any]:
-        return {"status": "failed", "failure_class": str(cls), "message": message}
+        return {"status": TrialStatus.FAILED, "failure_class": cls, "message": message}
 
     try:
         with target:
@@ -67,7 +67,7 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # the target's own bug: report it, the job goes on
         traceback.print_exc()
         return failed(FailureClass.TARGET_ERROR, f"{type(exc).__name__}: {exc}")
-    return {"status": "ok", "measurement": measurement.to_dict()}
+    return {"status": TrialStatus.OK, "measurement": measurement.to_dict()}
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ pyproject.toml), every module is in a layer, and a planted upward import breaks 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import shutil
 import subprocess
@@ -123,3 +124,27 @@ def _expanded(named: set[str], modules: set[str]) -> set[str]:
     """The modules a row names; ``cli*.py`` stands for every ``cli...`` module."""
     globs = {n for n in named if n.endswith("*")}
     return (named - globs) | {m for m in modules for g in globs if m.startswith(g[:-1])}
+
+
+def test_no_module_imports_another_packages_private_names() -> None:
+    """A package's private names (``_x``) stay inside it; what it offers is in its ``__all__``."""
+    offenders = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.ImportFrom) or not node.module or node.level:
+                    continue
+                top = node.module.split(".")[0]
+                private = [a.name for a in node.names
+                           if a.name.startswith("_") and not a.name.startswith("__")]
+                if top in PACKAGES and top != package and private:
+                    offenders.append(f"{path.relative_to(REPO)}: {node.module} {private}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_names_what_it_offers(package: str) -> None:
+    module = importlib.import_module(package)
+    assert module.__all__, f"{package}/__init__.py has no __all__"
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"

@@ -25,7 +25,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from targets.base import FailureClass, Measurement
+from targets.base import FailureClass, Measurement, TrialStatus
 from targets.common.files import atomic_path
 
 if TYPE_CHECKING:
@@ -42,14 +42,6 @@ ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
 PRIOR_ATTR = "knobflow.prior"  # a sibling's trial added as a prior observation (transfer)
 RETRY_ATTR = "knobflow.retry_of"  # set on a trial re-enqueued for an interrupted one
 TRANSFER_ATTR = "knobflow.transfer"  # a trial queued by transfer: "model" or "sibling"
-
-
-class TrialStatus(enum.StrEnum):
-    """How a trial ended, as the tuner and MLflow see it."""
-
-    OK = "ok"
-    FAILED = "failed"
-    BLOCKED = "blocked"  # the rules kept it from running (nothing ran)
 
 
 class RowStatus(enum.StrEnum):
