@@ -1,12 +1,21 @@
-"""Shared fixtures: one Prefect test harness per session, a knobflow home per test."""
+"""Shared fixtures: one Prefect test harness per session, a knobflow home per test; helpers to
+run the CLI, to wait for a condition, and to decide whether a real system's tests run.
+
+A test that needs a real system (PostgreSQL, Redis, db_bench) declares it with ``needs`` (a mark)
+or ``require`` (a call): without the system it is skipped, or, when the environment variable
+KNOBFLOW_REQUIRE_ALL_TARGETS is set (CI sets it), it fails and says what is missing.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +27,91 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("KNOBFLOW_HOME", None)
 
 REPO = Path(__file__).resolve().parent.parent
+#: Set (to anything but "") to fail, not skip, the tests of a real system that is missing.
+REQUIRE_ALL = "KNOBFLOW_REQUIRE_ALL_TARGETS"
+_NEEDS = "knobflow_needs"
+T = TypeVar("T")
+
+
+# -- real systems: skip without them, or fail under KNOBFLOW_REQUIRE_ALL_TARGETS ----------------
+def require_all_targets() -> bool:
+    """Whether a missing real system fails its tests (KNOBFLOW_REQUIRE_ALL_TARGETS is set)."""
+    return bool(os.environ.get(REQUIRE_ALL))
+
+
+def missing_executables(executables: Iterable[str]) -> list[str]:
+    """Those of ``executables`` (names looked up on PATH, or paths) that cannot be run."""
+    return [exe for exe in executables if shutil.which(exe) is None]
+
+
+def _reason(what: str, missing: Sequence[str], hint: str) -> str:
+    return f"{what} needs {', '.join(missing)}" + (f" ({hint})" if hint else "")
+
+
+def require(what: str, missing: Sequence[str], hint: str = "") -> None:
+    """Stop the running test if ``what`` lacks anything (``missing`` is not empty): skip it, or
+    fail it when KNOBFLOW_REQUIRE_ALL_TARGETS is set. Return if nothing is missing."""
+    if not missing:
+        return
+    reason = _reason(what, missing, hint)
+    if require_all_targets():
+        pytest.fail(
+            f"{reason}; {REQUIRE_ALL} is set, so this fails instead of skipping", pytrace=False
+        )
+    pytest.skip(reason)
+
+
+def available(what: str, missing: Sequence[str], hint: str = "") -> bool:
+    """For a test that covers a system only in part when it is there: whether it is. A missing
+    one is left out (False), or fails the test when KNOBFLOW_REQUIRE_ALL_TARGETS is set."""
+    if missing and require_all_targets():
+        require(what, missing, hint)
+    return not missing
+
+
+def needs(what: str, missing: Sequence[str], hint: str = "") -> pytest.MarkDecorator:
+    """A mark (for a test, a ``pytest.param`` or a module's ``pytestmark``) that runs ``require``
+    for the test: skipped before its fixtures are set up, or failed when the test is called."""
+    return getattr(pytest.mark, _NEEDS)(what, tuple(missing), hint)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{_NEEDS}(what, missing, hint): a real system the test needs (see needs())"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if not require_all_targets():  # skip before fixtures (a Prefect server, say) are set up
+        for mark in item.iter_markers(_NEEDS):
+            require(*mark.args, **mark.kwargs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    for mark in item.iter_markers(_NEEDS):  # here a failure is the test's, not its set-up's
+        require(*mark.args, **mark.kwargs)
+
+
+# -- waiting -----------------------------------------------------------------------------------
+def wait_for(
+    condition: Callable[[], T],
+    what: str | Callable[[], str],
+    timeout: float = 60.0,
+    interval: float = 0.1,
+) -> T:
+    """Poll ``condition`` every ``interval`` s until it returns something true, and return that;
+    fail the test if it has not by ``timeout`` s (generous: a loaded machine is slow, not
+    wrong). ``what`` says what was awaited (a callable: asked at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"waited {timeout:g} s for {what() if callable(what) else what}")
+        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +179,19 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def invoke_cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``knobflow ARGS`` in this process (typer's ``CliRunner``: the same command group and
+    error handling as the console script, without a new interpreter's start-up); a flow it runs
+    uses the session's Prefect API when the test has ``prefect_api``. Use ``run_cli`` where a
+    process matters (kills, timeouts, orphans, another PYTHONPATH)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["knobflow", *args], result.exit_code, result.stdout,
+                                       result.stderr)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -45,7 +45,7 @@ def test_knobs_shows_the_spec_as_a_table() -> None:
 
 
 def test_tune_json_prints_one_object_with_the_result(prefect_api: str, home: Path) -> None:
-    result = run_cli(
+    result = invoke_cli(
         [
             "tune",
             "synthetic",
@@ -60,8 +60,7 @@ def test_tune_json_prints_one_object_with_the_result(prefect_api: str, home: Pat
             "duration=0",
             "--verify-repeats",
             "2",
-        ],
-        api_url=prefect_api,
+        ]
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -148,7 +147,7 @@ def test_bad_input_exits_2_with_one_clear_line(args: list[str], message: str, ho
 
 
 def test_resume_refuses_options_that_would_change_the_job(prefect_api: str, home: Path) -> None:
-    first = run_cli(
+    first = invoke_cli(
         [
             "tune",
             "synthetic",
@@ -160,14 +159,14 @@ def test_resume_refuses_options_that_would_change_the_job(prefect_api: str, home
             "duration=0",
             "--verify-repeats",
             "2",
-        ],
-        api_url=prefect_api,
+        ]
     )
     assert first.returncode == 0, first.stderr
     job = next((home / "jobs").glob("*/job.json"))
     data = json.loads(job.read_text())
     data["status"] = "interrupted"
     job.write_text(json.dumps(data))
-    result = run_cli(["tune", "synthetic", "--resume", "--tuner", "random", "--home", str(home)])
+    result = invoke_cli(["tune", "synthetic", "--resume", "--tuner", "random", "--home",
+                         str(home)])
     assert result.returncode == 2
     assert "--resume continues job" in result.stderr and "--tuner" in result.stderr

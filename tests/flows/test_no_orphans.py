@@ -1,59 +1,152 @@
-"""No server a target started outlives its job, even when the tuner is killed with SIGKILL."""
+"""No server a target started outlives its job, even when the tuner is killed with SIGKILL.
+
+Only the job's own processes count: those below the ``knobflow tune`` process this test starts,
+and those in the session or process group of one of its trial processes (each starts its own
+session, so a server that left the tuner's tree is still found), recorded while the job runs.
+A ``postgres``, ``redis-server`` or ``db_bench`` that another test or a user started is never
+looked at.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import start_cli
+from conftest import missing_executables, require, start_cli, trial_processes, wait_for
 
 from targets.registry import load_target
 
-#: target -> (its contract variant to run, the process name it starts)
+
+def _names(procs: list[psutil.Process]) -> set[str]:
+    names = set()
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            names.add(proc.name())
+    return names
+
+
+def _serving(server: str, client: str) -> Callable[[list[psutil.Process]], bool]:
+    """The server is up and its benchmark client runs against it."""
+    return lambda procs: {server, client} <= _names(procs)
+
+
+def _db_open(procs: list[psutil.Process]) -> bool:
+    """A db_bench holds its database open (RocksDB keeps the LOCK file open while it runs)."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.name() == "db_bench" and any(
+                f.path.endswith("/LOCK") for f in proc.open_files()
+            ):
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class Case:
+    variant: str  # the target's contract variant to run
+    servers: frozenset[str]  # names of the processes that must not outlive the job
+    busy: Callable[[list[psutil.Process]], bool]  # the trial is measuring: kill the tuner now
+    busy_text: str
+
+
 SERVERS = {
-    "postgres": ("postgres", "postgres"),
-    "redis": ("redis", "redis-server"),
-    "rocksdb": ("db_bench", "db_bench"),
+    "postgres": Case("postgres", frozenset({"postgres", "pgbench"}),
+                     _serving("postgres", "pgbench"), "pgbench running beside a postgres server"),
+    "redis": Case("redis", frozenset({"redis-server", "redis-benchmark"}),
+                  _serving("redis-server", "redis-benchmark"),
+                  "redis-benchmark running beside a redis-server"),
+    "rocksdb": Case("db_bench", frozenset({"db_bench"}), _db_open,
+                    "a db_bench with its database open"),
 }
 
 
-def _started_since(names: set[str], since: float) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["name", "create_time"]):
-        if proc.info["name"] in names and proc.info["create_time"] >= since - 1:
-            found.append(proc)
-    return found
+class JobProcesses:
+    """The processes of one job, recorded while it runs, each with its name (a process that has
+    ended is kept: psutil tells it from a later process that reuses its pid)."""
+
+    def __init__(self, tuner_pid: int, home: Path) -> None:
+        self.tuner = psutil.Process(tuner_pid)
+        self.home = str(home)
+        self.sessions: set[int] = set()  # of trial processes, and the groups they lead
+        self.trials: set[psutil.Process] = set()
+        self.seen: dict[psutil.Process, str] = {}
+
+    def record(self) -> list[psutil.Process]:
+        """Record the job's processes alive now, and return them."""
+        now: set[psutil.Process] = set()
+        with contextlib.suppress(psutil.Error):  # the tuner is gone once it is killed
+            now.update(self.tuner.children(recursive=True))
+        for pid in trial_processes(self.home):  # `python -m tasks.trial_process <home>/...`
+            with contextlib.suppress(OSError, psutil.Error):
+                self.sessions |= {os.getsid(pid), os.getpgid(pid)}
+                trial = psutil.Process(pid)
+                self.trials.add(trial)
+                now.add(trial)
+        if self.sessions:
+            for proc in psutil.process_iter():
+                with contextlib.suppress(OSError):
+                    if {os.getsid(proc.pid), os.getpgid(proc.pid)} & self.sessions:
+                        now.add(proc)
+        for proc in now - self.seen.keys():
+            with contextlib.suppress(psutil.Error):
+                self.seen[proc] = proc.name()
+        return [p for p in now if p in self.seen and running(p)]
+
+    def named(self, names: frozenset[str]) -> list[psutil.Process]:
+        """Every recorded process with one of ``names``, ended or not."""
+        return [proc for proc, name in self.seen.items() if name in names]
+
+
+def running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` (not a later process with its pid) still runs; a zombie has ended."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @pytest.mark.parametrize("target", sorted(SERVERS))
 def test_sigkill_of_the_tuner_leaves_no_server_behind(
     target: str, prefect_api: str, home: Path
 ) -> None:
-    variant, process = SERVERS[target]
-    examples = load_target(target).contract_examples()[variant]
-    missing = [exe for exe in examples.requires if shutil.which(exe) is None]
-    if missing:
-        if os.environ.get("KNOBFLOW_REQUIRE_ALL_TARGETS"):
-            pytest.fail(f"{target} needs {missing}")
-        pytest.skip(f"{target} needs {missing}")
+    case = SERVERS[target]
+    examples = load_target(target).contract_examples()[case.variant]
+    require(f"{target}/{case.variant}", missing_executables(examples.requires), "on PATH")
     workload = [x for k, v in examples.workload.items() for x in ("--set-workload", f"{k}={v}")]
-    since = time.time()
     proc = start_cli(["tune", target, "--budget", "20", "--home", str(home), *workload],
                      prefect_api)
-    deadline = time.monotonic() + 120
-    servers: list[psutil.Process] = []
-    while time.monotonic() < deadline and not servers:
-        assert proc.poll() is None, proc.stderr.read()
-        servers = _started_since({process}, since)
-        time.sleep(0.1)
-    assert servers, f"no {process} process appeared"
-    time.sleep(0.5)  # well inside a trial
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    _, alive = psutil.wait_procs(_started_since({process}, since), timeout=5)
-    assert not alive, f"orphaned servers: {[p.pid for p in alive]}"
+    job = JobProcesses(proc.pid, home)
+
+    def measuring() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        return case.busy(job.record())
+
+    try:
+        # the kill must cut a trial short while its server runs and serves its benchmark
+        wait_for(measuring, f"{case.busy_text} in a trial of the job", timeout=180)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        job.record()  # anything the tuner started after the last look, in a trial's session
+        servers = job.named(case.servers)
+        assert servers, f"no {sorted(case.servers)} among the job's processes"
+        watched = [*servers, *job.trials]
+        # an orphaned trial process notices within 0.25 s and kills its process group
+        wait_for(lambda: not [p for p in watched if running(p)],
+                 lambda: "the job's trials and servers to end after the tuner was killed; "
+                 "orphaned: " + ", ".join(f"{job.seen.get(p, '?')} (pid {p.pid})"
+                                          for p in watched if running(p)),
+                 timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for leftover in job.seen:  # a failed test leaves nothing behind for the next ones
+            if running(leftover):
+                with contextlib.suppress(psutil.Error):
+                    leftover.kill()

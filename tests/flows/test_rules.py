@@ -4,12 +4,12 @@ from failures and reviewed, configs validated before they are applied."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from conftest import invoke_cli, missing_executables, needs
 
 from flows.job import Job
 from flows.report import RunSummary
@@ -20,7 +20,6 @@ from rules.learn import LearnedRules, learned_path
 from rules.ruleset import RuleSet
 from targets.sqlite import SqliteTarget
 from targets.synthetic import SyntheticTarget
-from tests.conftest import run_cli
 from tuners.study import open_study
 
 FAST = {"duration": 0.0, "noise": 0.02}
@@ -39,7 +38,8 @@ def _ran(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
             if t.user_attrs["knobflow"]["status"] != "blocked"]
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+@needs("Redis", missing_executables(("redis-server", "redis-benchmark", "redis-cli")),
+       "on PATH; Debian: apt-get install redis-server redis-tools")
 def test_a_job_with_rules_runs_none_of_the_known_hangs(
     prefect_api: str, home: Path, tmp_path: Path
 ) -> None:
@@ -122,17 +122,17 @@ def test_crashes_teach_rules_that_later_jobs_apply_and_operators_review(
 
     # operators list, accept and drop them
     rule_id = doc["id"]
-    listed = run_cli(["rules", "list", "synthetic", "--home", str(home)], api_url=prefect_api)
+    listed = invoke_cli(["rules", "list", "synthetic", "--home", str(home)])
     assert listed.returncode == 0, listed.stderr
     assert rule_id in listed.stdout and "proposed" in listed.stdout
-    accepted = run_cli(["rules", "accept", "synthetic", rule_id, "--home", str(home)])
+    accepted = invoke_cli(["rules", "accept", "synthetic", rule_id, "--home", str(home)])
     assert accepted.returncode == 0, accepted.stderr
     assert store.documents()[0]["status"] == "accepted"
-    dropped = run_cli(["rules", "drop", "synthetic", rule_id, "--home", str(home)])
+    dropped = invoke_cli(["rules", "drop", "synthetic", rule_id, "--home", str(home)])
     assert dropped.returncode == 0, dropped.stderr
     assert store.documents()[0]["status"] == "dropped"
     assert rule_id not in {r.id for r in store.rules()}
-    unknown = run_cli(["rules", "drop", "synthetic", "learned-nope", "--home", str(home)])
+    unknown = invoke_cli(["rules", "drop", "synthetic", "learned-nope", "--home", str(home)])
     assert unknown.returncode == 2
     assert "no learned rule 'learned-nope'" in unknown.stderr and rule_id in unknown.stderr
 
@@ -144,32 +144,33 @@ def test_validate_exit_codes(home: Path, tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"mode": "gamma", "threads": 1}))
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text(yaml.safe_dump({"mode": "gamma", "treads": 1}))
-    passed = run_cli(["validate", "synthetic", str(good), "--home", str(home)])
+    passed = invoke_cli(["validate", "synthetic", str(good), "--home", str(home)])
     assert passed.returncode == 0, passed.stderr
     assert "passes" in passed.stdout
-    blocked = run_cli(["validate", "synthetic", str(bad), "--home", str(home)])
+    blocked = invoke_cli(["validate", "synthetic", str(bad), "--home", str(home)])
     assert blocked.returncode == 3, blocked.stderr
     assert "BLOCKED" in blocked.stdout and "gamma-needs-threads" in blocked.stdout
     assert "threads=1" in blocked.stdout
-    wrong = run_cli(["validate", "synthetic", str(unknown), "--home", str(home)])
+    wrong = invoke_cli(["validate", "synthetic", str(unknown), "--home", str(home)])
     assert wrong.returncode == 2
     assert "treads" in wrong.stderr and "threads" in wrong.stderr
-    missing = run_cli(["validate", "synthetic", str(tmp_path / "nope.yaml"), "--home", str(home)])
+    missing = invoke_cli(["validate", "synthetic", str(tmp_path / "nope.yaml"), "--home",
+                          str(home)])
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
 
 
 def test_validate_applies_policies_and_learned_rules(home: Path, tmp_path: Path) -> None:
     config = tmp_path / "best.yaml"
     config.write_text(yaml.safe_dump({"journal_mode": "off", "synchronous": "off"}))
-    assert run_cli(["validate", "sqlite", str(config), "--home", str(home)]).returncode == 0
-    durable = run_cli(["validate", "sqlite", str(config), "--policy", "durability",
+    assert invoke_cli(["validate", "sqlite", str(config), "--home", str(home)]).returncode == 0
+    durable = invoke_cli(["validate", "sqlite", str(config), "--policy", "durability",
                        "--home", str(home)])
     assert durable.returncode == 3 and "durable-journal" in durable.stdout
     store = LearnedRules(learned_path(home, "sqlite"), SqliteTarget.knob_spec())
     rule = store.add("journal_mode == 'off'", rules=RuleSet.for_target(SqliteTarget),
                      study="s", trial=3, failure_class="crash", message="boom")
     assert rule.id == "learned-1"
-    learned = run_cli(["validate", "sqlite", str(config), "--home", str(home)])
+    learned = invoke_cli(["validate", "sqlite", str(config), "--home", str(home)])
     assert learned.returncode == 3 and "learned-1" in learned.stdout
 
 
@@ -179,12 +180,12 @@ def test_rules_check_lints_a_file(tmp_path: Path) -> None:
         {"id": "a", "kind": "constraint", "expr": "threads <= machine.cores * 8"},
         {"id": "b", "kind": "trigger", "when": "after.throughput < 0.9 * before.throughput",
          "action": "rollback"}]}))
-    ok = run_cli(["rules", "check", str(good)])
+    ok = invoke_cli(["rules", "check", str(good)])
     assert ok.returncode == 0, ok.stderr
     assert "2 rules" in ok.stdout and "1 constraint" in ok.stdout and "1 trigger" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("target: synthetic\nrules:\n  - id: a\n    kind: forbid\n    when: treads > 2\n")
-    failed = run_cli(["rules", "check", str(bad)])
+    failed = invoke_cli(["rules", "check", str(bad)])
     assert failed.returncode == 2
     assert "bad.yaml:5:11: rule 'a'" in failed.stderr and "threads" in failed.stderr
 

@@ -1,16 +1,16 @@
 """The target contract (``flows/contract.py``) run against every registered target.
 
 Built-in targets and any installed by entry point are collected; a target that cannot load or
-declares no examples fails here rather than being skipped. Set KNOBFLOW_REQUIRE_ALL_TARGETS=1 (CI
-does) to fail instead of skip when a target's executables are missing.
+declares no examples fails here rather than being skipped. A target whose executables are missing
+is skipped, or fails when KNOBFLOW_REQUIRE_ALL_TARGETS is set (CI sets it; ``conftest.require``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from flows.contract import CHECKS, ContractViolation, NotApplicable, Variant, variants
 from targets.registry import available_targets
@@ -35,12 +35,7 @@ def _params() -> list:
 def test_contract(variant: Variant | str, check, tmp_path: Path) -> None:
     if isinstance(variant, str):
         pytest.fail(variant)
-    missing = variant.missing_executables()
-    if missing:
-        reason = f"{variant.target}/{variant.name} needs {', '.join(missing)} on PATH"
-        if os.environ.get("KNOBFLOW_REQUIRE_ALL_TARGETS"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require(f"{variant.target}/{variant.name}", variant.missing_executables(), "on PATH")
     try:
         check(variant, tmp_path)
     except NotApplicable as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import needs
 
 from targets import postgres_cluster as pgc
 from targets import postgres_pgbench as pgb
@@ -28,15 +29,16 @@ from targets.spec import load_spec
 from tasks.runner import TrialRunner
 from tuners.trials import TrialOutcome
 
-pytestmark = pytest.mark.skipif(
-    pgc.find_bindir() is None,
-    reason="PostgreSQL's programs (postgres, initdb, psql, pgbench) are not installed "
-    "(apt-get install postgresql, or set KNOBFLOW_PG_BINDIR)",
+# found where the target finds them (pgc.find_bindir): the tests run exactly when trials can
+BINDIR = pgc.find_bindir()
+pytestmark = needs(
+    "PostgreSQL", [] if BINDIR else ["postgres, initdb, psql and pgbench in one directory"],
+    "$KNOBFLOW_PG_BINDIR, /usr/lib/postgresql/*/bin or PATH: apt-get install postgresql",
 )
 
 REF = "targets.postgres:PostgresTarget"
 SHORT = {"scale": 1, "duration": 2, "clients": 2, "threads": 1}
-DEFAULTS = PostgresTarget.knob_spec().defaults() if pgc.find_bindir() else {}
+DEFAULTS = PostgresTarget.knob_spec().defaults() if BINDIR else {}
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_for
 
 from targets.process import Server, ServerExited, free_port, kill_from_pid_file, run_client
 
@@ -29,12 +29,11 @@ def test_client_peak_memory_is_its_own_not_the_parents(tmp_path: Path) -> None:
 
 
 def test_client_timeout_kills_it(tmp_path: Path) -> None:
-    started = time.monotonic()
+    # killed (-9), not ended by itself: a 60 s sleep exits 0; how soon is a benchmark's figure
     run = run_client(
         [sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5, log_dir=tmp_path
     )
     assert run.timed_out and run.returncode == -9
-    assert time.monotonic() - started < 5
 
 
 def test_server_that_dies_at_start_carries_its_log(tmp_path: Path) -> None:
@@ -72,8 +71,9 @@ def test_server_start_usage_stop_and_pid_file_cleanup(tmp_path: Path) -> None:
     server.start(ready=ready, timeout=20)
     pid = server.proc.pid
     assert (tmp_path / "server.pid").read_text().strip() == str(pid)
-    time.sleep(0.3)
-    assert server.usage().peak_rss_mb > 1
+    # memory is sampled in the background, every 0.1 s from the start: wait for a sample
+    wait_for(lambda: server.usage().peak_rss_mb > 1, "a memory sample of the server above 1 MB",
+             timeout=30)
     # a crashed trial leaves the pid file: clean-up ends the process it names, if it is ours
     assert not kill_from_pid_file(tmp_path / "server.pid", must_contain="/not/our/dir")
     (tmp_path / "server.pid").write_text(f"{pid}\n")

@@ -10,6 +10,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import available, needs, wait_for
 
 from targets.base import BenchmarkError, ConfigRefused, FailureClass, Measurement
 from targets.common.errors import WorkloadError
@@ -30,10 +31,11 @@ from tasks.runner import TrialRunner
 from tuners.trials import TrialOutcome
 
 rocksdict = pytest.importorskip("rocksdict", reason="pip install rocksdict")
-DB_BENCH = db_bench_path()
-needs_db_bench = pytest.mark.skipif(
-    DB_BENCH is None, reason="needs /usr/bin/db_bench (Debian: apt-get install rocksdb-tools)"
-)
+DB_BENCH = db_bench_path()  # where the target finds it
+#: for needs() and available(): what the db_bench driver lacks
+DB_BENCH_NEEDS = ("RocksDB's db_bench driver", [] if DB_BENCH else ["db_bench"],
+                  "on PATH or /usr/bin; Debian: apt-get install rocksdb-tools")
+needs_db_bench = needs(*DB_BENCH_NEEDS)
 DRIVERS = ["rocksdict", pytest.param("db_bench", marks=needs_db_bench)]
 SMALL = {"num_keys": 50_000, "ops": 50_000}  # well under a second per phase
 TINY = {"num_keys": 20_000, "ops": 5_000}
@@ -79,6 +81,14 @@ def db_benches_on(path: Path) -> list[int]:
         if proc.info["name"] == "db_bench" and str(path) in cmd:
             found.append(proc.info["pid"])
     return found
+
+
+def join_all(threads: list[threading.Thread], timeout: float = 600.0) -> None:
+    """Wait for trial threads: a generous bound, only so a stuck trial cannot hang the suite."""
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), f"trials still running after {timeout:g} s"
 
 
 def assert_ok(outcome: TrialOutcome) -> None:
@@ -246,7 +256,7 @@ def test_refused_configs_carry_the_systems_message(
 def test_known_hangs_end_by_the_timeout_and_the_instance_is_usable_after(
     tmp_path: Path, bad: dict[str, Any], classes: tuple[str, ...]
 ) -> None:
-    drivers = ["rocksdict"] + (["db_bench"] if DB_BENCH else [])
+    drivers = ["rocksdict"] + (["db_bench"] if available(*DB_BENCH_NEEDS) else [])
     outcomes: dict[str, list[TrialOutcome]] = {}
 
     def bad_then_default(driver: str) -> None:  # both drivers at once: a hang mostly waits
@@ -258,12 +268,12 @@ def test_known_hangs_end_by_the_timeout_and_the_instance_is_usable_after(
     threads = [threading.Thread(target=bad_then_default, args=(d,)) for d in drivers]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(timeout=60)
+    join_all(threads)
     for driver in drivers:
         failed, after = outcomes[driver]
+        # the class says the 8 s timeout (or the system) ended it; how soon after is a figure
+        # for benchmarks/, not a bound a loaded machine could break
         assert failed.failure_class in classes, (driver, failed.failure_class, failed.message)
-        assert failed.elapsed_s < 8.0 + 5
         assert_ok(after)
         assert after.changed_knobs == []
     assert db_benches_on(tmp_path) == []
@@ -282,7 +292,7 @@ def test_bloom_big_cache_no_compression_beat_zstd_big_blocks_tiny_cache(tmp_path
 
 
 def test_two_instances_side_by_side(tmp_path: Path) -> None:
-    drivers = ["rocksdict", "db_bench" if DB_BENCH else "rocksdict"]
+    drivers = ["rocksdict", "db_bench" if available(*DB_BENCH_NEEDS) else "rocksdict"]
     outcomes: list[TrialOutcome] = []
     lock = threading.Lock()
 
@@ -295,8 +305,7 @@ def test_two_instances_side_by_side(tmp_path: Path) -> None:
     threads = [threading.Thread(target=one, args=(f"i{i}", d)) for i, d in enumerate(drivers)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(timeout=60)
+    join_all(threads)
     assert len(outcomes) == 2
     for outcome in outcomes:
         assert_ok(outcome)
@@ -314,9 +323,8 @@ def test_cleanup_ends_the_instances_db_bench_only_and_removes_its_db(tmp_path: P
              "--write_buffer_size=65536"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
     try:
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "i1" / "db" / "LOCK").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for((tmp_path / "i1" / "db" / "LOCK").exists, "db_bench to open its database",
+                 interval=0.05)
         assert procs[0].poll() is None  # stalled: level0 compaction never runs
         RocksdbTarget.cleanup(tmp_path / "i1")
         assert db_benches_on(tmp_path / "i1") == []

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from conftest import trial_processes
+from conftest import trial_processes, wait_for
 
 from targets.synthetic import SyntheticTarget
 from tasks.runner import TrialRunner, run_trial
+from tuners.trials import TrialOutcome
 
 GOOD = {"x": 0.25, "y": 1.3, "threads": 8, "buffer_kb": 1000, "mode": "alpha", "compress": False}
 
@@ -51,13 +51,11 @@ def test_crash_is_classified_with_its_signal(tmp_path: Path) -> None:
 
 
 def test_hang_hits_the_timeout_and_the_instance_runs_the_next_trial(tmp_path: Path) -> None:
+    # how soon after its timeout a hung trial ends is a figure for benchmarks/, not a test bound
     runner = make_runner(tmp_path, timeout=1.0)
-    started = time.monotonic()
     outcome = runner.run("3", {**GOOD, "mode": "beta", "y": 500.0}, "i1", 1)
-    elapsed = time.monotonic() - started
     assert outcome.failure_class == "timeout"
     assert "1 s trial timeout" in outcome.message
-    assert elapsed < 3.0, f"the hard timeout took {elapsed:.1f} s"
     request = str(tmp_path / "job" / "trials" / "3" / "request.json")
     assert trial_processes(request) == [], "the hung trial process outlived its timeout"
     assert runner.run("4", GOOD, "i1", 1).ok
@@ -90,14 +88,19 @@ def test_stop_all_interrupts_a_running_trial(tmp_path: Path) -> None:
     import threading
 
     runner = make_runner(tmp_path, timeout=30.0, duration=20.0)
-    result = {}
+    result: dict[str, TrialOutcome] = {}
     thread = threading.Thread(target=lambda: result.update(o=runner.run("8", GOOD, "i1", 1)))
     thread.start()
-    time.sleep(1.0)
+    request = str(tmp_path / "job" / "trials" / "8" / "request.json")
+    # the trial process has started its target (it makes the data directory): stop_all must
+    # kill a running trial, not one that is yet to start
+    wait_for(lambda: trial_processes(request) and (tmp_path / "i1").is_dir(),
+             "the trial process to start its target")
     runner.stop_all()
-    thread.join(timeout=5)
-    assert not thread.is_alive()
-    assert result["o"].failure_class == "interrupted"
+    thread.join(timeout=60)  # unstopped, the trial would end by itself after 20 s: not interrupted
+    assert not thread.is_alive(), "the trial still runs a minute after stop_all"
+    assert result["o"].failure_class == "interrupted", result["o"].message
+    assert trial_processes(request) == [], "the stopped trial process outlived stop_all"
 
 
 def test_a_rule_learned_from_a_crash_checks_the_very_next_candidate(

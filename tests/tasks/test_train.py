@@ -4,7 +4,6 @@ line up across model kinds (same metrics, importance plot, trial table, pinned r
 from __future__ import annotations
 
 import os
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -131,13 +130,10 @@ def test_value_is_learned_only_from_jobs_that_tuned_the_objective() -> None:
 def test_runs_of_every_kind_line_up_in_mlflow(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     table = trial_table(200, seed=11)
-    started = time.perf_counter()
     report = train_models(table, spec=SPEC, objective="throughput", direction="maximize",
                           service="orders-kv", instance="kv-1", workload_fp={"shift": 0.0},
                           tracking_uri=uri)
-    elapsed = time.perf_counter() - started
     assert report is not None
-    assert elapsed < 20, f"training 200 rows took {elapsed:.1f} s"
     # MLflow's process-wide state is left as it was
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert mlflow.get_tracking_uri() != uri
