@@ -7,11 +7,15 @@ constructs (comparisons, arithmetic, and/or/not, ``in [...]``, ``? :``, ``$abs``
 and size limits, and evaluated by walking it with numpy over whole columns: one call checks
 100,000 candidate configs. Anything else (attribute access outside the namespaces, item access,
 comprehensions, regexes, other functions, huge exponents, deep nesting, long strings) is refused
-when the rule is loaded, with the file, line and column of the offence.
+when the rule is loaded, with the file, line and column of the offence. rule-engine folds constant
+sub-expressions while it parses, so the text's tokens are checked first (``rules.lexing``) and
+folding runs in a decimal context bounded to a float's range: nothing unbounded runs on a text.
 """
 
 from __future__ import annotations
 
+import decimal
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,12 +26,15 @@ import numpy as np
 import rule_engine
 from rule_engine import ast
 
+from rules.lexing import FUNCTIONS, MAX_DEPTH, MAX_EXPONENT, MAX_STRING, scan
 from targets.common.errors import KnobflowError, did_you_mean
 
 NUMBER, STRING, BOOL = "number", "string", "bool"
 NAMESPACES = ("machine", "workload", "before", "after")
-MAX_TEXT, MAX_NODES, MAX_DEPTH, MAX_STRING, MAX_ARRAY, MAX_EXPONENT = 1000, 150, 24, 200, 64, 64
-FUNCTIONS = {"abs": 1, "min": None, "max": None}  # name -> number of arguments (None: an array)
+MAX_TEXT, MAX_NODES, MAX_ARRAY = 1000, 150, 64
+# rule-engine folds constants in the thread's decimal context: this one keeps every folded value
+# within a float's range (beyond it: Overflow, refused) at a fixed precision
+_FOLDING = decimal.Context(prec=28, Emax=308, Emin=-308)
 _A_VALUE = {NUMBER: "a number", STRING: "a quoted string", BOOL: "true or false"}
 
 _TYPES = {NUMBER: rule_engine.DataType.FLOAT, STRING: rule_engine.DataType.STRING,
@@ -72,18 +79,30 @@ def compile_expression(
         raise RuleError(f"{locate(0)}: an expression must be a non-empty string")
     if len(text) > MAX_TEXT:
         raise RuleError(f"{locate(MAX_TEXT)}: the expression is longer than {MAX_TEXT} characters")
-    depth = _paren_depth(text)
-    if depth > MAX_DEPTH:
-        raise RuleError(
-            f"{locate(0)}: the expression nests {depth} levels deep; at most "
-            f"{MAX_DEPTH} are allowed"
-        )
-    context = rule_engine.Context(
-        type_resolver=rule_engine.type_resolver_from_dict(_context_types(symbols)),
-        default_timezone="UTC",
-    )
+    tree = _parse(text, symbols, locate)
+    checker = _Checker(text, symbols, locate)
+    checker.check(tree)
+    _check_literals(tree, text, symbols, choices or {}, locate)
+    if getattr(tree, "result_type", None) not in (
+        rule_engine.DataType.BOOLEAN,
+        rule_engine.DataType.UNDEFINED,
+    ):
+        raise RuleError(f"{locate(0)}: a rule must be a true/false condition, e.g. 'a >= b'")
+    return Expression(text=text, names=frozenset(checker.names), tree=tree)
+
+
+def _parse(text: str, symbols: Mapping[str, str], locate: Locate) -> Any:
+    """rule-engine's parse tree of ``text`` once its tokens passed (``rules.lexing``), the parser
+    reading those very tokens; its errors as RuleErrors."""
     try:
-        rule = rule_engine.Rule(text, context=context)
+        with decimal.localcontext(_FOLDING):
+            scanned = scan(text)
+            if scanned.refusal is not None:
+                offset, what = scanned.refusal
+                raise RuleError(f"{locate(offset)}: {what}")
+            statement = rule_engine.Rule.parser.parse(
+                text, _context(frozenset(symbols.items())), lexer=scanned)
+        return statement.expression
     except rule_engine.errors.SymbolResolutionError as exc:
         name = str(exc.symbol_name)
         raise RuleError(
@@ -98,37 +117,24 @@ def compile_expression(
         raise RuleError(f"{locate(0)}: {_engine_message(exc)}") from None
     except (ArithmeticError, ValueError) as exc:  # constant folding overflowed
         raise RuleError(f"{locate(0)}: the expression cannot be computed: {exc}") from None
-    checker = _Checker(text, symbols, locate)
-    checker.check(rule.statement.expression)
-    _check_literals(rule.statement.expression, text, symbols, choices or {}, locate)
-    if getattr(rule.statement.expression, "result_type", None) not in (
-        rule_engine.DataType.BOOLEAN,
-        rule_engine.DataType.UNDEFINED,
-    ):
-        raise RuleError(f"{locate(0)}: a rule must be a true/false condition, e.g. 'a >= b'")
-    return Expression(text=text, names=frozenset(checker.names),
-                      tree=rule.statement.expression)
 
 
-def _context_types(symbols: Mapping[str, str]) -> dict[str, Any]:
+@functools.lru_cache(maxsize=32)
+def _context(symbols: frozenset[tuple[str, str]]) -> rule_engine.Context:
+    """rule-engine's context for these names, made once: a new one per rule (its built-ins, the
+    type resolver) cost more than parsing a short rule."""
     types: dict[str, Any] = {}
-    for name, kind in symbols.items():
+    for name, kind in sorted(symbols):
         space, _, _rest = name.partition(".")
         if space in NAMESPACES and _rest:
-            types[space] = rule_engine.DataType.MAPPING(
-                rule_engine.DataType.STRING, rule_engine.DataType.UNDEFINED
-            )
+            # untyped for rule-engine, the walk checks the names: typed as a mapping, every
+            # 'machine.x' cost a failed attribute lookup with spelling suggestions, then
+            # rule-engine's deprecated fallback from attributes to keys (gone in rule-engine 6)
+            types[space] = rule_engine.DataType.UNDEFINED
         else:
             types[name] = _TYPES[kind]
-    return types
-
-
-def _paren_depth(text: str) -> int:
-    depth = deepest = 0
-    for ch in text:
-        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
-        deepest = max(deepest, depth)
-    return deepest
+    return rule_engine.Context(type_resolver=rule_engine.type_resolver_from_dict(types),
+                               default_timezone="UTC")
 
 
 def _offset_of(text: str, name: str) -> int:

@@ -2,6 +2,8 @@
 
 Every error names the file, line, column and rule and says what to do (``file:line:col: rule
 'id': ...``); a learned rule read from a mapping is checked the same way (``rule_from_dict``).
+A file is bounded before it is read: at most ``KNOBFLOW_MAX_RULE_FILE_BYTES`` bytes (1 MiB unless
+set) and ``KNOBFLOW_MAX_RULES`` rules (1,000 unless set).
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from targets.common.files import display_path
 from targets.common.yamlfiles import UniqueKeyLoader, yaml_problem
 from targets.spec import KnobSpec
 
-__all__ = ["load_rule_file", "parse_rules", "rule_from_dict"]
+__all__ = ["MAX_RULES", "MAX_RULE_FILE_BYTES", "load_rule_file", "parse_rules", "rule_from_dict"]
+
+#: the bounds of one rule file, and the environment variables that raise them
+MAX_RULES, MAX_RULE_FILE_BYTES = 1000, 1 << 20
+RULES_VARIABLE, BYTES_VARIABLE = "KNOBFLOW_MAX_RULES", "KNOBFLOW_MAX_RULE_FILE_BYTES"
 
 
 class _Locator:
@@ -96,12 +102,14 @@ def parse_rules(
     if data.get("target") not in (None, spec.target):
         raise RuleError(f"{source}: the file is for target '{data['target']}', not '{spec.target}'")
     rules_node = next(v for k, v in root.value if k.value == "rules")
+    _check_rule_count(data["rules"], rules_node, source)
     symbols, choices = config_symbols(spec, workload)
+    triggers = trigger_symbols(target_cls) if target_cls is not None else None  # once a file
     seen: dict[str, str] = {}
     rules = []
     for index, (body, node) in enumerate(zip(data["rules"], rules_node.value, strict=True)):
         at = f"{source}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
-        rule = _parse_rule(body, node, at, source, index, symbols, choices, target_cls)
+        rule = _parse_rule(body, node, at, source, index, (symbols, choices), triggers)
         if rule.id in seen:
             raise RuleError(
                 f"{at}: rule '{rule.id}': the id is used twice (first at {seen[rule.id]}); "
@@ -112,16 +120,44 @@ def parse_rules(
     return rules
 
 
+def _check_rule_count(bodies: list[Any], nodes: yaml.SequenceNode, source: str) -> None:
+    """At most MAX_RULES rules (or ``$KNOBFLOW_MAX_RULES``) in one file; the first one past the
+    limit is named."""
+    limit = _limit(RULES_VARIABLE, MAX_RULES)
+    if len(bodies) <= limit:
+        return
+    node, body = nodes.value[limit], bodies[limit]
+    rule_id = body.get("id") if isinstance(body, Mapping) else None
+    named = f" rule '{rule_id}':" if isinstance(rule_id, str) else ""
+    raise RuleError(
+        f"{source}:{node.start_mark.line + 1}:{node.start_mark.column + 1}:{named} the file holds "
+        f"{len(bodies)} rules, more than the {limit} a rule file may hold; split it into "
+        f"several files, or raise the limit with the environment variable {RULES_VARIABLE}"
+    )
+
+
+def _limit(variable: str, default: int) -> int:
+    """A limit from the environment (a whole number above 0), else ``default``."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise RuleError(f"{variable}={text!r}: must be a whole number above 0 (default {default})")
+    return int(text)
+
+
 def _parse_rule(
     body: Any,
     node: yaml.Node | None,
     at: str,
     source: str,
     index: int,
-    symbols: Mapping[str, str],
-    choices: Mapping[str, tuple[Any, ...]],
-    target_cls: type[Target] | None,
+    names: tuple[Mapping[str, str], Mapping[str, tuple[Any, ...]]],
+    triggers: Mapping[str, str] | None,
 ) -> Rule:
+    """One rule; ``names`` are the config rules' (symbols, categorical values), ``triggers`` the
+    trigger rules' symbols (None: the target is not known)."""
+    symbols, choices = names
     if not isinstance(body, Mapping):
         raise RuleError(f"{at}: rule {index + 1} must be a mapping with id, kind and expr/when")
     rule_id = body.get("id")
@@ -138,11 +174,11 @@ def _parse_rule(
         else None
     )
     if kind == "trigger":
-        if target_cls is None:
+        if triggers is None:
             raise RuleError(
                 f"{here}: triggers need the target's metrics; check the file with its target"
             )
-        symbols, choices = trigger_symbols(target_cls), {}
+        symbols, choices = triggers, {}
     expression = compile_expression(
         body.get(text_field), symbols, _Locator(source, value_node, rule_id), choices
     )
@@ -204,8 +240,8 @@ def rule_from_dict(
     body: Mapping[str, Any], source: str, spec: KnobSpec, target_cls: type[Target] | None = None
 ) -> Rule:
     """A rule from a mapping (e.g. a learned rule), checked like one read from a file."""
-    symbols, choices = config_symbols(spec)
-    return _parse_rule(body, None, source, source, 0, symbols, choices, target_cls)
+    triggers = trigger_symbols(target_cls) if target_cls is not None else None
+    return _parse_rule(body, None, source, source, 0, config_symbols(spec), triggers)
 
 
 def load_rule_file(
@@ -214,13 +250,30 @@ def load_rule_file(
     target_cls: type[Target] | None = None,
     workload: Mapping[str, Any] | None = None,
 ) -> list[Rule]:
+    """The checked rules of the file at ``path``; the file's size is checked before it is read."""
     shown = display_path(path)
+    limit = _limit(BYTES_VARIABLE, MAX_RULE_FILE_BYTES)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        size = Path(path).stat().st_size
+        if size > limit:
+            raise _too_big(shown, size, limit)
+        with open(path, encoding="utf-8") as fh:  # text mode: \r\n is read as \n
+            text = fh.read(limit + 1)  # no more, whatever stat said (/dev/zero, a growing file)
     except FileNotFoundError:
         raise RuleError(f"{shown}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleError(f"{shown}: cannot read: {exc}") from None
+    if len(text) > limit:
+        raise _too_big(shown, None, limit)
     if workload is None and target_cls is not None:
         workload = dict(target_cls.workload_defaults)
     return parse_rules(text, shown, spec, target_cls, workload)
+
+
+def _too_big(shown: str, size: int | None, limit: int) -> RuleError:
+    """The file is over the byte limit (``size`` from stat, None if only reading showed it)."""
+    over = f"{size} bytes, more than" if size is not None else "more than"
+    return RuleError(
+        f"{shown}: the file is {over} the {limit} bytes a rule file may hold; split it into "
+        f"several files, or raise the limit with the environment variable {BYTES_VARIABLE}"
+    )

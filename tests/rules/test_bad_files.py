@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rules.language import RuleError
-from rules.parse import load_rule_file
+from rules.parse import MAX_RULE_FILE_BYTES, MAX_RULES, load_rule_file
 from targets.base import Target
 from targets.common.errors import KnobflowError
 from targets.common.files import display_path
@@ -112,4 +112,66 @@ def test_rule_file_for_another_target() -> None:
         load_rule_file(path, target.knob_spec(), target)
     assert str(info.value) == (
         f"{display_path(path)}: the file is for target 'sqlite', not 'synthetic'"
+    )
+
+
+def _rules_file(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "many.yaml"
+    path.write_text("target: synthetic\nrules:\n" + "".join(
+        f"  - id: r{i}\n    kind: forbid\n    when: threads > {i}\n" for i in range(count)),
+        encoding="utf-8")
+    return path
+
+
+def test_the_default_limits_of_a_rule_file() -> None:
+    assert (MAX_RULES, MAX_RULE_FILE_BYTES) == (1000, 1 << 20)
+
+
+def test_rules_past_the_limit_are_refused_at_the_first_one_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _rules_file(tmp_path, 4)
+    target = load_target("synthetic")
+    monkeypatch.setenv("KNOBFLOW_MAX_RULES", "4")
+    assert len(load_rule_file(path, target.knob_spec(), target)) == 4  # at the limit: fine
+    monkeypatch.setenv("KNOBFLOW_MAX_RULES", "3")
+    with pytest.raises(RuleError) as info:
+        load_rule_file(path, target.knob_spec(), target)
+    assert str(info.value) == (
+        f"{display_path(path)}:12:5: rule 'r3': the file holds 4 rules, more than the 3 a rule "
+        "file may hold; split it into several files, or raise the limit with the environment "
+        "variable KNOBFLOW_MAX_RULES"
+    )
+    assert path.read_text().splitlines()[11] == "  - id: r3"
+
+
+def test_a_file_over_the_byte_limit_is_refused_from_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _rules_file(tmp_path, 2)
+    size = path.stat().st_size
+    target = load_target("synthetic")
+    monkeypatch.setenv("KNOBFLOW_MAX_RULE_FILE_BYTES", str(size))
+    assert len(load_rule_file(path, target.knob_spec(), target)) == 2  # at the limit: fine
+    monkeypatch.setenv("KNOBFLOW_MAX_RULE_FILE_BYTES", str(size - 1))
+    with pytest.raises(RuleError) as info:
+        load_rule_file(path, target.knob_spec(), target)
+    assert str(info.value) == (
+        f"{display_path(path)}: the file is {size} bytes, more than the {size - 1} bytes a rule "
+        "file may hold; split it into several files, or raise the limit with the environment "
+        "variable KNOBFLOW_MAX_RULE_FILE_BYTES"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1e6", "many"])
+def test_a_bad_limit_in_the_environment_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("KNOBFLOW_MAX_RULE_FILE_BYTES", value)
+    target = load_target("synthetic")
+    with pytest.raises(RuleError) as info:
+        load_rule_file(_rules_file(tmp_path, 1), target.knob_spec(), target)
+    assert str(info.value) == (
+        f"KNOBFLOW_MAX_RULE_FILE_BYTES={value!r}: must be a whole number above 0 "
+        f"(default {MAX_RULE_FILE_BYTES})"
     )

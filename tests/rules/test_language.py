@@ -9,6 +9,7 @@ compress) with machine facts pinned, so verdicts do not depend on the machine ru
 from __future__ import annotations
 
 import builtins
+import decimal
 import os
 import subprocess
 import time
@@ -32,6 +33,7 @@ from rules.language import (
     RuleError,
     compile_expression,
 )
+from rules.lexing import MAX_OPERATORS
 from rules.parse import parse_rules
 from rules.rule import Rule, Verdict, config_symbols, trigger_symbols
 from rules.ruleset import RuleSet
@@ -92,17 +94,35 @@ HOSTILE: list[tuple[str, str]] = [
     ("$open('/etc/passwd') == ''", "calling 'open' (allowed: $abs, $min, $max) is not allowed"),
     ("$split(mode) == ['a']", "calling 'split'"),
     ("$now > $now", "the built-in symbol '$now' is not allowed"),
-    ("mode =~ '(a+)+$'", "a fuzzycomparison expression is not allowed"),
+    ("mode =~ '(a+)+$'", "1:6: rule 'r': a regex match ('=~') is not allowed in rules"),
     ("mode[0] == 'a'", "a getitem expression is not allowed"),
     ("[t for t in [1, 2]] == [1]", "RuleError"),
-    ("2 ** 99999999 > x", "a number in the expression is too large"),
+    ("2 ** 99999999 > x", f"1:6: rule 'r': an exponent must be a number of at most {MAX_EXPONENT}"),
     ("x ** 1e9 > 0", f"an exponent must be a number of at most {MAX_EXPONENT}"),
     ("x ** threads > 1", f"an exponent must be a number of at most {MAX_EXPONENT}"),
     ("x ** -1e9 > 1", f"an exponent must be a number of at most {MAX_EXPONENT}"),
+    ("x ** (1 / 2) > 1", f"an exponent must be a number of at most {MAX_EXPONENT}"),
+    # rule-engine folds constants while it parses: these are refused by their tokens, before
+    ("'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!' =~ '(a+)+$'", "1:35: rule 'r': a regex match ('=~')"),
+    ("'aaaa!' =~~ '(a+)+$' or x > 0", "1:9: rule 'r': a regex match ('=~~')"),
+    ("'aaaa!' !~ '(a+)+$' and x > 0", "1:9: rule 'r': a regex match ('!~')"),
+    ("'aaaa!' !~~ '(a+)+$' and x > 0", "1:9: rule 'r': a regex match ('!~~')"),
+    ("x > 0 or (1 << 4000000000) > 1", "1:13: rule 'r': the bitwise operator '<<' is not allowed"),
+    ("threads & 1 == 1", "1:9: rule 'r': the bitwise operator '&' is not allowed"),
+    ("x > 0 or 10 ** 10 ** 10 > 1", "1:19: rule 'r': a power of a power (a ** b ** c)"),
+    ("x > 0 or (10 ** 10) ** 10 > 1", "1:21: rule 'r': a power of a power"),
+    ("true ? x > 0 : 10 ** 10 ** 10 > 1", "1:25: rule 'r': a power of a power"),
+    ("x > 0 or 1e999999999 > 1", "1:10: rule 'r': the number 1e999999999 is out of range"),
+    ("x in [1e999999999]", "1:7: rule 'r': the number 1e999999999 is out of range"),
+    ("threads == 1e-999", "1:12: rule 'r': the number 1e-999 is out of range"),
+    ("threads < " + "9" * 900, "1:11: rule 'r': the number 99999999999999999999... has more"),
+    ("x > 0 or 1e300 * 1e300 > 1", "a number in the expression is too large"),
+    ("x > 0 or '" + "a" * (MAX_STRING + 1) + "' == 'a'",
+     f"1:10: rule 'r': a string longer than {MAX_STRING}"),
 ]
 
 
-@pytest.mark.parametrize(("text", "says"), HOSTILE, ids=[t for t, _ in HOSTILE])
+@pytest.mark.parametrize(("text", "says"), HOSTILE, ids=[t[:60] for t, _ in HOSTILE])
 def test_hostile_text_is_refused(text: str, says: str) -> None:
     with pytest.raises(RuleError) as info:
         compile_rule(text)
@@ -132,7 +152,7 @@ def test_deep_nesting_is_refused(text: str) -> None:
 
 def test_nesting_without_parentheses_is_refused() -> None:
     """``not not not ...`` nests without a single parenthesis: the tree walk counts the depth."""
-    text = "not " * 200 + "compress"
+    text = "not " * 100 + "compress"
     assert len(text) <= MAX_TEXT
     with pytest.raises(RuleError, match=f"nests deeper than {MAX_DEPTH} levels"):
         compile_rule(text)
@@ -142,6 +162,68 @@ def test_nesting_just_within_the_limit_compiles() -> None:
     depth = MAX_DEPTH - 4
     expression = compile_rule("(" * depth + "x > 0.5" + ")" * depth)
     assert rule_set(expression).check_frame(FRAME)["r"].tolist() == [c["x"] > 0.5 for c in CONFIGS]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" + "+x" * 499, "1" + "+1" * 499, "-" * 990 + "x > 0", "x > 0" + " or x > 0" * 95],
+    ids=["499-additions", "499-folded-additions", "990-minus-signs", "96-comparisons"],
+)
+def test_too_many_operators_are_refused_before_the_parser_recurses(text: str) -> None:
+    """rule-engine builds its tree recursively: ~500 operators overflowed Python's stack (a
+    RecursionError, not a located error) before the walk could count them."""
+    assert len(text) <= MAX_TEXT
+    with pytest.raises(RuleError) as info:
+        compile_rule(text)
+    assert str(info.value).endswith(
+        f"the expression has more than {MAX_OPERATORS} operators; split it into several rules")
+
+
+def test_brackets_in_a_string_are_not_nesting() -> None:
+    """Nesting is counted on the tokens: '((((' in a quoted string is text, not depth."""
+    with pytest.raises(RuleError) as info:
+        compile_rule("mode == '" + "(" * (MAX_DEPTH + 1) + "'")
+    assert "is never" in str(info.value)  # the value is wrong, the nesting is fine
+    with pytest.raises(RuleError) as info:
+        compile_rule("x > 0 and " + "(" * (MAX_DEPTH + 1) + "x > 0" + ")" * (MAX_DEPTH + 1))
+    assert str(info.value) == (
+        f"<rule>:1:{11 + MAX_DEPTH}: rule 'r': the expression nests {MAX_DEPTH + 1} levels deep; "
+        f"at most {MAX_DEPTH} are allowed"
+    )
+
+
+# -- constants are checked before rule-engine folds them --------------------------------------
+@pytest.mark.parametrize(
+    ("text", "python"),
+    [
+        ("x ** 2 < 0.25", lambda c: c["x"] ** 2 < 0.25),
+        ("x ** (2) < 0.25", lambda c: c["x"] ** 2 < 0.25),
+        ("y ** -1 > 2", lambda c: c["y"] ** -1 > 2),
+        ("buffer_kb ** (-0.5) < 0.01", lambda c: c["buffer_kb"] ** -0.5 < 0.01),
+        (f"threads ** {MAX_EXPONENT} > 1e100", lambda c: c["threads"] ** MAX_EXPONENT > 1e100),
+        ("buffer_kb * 2 ** 10 >= 4 * 2 ** 20", lambda c: c["buffer_kb"] * 1024 >= 4 * 2**20),
+        ("y < 1e308 and y > -1e308 and x != 1e-308", lambda c: True),
+        ("threads < 0x10 and threads > 0b1", lambda c: 1 < c["threads"] < 16),
+    ],
+)
+def test_small_exponents_and_numbers_still_compile(
+    text: str, python: Callable[[dict[str, Any]], bool]
+) -> None:
+    out = rule_set(compile_rule(text), "constraint").check_frame(FRAME)
+    assert out["r"].tolist() == [not python(c) for c in CONFIGS]
+
+
+def test_folding_is_bounded_whatever_the_callers_decimal_context() -> None:
+    """rule-engine folds in the thread's decimal context: a caller's huge one changes nothing."""
+    huge = decimal.Context(prec=100_000, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+    with decimal.localcontext(huge):
+        start = time.perf_counter()
+        with pytest.raises(RuleError, match="a number in the expression is too large"):
+            compile_rule("x > 0 or 1e300 * 1e300 > 1")
+        with pytest.raises(RuleError, match="a number in the expression is too large"):
+            compile_rule(f"x > 0 or ((1e300 ** {MAX_EXPONENT}) > 1)")
+        assert time.perf_counter() - start < 1.0  # the blow-up, not speed
+        assert compile_rule("x > 0 or 1 / 3 > 0.3").names == {"x"}
 
 
 def _balanced(leaves: int) -> str:
