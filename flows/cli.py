@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 from flows.cli_rules import rules_app, validate_command
 from flows.cli_tune import tune_command
-from targets.common.errors import KnobflowError, fmt_value
+from targets.common.errors import EnvironmentFault, KnobflowError, fmt_value
 from targets.common.settings import quiet_environment
 
 
@@ -56,6 +56,9 @@ def _exit_code(run: Callable[[], Any]) -> int:
     except (KeyboardInterrupt, typer.Abort):
         err.print(_INTERRUPTED, markup=False)
         return 130
+    except EnvironmentFault as exc:  # the machine's fault: say what to do, no traceback
+        err.print(f"knobflow: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 1
     except Exception as exc:
         err.print(f"knobflow: failed: {type(exc).__name__}: {exc}", markup=False,
                   highlight=False, soft_wrap=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import subprocess
 from typing import Annotated, Any
 
@@ -119,15 +120,25 @@ tune_command.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr
 tune_command.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
 
 
+def _killed_with_us() -> None:
+    """In the Prefect server's process, before it starts: it ends when the CLI does."""
+    from targets.process import die_with_parent
+
+    die_with_parent(signal.SIGKILL)  # SIGKILL: its SQLite database survives that, and it ends
+    # at once (a graceful stop of uvicorn and Prefect's services takes seconds)
+
+
 def start_embedded_prefect_server() -> None:
     """Start Prefect's ephemeral API (when no server is configured) in a session of its own.
 
     Prefect starts it on first use as a child in our process group, so a Ctrl-C in the terminal
     killed it together with the job, and the job then spent minutes retrying to report its crash
     to a dead API. Started here in its own session it outlives the interrupt and is stopped at
-    exit as usual; the flow's client reuses this instance (Prefect keeps one per process).
+    exit as usual; the flow's client reuses this instance (Prefect keeps one per process). If
+    this process is killed (SIGKILL), the kernel ends the server with it (``die_with_parent``).
     """
     from prefect.settings import get_current_settings
+
 
     if get_current_settings().api.url:
         return
@@ -139,7 +150,7 @@ def start_embedded_prefect_server() -> None:
     popen = subprocess.Popen
 
     def popen_own_session(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
-        return popen(*args, start_new_session=True, **kwargs)
+        return popen(*args, start_new_session=True, preexec_fn=_killed_with_us, **kwargs)
 
     subprocess.Popen = popen_own_session  # type: ignore[misc] - only while the server starts
     try:

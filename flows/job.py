@@ -9,10 +9,12 @@ written before the first trial runs and updated when the job ends.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +29,7 @@ from rules.review import check_space
 from rules.ruleset import RuleSet
 from targets.base import Target
 from targets.common.errors import JobError, KnobflowError, WorkloadError
-from targets.common.files import display_path, write_text_atomic
+from targets.common.files import display_path, file_lock, write_text_atomic
 from targets.common.yamlfiles import load_yaml
 from targets.registry import load_target, target_ref
 from tasks.noise import RepeatPolicy
@@ -35,8 +37,8 @@ from tasks.runner import TrialRunner
 from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
 
 __all__ = [
-    "DEFAULT_BUDGET", "Job", "JobStatus", "check_spec", "find_resumable", "parse_assignments",
-    "prepare_job", "recorded_jobs", "resolve_workload",
+    "DEFAULT_BUDGET", "Job", "JobStatus", "check_spec", "find_resumable", "hold_instance",
+    "parse_assignments", "prepare_job", "recorded_jobs", "resolve_workload",
 ]
 
 DEFAULT_BUDGET = 40
@@ -280,18 +282,51 @@ def find_resumable(home: Path, spec: JobSpec) -> Job:
 
 
 def check_spec(spec: JobSpec, home: Path, resume: bool) -> Job:
-    """What ``prepare_job`` would run, checked without writing anything (the CLI asks before
-    it starts Prefect: bad input answers in a second, not in thirty)."""
-    if resume:
-        return find_resumable(home, spec).resumed_with(spec)
-    return Job.create(spec, home)
+    """What ``prepare_job`` would run, checked without recording it (the CLI asks before it
+    starts Prefect: bad input, or a busy instance, answers in a second, not in thirty)."""
+    job = _build(spec, home, resume)
+    with hold_instance(home, spec):  # taken and let go: is another job on the instance?
+        pass
+    return job
+
+
+def _build(spec: JobSpec, home: Path, resume: bool) -> Job:
+    return find_resumable(home, spec).resumed_with(spec) if resume else Job.create(spec, home)
+
+
+@contextlib.contextmanager
+def hold_instance(home: Path, spec: JobSpec) -> Iterator[None]:
+    """Hold the spec's instance of its service for a job: one job per instance at a time (two
+    would spoil each other's measurements). A ``JobError`` names the job that holds it. The lock
+    is a file beside the instance's data; a job that dies lets it go."""
+    service = spec.service or spec.target
+    where = home / "instances" / service / f"{spec.instance}.lock"
+    holder = where.with_suffix(".holder.json")
+    try:
+        with file_lock(where, timeout=0):
+            write_text_atomic(holder, json.dumps({"pid": os.getpid(),
+                                                  "since": datetime.now(UTC).isoformat()}))
+            try:
+                yield
+            finally:
+                holder.unlink(missing_ok=True)
+    except TimeoutError:
+        try:
+            held = json.loads(holder.read_text(encoding="utf-8"))
+            who = f"process {held.get('pid')} (since {held.get('since', '?')[:19]})"
+        except (OSError, ValueError):
+            who = "another process"
+        raise JobError(
+            f"instance '{spec.instance}' of service '{service}' is in use by a job of "
+            f"{who}; wait for it to end, or tune another --instance"
+        ) from None
 
 
 @task(name="prepare-job", cache_policy=NO_CACHE)
 def prepare_job(spec: JobSpec, home: Path, resume: bool) -> Job:
     """Build the job for ``spec`` (or load the unfinished one to resume) and record it as
-    running."""
-    job = check_spec(spec, home, resume)
+    running; the caller holds the instance (``hold_instance``)."""
+    job = _build(spec, home, resume)
     job.status = JobStatus.RUNNING
     job.save()
     return job

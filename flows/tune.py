@@ -13,9 +13,11 @@ knobflow tune sqlite --budget 20
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +26,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from flows.job import Job, JobStatus, prepare_job
+from flows.job import Job, JobStatus, hold_instance, prepare_job
 from flows.report import RunSummary, TuneListener, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.trials import service_table, write_job_table
@@ -36,7 +38,7 @@ from targets.common.settings import knobflow_home, quiet_environment, tracking_u
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
 from tasks.runner import TrialRunner
-from tasks.track import JobTracker, start_tracking
+from tasks.track import JobTracker, close_killed_runs, start_tracking
 from tasks.train import train_service_models
 from tasks.verify import Verification, verify_best
 from tuners.space import SearchSpace
@@ -66,42 +68,51 @@ def tune(target: str, **options: Any) -> RunSummary:
     logger = get_run_logger()
     resume, home = options.pop("resume", False), options.pop("home", None)
     listener: TuneListener = options.pop("progress", None) or TuneListener()
-    job = prepare_job(JobSpec.of(target=target, **options), knobflow_home(home), resume)
-    listener.job_started(job, resume)
-    space, rules = job.search_space(), job.rule_set()
-    rule_warnings = check_space(rules, space, f"search space of {job.target}")
-    for warning in rule_warnings:
-        logger.warning("rules: %s", warning)
-    study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
-                           space.default_params(), resume)
-    table = service_table(job.home, job.service)
-    plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
-    tracker = _start_tracking(job, space, study, resume)
-    guard = CandidateGuard(rules, learn=RuleLearner(job.learned_rules(), study, space, rules,
-                                                    table, logger) if job.learn_rules else None)
-    runner = job.trial_runner()
+    spec, root = JobSpec.of(target=target, **options), knobflow_home(home)
+    with hold_instance(root, spec):  # one job per instance at a time
+        job = prepare_job(spec, root, resume)
+        listener.job_started(job, resume)
+        space, rules = job.search_space(), job.rule_set()
+        warnings = check_space(rules, space, f"search space of {job.target}")
+        for warning in warnings:
+            logger.warning("rules: %s", warning)
+        study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
+                               space.default_params(), resume)
+        table = service_table(job.home, job.service)
+        plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
+        tracker = _start_tracking(job, space, study, resume)
+        guard = CandidateGuard(rules, learn=RuleLearner(
+            job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
+        ) if job.learn_rules else None)
+        runner = job.trial_runner()
+        with _interrupted_on_error(job, tracker):
+            _explore(job, study, space, runner, guard, tracker, listener, logger)
+            best = best_trial(study, rules)  # rules learned late may forbid an early best
+            verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
+                                   listener) if best is not None else None
+            trial_table = write_job_table(job, study)
+            model = _train(job) if job.train else None
+            summary, files = report(
+                job, study, best, verification, time.monotonic() - began, space=space,
+                ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
+                trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
+        _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
+                                        trial_table], plan, logger)
+        return summary
+
+
+@contextlib.contextmanager
+def _interrupted_on_error(job: Job, tracker: JobTracker) -> Iterator[None]:
+    """A job stopped by anything (Ctrl-C, SIGTERM, a full disk, a bug) is recorded as
+    interrupted, resumable, and its MLflow run closed as killed."""
     try:
-        _explore(job, study, space, runner, guard, tracker, listener, logger)
-        best = best_trial(study, rules)  # rules learned late may forbid an early best
-        verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
-                               listener) if best is not None else None
-        trial_table = write_job_table(job, study)
-        model = _train(job) if job.train else None
-        summary, files = report(job, study, best, verification, time.monotonic() - began,
-                                space=space, ruleset=rules, guard=guard,
-                                rule_warnings=rule_warnings, plan=plan,
-                                trial_table=str(trial_table), tracking_uri=tracking_uri(job.home),
-                                model=model)
+        yield
     except BaseException:
         job.status = JobStatus.INTERRUPTED
         job.save()
         tracker.finish_job({}, [], {}, status="KILLED")
         tracker.close()
         raise
-    _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
-                                    trial_table], plan, logger)
-    return summary
-
 
 
 def _transfer(job: Job, study: optuna.Study, table: pd.DataFrame, space: SearchSpace,
@@ -132,6 +143,10 @@ def _start_tracking(job: Job, space: SearchSpace, study: optuna.Study,
               "knobflow.service": job.service, "knobflow.instance": job.instance})
     job.mlflow_run_id = tracker.run_id
     job.save()
+    if resume:  # what the killed job left open: its trials' child runs, its models' runs
+        uri = tracking_uri(job.home)
+        close_killed_runs(uri, f"knobflow/{job.target}", {"mlflow.parentRunId": tracker.run_id})
+        close_killed_runs(uri, f"knobflow/{job.service}/models", {"knobflow.study": job.study_name})
     return tracker
 
 
@@ -168,7 +183,7 @@ def _verify(job: Job, runner: TrialRunner, best_config: dict[str, Any], tracker:
 
     return verify_best(runner, job.target_cls.knob_spec().defaults(), best_config,
                        job.direction, job.verify_repeats, next(iter(runner.instance_dirs)),
-                       on_run=on_run)
+                       on_run=on_run, record=job.dir / "verify.json")
 
 
 def _train(job: Job) -> dict[str, Any]:
@@ -178,7 +193,8 @@ def _train(job: Job) -> dict[str, Any]:
         objective=job.objective, direction=job.direction, service=job.service,
         instance=job.instance, workload_fp=fingerprint.features(job.target_cls, job.workload),
         tracking_uri=tracking_uri(job.home), seed=job.seed,
-        workload_limits=job.target_cls.workload_limits, artifact_root=job.home / "artifacts")
+        workload_limits=job.target_cls.workload_limits, artifact_root=job.home / "artifacts",
+        study=job.study_name)
 
 
 def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[Path],

@@ -12,6 +12,7 @@ Nothing here sets MLflow's process-wide tracking URI for longer than one block.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from targets.common.files import file_lock
+
 __all__ = [
     "PARAM_MAX", "client_for", "default_artifact_root", "experiment_id", "param",
     "process_tracking_uri",
@@ -30,12 +33,39 @@ __all__ = [
 
 #: The longest parameter value written (MLflow's SQL stores accept 6000 characters).
 PARAM_MAX = 6000
+# "Creating initial MLflow database tables..." on every new store is noise to an operator
+logging.getLogger("mlflow").setLevel(logging.WARNING)
 _URI_LOCK = threading.RLock()
+_READY: set[str] = set()  # embedded stores this process has seen created
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
-    """The client every call uses: tracking and registry in the same store."""
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    """The client every call uses: tracking and registry in the same store. An embedded store
+    is created (or its schema migrated) by one process at a time: two jobs starting together on
+    a fresh home otherwise both run MLflow's first migration and one dies in it."""
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri in _READY:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    with file_lock(db.with_name(db.name + ".init.lock")):
+        if not db.exists():
+            _create_store(db)
+        # the client opens its stores when it is made: that migrates an older schema
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.search_registered_models(max_results=1)
+    _READY.add(tracking_uri)
+    return client
+
+
+def _create_store(db: Path) -> None:
+    """Create an embedded store in a file of its own and move it into place when it is
+    complete: a job killed during MLflow's first migration leaves no half-made store behind
+    (the next one would fail on it: "index ... already exists")."""
+    for stale in db.parent.glob(f".{db.name}.*.creating"):  # left by a killed creator
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.creating")
+    uri = f"sqlite:///{tmp}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
+    os.replace(tmp, db)
 
 
 def default_artifact_root(tracking_uri: str) -> Path | None:

@@ -157,7 +157,7 @@ def propose_forbid(
     failures: Sequence[Mapping[str, Any]] = (),
 ) -> str | None:
     """The expression of a forbid rule for the failed config, or None if a config that ran well
-    is (nearly) the same one: the failure was not the config's.
+    is (nearly) the same one, or if it is the default config: the failure was not the config's.
 
     The rule is one or two conditions, each on the failure's side of the default config, which
     ran: ``threads >= 49 and compress == true``. A threshold lies half-way between the failed
@@ -171,11 +171,8 @@ def propose_forbid(
     """
     tuned = list(space.tuned)
     default = {**space.spec.defaults(), **space.fixed}
-    for good in goods:  # the same config ran well: nothing to learn
-        if all(good[k.name] == failed[k.name] if not k.is_numeric
-               else abs(k.position(good[k.name]) - k.position(failed[k.name])) <= 0.02
-               for k in tuned):
-            return None
+    if any(_same(failed, other, tuned) for other in [default, *goods]):
+        return None  # it is the default, or the same config ran well: nothing to learn
     sides = {k.name: s for k in tuned if (s := _side(k, failed[k.name], default[k.name]))}
     usable = [k for k in tuned if k.name in sides]
     moved = {k.name: abs(k.position(failed[k.name]) - k.position(default[k.name])) if k.is_numeric
@@ -208,6 +205,17 @@ def propose_forbid(
             return text
     exact = " and ".join(f"{k.name} == {_literal(failed[k.name])}" for k in tuned)
     return None if frame is not None and _matches_any(exact, frame, rules) else exact
+
+
+def forbids(expression: str, config: Mapping[str, Any], rules: RuleSet) -> bool:
+    """Whether a forbid rule of ``expression`` would block ``config``."""
+    return _matches_any(expression, pd.DataFrame([rules.spec.full_config(config)]), rules)
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any], tuned: Sequence[Knob]) -> bool:
+    """Whether two configs are (nearly) the same on the tuned knobs."""
+    return all(a[k.name] == b[k.name] if not k.is_numeric
+               else abs(k.position(a[k.name]) - k.position(b[k.name])) <= 0.02 for k in tuned)
 
 
 def _matches_any(text: str, frame: pd.DataFrame, rules: RuleSet) -> bool:

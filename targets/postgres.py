@@ -197,13 +197,16 @@ class PostgresTarget(Target):
 
     @classmethod
     def cleanup(cls, data_dir: Path) -> None:
-        """After a killed trial: end the postmaster and its backends, remove postmaster.pid."""
+        """After a killed trial: end the postmaster and its backends; remove postmaster.pid, the
+        shared memory segments, the socket and its lock file."""
         cluster = pgc.locate(Path(data_dir))
         if cluster is None:
             (Path(data_dir) / PID_FILE).unlink(missing_ok=True)
             return
         kill_from_pid_file(Path(data_dir) / PID_FILE, must_contain=str(cluster.pgdata))
         pgc.end_leftovers(cluster)
+        for stale in cluster.sockdir.glob(".s.PGSQL.*"):  # a killed server leaves its socket
+            stale.unlink(missing_ok=True)  # and the socket's lock file behind
 
     @classmethod
     def contract_examples(cls) -> Mapping[str, ContractExamples]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from targets.base import FailureClass, TrialFailed
-from targets.process import last_lines, run_client
+from targets.process import last_lines, run_client, wait_dead
 
 #: Bootstrap superuser of every cluster (the same whoever runs knobflow).
 SUPERUSER = "knobflow"
@@ -302,7 +302,7 @@ def end_leftovers(cluster: Cluster) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(procs, timeout=5)
+    wait_dead(procs, timeout=5)
     pid_file = cluster.pgdata / "postmaster.pid"
     try:
         lines = pid_file.read_text(errors="replace").splitlines()
@@ -319,17 +319,32 @@ def _remove_segment(line: str) -> None:
     killed: nobody else would remove them from /dev/shm)."""
     try:
         key, shmid = (int(part) for part in line.split())
-        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
-    except (ValueError, OSError):
+    except ValueError:
         return
-    for row in rows:
+    for row in _segment_rows(key, shmid):
         cols = row.split()
-        if len(cols) > 6 and cols[0] == str(key) and cols[1] == str(shmid) and cols[6] == "0":
+        if cols[6] == "0":
             libc = ctypes.CDLL(None, use_errno=True)
             control = _dsm_control_handle(libc, shmid)
             if control:
                 remove_dsm_segments(control)
             libc.shmctl(ctypes.c_int(shmid), ctypes.c_int(_IPC_RMID), None)
+
+
+def _segment_rows(key: int, shmid: int, wait_s: float = 2.0) -> list[str]:
+    """The System V segment's row of /proc/sysvipc/shm, once nothing is attached to it: the
+    processes just killed take a moment to detach (at most ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+        except OSError:
+            return []
+        mine = [r for r in rows if len(r.split()) > 6
+                and r.split()[0] == str(key) and r.split()[1] == str(shmid)]
+        if not mine or mine[0].split()[6] == "0" or time.monotonic() >= deadline:
+            return mine
+        time.sleep(0.05)
 
 
 def _dsm_control_handle(libc: ctypes.CDLL, shmid: int) -> int:

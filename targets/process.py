@@ -292,14 +292,35 @@ def _pss(proc: psutil.Process) -> int:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL a process and everything below it."""
+    """SIGKILL a process and everything below it, and wait (5 s at most) until they are dead."""
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 p.kill()
-        psutil.wait_procs(procs, timeout=5)
+        wait_dead(procs, timeout=5)
+
+
+def wait_dead(procs: Sequence[psutil.Process], timeout: float) -> None:
+    """Wait until every process of ``procs`` is dead; a zombie is (``psutil.wait_procs`` waits
+    for a zombie that is not our child until its parent reaps it: seconds, or for ever)."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.ppid() == os.getpid():
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))  # reap our own
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in procs):
+            return
+        time.sleep(0.02)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def kill_from_pid_file(pid_file: Path, must_contain: str = "") -> bool:
@@ -328,3 +349,12 @@ def last_lines(text: str, pattern: Callable[[str], bool] | None = None, n: int =
     if pattern is not None:
         lines = [ln for ln in lines if pattern(ln)]
     return " | ".join(lines[-n:])
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """For ``preexec_fn``: the kernel sends the child ``sig`` when the thread that started it
+    ends, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing happens)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # 1: PR_SET_PDEATHSIG

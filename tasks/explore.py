@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from rules.learn import LEARN_FROM
 from targets.base import FailureClass
+from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.guard import CandidateGuard
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
@@ -85,6 +86,7 @@ class Exploration:
         self._pipelined = runner.policy.repeats == 1 and runner.policy.until is None
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
+        self._fault: EnvironmentFault | None = None
 
     def _stats_so_far(self) -> ExploreStats:
         """The stats of the trials a resumed study already holds."""
@@ -114,6 +116,8 @@ class Exploration:
             self._cleaner.shutdown(wait=True)  # finished trials are cleaned and told, even now
         for cleaning in self._cleanings:
             cleaning.result()  # a cleaning that failed (e.g. a broken suite file) fails the job
+        if self._fault is not None:
+            raise self._fault
         return self.stats
 
     def _ask(self) -> optuna.trial.Trial | None:
@@ -146,8 +150,20 @@ class Exploration:
             if outcome.failure_class == FailureClass.INTERRUPTED:
                 self.study.tell(trial, state=TrialState.FAIL)
                 return
+            if outcome.disk_full:  # the machine's fault: told as failed, and the job stops
+                self._tell(trial, outcome, baseline)
+                self._stop(DiskFull(f"trial {trial.number} on {instance} failed: "
+                                    f"{outcome.message}; free some space, then continue the "
+                                    "job with --resume"))
+                return
             outcome.rule_warnings = warnings
             trial = self._tell_and_ask(trial, outcome, baseline)
+
+    def _stop(self, fault: EnvironmentFault) -> None:
+        """Stop the exploration for a fault of the machine: running trials are killed (they are
+        queued again on --resume), ``run`` raises ``fault``."""
+        self._fault = self._fault or fault
+        self.runner.stop_all()
 
     def _check(self, trial: optuna.trial.Trial, config: dict[str, Any]) -> list[str] | None:
         """The rules' warnings for ``config``; None when they block it (told as infeasible)."""

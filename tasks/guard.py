@@ -19,14 +19,15 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from rules.language import RuleError
-from rules.learn import LearnedRules, propose_forbid
+from rules.learn import LEARN_FROM, LearnedRules, forbids, propose_forbid
 from rules.rule import Rule, Verdict
 from rules.ruleset import RuleSet
+from targets.base import FailureClass, TrialStatus
 from targets.spec import KnobSpec
 from tuners.space import SearchSpace
 from tuners.trials import ATTR, RowStatus, TrialOutcome, blocked_record, ranked_trials
 
-__all__ = ["MAX_BLOCKED_IN_A_ROW", "CandidateGuard", "RuleLearner"]
+__all__ = ["MAX_BLOCKED_IN_A_ROW", "TIMEOUT_MARGIN", "CandidateGuard", "RuleLearner"]
 
 #: Consecutive blocked candidates after which the job stops: the rules leave (almost) nothing.
 MAX_BLOCKED_IN_A_ROW = 200
@@ -90,19 +91,34 @@ class CandidateGuard:
         return rule
 
 
+#: A timeout teaches a rule only when the trial timeout is at least this many times the default
+#: config's own trial time: a shorter timeout says more about itself than about the config.
+TIMEOUT_MARGIN = 1.5
+
+
 class RuleLearner:
     """Proposes a forbid rule for a failed trial's region (``rules.learn.propose_forbid``): it
     must spare every config that ran well (in this job and, from ``table``, in earlier jobs of
-    the service) and is widened to hold earlier failures of the same kind where it can. The
-    rule is stored in ``store`` with its provenance and logged."""
+    the service) and the default config, and is widened to hold earlier failures of the same
+    kind where it can. Only a failure the config caused teaches a rule (``why_not``). The rule is
+    stored in ``store`` with its provenance and logged."""
 
     def __init__(self, store: LearnedRules, study: optuna.Study, space: SearchSpace,
-                 rules: RuleSet, table: pd.DataFrame, logger: logging.Logger | Any) -> None:
+                 rules: RuleSet, table: pd.DataFrame, logger: logging.Logger | Any,
+                 trial_timeout: float) -> None:
         self.store, self.study, self.space, self.rules, self.logger = (
             store, study, space, rules, logger)
+        self.trial_timeout = trial_timeout
         self.prior_good = _good_configs(table, space.spec)
+        params = space.default_params()
+        self.default = space.config(params) if params is not None else None
 
     def __call__(self, number: int, outcome: TrialOutcome) -> Rule | None:
+        why = self.why_not(outcome)
+        if why is not None:
+            self.logger.info("trial %d %s: no rule learned: %s", number, outcome.failure_class,
+                             why)
+            return None
         goods = self.prior_good + [t.user_attrs[ATTR]["config"]
                                    for t in ranked_trials(self.study)]
         failures = [t.user_attrs[ATTR]["config"]
@@ -111,6 +127,10 @@ class RuleLearner:
         expression = propose_forbid(outcome.config, goods, self.space, self.rules, failures)
         if expression is None:
             return None
+        if self.default is not None and forbids(expression, self.default, self.rules):
+            self.logger.warning("trial %d %s: rule %r refused: it would block the default "
+                                "config", number, outcome.failure_class, expression)
+            return None
         rule = self.store.add(expression, rules=self.rules, study=self.study.study_name,
                               trial=number, failure_class=str(outcome.failure_class),
                               message=outcome.message)
@@ -118,6 +138,35 @@ class RuleLearner:
                             outcome.failure_class, rule.id,
                             rule.expression.text)  # a widened rule keeps its id
         return rule
+
+    def why_not(self, outcome: TrialOutcome) -> str | None:
+        """Why a failure says nothing about its config, or None when it may teach a rule: the
+        machine's faults (an I/O error, a full disk), a failure the default config shares, a
+        timeout not well beyond the default config's own trial time."""
+        if outcome.failure_class not in LEARN_FROM or outcome.disk_full:
+            return f"{outcome.failure_class} is a fault of the machine, not of the config"
+        ran = self._default_runs()
+        if any(r.get("failure_class") == outcome.failure_class for r in ran):
+            return f"the default config failed the same way ({outcome.failure_class})"
+        if outcome.failure_class != FailureClass.TIMEOUT:
+            return None
+        times = [r["elapsed_s"] / max(1, len(r.get("repeat_values") or [])) for r in ran
+                 if r.get("status") == TrialStatus.OK and r.get("elapsed_s")]
+        if not times:
+            return "the default config has not run to give a trial time to compare with"
+        if self.trial_timeout < TIMEOUT_MARGIN * max(times):
+            return (f"the {self.trial_timeout:g} s trial timeout is short: the default config's "
+                    f"own trial took {max(times):.1f} s")
+        return None
+
+    def _default_runs(self) -> list[dict[str, Any]]:
+        """The records of this job's finished trials of the default config."""
+        if self.default is None:
+            return []
+        trials = self.study.get_trials(deepcopy=False,
+                                       states=(TrialState.COMPLETE, TrialState.FAIL))
+        return [t.user_attrs[ATTR] for t in trials
+                if t.user_attrs.get(ATTR, {}).get("config") == self.default]
 
 
 def _good_configs(table: pd.DataFrame, spec: KnobSpec) -> list[dict[str, Any]]:

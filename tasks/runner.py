@@ -9,6 +9,8 @@ classifies how it ended, ``clean`` passes its measurement through the gate (``ta
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import statistics
 import time
@@ -23,10 +25,16 @@ from prefect.cache_policies import NO_CACHE
 from targets.base import FailureClass, Measurement, Target
 from tasks.clean import clean_measurement
 from tasks.noise import RepeatPolicy, run_repeated, t_interval
-from tasks.trial_process import LOG_TAIL_LINES, ChildExit, TrialProcesses
+from tasks.trial_process import EXIT_IO_ERROR, LOG_TAIL_LINES, ChildExit, TrialProcesses
 from tuners.trials import TrialOutcome, TrialStatus
 
-__all__ = ["TrialRunner", "clean_trial", "execute_trial", "run_trial"]
+__all__ = ["DISK_FULL_BYTES", "TrialRunner", "clean_trial", "execute_trial", "run_trial"]
+
+#: Below this much free space where a job writes, a failed trial is the disk's fault.
+DISK_FULL_BYTES = 4 * 2**20
+#: What systems say when their disk is full.
+_DISK_FULL = re.compile(r"no space left on device|ENOSPC|database or disk is full|disk quota "
+                        r"exceeded|out of disk space", re.IGNORECASE)
 
 
 @dataclass
@@ -102,8 +110,25 @@ class TrialRunner:
             workload_features=self.target_cls.workload_features(self.workload),
         )
         self._classify(exit_, outcome, data_dir)
+        self._blame_a_full_disk(outcome, data_dir)
         outcome.elapsed_s = time.monotonic() - started
         return outcome
+
+    def _blame_a_full_disk(self, outcome: TrialOutcome, data_dir: Path) -> None:
+        """A trial that failed while the disk is full (or saying so) failed for no config's
+        reason: an ``io_error`` marked ``disk_full`` (the job stops; no rule is learned)."""
+        if outcome.ok or outcome.failure_class == FailureClass.INTERRUPTED:
+            return
+        where = min((p for p in (self.job_dir, data_dir) if p.exists()),
+                    key=lambda p: shutil.disk_usage(p).free, default=self.job_dir)
+        free = shutil.disk_usage(where).free if where.exists() else DISK_FULL_BYTES
+        said = _DISK_FULL.search("\n".join([outcome.message, *outcome.log_tail]))
+        if said or free < DISK_FULL_BYTES:
+            self.target_cls.cleanup(data_dir)  # what the trial wrote goes: the job can record
+            outcome.fail(FailureClass.IO_ERROR,
+                         f"disk full ({free / 2**20:.1f} MiB free under {where}): "
+                         f"{outcome.failure_class}: {outcome.message}")
+            outcome.disk_full = True
 
     def _classify(self, exit_: ChildExit, outcome: TrialOutcome, data_dir: Path) -> None:
         """How the trial process ended, as the outcome's status, failure class and message."""
@@ -119,6 +144,9 @@ class TrialRunner:
         elif exit_.timed_out:
             outcome.fail(FailureClass.TIMEOUT,
                          f"no result within the {self.timeout_s:g} s trial timeout (hang)")
+        elif exit_.returncode == EXIT_IO_ERROR:
+            outcome.fail(FailureClass.IO_ERROR, "the trial process could not write its result "
+                         "(see the end of its log)")
         elif exit_.returncode < 0:
             outcome.fail(FailureClass.CRASH,
                          f"trial process killed by {signal.Signals(-exit_.returncode).name}")

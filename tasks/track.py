@@ -36,8 +36,6 @@ from model_registry.store import client_for, experiment_id, param, process_track
 from tuners.trials import ATTR, finished_trials
 
 log = logging.getLogger("knobflow.track")
-# "Creating initial MLflow database tables..." on every new store is noise to an operator
-logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 PARENT_TAG = "mlflow.parentRunId"
 #: Packages a logged model needs; pinned to what trained it (MLflow does not infer them).
@@ -220,6 +218,21 @@ def start_tracking(tracking_uri: str, experiment: str, artifact_root: Path, name
     return tracker
 
 
+def close_killed_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> int:
+    """Close as KILLED the runs of ``experiment`` still RUNNING with all of ``tags``: what a
+    killed job left open (its trials' child runs, its models' runs); how many."""
+    client = client_for(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0
+    where = " and ".join(["attributes.status = 'RUNNING'",
+                          *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    runs = client.search_runs([found.experiment_id], filter_string=where, max_results=50000)
+    for run in runs:
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(runs)
+
+
 # -- model runs ------------------------------------------------------------------------------------
 @dataclass
 class KindResult:
@@ -286,8 +299,11 @@ def log_model_run(
     client: MlflowClient, experiment: str, kind: str, model: BaseEstimator,
     metrics: Mapping[str, float], importance: Mapping[str, float], *,
     params: Mapping[str, Any], table: pd.DataFrame, x: pd.DataFrame, tracking_uri: str,
+    study: str = "",
 ) -> KindResult:
-    """One model kind's MLflow run: params, metrics, importance plot, trial table, the model."""
+    """One model kind's MLflow run: params, metrics, importance plot, trial table, the model;
+    tagged with the ``study`` of the job that trained it (a resumed job closes what its killed
+    run left open: ``close_killed_runs``)."""
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
@@ -296,7 +312,7 @@ def log_model_run(
     run = client.create_run(experiment, run_name=f"{objective}-{kind}", tags={
         "knobflow.service": str(service), "knobflow.instance": str(params["instance"]),
         "knobflow.objective": str(objective), "knobflow.model_kind": kind,
-        "knobflow.data_hash": str(params["data_hash"]),
+        "knobflow.data_hash": str(params["data_hash"]), "knobflow.study": study,
     })
     run_id = run.info.run_id
     try:

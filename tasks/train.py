@@ -153,16 +153,14 @@ def train_models(
     holdout_fraction: float = 0.2,
     workload_limits: Mapping[str, tuple[float, float]] | None = None,
     artifact_root: Path | None = None,
+    study: str = "",
 ) -> TrainReport | None:
     """Train a surrogate of ``objective`` per model kind on ``service``'s trial table (all its
     instances), score each on held-out trials, log one MLflow run per kind, register the best
     (held-out Spearman, then CV R²) and offer it to the champion policy; None when there are
     fewer than ``MIN_ROWS`` clean trials. ``workload_fp``: the current workload of ``instance``
     (tags, the champion's "workload moved" test); rows' own ``workload.*`` are model inputs."""
-    if direction not in (MAXIMIZE, MINIMIZE):
-        raise ValueError(f"direction must be {MAXIMIZE} or {MINIMIZE}, got {direction!r}")
-    if not 0.0 < holdout_fraction < 0.5:
-        raise ValueError(f"holdout_fraction must be in (0, 0.5), got {holdout_fraction}")
+    _check_arguments(direction, holdout_fraction)
     started = time.perf_counter()
     rows, y, tcol = training_set(table, objective)
     if len(rows) < MIN_ROWS:
@@ -183,7 +181,7 @@ def train_models(
     client = client_for(tracking_uri)
     exp = experiment_id(client, f"knobflow/{service}/models",
                         artifact_root or default_artifact_root(tracking_uri))
-    results = {kind: _fit_and_log(client, exp, kind, data, params, table, tracking_uri)
+    results = {kind: _fit_and_log(client, exp, kind, data, params, table, tracking_uri, study)
                for kind in kinds}
     best = max(results.values(), key=_rank_key)
     name = registry.model_name(service, objective)
@@ -200,8 +198,15 @@ def train_models(
     )
 
 
+def _check_arguments(direction: str, holdout_fraction: float) -> None:
+    if direction not in (MAXIMIZE, MINIMIZE):
+        raise ValueError(f"direction must be {MAXIMIZE} or {MINIMIZE}, got {direction!r}")
+    if not 0.0 < holdout_fraction < 0.5:
+        raise ValueError(f"holdout_fraction must be in (0, 0.5), got {holdout_fraction}")
+
+
 def _fit_and_log(client: MlflowClient, exp: str, kind: str, data: _Data, params: dict[str, Any],
-                 table: pd.DataFrame, tracking_uri: str) -> KindResult:
+                 table: pd.DataFrame, tracking_uri: str, study: str) -> KindResult:
     """Cross-validate, fit and score one model kind; log its run."""
     t0 = time.perf_counter()
     x_fit, y_fit = data.fit
@@ -225,7 +230,7 @@ def _fit_and_log(client: MlflowClient, exp: str, kind: str, data: _Data, params:
         client, exp, kind, model, metrics, feature_importance(model),
         params={**params, "model_kind": kind,
                 **{f"model.{k}": v for k, v in _hyperparams(model).items()}},
-        table=table, x=x_fit, tracking_uri=tracking_uri,
+        table=table, x=x_fit, tracking_uri=tracking_uri, study=study,
     )
     log.info("%s/%s %s: %s", params["service"], params["objective"], kind,
              {k: round(v, 3) for k, v in metrics.items()})
@@ -281,7 +286,7 @@ def _hyperparams(model: BaseEstimator) -> dict[str, Any]:
 def train_service_models(
     table: pd.DataFrame, *, spec: KnobSpec, objective: str, direction: str, service: str,
     instance: str, workload_fp: Mapping[str, float], tracking_uri: str, seed: int,
-    workload_limits: Mapping[str, tuple[float, float]], artifact_root: Path,
+    workload_limits: Mapping[str, tuple[float, float]], artifact_root: Path, study: str = "",
 ) -> dict[str, Any]:
     """Train the service's surrogate models on its trial table (all instances) and move the
     registry's champion if the new model validates better; a failure is reported, not fatal.
@@ -291,7 +296,7 @@ def train_service_models(
         report = train_models(
             table, spec=spec, objective=objective, direction=direction, service=service,
             instance=instance, workload_fp=workload_fp, tracking_uri=tracking_uri, seed=seed,
-            workload_limits=workload_limits, artifact_root=artifact_root)
+            workload_limits=workload_limits, artifact_root=artifact_root, study=study)
     except Exception as exc:  # the tuning result stands without a model
         logger.warning("training the models of %s failed: %s", service, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}

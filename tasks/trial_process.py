@@ -26,15 +26,35 @@ if TYPE_CHECKING:  # the tuner's side imports it when it starts a trial; the chi
     import subprocess
 
 LOG_TAIL_LINES = 20
+#: The exit code of a trial process that could not write its result (sysexits' EX_IOERR): a
+#: full or failing disk, not the config.
+EXIT_IO_ERROR = 74
+#: The exit code of a trial process whose tuner died before it started.
+EXIT_ORPHANED = 75
 
 
 # -- the child -------------------------------------------------------------------------------------
-def _watch_parent(parent: int) -> None:
-    """End the whole process group when the tuner dies (even by SIGKILL): no orphaned trials."""
+#: Set when the tuner died: the main thread must not exit (ending the daemon watcher) before
+#: the watcher has tidied the instance and ended the group.
+_ORPHANED = threading.Event()
+
+
+def _watch_parent(parent: int, request: dict[str, Any]) -> None:
+    """When the tuner dies (even by SIGKILL), tidy the instance as after a killed trial (servers,
+    shared memory, sockets, lock files) and end the whole process group: nothing is left."""
     while True:
-        time.sleep(0.25)
+        time.sleep(0.1)
         if os.getppid() != parent:
+            _ORPHANED.set()
+            _tidy(request)
             os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _tidy(request: dict[str, Any]) -> None:
+    with contextlib.suppress(Exception):  # the group dies next whatever happens here
+        from targets.registry import import_target
+
+        import_target(request["target_ref"]).cleanup(Path(request["data_dir"]))
 
 
 def run_request(request: dict[str, Any]) -> dict[str, Any]:
@@ -71,13 +91,24 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    """``python -m tasks.trial_process REQUEST.json TUNER_PID``: the tuner's pid is given, so a
+    tuner that died while this interpreter started is noticed before anything runs."""
     from targets.common.files import write_text_atomic
 
-    request_path = Path(argv[1])
+    request_path, parent = Path(argv[1]), int(argv[2]) if len(argv) > 2 else os.getppid()
+    if os.getppid() != parent:
+        return EXIT_ORPHANED  # the tuner is gone: run nothing
     request = json.loads(request_path.read_text(encoding="utf-8"))
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    outcome = run_request(request)
-    write_text_atomic(request["result_path"], json.dumps(outcome, default=str))
+    threading.Thread(target=_watch_parent, args=(parent, request), daemon=True).start()
+    try:
+        outcome = run_request(request)
+        write_text_atomic(request["result_path"], json.dumps(outcome, default=str))
+    except OSError as exc:  # ENOSPC, EROFS, EIO: the machine's fault, said by the exit code
+        print(f"knobflow trial process: cannot write its result: {exc}", file=sys.stderr)
+        return EXIT_IO_ERROR
+    finally:
+        if _ORPHANED.is_set():  # the watcher is tidying: it ends this process when it is done
+            time.sleep(60)
     return 0
 
 
@@ -113,7 +144,8 @@ class TrialProcesses:
         request_path.write_text(json.dumps(request, default=str), encoding="utf-8")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tasks.trial_process", str(request_path)],
+                [sys.executable, "-m", "tasks.trial_process", str(request_path),
+                 str(os.getpid())],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: one killpg ends it all
             )

@@ -7,16 +7,19 @@ and the gain is the geometric mean of the paired ratios with a Student-t interva
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from targets.base import MAXIMIZE
+from targets.common.files import write_text_atomic
 from tasks.noise import t_interval
 from tasks.runner import TrialRunner, run_trial
 from tuners.trials import TrialOutcome
@@ -68,8 +71,13 @@ def verify_best(
     repeats: int,
     instance: str,
     on_run: Callable[[str, int, TrialOutcome], None] | None = None,
+    record: Path | None = None,
 ) -> Verification:
-    """Measure default and best ``repeats`` times each, interleaved ABBA, on one instance."""
+    """Measure default and best ``repeats`` times each, interleaved ABBA, on one instance.
+
+    With ``record`` (a JSON file), every finished run is kept there as it ends, and a run kept
+    by an earlier, killed verification of the same best config is not run again."""
+    kept = _kept_runs(record, best_config)
     result = Verification()
     for r in range(repeats):
         order = [("default", default_config), ("best", best_config)]
@@ -78,23 +86,21 @@ def verify_best(
         pair: dict[str, float | None] = {}
         for label, config in order:
             key = f"verify-{r}-{label}"
-            outcome = run_trial(
-                runner,
-                key,
-                dict(config),
-                instance,
-                runner.trial_seed(10**6 + 2 * r + (label == "best")),
-                single=True,  # verification repeats itself, interleaved
-            )
-            if on_run is not None:
-                on_run(label, r, outcome)
-            if outcome.ok:
-                pair[label] = outcome.value
-            else:
-                pair[label] = None
-                result.failures.append(
-                    f"{label} run {r}: {outcome.failure_class}: {outcome.message}"
+            if key not in kept:
+                outcome = run_trial(
+                    runner, key, dict(config), instance,
+                    runner.trial_seed(10**6 + 2 * r + (label == "best")),
+                    single=True,  # verification repeats itself, interleaved
                 )
+                kept[key] = {"value": outcome.value if outcome.ok else None,
+                             "failure": "" if outcome.ok
+                             else f"{outcome.failure_class}: {outcome.message}"}
+                _keep(record, best_config, kept)  # first: a kill now does not run it twice
+                if on_run is not None:
+                    on_run(label, r, outcome)
+            pair[label] = kept[key]["value"]
+            if pair[label] is None:
+                result.failures.append(f"{label} run {r}: {kept[key]['failure']}")
         # only complete pairs enter the gain: an unpaired run would let drift back in
         if pair["default"] is not None and pair["best"] is not None:
             result.default_values.append(pair["default"])
@@ -103,3 +109,22 @@ def verify_best(
     if interval:
         result.gain, result.gain_low, result.gain_high = interval
     return result
+
+
+def _kept_runs(record: Path | None, best_config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The runs an earlier verification of the same best config finished (by key)."""
+    if record is None or not record.exists():
+        return {}
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    same = data.get("best_config") == json.loads(json.dumps(dict(best_config), default=str))
+    return dict(data.get("runs", {})) if same else {}
+
+
+def _keep(record: Path | None, best_config: Mapping[str, Any],
+          runs: Mapping[str, Mapping[str, Any]]) -> None:
+    if record is not None:
+        write_text_atomic(record, json.dumps({"best_config": dict(best_config), "runs": runs},
+                                             indent=1, default=str))

@@ -8,6 +8,7 @@ KNOBFLOW_REQUIRE_ALL_TARGETS is set (CI sets it), it fails and says what is miss
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
 import pytest
 
 from targets.common.settings import quiet_environment
@@ -195,3 +197,49 @@ def invoke_cli(args: list[str]) -> subprocess.CompletedProcess[str]:
         raise result.exception
     return subprocess.CompletedProcess(["knobflow", *args], result.exit_code, result.stdout,
                                        result.stderr)
+
+
+# -- the processes of a job -----------------------------------------------------------------
+class JobProcesses:
+    """The processes of one job, recorded while it runs, each with its name (a process that has
+    ended is kept: psutil tells it from a later process that reuses its pid)."""
+
+    def __init__(self, tuner_pid: int, home: Path) -> None:
+        self.tuner = psutil.Process(tuner_pid)
+        self.home = str(home)
+        self.sessions: set[int] = set()  # of trial processes, and the groups they lead
+        self.trials: set[psutil.Process] = set()
+        self.seen: dict[psutil.Process, str] = {}
+
+    def record(self) -> list[psutil.Process]:
+        """Record the job's processes alive now, and return them."""
+        now: set[psutil.Process] = set()
+        with contextlib.suppress(psutil.Error):  # the tuner is gone once it is killed
+            now.update(self.tuner.children(recursive=True))
+        for pid in trial_processes(self.home):  # `python -m tasks.trial_process <home>/...`
+            with contextlib.suppress(OSError, psutil.Error):
+                self.sessions |= {os.getsid(pid), os.getpgid(pid)}
+                trial = psutil.Process(pid)
+                self.trials.add(trial)
+                now.add(trial)
+        if self.sessions:
+            for proc in psutil.process_iter():
+                with contextlib.suppress(OSError):
+                    if {os.getsid(proc.pid), os.getpgid(proc.pid)} & self.sessions:
+                        now.add(proc)
+        for proc in now - self.seen.keys():
+            with contextlib.suppress(psutil.Error):
+                self.seen[proc] = proc.name()
+        return [p for p in now if p in self.seen and running(p)]
+
+    def named(self, names: frozenset[str]) -> list[psutil.Process]:
+        """Every recorded process with one of ``names``, ended or not."""
+        return [proc for proc, name in self.seen.items() if name in names]
+
+
+def running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` (not a later process with its pid) still runs; a zombie has ended."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -83,6 +83,8 @@ class TrialOutcome:
     rule_warnings: list[str] = field(default_factory=list)
     learned_rule: str | None = None
     elapsed_s: float = 0.0
+    #: The trial failed because the disk the job writes to is full (the job stops).
+    disk_full: bool = field(default=False, repr=False)
     #: The raw measurement between running and cleaning (never stored).
     measurement: Measurement | None = field(default=None, repr=False)
     #: Great Expectations' validation result (kept in MLflow, not in the study).

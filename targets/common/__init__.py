@@ -4,6 +4,8 @@ It imports nothing of knobflow's own beyond itself (``tests/test_architecture.py
 
 from targets.common.errors import (
     ConfigError,
+    DiskFull,
+    EnvironmentFault,
     JobError,
     KnobflowError,
     SpecError,
@@ -13,6 +15,8 @@ from targets.common.errors import (
 
 __all__ = [
     "ConfigError",
+    "DiskFull",
+    "EnvironmentFault",
     "JobError",
     "KnobflowError",
     "SpecError",

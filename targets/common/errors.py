@@ -1,8 +1,9 @@
 """The one error hierarchy of knobflow: what was wrong, where, and what to do about it.
 
 Every error a user can cause (a bad spec, override, workload, CLI value) is a ``KnobflowError``;
-the CLI turns one into a single line on stderr and exit code 2. Anything else is a failure
-(exit code 1).
+the CLI turns one into a single line on stderr and exit code 2. A fault of the machine a job runs
+on (a full disk) is an ``EnvironmentFault``: one line, exit code 1, the job resumable. Anything
+else is a failure (exit code 1).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ class TargetNotFoundError(KnobflowError):
 
 class JobError(KnobflowError):
     """A tuning job cannot start or resume as asked (e.g. nothing to resume)."""
+
+
+class EnvironmentFault(Exception):
+    """The machine, not the input, stops a job (a full disk); the message says what to do."""
+
+
+class DiskFull(EnvironmentFault):
+    """The disk a job writes to is full: its trials would fail for a reason of no config's."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -55,9 +55,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str], timeout: float = -1) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created if missing) for the block; waits
-    for another holder (``timeout`` seconds, -1 = for ever)."""
-    from filelock import FileLock  # 60 ms to import: only where a lock is taken
+    for another holder (``timeout`` seconds, -1 = for ever; 0 = not at all), then raises
+    ``TimeoutError``. A process that dies holding it releases it."""
+    from filelock import FileLock, Timeout  # 60 ms to import: only where a lock is taken
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path), timeout=timeout):
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TimeoutError(f"{path} is locked by another process") from None
+    try:
         yield
+    finally:
+        lock.release()

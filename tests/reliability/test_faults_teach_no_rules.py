@@ -1,0 +1,100 @@
+"""Faults of the environment never become learned rules (issue 12, item 1): a trial timeout
+shorter than the default's own trial, a failure the default config shares, a full disk. A
+full disk is an ``io_error`` and stops the job instead of burning its budget."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import invoke_cli
+
+from flows.tune import tune
+from rules.learn import LearnedRules, learned_path, propose_forbid
+from rules.ruleset import RuleSet
+from targets.common.errors import DiskFull
+from targets.synthetic import SyntheticTarget
+from tuners.space import SearchSpace
+
+SPEC = SyntheticTarget.knob_spec()
+
+
+def _learned(home: Path, service: str) -> list[dict]:
+    return LearnedRules(learned_path(home, service), SPEC).documents()
+
+
+def _default_file(tmp_path: Path) -> Path:
+    path = tmp_path / "default.yaml"
+    path.write_text(yaml.safe_dump(SPEC.defaults()))
+    return path
+
+
+def test_a_timeout_shorter_than_the_defaults_own_trial_teaches_nothing(
+    prefect_api: str, home: Path, tmp_path: Path
+) -> None:
+    # every trial, the default's included, lasts 1.5 s: a 1 s timeout times them all out
+    summary = tune("synthetic", budget=4, seed=1, trial_timeout=1.0, train=False,
+                   workload={"duration": 1.5, "noise": 0.0}, home=str(home))
+    assert summary.failure_classes == {"timeout": 4}
+    assert summary.learned_rules == [] and _learned(home, "synthetic") == []
+    checked = invoke_cli(["validate", "synthetic", str(_default_file(tmp_path)),
+                          "--home", str(home)])
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # the default still passes
+
+
+def test_a_failure_the_default_config_shares_teaches_nothing(
+    prefect_api: str, home: Path, tmp_path: Path
+) -> None:
+    space = tmp_path / "space.yaml"  # every config crashes, the default's too (compress, threads)
+    space.write_text(yaml.safe_dump({"knobs": {"x": {}, "buffer_kb": {}},
+                                     "fixed": {"threads": 60, "compress": True}}))
+    summary = tune("synthetic", budget=5, seed=2, space_file=str(space), train=False,
+                   workload={"duration": 0.0}, home=str(home))
+    assert summary.failure_classes == {"crash": 5}
+    assert summary.learned_rules == [] and _learned(home, "synthetic") == []
+
+
+def test_a_rule_that_would_block_the_default_config_is_never_proposed() -> None:
+    space = SearchSpace.full(SPEC)
+    assert propose_forbid(SPEC.defaults(), [], space, RuleSet.for_target(SyntheticTarget)) is None
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path`` (skipped where the machine does not allow mounting)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_disk_is_an_io_error_that_stops_the_job_and_teaches_nothing(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "disk", "24m") as disk:
+        home = disk / "kf"
+        # 200,000 rows of 200 bytes need ~50 MB: the first trial (the default) fills the disk
+        with pytest.raises(DiskFull, match=r"trial 0 on local failed: disk full \(.*MiB free "
+                                           r"under .*\): .*; free some space, then continue "
+                                           r"the job with --resume"):
+            tune("sqlite", budget=10, seed=1, train=False, home=str(home),
+                 workload={"rows": 200_000, "ops": 1000, "value_size": 200})
+        job = next((home / "jobs").glob("*/job.json"))
+        record = yaml.safe_load(job.read_text())
+        assert record["status"] == "interrupted"  # resumable once there is room
+        trials = list((job.parent / "trials").iterdir())
+        assert [t.name for t in trials] == ["0"], "the job went on burning its budget"
+        assert _learned(home, "sqlite") == []
+        assert shutil.disk_usage(disk).free > 8 * 2**20, "the failed trial's data stayed"
