@@ -38,7 +38,7 @@ from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
 
 __all__ = [
     "DEFAULT_BUDGET", "Job", "JobStatus", "check_spec", "find_resumable", "hold_instance",
-    "parse_assignments", "prepare_job", "recorded_jobs", "resolve_workload",
+    "make_home", "parse_assignments", "prepare_job", "recorded_jobs", "resolve_workload",
 ]
 
 DEFAULT_BUDGET = 40
@@ -294,11 +294,20 @@ def _build(spec: JobSpec, home: Path, resume: bool) -> Job:
     return find_resumable(home, spec).resumed_with(spec) if resume else Job.create(spec, home)
 
 
+def make_home(home: Path) -> None:
+    """Create the home for its first job, readable by its owner only (0700): it holds the
+    instances' data and, for server targets, their passwords."""
+    if not home.exists():
+        home.mkdir(parents=True, mode=0o700)
+        home.chmod(0o700)  # mkdir's mode is masked by the umask
+
+
 @contextlib.contextmanager
 def hold_instance(home: Path, spec: JobSpec) -> Iterator[None]:
     """Hold the spec's instance of its service for a job: one job per instance at a time (two
     would spoil each other's measurements). A ``JobError`` names the job that holds it. The lock
     is a file beside the instance's data; a job that dies lets it go."""
+    make_home(home)
     service = spec.service or spec.target
     where = home / "instances" / service / f"{spec.instance}.lock"
     holder = where.with_suffix(".holder.json")
@@ -325,7 +334,7 @@ def hold_instance(home: Path, spec: JobSpec) -> Iterator[None]:
 @task(name="prepare-job", cache_policy=NO_CACHE)
 def prepare_job(spec: JobSpec, home: Path, resume: bool) -> Job:
     """Build the job for ``spec`` (or load the unfinished one to resume) and record it as
-    running; the caller holds the instance (``hold_instance``)."""
+    running; the caller holds the instance (``hold_instance``, which makes the home)."""
     job = _build(spec, home, resume)
     job.status = JobStatus.RUNNING
     job.save()
