@@ -31,16 +31,19 @@ class KnobflowCommand(TyperGroup):
     def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
+        words = list(args) if args is not None else sys.argv[1:]
+        tune = words[:1] == ["tune"]  # only a job has finished trials to keep
         code = _exit_code(lambda: super(KnobflowCommand, self).main(
             args=args, prog_name=prog_name or "knobflow", complete_var=complete_var,
-            standalone_mode=False, **extra))
+            standalone_mode=False, **extra), _INTERRUPTED if tune else "knobflow: interrupted")
         if standalone_mode:
             sys.exit(code)
         return code
 
 
-def _exit_code(run: Callable[[], Any]) -> int:
-    """Run the command; its exit code, with any error said in one line on stderr."""
+def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
+    """Run the command; its exit code, with any error said in one line on stderr (and
+    ``interrupted`` on Ctrl-C or SIGTERM)."""
     err = Console(stderr=True)
     try:
         code = run()
@@ -54,7 +57,7 @@ def _exit_code(run: Callable[[], Any]) -> int:
                   soft_wrap=True)
         return getattr(exc, "exit_code", 2)
     except (KeyboardInterrupt, typer.Abort):
-        err.print(_INTERRUPTED, markup=False)
+        err.print(interrupted, markup=False)
         return 130
     except EnvironmentFault as exc:  # the machine's fault: say what to do, no traceback
         err.print(f"knobflow: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
@@ -66,7 +69,7 @@ def _exit_code(run: Callable[[], Any]) -> int:
             raise
         return 1
     if code == 130:  # typer turned a KeyboardInterrupt (Ctrl-C, SIGTERM) into Exit(130)
-        err.print(_INTERRUPTED, markup=False)
+        err.print(interrupted, markup=False)
     return code if isinstance(code, int) else 0
 
 

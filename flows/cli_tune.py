@@ -22,6 +22,7 @@ from rich.console import Console
 from typer.models import ParameterInfo
 
 from flows.spec import Cli, JobSpec
+from targets.common.errors import KnobflowError
 
 __all__ = ["given_spec", "spec_value", "tune_command"]
 
@@ -92,11 +93,13 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     if not verbose:  # before Prefect is imported: it reads its logging settings then
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.job import check_spec
-    from targets.common.settings import knobflow_home
+    from model_registry.store import check_reachable
+    from targets.common.settings import knobflow_home, tracking_uri, writable_home
 
     spec = given_spec(ctx, values)
-    root = knobflow_home(home)
+    root = writable_home(knobflow_home(home))
     check_spec(spec, root, resume)  # before Prefect's server starts: bad input answers at once
+    check_reachable(tracking_uri(root))
     from flows.progress import TuneProgress, print_summary
     from flows.tune import tune
 
@@ -120,6 +123,22 @@ tune_command.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr
 tune_command.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
 
 
+def _check_prefect_api(url: str, timeout: float = 5.0) -> None:
+    """A configured Prefect API must answer its health check in seconds (Prefect's client
+    retries for minutes); else one line that says what to do."""
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except httpx.HTTPError as exc:
+        reason = (f"no answer in {timeout:g} s" if isinstance(exc, httpx.TimeoutException)
+                  else "cannot connect" if isinstance(exc, httpx.TransportError)
+                  else f"HTTP {getattr(getattr(exc, 'response', None), 'status_code', '?')}")
+        raise KnobflowError(f"the Prefect API {url} does not answer ({reason}); start the "
+                            "server, or unset PREFECT_API_URL to run with a temporary "
+                            "one") from None
+
+
 def _killed_with_us() -> None:
     """In the Prefect server's process, before it starts: it ends when the CLI does."""
     from targets.process import die_with_parent
@@ -139,8 +158,8 @@ def start_embedded_prefect_server() -> None:
     """
     from prefect.settings import get_current_settings
 
-
     if get_current_settings().api.url:
+        _check_prefect_api(str(get_current_settings().api.url))
         return
     from prefect.server.api.server import SubprocessASGIServer
 

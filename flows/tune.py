@@ -31,10 +31,16 @@ from flows.report import RunSummary, TuneListener, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.trials import service_table, write_job_table
 from model_registry import fingerprint
+from model_registry.store import check_reachable
 from model_registry.transfer import TransferPlan, TransferRequest, transfer_from_siblings
 from rules.review import check_space
 from rules.ruleset import RuleSet
-from targets.common.settings import knobflow_home, quiet_environment, tracking_uri
+from targets.common.settings import (
+    knobflow_home,
+    quiet_environment,
+    tracking_uri,
+    writable_home,
+)
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
 from tasks.runner import TrialRunner
@@ -68,7 +74,8 @@ def tune(target: str, **options: Any) -> RunSummary:
     logger = get_run_logger()
     resume, home = options.pop("resume", False), options.pop("home", None)
     listener: TuneListener = options.pop("progress", None) or TuneListener()
-    spec, root = JobSpec.of(target=target, **options), knobflow_home(home)
+    spec, root = JobSpec.of(target=target, **options), writable_home(knobflow_home(home))
+    check_reachable(tracking_uri(root))
     with hold_instance(root, spec):  # one job per instance at a time
         job = prepare_job(spec, root, resume)
         listener.job_started(job, resume)

@@ -19,16 +19,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from targets.common.errors import KnobflowError
 from targets.common.files import file_lock
 
 __all__ = [
-    "PARAM_MAX", "client_for", "default_artifact_root", "experiment_id", "param",
-    "process_tracking_uri",
+    "PARAM_MAX", "check_reachable", "client_for", "default_artifact_root", "experiment_id",
+    "param", "process_tracking_uri",
 ]
 
 #: The longest parameter value written (MLflow's SQL stores accept 6000 characters).
@@ -66,6 +68,30 @@ def _create_store(db: Path) -> None:
     uri = f"sqlite:///{tmp}"
     MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
     os.replace(tmp, db)
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """A tracking server must answer its health check within ``timeout`` seconds; else a
+    ``KnobflowError`` in one line, found in seconds (MLflow's own client retries for minutes).
+    An embedded store needs no check."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    parts = urlsplit(tracking_uri)
+    shown = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
+                                                                 else "")))
+    try:
+        answer = requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+        answer.raise_for_status()
+    except requests.RequestException as exc:
+        reason = (f"no answer in {timeout:g} s" if isinstance(exc, requests.Timeout)
+                  else f"HTTP {exc.response.status_code}" if isinstance(exc, requests.HTTPError)
+                  and exc.response is not None else "cannot connect")
+        raise KnobflowError(
+            f"the MLflow tracking server {shown} does not answer ({reason}); start it, or "
+            "unset MLFLOW_TRACKING_URI to use the embedded store under the knobflow home"
+        ) from None
 
 
 def default_artifact_root(tracking_uri: str) -> Path | None:

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["knobflow_home", "quiet_environment", "tracking_uri"]
+__all__ = ["knobflow_home", "quiet_environment", "tracking_uri", "writable_home"]
 
 _TELEMETRY_OFF = {
     "DO_NOT_TRACK": "true",
@@ -50,3 +50,25 @@ def knobflow_home(home: str | os.PathLike[str] | None = None) -> Path:
 def tracking_uri(home: Path) -> str:
     """MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def writable_home(home: Path) -> Path:
+    """``home``, checked to be a directory knobflow can write to (or create); a
+    ``KnobflowError`` names it, what is wrong and the fix, before anything else runs."""
+    from targets.common.errors import KnobflowError
+
+    existing = home
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise KnobflowError(f"the knobflow home {home} is not a directory ({existing} is a "
+                            "file); choose another with --home or KNOBFLOW_HOME")
+    probe = existing / f".knobflow-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise KnobflowError(f"the knobflow home {home} is not writable ({exc.strerror}: "
+                            f"{existing}); choose another with --home or KNOBFLOW_HOME, or "
+                            "make it writable") from None
+    return home
