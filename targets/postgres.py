@@ -8,8 +8,11 @@ when the scale changes, run pgbench, turn its report into metrics, samples and c
 failure classes from PostgreSQL's and pgbench's own lines.
 
 The server listens on 127.0.0.1 at a port chosen at each start and on a socket directory of its
-own; clients connect through the socket. Only the spec's knobs are accepted: a config cannot
-slip in fsync=off or a shell command such as archive_command.
+own (0700); clients connect through the socket. It admits only knobflow: every connection gives
+the instance's password, which psql and pgbench read from the instance's 0600 pgpass file
+(``PGPASSFILE``), never from their command line (see ``postgres_cluster.py``). Only the spec's
+knobs are accepted: a config cannot slip in fsync=off or a shell command such as
+archive_command.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ class PostgresTarget(Target):
         cpu_before = self._server.usage().cpu_s
         started = time.monotonic()
         client = run_client(cmd, timeout=int(w["duration"]) + 120.0, log_dir=self.log_dir,
-                            name="pgbench", env=pgc.clean_env())
+                            name="pgbench", env=self._client_env())
         server_usage = self._server.usage()
         self._check_run(client, log_start)
         summary = pgb.parse_summary(client.stdout)
@@ -300,15 +303,20 @@ class PostgresTarget(Target):
             return
 
     def _client(self, program: str) -> list[str]:
+        """A client's command line: the socket, the port, the superuser; never the password."""
         assert self._cluster is not None and self._bindir is not None
         return [str(self._bindir / program), "-h", str(self._cluster.sockdir),
                 "-p", str(self._port), "-U", pgc.SUPERUSER]
 
+    def _client_env(self) -> dict[str, str]:
+        assert self._cluster is not None
+        return pgc.client_env(self._cluster)
+
     def _query(self) -> pgb.Rows:
         done = run_client(
-            [*self._client("psql"), "-d", "postgres", "-AtX", "-F", "\t",
+            [*self._client("psql"), "-w", "-d", "postgres", "-AtX", "-F", "\t",
              "-v", "ON_ERROR_STOP=1", "-c", pgb.read_back_sql()],
-            timeout=60.0, log_dir=self.log_dir, name="psql", env=pgc.clean_env(),
+            timeout=60.0, log_dir=self.log_dir, name="psql", env=self._client_env(),
         )
         if done.returncode != 0:
             self._raise_server_failure(0)
@@ -340,7 +348,7 @@ class PostgresTarget(Target):
         started = time.monotonic()
         done = run_client([*self._client("pgbench"), "-i", "-s", scale, "-q", "postgres"],
                           timeout=3600.0, log_dir=self.log_dir, name="pgbench-init",
-                          env=pgc.clean_env())
+                          env=self._client_env())
         if done.returncode != 0:
             self._raise_server_failure(log_start, done.stderr)
             raise BenchmarkError(f"pgbench -i -s {scale} failed: {self._client_tail(done)}")

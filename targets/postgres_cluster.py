@@ -9,13 +9,25 @@ the server's own log lines into failure classes.
 
 As root, ``initdb`` and ``postgres`` refuse to run: they run as the ``postgres`` user (Popen's
 user switch) and own the cluster directory. Otherwise everything runs as the current user.
+
+It also owns who may connect: the cluster admits only knobflow. Every connection, over the socket
+or 127.0.0.1, must give the superuser's password (``scram-sha-256`` for every line of
+``pg_hba.conf``, no ``trust``), and the socket directory is 0700 besides. The password is random
+per instance, made at initdb, and kept in the instance data directory as a 0600 pgpass file
+(``postgres.pgpass``) owned by the user running knobflow, the only one whose programs (psql,
+pgbench) need it: they find it through ``PGPASSFILE`` (``client_env``). The server never sees
+the password itself, only its SCRAM verifier, which is handed to initdb in a file and, to lock a
+cluster made before passwords (``trust``), to a single-user backend on its standard input:
+never a command line, a log line or a Measurement.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import hashlib
+import hmac
 import os
 import pwd
 import re
@@ -31,13 +43,29 @@ from pathlib import Path
 import psutil
 
 from targets.base import FailureClass, TrialFailed
-from targets.process import last_lines, run_client, wait_dead
+from targets.process import (
+    last_lines,
+    new_secret,
+    run_client,
+    run_with_input,
+    wait_dead,
+    write_private,
+)
 
 #: Bootstrap superuser of every cluster (the same whoever runs knobflow).
 SUPERUSER = "knobflow"
 RELOCATED_BASE = Path("/var/tmp/knobflow-postgres")
 #: File in the instance data directory naming the cluster directory.
 LOCATION_FILE = "postgres.cluster"
+#: File in the instance data directory holding the superuser's password (pgpass format, 0600).
+PASSWORD_FILE = "postgres.pgpass"
+#: The whole pg_hba.conf of a cluster: the password for every connection, nothing trusted.
+HBA = """# written by knobflow: every connection gives the instance's password (postgres.pgpass)
+local   all   all                  scram-sha-256
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
+_SCRAM_ITERATIONS = 4096  # PostgreSQL 15's (scram_iterations is only settable from 16 on)
 _SOCKET_MAX = 107  # sun_path bytes, terminating NUL excluded
 _ORPHAN_AGE_S = 3600.0
 _IPC_RMID = 0
@@ -158,6 +186,15 @@ class Cluster:
         return self.root / "initdb.done"
 
     @property
+    def password_file(self) -> Path:
+        """The superuser's password, as a pgpass line (0600, in the instance data directory)."""
+        return self.data_dir / PASSWORD_FILE
+
+    @property
+    def hba_file(self) -> Path:
+        return self.pgdata / "pg_hba.conf"
+
+    @property
     def relocated(self) -> bool:
         return self.root.parent == RELOCATED_BASE
 
@@ -203,7 +240,8 @@ def locate(data_dir: Path, create: bool = False) -> Cluster | None:
 
 
 def prepare(cluster: Cluster, bindir: Path, log_dir: Path) -> float:
-    """Create the cluster's directories and run initdb if it never finished; return its seconds."""
+    """Create the cluster's directories and run initdb if it never finished, or lock a cluster made
+    before passwords (``lock``); return the seconds either took."""
     user = server_user()
     if cluster.relocated and not cluster.root.exists():
         try:
@@ -224,25 +262,116 @@ def prepare(cluster: Cluster, bindir: Path, log_dir: Path) -> float:
         path.chmod(0o700)
         _own(path, user)
     if cluster.initdb_done.exists():
-        return 0.0
+        return 0.0 if locked(cluster) else lock(cluster, bindir)
+    return _initdb(cluster, bindir, log_dir)
+
+
+def _initdb(cluster: Cluster, bindir: Path, log_dir: Path) -> float:
+    """Run initdb in an empty data directory, the superuser's password set from the start (no
+    moment with ``trust``); return its seconds."""
+    user = server_user()
     end_leftovers(cluster)
     shutil.rmtree(cluster.pgdata, ignore_errors=True)
     cluster.scale_file.unlink(missing_ok=True)
     cluster.pgdata.mkdir(mode=0o700)
     _own(cluster.pgdata, user)
+    # initdb (the server's user) reads the verifier, not the password, from a 0600 file of its own
+    verifier = cluster.root / "superuser.scram"
+    write_private(verifier, scram_verifier(_new_password(cluster)) + "\n")
+    _own(verifier, user)
     cmd = [
-        str(bindir / "initdb"), "-D", str(cluster.pgdata), "--no-sync", "--auth=trust",
+        str(bindir / "initdb"), "-D", str(cluster.pgdata), "--no-sync",
+        "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={verifier}",
         "-E", "UTF8", "--locale=C", "-U", SUPERUSER, "--no-instructions",
     ]
     started = time.monotonic()
-    done = run_client(cmd, timeout=300, log_dir=log_dir, name="initdb", cwd=cluster.root,
-                      user=user, env=clean_env())
+    try:
+        done = run_client(cmd, timeout=300, log_dir=log_dir, name="initdb", cwd=cluster.root,
+                          user=user, env=clean_env())
+    finally:
+        verifier.unlink(missing_ok=True)
     if done.returncode != 0:
         text = done.stdout + done.stderr
         failure = classify(text) or FailureClass.CRASH
         raise TrialFailed(failure, f"initdb failed ({done.returncode}): {last_lines(text, n=4)}")
+    _write_hba(cluster, user)
     cluster.initdb_done.write_text("ok\n", encoding="utf-8")
     return time.monotonic() - started
+
+
+# -- the superuser's password ----------------------------------------------------------------
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 secret PostgreSQL keeps for ``password`` (``ALTER ROLE ... PASSWORD``
+    stores one as it is): what the server is given, so it never sees the password."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _SCRAM_ITERATIONS)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    salt64, stored64, server64 = (base64.b64encode(part).decode() for part in (
+        salt, hashlib.sha256(client_key).digest(), server_key))
+    return f"SCRAM-SHA-256${_SCRAM_ITERATIONS}:{salt64}${stored64}:{server64}"
+
+
+def _new_password(cluster: Cluster) -> str:
+    """A new random password for the instance, written to its pgpass file (0600) first."""
+    password = new_secret()
+    write_private(cluster.password_file, f"*:*:*:{SUPERUSER}:{password}\n")
+    return password
+
+
+def read_password(cluster: Cluster) -> str | None:
+    """The instance's password from its pgpass file; None if there is none (or not 0600)."""
+    try:
+        if stat.S_IMODE(os.stat(cluster.password_file).st_mode) & 0o077:
+            return None  # libpq would ignore it: a file others may read is no secret any more
+        fields = cluster.password_file.read_text(encoding="utf-8").strip().split(":")
+    except (OSError, UnicodeError):
+        return None
+    ok = len(fields) == 5 and fields[3] == SUPERUSER and fields[4]
+    return fields[4] if ok else None
+
+
+def locked(cluster: Cluster) -> bool:
+    """Whether the cluster admits only knobflow: a password file and knobflow's pg_hba.conf."""
+    try:
+        hba = cluster.hba_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeError):
+        return False
+    return hba == HBA and read_password(cluster) is not None
+
+
+def lock(cluster: Cluster, bindir: Path) -> float:
+    """Lock a cluster made before passwords (``trust`` for every connection), or whose password
+    file was lost: set the superuser's password in a single-user backend (the verifier on its
+    standard input), then write knobflow's pg_hba.conf; return its seconds. Data are kept."""
+    started, user = time.monotonic(), server_user()
+    password = read_password(cluster) or _new_password(cluster)
+    end_leftovers(cluster)  # a single-user backend needs the cluster to itself
+    cmd = [str(bindir / "postgres"), "--single", "-D", str(cluster.pgdata), "-c",
+           "exit_on_error=on", "-c", "log_min_error_statement=panic", "postgres"]
+    sql = f"ALTER ROLE {SUPERUSER} PASSWORD '{scram_verifier(password)}';\n"
+    try:
+        done = run_with_input(cmd, sql, timeout=300, env=clean_env(), cwd=cluster.root, user=user)
+    except subprocess.TimeoutExpired:
+        raise TrialFailed(FailureClass.CRASH, "setting the instance's password timed out") from None
+    text = done.stdout + done.stderr
+    if done.returncode != 0 or "ERROR:" in text or "FATAL:" in text:
+        raise TrialFailed(classify(text) or FailureClass.CRASH,
+                          f"setting the instance's password failed ({done.returncode}): "
+                          f"{last_lines(text, lambda ln: 'STATEMENT' not in ln, n=4)}")
+    _write_hba(cluster, user)
+    return time.monotonic() - started
+
+
+def _write_hba(cluster: Cluster, user: str | None) -> None:
+    write_private(cluster.hba_file, HBA)
+    _own(cluster.hba_file, user)
+
+
+def client_env(cluster: Cluster) -> dict[str, str]:
+    """The environment of psql and pgbench: ``clean_env`` and the instance's pgpass file, so the
+    password reaches them without a command line (libpq reads it only if it is 0600)."""
+    return {**clean_env(), "PGPASSFILE": str(cluster.password_file)}
 
 
 def clean_env() -> dict[str, str]:
@@ -418,3 +547,4 @@ def forget_instance(data_dir: Path) -> None:
     if cluster is not None:
         remove_cluster(cluster)
         (cluster.data_dir / LOCATION_FILE).unlink(missing_ok=True)
+        cluster.password_file.unlink(missing_ok=True)  # the password of a cluster now gone

@@ -8,6 +8,11 @@ pid file in the data directory lets ``Target.cleanup`` end what is left after a 
 Resource use is measured apart for the server (CPU of the process tree, including reaped
 children such as PostgreSQL backends; peak memory of the tree as proportional set size, sampled)
 and the client (``wait4`` rusage), and reported as trial counters.
+
+A server admits only knobflow: the helpers at the end make an instance's secret (a random
+password, written to a 0600 file of the instance, never to a command line or a log), private
+socket directories (0700), connect to a Unix socket of any path length, and hand a program text
+on its standard input instead of its command line.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import select
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -358,3 +365,72 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # 1: PR_SET_PDEATHSIG
+
+
+# -- per-instance secrets and private sockets ----------------------------------------------------
+def new_secret() -> str:
+    """A random secret for one instance (256 bits, URL-safe: no quoting needed anywhere)."""
+    return secrets.token_urlsafe(32)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by its owner only (0600), atomically: the
+    file is made 0600 (``mkstemp``) before the text is in it, and replaces ``path`` whole."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` a directory only its owner may enter (0700); anything else by that name (a
+    file or a symlink someone put there) is removed first."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask, and an old directory keeps its own
+    return path
+
+
+def connect_unix(path: Path, timeout: float = 1.0) -> socket.socket:
+    """A stream socket connected to the Unix socket ``path``; a path longer than ``sun_path``
+    (107 bytes) is reached through its directory's ``/proc/self/fd`` entry."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        if len(os.fsencode(path)) <= 107:
+            sock.connect(os.fspath(path))
+        else:
+            fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+            try:
+                sock.connect(f"/proc/self/fd/{fd}/{path.name}")
+            finally:
+                os.close(fd)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def run_with_input(
+    cmd: Sequence[str],
+    text: str,
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (as ``user``, with that user's group only) with ``text`` on its standard input,
+    and capture its output: a way to hand a program something that must stay off its command
+    line. The process stays in the caller's process group, so a kill of the trial ends it too."""
+    return subprocess.run(
+        list(cmd), input=text, capture_output=True, text=True, timeout=timeout, check=False,
+        env=dict(env) if env is not None else None, cwd=cwd, user=user, **_drop_groups(user),
+    )

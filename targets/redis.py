@@ -1,10 +1,18 @@
 """The redis target: a private redis-server per instance, measured with redis-benchmark.
 
-It owns the instance's ``redis.conf`` (written into the data directory at every start), starting
-redis-server in the foreground on a free port of 127.0.0.1, reading every knob back with
-``redis-cli CONFIG GET``, running redis-benchmark and parsing its CSV, classifying failures from
-Redis's own output, and ending the server with ``SHUTDOWN NOSAVE`` (and its leftovers, after a
-killed trial, through the pid file).
+It owns the instance's ``redis.conf`` (written into the data directory at every start, 0600),
+starting redis-server in the foreground, reading every knob back with ``redis-cli CONFIG GET``,
+running redis-benchmark and parsing its CSV, classifying failures from Redis's own output, and
+ending the server with ``SHUTDOWN NOSAVE`` (and its leftovers, after a killed trial, through the
+pid file).
+
+The server admits only knobflow: it listens on no TCP port at all (``port 0``), only on a Unix
+socket in the instance's ``sock`` directory (0700, and the socket itself ``unixsocketperm 700``),
+so only the user running knobflow (and root) can connect. A password (``requirepass``) cannot do
+this job: redis-benchmark 7.0 takes one only as ``-a`` on its command line, which every local
+user can read in /proc (it ignores ``REDISCLI_AUTH``), and Redis asks it of socket clients too.
+Clients run in the data directory and name the socket by a relative path, so a deep data
+directory never exceeds the 107 bytes of a socket path.
 
 A knob's name is Redis's directive name with '_' for '-' (knob names must be identifiers):
 ``maxmemory_policy`` is written as ``maxmemory-policy``. Any knob is passed through that way, so a
@@ -21,7 +29,6 @@ import io
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -43,15 +50,20 @@ from targets.common.errors import WorkloadError, did_you_mean
 from targets.process import (
     Server,
     ServerExited,
-    free_port,
+    connect_unix,
     kill_from_pid_file,
     last_lines,
+    private_dir,
     run_client,
+    write_private,
 )
 
 CONF_NAME = "redis.conf"
 LOG_NAME = "redis.log"
 PID_NAME = "redis.pid"
+#: The server's only listener, relative to the data directory (its working directory and the
+#: clients'); the directory is 0700.
+SOCKET = "sock/redis.sock"
 #: What Redis persists into the data directory; removed before and after every trial.
 PERSISTENCE = ("dump.rdb", "appendonlydir")
 #: How each knob of specs/redis.yaml reads back from CONFIG GET (a test keeps them in step).
@@ -68,7 +80,7 @@ KNOB_KINDS: dict[str, str] = {
 MANAGED = frozenset({
     "port", "bind", "dir", "daemonize", "logfile", "pidfile", "unixsocket", "include",
     "supervised", "proc_title_template", "set_proc_title", "dbfilename", "appenddirname",
-    "tls_port", "protected_mode",
+    "tls_port", "protected_mode", "unixsocketperm", "requirepass", "user", "aclfile",
 })
 #: Persistence stays off unless a knob turns it on.
 _BASE_KNOBS: dict[str, Any] = {"save": "", "appendonly": False}
@@ -84,7 +96,6 @@ _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 _OOM = ("OOM command not allowed", "Out of memory", "Cannot allocate memory")
 _IO = ("MISCONF", "No space left on device", "Input/output error", "Read-only file system",
        "Error writing to the AOF", "Permission denied", "Disk quota exceeded")
-_START_TRIES = 3
 _CLIENT_TIMEOUT_S = 3600.0  # the tuner's hard timeout is the one that counts
 _LATENCIES = ("avg", "p50", "p95", "p99")
 
@@ -192,14 +203,19 @@ class RedisTarget(Target):
 
     def __init__(self, data_dir: Path, workload: Mapping[str, Any], seed: int = 0) -> None:
         super().__init__(Path(data_dir).resolve(), workload, seed)
-        self.port = 0
         self._server: Server | None = None
         self._requested: dict[str, Any] = {}
         self._effective: dict[str, Any] = {}
 
+    @property
+    def socket(self) -> Path:
+        """The Unix socket the server listens on (its only listener)."""
+        return self.data_dir / SOCKET
+
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, config: Mapping[str, Any]) -> None:
-        """Write redis.conf with ``config``, start redis-server on a free port, read knobs back."""
+        """Write redis.conf with ``config``, start redis-server on its private socket, read the
+        knobs back."""
         managed = sorted(k for k in config if k in MANAGED)
         if managed:
             raise ConfigRefused(f"knob(s) {', '.join(managed)} are set by the redis target itself")
@@ -207,20 +223,16 @@ class RedisTarget(Target):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.cleanup(self.data_dir)  # a server a killed trial left, and its files
         self._requested = dict(config)
-        for attempt in range(_START_TRIES):
-            self.port = free_port()
-            (self.data_dir / LOG_NAME).unlink(missing_ok=True)
-            (self.data_dir / CONF_NAME).write_text(self._conf_text(config), encoding="utf-8")
-            server = Server(["redis-server", str(self.data_dir / CONF_NAME)], cwd=self.data_dir,
-                            log_path=self.data_dir / LOG_NAME, pid_file=self.data_dir / PID_NAME)
-            try:
-                server.start(self._ready, timeout=15.0)
-            except ServerExited as exc:
-                if "Address already in use" in exc.log and attempt + 1 < _START_TRIES:
-                    continue  # another process took the port between free_port() and bind()
-                raise self._start_failure(exc) from None
-            self._server = server
-            break
+        private_dir(self.socket.parent)
+        (self.data_dir / LOG_NAME).unlink(missing_ok=True)
+        write_private(self.data_dir / CONF_NAME, self._conf_text(config))
+        server = Server(["redis-server", str(self.data_dir / CONF_NAME)], cwd=self.data_dir,
+                        log_path=self.data_dir / LOG_NAME, pid_file=self.data_dir / PID_NAME)
+        try:
+            server.start(self._ready, timeout=15.0)
+        except ServerExited as exc:
+            raise self._start_failure(exc) from None
+        self._server = server
         self._effective = self._read_back(config)
 
     def run(self) -> Measurement:
@@ -230,12 +242,12 @@ class RedisTarget(Target):
             raise BenchmarkError("run() was called before start()")
         started = time.monotonic()
         w = {**self.workload_defaults, **self.workload}
-        cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(self.port), "-t", str(w["tests"]),
+        cmd = ["redis-benchmark", "-s", SOCKET, "-t", str(w["tests"]),
                "-n", str(w["requests"]), "-c", str(w["clients"]), "-P", str(w["pipeline"]),
                "-d", str(w["data_size"]), "-r", str(w["keyspace"]), "--csv"]
         # redis-benchmark retries forever against a dead server: end it when the server dies
         client = run_client(cmd, timeout=_CLIENT_TIMEOUT_S, log_dir=self.data_dir,
-                            name="benchmark", abort=lambda: not server.running)
+                            name="benchmark", cwd=self.data_dir, abort=lambda: not server.running)
         server_usage = server.usage()
         if not server.running:
             code = server.stop()
@@ -282,10 +294,13 @@ class RedisTarget(Target):
 
     @classmethod
     def cleanup(cls, data_dir: Path) -> None:
-        """After a killed trial: end the server the pid file names, remove persisted data."""
+        """After a killed trial: end the server the pid file names, remove persisted data and
+        the socket it left."""
         data_dir = Path(data_dir).resolve()
         kill_from_pid_file(data_dir / PID_NAME, must_contain=str(data_dir))
         cls._remove_persistence(data_dir)
+        with contextlib.suppress(OSError):
+            (data_dir / SOCKET).unlink(missing_ok=True)
 
     @classmethod
     def contract_examples(cls) -> Mapping[str, ContractExamples]:
@@ -337,7 +352,9 @@ class RedisTarget(Target):
     def _conf_text(self, config: Mapping[str, Any]) -> str:
         infra = [
             "# written by knobflow for one trial; the knobs follow the instance's settings",
-            f"port {self.port}", "bind 127.0.0.1", f"dir {conf_value(str(self.data_dir))}",
+            # no TCP listener: only a socket in a 0700 directory (relative to dir, Redis's cwd)
+            "port 0", "bind 127.0.0.1", f"dir {conf_value(str(self.data_dir))}",
+            f"unixsocket {SOCKET}", "unixsocketperm 700",
             "daemonize no", 'logfile ""', "protected-mode yes",
             # the title keeps the config path (and so the data directory) visible to cleanup()
             'proc-title-template "{title} {listen-addr} {server-mode} {config-file}"',
@@ -346,7 +363,7 @@ class RedisTarget(Target):
 
     def _ready(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+            with connect_unix(self.socket, timeout=1.0) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
@@ -354,7 +371,7 @@ class RedisTarget(Target):
 
     def _cli(self, *args: str, timeout: float = 10.0) -> str:
         done = subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "--raw", *args],
+            ["redis-cli", "-s", SOCKET, "--raw", *args], cwd=self.data_dir,
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )
         if done.returncode != 0:
@@ -405,7 +422,7 @@ class RedisTarget(Target):
 
     def _log_lines(self, rows: list[dict[str, Any]], server: Server, stderr: str) -> list[str]:
         """What Redis applied (and changed silently), each test's result, the logs' tails."""
-        lines = [f"redis port {self.port}: "
+        lines = [f"redis at {self.socket}: "
                  + " ".join(f"{k}={v!r}" for k, v in self._effective.items())]
         for name, value in self._requested.items():
             got = self._effective.get(name)

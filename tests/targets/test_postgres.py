@@ -272,3 +272,22 @@ def test_two_instances_side_by_side(tmp_path: Path, instance) -> None:
     assert port_of(outcomes["i1"]) != port_of(outcomes["i2"])
     assert pgc.locate(dirs["i1"]).root != pgc.locate(dirs["i2"]).root
     assert leftovers(dirs["i1"]) == [] and leftovers(dirs["i2"]) == []
+
+
+def test_a_password_file_others_could_read_is_replaced(tmp_path: Path, instance) -> None:
+    """A pgpass file someone opened (0644) holds no secret any more: the next trial gives the
+    cluster a new password, in a new 0600 file, and keeps its data."""
+    data = instance("i1")
+    run = runner(tmp_path, {"i1": data})
+    assert run.run("0", {}, "i1", 0).ok
+    cluster = pgc.locate(data)
+    old = pgc.read_password(cluster)
+    assert old is not None and pgc.locked(cluster)
+    cluster.password_file.chmod(0o644)
+    assert pgc.read_password(cluster) is None and not pgc.locked(cluster)
+    out = run.run("1", {}, "i1", 1)
+    assert out.ok, (out.failure_class, out.message, out.log_tail)
+    assert out.counters["pgbench_init_s"] == 0.0  # the tables were kept
+    assert (cluster.password_file.stat().st_mode & 0o777) == 0o600
+    assert pgc.read_password(cluster) not in (None, old) and pgc.locked(cluster)
+    assert leftovers(data) == []

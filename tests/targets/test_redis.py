@@ -69,9 +69,10 @@ def servers_of(data_dir: Path) -> list[int]:
     return found
 
 
-def port_of(outcome: TrialOutcome) -> int:
-    line = next(ln for ln in outcome.log_tail if ln.startswith("redis port "))
-    return int(line.split()[2].rstrip(":"))
+def socket_of(outcome: TrialOutcome) -> str:
+    """The Unix socket the trial's server listened on (it has no TCP port)."""
+    line = next(ln for ln in outcome.log_tail if ln.startswith("redis at "))
+    return line.split()[2].rstrip(":")
 
 
 def assert_clean(data_dir: Path) -> None:
@@ -128,6 +129,9 @@ def test_directives_the_target_owns_are_refused(tmp_path: Path) -> None:
     target = RedisTarget(tmp_path / "i1", RedisTarget.parse_workload(SMALL))
     with pytest.raises(ConfigRefused, match="port"):
         target.start({"port": 6379})
+    for knob in ("unixsocketperm", "requirepass", "aclfile", "user", "bind"):
+        with pytest.raises(ConfigRefused, match=knob):  # none may open the server to others
+            target.start({knob: "x"})
 
 
 # -- with a real server ----------------------------------------------------------------------
@@ -235,6 +239,21 @@ def test_two_instances_run_side_by_side(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert all(o.ok for o in outcomes.values()), [o.message for o in outcomes.values()]
-    assert port_of(outcomes["a"]) != port_of(outcomes["b"])
+    assert socket_of(outcomes["a"]) != socket_of(outcomes["b"])
     assert_clean(tmp_path / "a")
     assert_clean(tmp_path / "b")
+
+
+@needs_redis
+def test_a_data_directory_deeper_than_a_socket_path_works(tmp_path: Path) -> None:
+    """A socket path holds 107 bytes; the server and its clients name the socket relative to the
+    data directory, so an instance may live anywhere."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    outcome = TrialRunner(
+        target_cls=RedisTarget, target_ref="targets.redis:RedisTarget",
+        workload=RedisTarget.parse_workload(SMALL), objective="rps", timeout_s=120.0,
+        job_dir=tmp_path / "job", instance_dirs={"i1": deep},
+    ).run("0", {}, "i1", 0)
+    assert outcome.ok, outcome.message
+    assert len(socket_of(outcome).encode()) > 107
+    assert_clean(deep)
