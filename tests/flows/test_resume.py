@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
-from conftest import run_cli, start_cli, trial_processes, wait_for
+from conftest import invoke_cli, start_cli, trial_processes, wait_for
 from optuna.trial import TrialState
 
 from tuners.study import open_study
@@ -63,9 +63,7 @@ def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: 
     wait_for(lambda: not trial_processes(str(home)),
              "the trial processes to end after the tuner was killed (did one outlive it?)")
 
-    resumed = run_cli(
-        ["tune", "synthetic", "--resume", "--home", str(home), "--json"], api_url=prefect_api
-    )
+    resumed = invoke_cli(["tune", "synthetic", "--resume", "--home", str(home), "--json"])
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["n_trials"] == 24
@@ -94,7 +92,7 @@ def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: 
 
 
 def test_resume_without_a_job_is_bad_input(home: Path) -> None:
-    result = run_cli(["tune", "synthetic", "--resume", "--home", str(home)])
+    result = invoke_cli(["tune", "synthetic", "--resume", "--home", str(home)])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"knobflow: error: --resume: no job of target 'synthetic' on instance 'local' under "
@@ -136,8 +134,6 @@ def test_sigterm_stops_the_job_and_resume_finishes_it(prefect_api: str, home: Pa
     assert job["status"] == "interrupted"
     assert trial_processes(str(home)) == []
 
-    resumed = run_cli(
-        ["tune", "synthetic", "--resume", "--home", str(home), "--json"], api_url=prefect_api
-    )
+    resumed = invoke_cli(["tune", "synthetic", "--resume", "--home", str(home), "--json"])
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["n_trials"] == 12
