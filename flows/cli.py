@@ -147,10 +147,15 @@ def import_command(
     service: Annotated[str | None, SERVICE_OPTION] = None,
     home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
 ) -> None:
-    """Import an expert's measured configs; bad rows are rejected with reasons, good ones kept."""
+    """Import an expert's measured configs; bad rows are rejected with reasons, good ones kept.
+
+    The file is checked whole before anything is stored (exit 2: too big, not a regular file, a
+    header or row that is not the target's CSV); the expert table is rewritten atomically, under
+    a lock, so imports running together keep each other's rows."""
     from pathlib import Path
 
     from flows.trials import expert_path
+    from targets.common.files import display_path, file_lock
     from targets.common.settings import knobflow_home
     from targets.registry import load_target
     from tasks.expert import check_rows, merge_expert_rows
@@ -160,7 +165,7 @@ def import_command(
     result = check_rows(file, target_cls)
     root = knobflow_home(home)
     if result.rejected:
-        table = Table(title=f"rows of {file} rejected")
+        table = Table(title=f"rows of {display_path(file)} rejected")
         table.add_column("line", justify="right")
         table.add_column("reasons", overflow="fold")
         for line, reasons in result.rejected:
@@ -168,8 +173,10 @@ def import_command(
         out.print(table)
     if result.kept:
         store = expert_path(root, service or target)
-        merged = merge_expert_rows(read_parquet(store), result.kept, f"expert:{Path(file).name}")
-        write_parquet(merged, store)
+        with file_lock(store.with_name(store.name + ".lock")):
+            merged = merge_expert_rows(read_parquet(store), result.kept,
+                                       f"expert:{Path(file).name}")
+            write_parquet(merged, store)
     out.print(
         f"{len(result.kept)} rows kept (source=expert), {len(result.rejected)} rejected; expert "
         "rows stay out of model training unless --use-expert-data is given"

@@ -1,13 +1,21 @@
 """The ``knobflow rules`` commands and ``knobflow validate``: lint rule files, review learned
-rules, and check a config before it is applied (exit 0 passes, 3 blocked, 2 bad input)."""
+rules, and check a config before it is applied (exit 0 passes, 3 blocked, 2 bad input).
+
+The files named here are read bounded before they are parsed: a rule file to lint by
+``KNOBFLOW_MAX_RULE_FILE_BYTES`` (as ``rules.parse`` bounds it), a config by
+``KNOBFLOW_MAX_CONFIG_FILE_BYTES``; never a FIFO, and ``/dev/zero`` no further than the limit.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from targets.spec import KnobSpec
 
 rules_app = typer.Typer(help="Lint rule files and review the rules learned from failures.",
                         no_args_is_help=True)
@@ -24,28 +32,65 @@ def rules_check(
     ] = None,
 ) -> None:
     """Lint a rule file: every error names the file, line, column and rule, with a fix."""
-    import yaml
-
-    from rules.parse import load_rule_file
-    from targets.common.errors import KnobflowError
+    from rules.parse import parse_rules
+    from targets.common.files import display_path
     from targets.registry import load_target
 
+    text = _read_rule_file(file)
+    shown = display_path(file)
     if target is None:
-        try:
-            with open(file, encoding="utf-8") as fh:
-                head = yaml.safe_load(fh)
-        except FileNotFoundError:
-            raise KnobflowError(f"{file}: file not found") from None
-        except yaml.YAMLError:
-            head = None
-        target = head.get("target") if isinstance(head, dict) else None
-        if not isinstance(target, str):
-            raise KnobflowError(f"{file}: the file names no 'target:'; pass --target")
+        target = _named_target(text, shown)
     target_cls = load_target(target)
-    rules = load_rule_file(file, target_cls.knob_spec(), target_cls)
+    rules = parse_rules(text, shown, target_cls.knob_spec(), target_cls,
+                        dict(target_cls.workload_defaults))
     kinds = ", ".join(f"{sum(r.kind == k for r in rules)} {k}" for k in ("constraint", "forbid",
                                                                           "trigger"))
     out.print(f"{file}: {len(rules)} rules for target '{target}' are valid ({kinds})")
+
+
+def _read_rule_file(file: str) -> str:
+    """The rule file's text, bounded as ``rules.parse`` bounds it (``KNOBFLOW_MAX_RULE_FILE_BYTES``,
+    checked before reading; never a device or FIFO)."""
+    from rules.language import RuleError
+    from rules.parse import BYTES_VARIABLE, MAX_RULE_FILE_BYTES
+    from targets.common.files import UserFile, read_user_file
+
+    kind = UserFile("rule file", BYTES_VARIABLE, MAX_RULE_FILE_BYTES, "split it into several files")
+    return read_user_file(file, kind, RuleError)
+
+
+def _named_target(text: str, shown: str) -> str:
+    """The target a rule file names (``target:``). A plain top-level ``target: name`` line is
+    taken as it is (parsing the rules checks it is the file's: the file is read once); anything
+    else is parsed, and a YAML error reported as such."""
+    import re
+
+    import yaml
+
+    from rules.language import RuleError
+    from targets.common.yamlfiles import UniqueKeyLoader, yaml_problem
+
+    plain = re.search(r"^target:[ \t]*(['\"]?)([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\1[ \t]*(#.*)?$",
+                      text, flags=re.MULTILINE)
+    if plain:
+        return plain.group(2)
+    loader = None
+    try:
+        loader = UniqueKeyLoader(text)
+        head = loader.get_data()
+    except yaml.YAMLError as exc:
+        raise RuleError(f"{shown}{yaml_problem(exc, text)}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    target = head.get("target") if isinstance(head, dict) else None
+    if not isinstance(target, str) or not target.strip():
+        raise RuleError(f"{shown}: the file names no 'target:'; add 'target: <name>' or pass "
+                        "--target")
+    if len(target) > 64:
+        raise RuleError(f"{shown}: field 'target' is not a target's name; name one, e.g. "
+                        "'target: sqlite', or pass --target")
+    return target
 
 
 @rules_app.command("list")
@@ -131,22 +176,15 @@ def validate_command(
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Check a config against the rules: exit 0 if it passes, 3 if a rule blocks it."""
-    from collections.abc import Mapping
-
     from rules.learn import LearnedRules, learned_path
     from rules.ruleset import RuleSet
-    from targets.common.errors import ConfigError
     from targets.common.files import display_path
     from targets.common.settings import knobflow_home
-    from targets.common.yamlfiles import load_yaml
     from targets.registry import load_target
 
     target_cls = load_target(target)
     spec = target_cls.knob_spec()
-    data = load_yaml(config, ConfigError)
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{display_path(config)}: a config is a mapping of knob to value")
-    values = spec.validate_config(data, display_path(config))
+    values = _read_config(config, spec)
     learned = LearnedRules(learned_path(knobflow_home(home), service or target), spec).rules()
     ruleset = RuleSet.for_target(target_cls, rules or [], policy or [], learned)
     verdict = ruleset.check(values)
@@ -163,3 +201,22 @@ def validate_command(
               f"{len(verdict.warnings)} warnings, {len(ruleset.config_rules)} rules checked)")
     if verdict.blocked:
         raise typer.Exit(BLOCKED_EXIT)
+
+
+def _read_config(config: str, spec: KnobSpec) -> dict[str, Any]:
+    """A config file (knob: value), bounded (``KNOBFLOW_MAX_CONFIG_FILE_BYTES``) and checked
+    against the spec knob by knob, each error with its line."""
+    from collections.abc import Mapping
+
+    from targets.common.errors import ConfigError
+    from targets.common.files import CONFIG_FILE
+    from targets.common.yamlfiles import read_yaml
+
+    doc = read_yaml(config, CONFIG_FILE, ConfigError, empty=(
+        "a config is a mapping of knob to value, e.g. a job's best.yaml"))
+    if not isinstance(doc.data, Mapping):
+        raise ConfigError(f"{doc.at()}: a config is a mapping of knob to value")
+    values: dict[str, Any] = {}
+    for name, value in doc.data.items():
+        values.update(spec.validate_config({name: value}, doc.at(name)))
+    return values

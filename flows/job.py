@@ -234,13 +234,18 @@ def parse_assignments(items: list[str], option: str = "--set-workload") -> dict[
 def resolve_workload(
     target_cls: type[Target], workload_file: str | None, overrides: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Target defaults, then the workload file, then ``--set-workload`` values, all validated."""
+    """Target defaults, then the workload file, then ``--set-workload`` values, all validated;
+    the file is bounded (``KNOBFLOW_MAX_WORKLOAD_FILE_BYTES``) and may not be empty."""
+    from targets.common.files import WORKLOAD_FILE
+
     values: dict[str, Any] = {}
     if workload_file:
-        data = load_yaml(workload_file, WorkloadError)
+        key, value = next(iter(target_cls.workload_defaults.items()), ("rows", 1000))
+        value = str(value).lower() if isinstance(value, bool) else value
+        data = load_yaml(workload_file, WorkloadError, WORKLOAD_FILE, empty=(
+            f"set the parameters to change, e.g. '{key}: {value}', or leave out --workload to "
+            "use the target's defaults"))
         shown = display_path(workload_file)
-        if data is None:
-            data = {}
         if not isinstance(data, Mapping):
             raise WorkloadError(f"{shown}: a workload file must be a mapping of parameter to value")
         target_cls.parse_workload(data, shown)

@@ -9,6 +9,7 @@ set) and ``KNOBFLOW_MAX_RULES`` rules (1,000 unless set).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -254,7 +255,11 @@ def load_rule_file(
     shown = display_path(path)
     limit = _limit(BYTES_VARIABLE, MAX_RULE_FILE_BYTES)
     try:
-        size = Path(path).stat().st_size
+        status = Path(path).stat()
+        if stat.S_ISFIFO(status.st_mode) or stat.S_ISSOCK(status.st_mode):
+            raise RuleError(f"{shown}: cannot read: it is a pipe or a socket, not a file; save "
+                            "the rules as a regular file and name that")
+        size = status.st_size
         if size > limit:
             raise _too_big(shown, size, limit)
         with open(path, encoding="utf-8") as fh:  # text mode: \r\n is read as \n

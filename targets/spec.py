@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from targets.common.errors import ConfigError, SpecError, check_fields, did_you_mean, fmt_value
-from targets.common.files import display_path
+from targets.common.files import SPEC_FILE, display_path, excerpt
 from targets.common.yamlfiles import load_yaml
 
 KNOB_TYPES = ("int", "float", "bool", "categorical")
@@ -107,21 +107,21 @@ class Knob:
         """Why ``value`` is not a valid value of this knob, or None when it is."""
         if self.type == "int":
             if not _is_int(value):
-                return f"{fmt_value(value)} is not an integer"
+                return f"{excerpt(value)} is not an integer"
         elif self.type == "float":
             if not _is_number(value):
-                return f"{fmt_value(value)} is not a finite number"
+                return f"{excerpt(value)} is not a finite number"
         elif self.type == "bool":
             if not isinstance(value, bool):
-                return f"{fmt_value(value)} is not true or false"
+                return f"{excerpt(value)} is not true or false"
             return None
         else:
             if not any(value == v and type(value) is type(v) for v in self.values):
-                return f"{fmt_value(value)} is not one of {self.domain_text()}"
+                return f"{excerpt(value)} is not one of {self.domain_text()}"
             return None
         assert self.low is not None and self.high is not None
         if not self.low <= value <= self.high:
-            return f"{fmt_value(value)} is outside range {self.domain_text()}"
+            return f"{excerpt(value)} is outside range {self.domain_text()}"
         return None
 
     def coerce(self, value: Any) -> Scalar:
@@ -190,7 +190,7 @@ class KnobSpec:
         """The knob called ``name``; an unknown name is a ConfigError naming ``where``."""
         if name not in self._by_name:
             raise ConfigError(
-                f"{where}: unknown knob '{name}' for target '{self.target}'"
+                f"{where}: unknown knob {excerpt(name)} for target '{self.target}'"
                 f"{did_you_mean(name, self.names)}"
             )
         return self._by_name[name]
@@ -227,7 +227,7 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
     """Validate one knob entry of a spec file."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SpecError(
-            f"{where}: knob name {fmt_value(name)} must start with a letter or '_' and hold "
+            f"{where}: knob name {excerpt(name)} must start with a letter or '_' and hold "
             "only letters, digits, '_' and '.'"
         )
     at = f"{where}: knob '{name}'"
@@ -236,7 +236,7 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
     check_fields(body, KNOB_FIELDS, at, SpecError)
     ktype = body.get("type")
     if ktype not in KNOB_TYPES:
-        got = "missing" if ktype is None else f"{fmt_value(ktype)}"
+        got = "missing" if ktype is None else f"{excerpt(ktype)}"
         raise SpecError(f"{at}: field 'type' is {got}; use one of {', '.join(KNOB_TYPES)}")
     if "default" not in body:
         raise SpecError(
@@ -245,11 +245,11 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
     for flag in ("log", "restart"):
         if flag in body and not isinstance(body[flag], bool):
             raise SpecError(
-                f"{at}: field '{flag}' must be true or false, got {fmt_value(body[flag])}"
+                f"{at}: field '{flag}' must be true or false, got {excerpt(body[flag])}"
             )
     for text in ("unit", "description"):
         if text in body and not isinstance(body[text], str):
-            raise SpecError(f"{at}: field '{text}' must be a string, got {fmt_value(body[text])}")
+            raise SpecError(f"{at}: field '{text}' must be a string, got {excerpt(body[text])}")
     common = {
         "name": name,
         "type": ktype,
@@ -284,7 +284,7 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
             raise SpecError(f"{at}: field 'values' must be a non-empty list of the allowed values")
         for v in values:
             if not isinstance(v, (str, int, float, bool)):
-                raise SpecError(f"{at}: field 'values': {fmt_value(v)} is not a scalar")
+                raise SpecError(f"{at}: field 'values': {excerpt(v)} is not a scalar")
         # Optuna matches choices by ==: 1 and true, or 2 and 2.0, would be one choice to it
         if any(a == b for i, a in enumerate(values) for b in values[i + 1 :]):
             raise SpecError(f"{at}: field 'values' lists a value twice; list each once")
@@ -304,13 +304,13 @@ def parse_range(raw: Any, ktype: str, at: str) -> tuple[float, float]:
     if raw is None:
         raise SpecError(f"{at}: field 'range' is missing; add 'range: [low, high]'")
     if not isinstance(raw, list) or len(raw) != 2:
-        raise SpecError(f"{at}: field 'range' must be a list [low, high], got {fmt_value(raw)}")
+        raise SpecError(f"{at}: field 'range' must be a list [low, high], got {excerpt(raw)}")
     low, high = raw
     check = _is_int if ktype == "int" else _is_number
     for bound in (low, high):
         if not check(bound):
             kind = "integers" if ktype == "int" else "finite numbers"
-            raise SpecError(f"{at}: field 'range' must hold two {kind}, got {fmt_value(bound)}")
+            raise SpecError(f"{at}: field 'range' must hold two {kind}, got {excerpt(bound)}")
     if low >= high:
         raise SpecError(
             f"{at}: field 'range' [{fmt_value(low)}, {fmt_value(high)}] is empty or reversed; "
@@ -329,7 +329,7 @@ def parse_spec(data: Any, source: str) -> KnobSpec:
     target = data.get("target")
     if not isinstance(target, str) or not target:
         raise SpecError(
-            f"{source}: field 'target' is {'missing' if target is None else fmt_value(target)}; "
+            f"{source}: field 'target' is {'missing' if target is None else excerpt(target)}; "
             "name the target, e.g. 'target: sqlite'"
         )
     knobs = data.get("knobs")
@@ -345,5 +345,5 @@ def parse_spec(data: Any, source: str) -> KnobSpec:
 
 
 def load_spec(path: str | os.PathLike[str]) -> KnobSpec:
-    """Load and validate a knob spec file."""
-    return parse_spec(load_yaml(path, SpecError), display_path(path))
+    """Load and validate a knob spec file (at most ``KNOBFLOW_MAX_SPEC_FILE_BYTES``, 1 MiB)."""
+    return parse_spec(load_yaml(path, SpecError, SPEC_FILE), display_path(path))

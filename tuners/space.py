@@ -11,14 +11,17 @@ them::
       temp_store: memory
 
 An override must lie inside the knob's hard limits: a range that reaches outside them is an
-error, never a silent clamp.
+error, never a silent clamp. A space file is read bounded (``KNOBFLOW_MAX_SPACE_FILE_BYTES``,
+64 KiB), an empty one is an error (``{}`` says "every knob"), and every error names the file,
+line and column of the key at fault: ``space.yaml:3:13: knob 'threads': range [1, 128] is
+outside the knob's limits [1, 64]; narrow it to fit inside``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,8 +33,8 @@ from optuna.distributions import (
 )
 
 from targets.common.errors import SpecError, check_fields, did_you_mean, fmt_value
-from targets.common.files import display_path
-from targets.common.yamlfiles import load_yaml
+from targets.common.files import SPACE_FILE, excerpt
+from targets.common.yamlfiles import read_yaml
 from targets.spec import Knob, KnobSpec, Scalar, parse_range
 
 _OVERRIDE_FIELDS = ("range", "values", "log")
@@ -103,115 +106,150 @@ class SearchSpace:
         return {"knobs": knobs, "fixed": dict(self.fixed)}
 
 
-def _narrow(knob: Knob, body: Any, at: str) -> Knob:
-    """Apply one override entry to a knob; anything outside the knob's limits is an error."""
+def _narrow(knob: Knob, body: Any, at: Callable[..., str]) -> Knob:
+    """Apply one override entry to a knob; anything outside the knob's limits is an error.
+    ``at(field)`` is the prefix of a message about one of the entry's fields (``at()``: the
+    entry's own), ``file:line:col: knob 'name'``."""
     if body is None:
         return knob
     if not isinstance(body, Mapping):
         raise SpecError(
-            f"{at}: must be a mapping such as {{range: [low, high]}} or {{values: [...]}}"
+            f"{at()}: must be a mapping such as {{range: [low, high]}} or {{values: [...]}}"
         )
-    check_fields(body, _OVERRIDE_FIELDS, at, SpecError)
+    unknown = [key for key in body if key not in _OVERRIDE_FIELDS][:1]
+    check_fields({k: None for k in unknown}, _OVERRIDE_FIELDS, at(*unknown), SpecError)
     if knob.is_numeric:
-        if "values" in body:
-            raise SpecError(f"{at}: knob is {knob.type}: narrow it with 'range: [low, high]'")
-        log = body.get("log", knob.log)
-        if not isinstance(log, bool):
-            raise SpecError(f"{at}: field 'log' must be true or false, got {fmt_value(log)}")
-        low, high = knob.low, knob.high
-        if "range" in body:
-            raw = body["range"]
-            if knob.type == "float" and isinstance(raw, list):
-                raw = [
-                    float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in raw
-                ]
-            low, high = parse_range(raw, knob.type, at)
-            assert knob.low is not None and knob.high is not None
-            if low < knob.low or high > knob.high:
-                raise SpecError(
-                    f"{at}: range [{fmt_value(low)}, {fmt_value(high)}] is outside the knob's "
-                    f"limits {knob.domain_text()}; narrow it to fit inside"
-                )
-        if log and low <= 0:
-            raise SpecError(
-                f"{at}: log scale needs a positive range, got "
-                f"[{fmt_value(low)}, {fmt_value(high)}]; raise the lower bound above 0 or set "
-                "'log: false'"
-            )
-        return replace(knob, low=low, high=high, log=log)
+        return _narrow_range(knob, body, at)
     if "range" in body or "log" in body:
         bad = "range" if "range" in body else "log"
-        raise SpecError(f"{at}: field '{bad}' does not apply to a {knob.type} knob; use 'values'")
+        raise SpecError(
+            f"{at(bad)}: field '{bad}' does not apply to a {knob.type} knob; use 'values'"
+        )
     if "values" not in body:
         return knob
     values = body["values"]
     if not isinstance(values, list) or not values:
-        raise SpecError(f"{at}: field 'values' must be a non-empty list")
+        raise SpecError(f"{at('values')}: field 'values' must be a non-empty list")
     chosen: list[Scalar] = []
-    for raw in values:
+    for index, raw in enumerate(values):
         value = knob.coerce(raw)
         problem = knob.problem_with(value)
         if problem:
-            raise SpecError(f"{at}: field 'values': {problem}")
+            raise SpecError(f"{at('values', index)}: field 'values': {problem}")
         if value not in chosen:
             chosen.append(value)
     if len(chosen) == 1 and len(knob.choices) > 1:
-        raise SpecError(f"{at}: only one value left to tune; move the knob to 'fixed' instead")
+        raise SpecError(
+            f"{at('values')}: only one value left to tune; move the knob to 'fixed' instead"
+        )
     if knob.type == "bool":
         return knob
     return replace(knob, values=tuple(chosen))
 
 
-def parse_space(data: Any, spec: KnobSpec, source: str) -> SearchSpace:
-    """Validate a search-space document against ``spec``."""
+def _narrow_range(knob: Knob, body: Mapping[str, Any], at: Callable[..., str]) -> Knob:
+    """An int or float knob narrowed by ``range`` and ``log``."""
+    if "values" in body:
+        raise SpecError(f"{at('values')}: knob is {knob.type}: narrow it with 'range: [low, high]'")
+    log = body.get("log", knob.log)
+    if not isinstance(log, bool):
+        raise SpecError(f"{at('log')}: field 'log' must be true or false, got {excerpt(log)}")
+    assert knob.low is not None and knob.high is not None
+    low, high = knob.low, knob.high
+    if "range" in body:
+        raw = body["range"]
+        if knob.type == "float" and isinstance(raw, list):
+            raw = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in raw]
+        low, high = parse_range(raw, knob.type, at("range"))
+        if low < knob.low or high > knob.high:
+            raise SpecError(
+                f"{at('range')}: range [{fmt_value(low)}, {fmt_value(high)}] is outside the "
+                f"knob's limits {knob.domain_text()}; narrow it to fit inside"
+            )
+    if log and low <= 0:
+        raise SpecError(
+            f"{at('log' if 'log' in body else 'range')}: log scale needs a positive range, got "
+            f"[{fmt_value(low)}, {fmt_value(high)}]; raise the lower bound above 0 or set "
+            "'log: false'"
+        )
+    return replace(knob, low=low, high=high, log=log)
+
+
+#: where a key of a search-space document is: ``file:line:col`` (or the name of an option)
+Locate = Callable[..., str]
+
+
+def parse_space(
+    data: Any, spec: KnobSpec, source: str, at: Locate | None = None
+) -> SearchSpace:
+    """Validate a search-space document against ``spec``; ``at(*keys)`` says where a key is
+    (``file:line:col``; without it every error names ``source``)."""
+    where: Locate = at or (lambda *keys: source)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise SpecError(f"{source}: a search space must be a mapping with 'knobs' and/or 'fixed'")
-    check_fields(data, ("knobs", "fixed"), source, SpecError, "top-level field")
+        raise SpecError(f"{where()}: a search space must be a mapping with 'knobs' and/or 'fixed'")
+    unknown = [key for key in data if key not in ("knobs", "fixed")][:1]
+    check_fields({k: None for k in unknown}, ("knobs", "fixed"), where(*unknown), SpecError,
+                 "top-level field")
     knobs = data.get("knobs")
     fixed_raw = {} if data.get("fixed") is None else data["fixed"]
     if knobs is not None and (not isinstance(knobs, Mapping) or not knobs):
-        raise SpecError(f"{source}: field 'knobs' must be a non-empty mapping of knob to override")
+        raise SpecError(
+            f"{where('knobs')}: field 'knobs' must be a non-empty mapping of knob to override"
+        )
     if not isinstance(fixed_raw, Mapping):
-        raise SpecError(f"{source}: field 'fixed' must be a mapping of knob to value")
-    fixed: dict[str, Scalar] = {}
-    for name, raw in fixed_raw.items():
-        knob = _lookup(spec, name, source)
-        value = knob.coerce(raw)
-        problem = knob.problem_with(value)
-        if problem:
-            raise SpecError(f"{source}: fixed knob '{name}': {problem}")
-        fixed[knob.name] = value
+        raise SpecError(f"{where('fixed')}: field 'fixed' must be a mapping of knob to value")
+    fixed = _fixed(fixed_raw, spec, where)
     if knobs is None:
         tuned = tuple(k for k in spec.knobs if k.name not in fixed)
     else:
         tuned_list = []
         for name, body in knobs.items():
-            knob = _lookup(spec, name, source)
+            here = where("knobs", name)
+            knob = _lookup(spec, name, here)
             if knob.name in fixed:
                 raise SpecError(
-                    f"{source}: knob '{name}' is both tuned and fixed; keep it in one section"
+                    f"{here}: knob '{name}' is both tuned and fixed; keep it in one section"
                 )
-            tuned_list.append(_narrow(knob, body, f"{source}: knob '{name}'"))
+            tuned_list.append(_narrow(
+                knob, body, lambda *field, n=name: f"{where('knobs', n, *field)}: knob '{n}'"))
         tuned = tuple(tuned_list)
     if not tuned:
-        raise SpecError(f"{source}: no knob left to tune; list at least one under 'knobs'")
+        raise SpecError(f"{where('knobs' if knobs is not None else 'fixed')}: no knob left to "
+                        "tune; list at least one under 'knobs'")
     return SearchSpace(spec=spec, tuned=tuned, fixed=fixed)
+
+
+def _fixed(fixed_raw: Mapping[Any, Any], spec: KnobSpec, where: Locate) -> dict[str, Scalar]:
+    """The pinned knobs of a search space, each value checked against its knob."""
+    fixed: dict[str, Scalar] = {}
+    for name, raw in fixed_raw.items():
+        here = where("fixed", name)
+        knob = _lookup(spec, name, here)
+        value = knob.coerce(raw)
+        problem = knob.problem_with(value)
+        if problem:
+            raise SpecError(f"{here}: fixed knob '{name}': {problem}")
+        fixed[knob.name] = value
+    return fixed
 
 
 def _lookup(spec: KnobSpec, name: Any, source: str) -> Knob:
     if not isinstance(name, str) or name not in spec:
         raise SpecError(
-            f"{source}: unknown knob '{name}' for target '{spec.target}'"
+            f"{source}: unknown knob {excerpt(str(name))} for target '{spec.target}'"
             f"{did_you_mean(str(name), spec.names)}"
         )
     return spec[name]
 
 
 def load_space(path: str | os.PathLike[str], spec: KnobSpec) -> SearchSpace:
-    """Load a search-space file (``--space FILE``) and validate it against ``spec``."""
-    return parse_space(load_yaml(path, SpecError), spec, display_path(path))
+    """Load a search-space file (``--space FILE``, at most ``KNOBFLOW_MAX_SPACE_FILE_BYTES``)
+    and validate it against ``spec``; every error names the file, line and column."""
+    doc = read_yaml(path, SPACE_FILE, SpecError, empty=(
+        "list the knobs to tune under 'knobs:', or leave out --space to tune every knob"))
+    return parse_space(doc.data, spec, doc.source, doc.at)
 
 
 def space_for_knobs(spec: KnobSpec, names: Sequence[str], source: str = "--knobs") -> SearchSpace:

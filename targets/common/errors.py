@@ -76,12 +76,19 @@ def fmt_quantity(value: Any, unit: str | None) -> str:
     return f"{fmt_value(value)} {unit}" if unit else fmt_value(value)
 
 
+#: A value longer than this is shown in a message as its start and its length: a message never
+#: echoes a file's content beyond a short excerpt.
+SHOWN_CHARS = 80
+
+
 def fmt_value(value: Any) -> str:
-    """A value as a user wrote it in YAML (strings quoted, bools lower-case)."""
+    """A value as a user wrote it in YAML (strings quoted, bools lower-case), shortened to an
+    excerpt when it is long."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    return repr(value) if isinstance(value, float) else str(value)
+    text = repr(value) if isinstance(value, str | float) else str(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS - 20]}... ({len(text)} characters)"

@@ -1,20 +1,47 @@
-"""Files: paths as a user reads them, writes that a crash never leaves half done, and locks.
+"""Files: paths as a user reads them, the files users name, writes that a crash never leaves
+half done, and locks.
 
 * ``display_path``: a path relative to the working directory or the repository when it can be;
+* ``read_user_file``: a file the user names (a search space, workload, config, rule file, import),
+  bounded: at most its kind's bytes (``UserFile``; each limit is raised with its environment
+  variable), checked with ``stat`` before it is opened and again while it is read, so a device
+  (``/dev/zero``) stops at the limit; a FIFO or a socket is refused, never waited on;
+  ``excerpt`` quotes a bit of a file's content in a message;
 * ``atomic_path``, ``write_text_atomic``: a crash never leaves half a file behind;
 * ``file_lock``: processes sharing a home take turns (``filelock``).
 
-Only the standard library is imported here: the trial process writes its result with it.
+The kinds of user files and their bounds (bytes; overrides in the environment):
+
+====================  =======  ====================================
+search space          64 KiB   ``KNOBFLOW_MAX_SPACE_FILE_BYTES``
+workload              64 KiB   ``KNOBFLOW_MAX_WORKLOAD_FILE_BYTES``
+config (validate)     64 KiB   ``KNOBFLOW_MAX_CONFIG_FILE_BYTES``
+expert import (CSV)   4 MiB    ``KNOBFLOW_MAX_IMPORT_FILE_BYTES``
+knob spec             1 MiB    ``KNOBFLOW_MAX_SPEC_FILE_BYTES``
+rule file             1 MiB    ``KNOBFLOW_MAX_RULE_FILE_BYTES`` (``rules.parse``'s own)
+====================  =======  ====================================
+
+Only the standard library (and ``errors``, which needs nothing else) is imported here: the trial
+process writes its result with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "display_path", "file_lock", "write_text_atomic"]
+from targets.common.errors import KnobflowError, fmt_value
+
+__all__ = [
+    "CONFIG_FILE", "IMPORT_FILE", "SPACE_FILE", "SPEC_FILE", "WORKLOAD_FILE", "UserFile",
+    "atomic_path", "display_path", "env_limit", "excerpt", "file_lock", "read_user_file",
+    "write_text_atomic",
+]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,3 +96,133 @@ def file_lock(path: str | os.PathLike[str], timeout: float = -1) -> Iterator[Non
         yield
     finally:
         lock.release()
+
+
+# -- files the user names ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UserFile:
+    """A kind of file users name, and its bounds: ``max_bytes`` (raised with the environment
+    variable ``variable``), the longest value (a YAML scalar, key or value) it may hold, and what
+    to do when it is too big (``shrink``)."""
+
+    what: str
+    variable: str
+    max_bytes: int
+    shrink: str
+    max_value_chars: int = 256
+
+
+SPACE_FILE = UserFile("search space file", "KNOBFLOW_MAX_SPACE_FILE_BYTES", 64 << 10,
+                      "list only the knobs you tune")
+WORKLOAD_FILE = UserFile("workload file", "KNOBFLOW_MAX_WORKLOAD_FILE_BYTES", 64 << 10,
+                         "keep only the workload's parameters")
+CONFIG_FILE = UserFile("config file", "KNOBFLOW_MAX_CONFIG_FILE_BYTES", 64 << 10,
+                       "keep only the knobs and their values")
+IMPORT_FILE = UserFile("CSV to import", "KNOBFLOW_MAX_IMPORT_FILE_BYTES", 4 << 20,
+                       "split it into several files")
+SPEC_FILE = UserFile("knob spec", "KNOBFLOW_MAX_SPEC_FILE_BYTES", 1 << 20,
+                     "shorten it", max_value_chars=4096)
+
+#: files never opened: reading a FIFO waits for a writer; a socket cannot be read as a file
+_NOT_READ = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def env_limit(variable: str, default: int, error: type[KnobflowError] = KnobflowError) -> int:
+    """A limit from the environment variable ``variable`` (a whole number above 0), else
+    ``default``; anything else there is an ``error``."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise error(f"{variable}={text!r}: must be a whole number above 0 (default {default})")
+    return int(text)
+
+
+def excerpt(value: Any, limit: int = 40) -> str:
+    """``value`` for a message, as written in YAML (``fmt_value``: text quoted), cut to about
+    ``limit`` characters: a file's content is never echoed beyond a short excerpt."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}..."
+    text = fmt_value(value)
+    return text if len(text) <= limit + 20 else f"{text[:limit]}..."
+
+
+def read_user_file(
+    path: str | os.PathLike[str],
+    kind: UserFile,
+    error: type[KnobflowError] = KnobflowError,
+    encoding: str = "utf-8",
+) -> str:
+    """The text of a file the user named, bounded before it is read: a missing file, a
+    directory, a FIFO or socket, a file over ``kind``'s byte limit, or text that is not
+    ``encoding`` is an ``error`` naming the file and the fix. The size is checked with ``stat``
+    before the file is opened; the read stops one byte past the limit whatever ``stat`` said (a
+    device such as ``/dev/zero``, a file that grows, ``/proc``), and never waits (a FIFO is not
+    opened, a terminal with nothing to read is an error)."""
+    shown = display_path(path)
+    limit = env_limit(kind.variable, kind.max_bytes, error)
+    try:
+        _check_kind(os.stat(path), shown, kind, limit, error)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO swapped in: no wait
+        try:
+            _check_kind(os.fstat(fd), shown, kind, limit, error)
+            data = _read_at_most(fd, limit + 1)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise error(f"{shown}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{shown}: cannot read: it is a directory; name a file") from None
+    except BlockingIOError:
+        raise error(f"{shown}: cannot read: it has nothing to read yet (a terminal or a device); "
+                    f"save the {kind.what} as a regular file and name that") from None
+    except OSError as exc:
+        raise error(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise _too_big(shown, None, kind, limit, error)
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise error(f"{shown}: cannot read: {exc}") from None
+
+
+def _read_at_most(fd: int, count: int) -> bytes:
+    """Up to ``count`` bytes of ``fd``: fewer only at its end."""
+    chunks: list[bytes] = []
+    left = count
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _check_kind(
+    status: os.stat_result, shown: str, kind: UserFile, limit: int,
+    error: type[KnobflowError],
+) -> None:
+    """A regular file within the limit, or a device (read up to the limit), passes; a
+    directory, a FIFO or a socket is an ``error``."""
+    if stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError
+    for test, name in _NOT_READ:
+        if test(status.st_mode):
+            raise error(
+                f"{shown}: cannot read: it is {name}, not a regular file; save the {kind.what} "
+                "as a regular file and name that"
+            )
+    if status.st_size > limit:
+        raise _too_big(shown, status.st_size, kind, limit, error)
+
+
+def _too_big(
+    shown: str, size: int | None, kind: UserFile, limit: int, error: type[KnobflowError]
+) -> KnobflowError:
+    """The file is over the byte limit (``size`` from stat, None if only reading showed it)."""
+    over = f"{size} bytes, more than" if size is not None else "more than"
+    return error(
+        f"{shown}: the file is {over} the {limit} bytes a {kind.what} may hold; {kind.shrink}, "
+        f"or raise the limit with the environment variable {kind.variable}"
+    )

@@ -73,6 +73,31 @@ def test_spec_path_is_a_directory(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+def test_a_spec_file_is_bounded_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "spec.yaml"
+    shutil.copy(DATA / "good" / "specs" / "minimal.yaml", path)
+    size = path.stat().st_size
+    monkeypatch.setenv("KNOBFLOW_MAX_SPEC_FILE_BYTES", str(size))
+    assert len(load_spec(path)) >= 1  # at the limit: read
+    monkeypatch.setenv("KNOBFLOW_MAX_SPEC_FILE_BYTES", str(size - 1))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert_one_line(str(info.value), (
+        f"{display_path(path)}: the file is {size} bytes, more than the {size - 1} bytes a knob "
+        "spec may hold; shorten it, or raise the limit with the environment variable "
+        "KNOBFLOW_MAX_SPEC_FILE_BYTES"
+    ))
+
+
+def test_a_long_value_in_a_message_is_a_short_excerpt() -> None:
+    knob = Knob(name="n", type="int", default=1, low=1, high=8)
+    assert knob.problem_with("x" * 10_000) == f"'{'x' * 40}'... is not an integer"
+    assert knob.problem_with([0] * 10_000).endswith("... is not an integer")
+    assert len(knob.problem_with([0] * 10_000) or "") < 80
+
+
 def test_parse_spec_names_its_source() -> None:
     data = {"target": "t", "knobs": {"n": {"type": "int", "range": [1, 8], "default": 9}}}
     with pytest.raises(SpecError) as info:
