@@ -20,8 +20,8 @@ from rules.language import RuleError, compile_expression
 from rules.rule import ACTIONS, FIELDS, KINDS, SEVERITIES, Rule, config_symbols, trigger_symbols
 from targets.base import Target
 from targets.common.errors import did_you_mean, fmt_value
-from targets.common.files import display_path
-from targets.common.yamlfiles import UniqueKeyLoader, yaml_problem
+from targets.common.files import display_path, env_limit
+from targets.common.yamlfiles import parse_document
 from targets.spec import KnobSpec
 
 __all__ = ["MAX_RULES", "MAX_RULE_FILE_BYTES", "load_rule_file", "parse_rules", "rule_from_dict"]
@@ -76,16 +76,7 @@ def parse_rules(
     workload: Mapping[str, Any] | None = None,
 ) -> list[Rule]:
     """Parse and check a rule file's text; every error names file, line, column and rule."""
-    loader = None
-    try:
-        loader = UniqueKeyLoader(text)
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as exc:
-        raise RuleError(f"{source}{yaml_problem(exc, text)}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+    data, root = parse_document(text, source, RuleError)
     if isinstance(data, Mapping) and "rules" in data and not isinstance(data["rules"], list):
         node = next(v for k, v in root.value if k.value == "rules")
         raise RuleError(
@@ -138,13 +129,7 @@ def _check_rule_count(bodies: list[Any], nodes: yaml.SequenceNode, source: str) 
 
 
 def _limit(variable: str, default: int) -> int:
-    """A limit from the environment (a whole number above 0), else ``default``."""
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
-        raise RuleError(f"{variable}={text!r}: must be a whole number above 0 (default {default})")
-    return int(text)
+    return env_limit(variable, default, RuleError)
 
 
 def _parse_rule(

@@ -27,7 +27,7 @@ from targets.common.files import UserFile, display_path, excerpt, read_user_file
 
 __all__ = [
     "MAX_DEPTH", "MAX_EXPANDED", "TooBig", "UniqueKeyLoader", "YamlDocument", "load_yaml",
-    "read_yaml", "yaml_problem",
+    "parse_document", "read_yaml", "yaml_problem",
 ]
 
 #: levels of nesting a document may have (a knob spec needs 4, a rule file 3)
@@ -228,19 +228,26 @@ def read_yaml(
     """
     text = read_user_file(path, kind, error)
     shown = display_path(path)
+    data, root = parse_document(text, shown, error, kind)
+    if root is None and empty is not None:
+        raise error(f"{shown}: the file holds no settings (it is empty or only comments); {empty}")
+    return YamlDocument(data, root, shown)
+
+
+def parse_document(text: str, shown: str, error: type[KnobflowError],
+                   kind: UserFile | None = None) -> tuple[Any, yaml.Node | None]:
+    """The data of one YAML document and its node tree (for positions), read with
+    ``UniqueKeyLoader``; a mistake is an ``error`` naming ``shown``, line and column."""
     loader = None
     try:
         loader = UniqueKeyLoader(text, kind)  # (a control character is refused here)
         root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
+        return (loader.construct_document(root) if root is not None else None), root
     except yaml.YAMLError as exc:
         raise error(f"{shown}{yaml_problem(exc, text)}") from None
     finally:
         if loader is not None:
             loader.dispose()
-    if root is None and empty is not None:
-        raise error(f"{shown}: the file holds no settings (it is empty or only comments); {empty}")
-    return YamlDocument(data, root, shown)
 
 
 def load_yaml(
