@@ -127,13 +127,15 @@ def compare(args: argparse.Namespace) -> None:
     script = Path(__file__).resolve()
     flags = ["--json", "--trials", str(args.trials), "--duration", str(args.duration),
              "--seed", str(args.seed), "--small", str(args.small)]
-    results: dict[str, list[dict[str, float]]] = {args.compare: [], "this tree": []}
+    here = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo, text=True,
+                          capture_output=True, check=False).stdout.strip() or "this tree"
+    results: dict[str, list[dict[str, float]]] = {args.compare: [], here: []}
     with tempfile.TemporaryDirectory(prefix="knobflow-compare-") as tmp:
         other = Path(tmp) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", str(other), args.compare],
                        cwd=repo, check=True, capture_output=True)
         try:
-            trees = {args.compare: other, "this tree": repo}
+            trees = {args.compare: other, here: repo}
             for r in range(args.rounds):
                 order = list(trees) if r % 2 == 0 else list(trees)[::-1]  # A B, B A, ...
                 for label in order:
