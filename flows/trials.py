@@ -3,7 +3,8 @@
 Each job writes its own rows once, at its end, to ``<home>/tables/<service>/<study>.parquet``
 (cost grows with the job, not with the service's history); imported expert rows live in
 ``<home>/expert/<service>.parquet``. ``service_table`` is their union, rebuilt from the Optuna
-study (the source of truth) for a job that ended without writing its rows.
+study (the source of truth) for a job that has not finished (it may not have written its rows, or
+has trials since: a resumed job).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from flows.job import Job, recorded_jobs
-from tuners.study import journal_path, open_study
+from flows.job import Job, JobStatus, recorded_jobs
+from tuners.study import open_study, study_names
 from tuners.trials import as_table, read_parquet, study_rows, write_parquet
 
 
@@ -28,8 +29,8 @@ def expert_path(home: Path, service: str) -> Path:
 
 def jobs_of(home: Path, service: str) -> list[Job]:
     """The jobs of ``service`` (every instance) that have a study on disk."""
-    return [j for j in recorded_jobs(home)
-            if j.service == service and journal_path(home, j.study_name).exists()]
+    names = set(study_names(home))
+    return [j for j in recorded_jobs(home) if j.service == service and j.study_name in names]
 
 
 def job_rows(job: Job, study: optuna.Study | None = None) -> pd.DataFrame:
@@ -52,9 +53,8 @@ def service_table(home: Path, service: str) -> pd.DataFrame:
     parts = []
     for job in jobs_of(home, service):
         path = job_table_path(job)
-        stale = not path.exists() or (
-            path.stat().st_mtime < journal_path(home, job.study_name).stat().st_mtime
-        )
+        # a finished job wrote its rows last; one that runs, or was interrupted, may have more
+        stale = job.status != JobStatus.FINISHED or not path.exists()
         parts.append(job_rows(job) if stale else pd.read_parquet(path))
     parts.append(read_parquet(expert_path(home, service)))
     records = [r for part in parts if not part.empty for r in part.to_dict(orient="records")]

@@ -48,7 +48,7 @@ from tasks.track import JobTracker, close_killed_runs, start_tracking
 from tasks.train import train_service_models
 from tasks.verify import Verification, verify_best
 from tuners.space import SearchSpace
-from tuners.study import open_job_study
+from tuners.study import metric_name, open_job_study
 from tuners.trials import ATTR, TrialOutcome, best_trial
 
 __all__ = ["tune"]
@@ -84,7 +84,8 @@ def tune(target: str, **options: Any) -> RunSummary:
         for warning in warnings:
             logger.warning("rules: %s", warning)
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
-                               space.default_params(), resume)
+                               space.default_params(), resume,
+                               metric_name(job.objective, relative=job.baseline_every > 0))
         table = service_table(job.home, job.service)
         plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
         tracker = _start_tracking(job, space, study, resume)

@@ -45,7 +45,6 @@ class ExploreStats:
     blocked_by: dict[str, int] = field(default_factory=dict)
     best_value: float | None = None
     best_number: int | None = None
-    worst_value: float | None = None
 
 
 TrialListener = Callable[[int, TrialOutcome, ExploreStats], None]
@@ -178,9 +177,7 @@ class Exploration:
             self.stats.blocked += 1
             for failure in verdict.errors:
                 self.stats.blocked_by[failure.rule] = self.stats.blocked_by.get(failure.rule, 0) + 1
-            worst = self.stats.worst_value
-        placeholder = worst if worst is not None else (0.0 if self.maximize else 1e30)
-        self.guard.block(self.study, trial, config, verdict, placeholder)
+        self.guard.block(self.study, trial, config, verdict)  # infeasible, with no value
         return None
 
     def _run_one(self, trial: optuna.trial.Trial, config: dict[str, Any],
@@ -245,8 +242,6 @@ class Exploration:
         assert outcome.value is not None
         if stats.best_value is None or self._beats(outcome.value, stats.best_value):
             stats.best_value, stats.best_number = outcome.value, number
-        if stats.worst_value is None or self._beats(stats.worst_value, outcome.value):
-            stats.worst_value = outcome.value
 
     def _beats(self, a: float, b: float) -> bool:
         return a > b if self.maximize else a < b

@@ -1,7 +1,9 @@
 """The rule engine inside the trial manager: no candidate runs before the rules have checked it.
 
-A candidate an error rule blocks never runs: it is told to Optuna as infeasible (a constraint
-above zero, so the sampler learns to keep away), counted per rule, and reported. Warnings travel
+A candidate an error rule blocks never runs: it is told to Optuna as infeasible, the way Optuna
+marks one (``blocked_trial``): pruned with no value, and a ``rules`` constraint above zero, which
+TPE learns from (``tuners/samplers.py`` says what each sampler does with it). It is counted per
+rule and reported. Warnings travel
 with the trial. When a trial crashes, hangs or runs out of memory, a forbid rule for the region
 that caused it is proposed (``RuleLearner``), stored for review, and applies to every later
 candidate.
@@ -25,7 +27,14 @@ from rules.ruleset import RuleSet
 from targets.base import FailureClass, TrialStatus
 from targets.spec import KnobSpec
 from tuners.space import SearchSpace
-from tuners.trials import ATTR, RowStatus, TrialOutcome, blocked_record, ranked_trials
+from tuners.trials import (
+    ATTR,
+    RowStatus,
+    TrialOutcome,
+    blocked_record,
+    blocked_trial,
+    ranked_trials,
+)
 
 __all__ = ["MAX_BLOCKED_IN_A_ROW", "TIMEOUT_MARGIN", "CandidateGuard", "RuleLearner"]
 
@@ -52,13 +61,11 @@ class CandidateGuard:
         return self.rules.check(config)
 
     def block(self, study: optuna.Study, trial: optuna.trial.Trial, config: Mapping[str, Any],
-              verdict: Verdict, placeholder: float) -> None:
+              verdict: Verdict) -> None:
         """Tell a blocked candidate to Optuna as infeasible; nothing runs."""
         errors = verdict.errors
-        trial.set_user_attr(ATTR, blocked_record(config, [f.rule for f in errors],
-                                                 "; ".join(str(f) for f in errors)))
-        trial.set_constraint("rules", float(len(errors)))
-        study.tell(trial, placeholder)
+        blocked_trial(study, trial, blocked_record(config, [f.rule for f in errors],
+                                                   "; ".join(str(f) for f in errors)))
         with self._lock:
             self._in_a_row += 1
             in_a_row = self._in_a_row

@@ -9,7 +9,8 @@ from targets.common.exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "samplers": ("TUNERS", "make_sampler"),
     "space": ("SearchSpace", "load_space", "parse_space"),
-    "study": ("journal_path", "open_job_study", "open_study"),
+    "study": ("JOURNAL", "journal_path", "metric_name", "name_metric", "open_job_study",
+              "open_study", "storage_of", "study_names"),
     "trials": ("TrialOutcome", "TrialStatus", "best_trial", "finished_trials",
                "training_rows"),
 })

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from rules.ruleset import RuleSet
 
 __all__ = [
-    "ATTR", "IDENTITY", "PRIOR_ATTR", "RETRY_ATTR", "TRANSFER_ATTR", "RowStatus", "TrialOutcome",
-    "TrialStatus", "as_table", "best_trial", "blocked_record", "finished_trials", "is_blocked",
+    "ATTR", "BLOCKED_BY_ATTR", "BLOCKED_CONSTRAINT", "IDENTITY", "PRIOR_ATTR", "RETRY_ATTR",
+    "TRANSFER_ATTR", "RowStatus", "TrialOutcome", "TrialStatus", "as_table", "best_trial",
+    "blocked_record", "blocked_trial", "finished_trials", "is_blocked",
     "is_prior", "ranked_trials", "read_parquet", "requeue_interrupted", "study_rows",
     "training_rows", "trial_row", "write_parquet",
 ]
@@ -42,6 +43,8 @@ ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
 PRIOR_ATTR = "knobflow.prior"  # a sibling's trial added as a prior observation (transfer)
 RETRY_ATTR = "knobflow.retry_of"  # set on a trial re-enqueued for an interrupted one
 TRANSFER_ATTR = "knobflow.transfer"  # a trial queued by transfer: "model" or "sibling"
+BLOCKED_BY_ATTR = "blocked_by"  # the rules that kept a candidate from running (for dashboards)
+BLOCKED_CONSTRAINT = "rules"  # the Optuna constraint of a blocked candidate (> 0: infeasible)
 
 
 class RowStatus(enum.StrEnum):
@@ -120,6 +123,20 @@ def blocked_record(config: Mapping[str, Any], rules: list[str], message: str) ->
             "config": dict(config), "rules": rules, "message": message, "instance": ""}
 
 
+def blocked_trial(study: optuna.Study, trial: optuna.trial.Trial,
+                  record: Mapping[str, Any]) -> None:
+    """Tell ``trial`` (a candidate the rules kept from running, ``record`` its
+    ``blocked_record``) the way Optuna marks an infeasible trial: the constraint ``rules`` above
+    zero (how many rules it breaks) and no value, so no dashboard shows a measurement that was
+    never made. Its state is PRUNED, not FAIL: TPE reads the constraints of complete and pruned
+    trials only, and counts an infeasible one among the bad ones, so it learns to keep away;
+    Optuna never reports a pruned trial as the best."""
+    trial.set_user_attr(ATTR, dict(record))
+    trial.set_user_attr(BLOCKED_BY_ATTR, ", ".join(record["rules"]))
+    trial.set_constraint(BLOCKED_CONSTRAINT, float(max(1, len(record["rules"]))))
+    study.tell(trial, state=TrialState.PRUNED)
+
+
 # -- study queries ---------------------------------------------------------------------------------
 def _record(trial: FrozenTrial) -> dict[str, Any]:
     return trial.user_attrs.get(ATTR, {})
@@ -131,7 +148,8 @@ def is_prior(trial: FrozenTrial) -> bool:
 
 
 def is_blocked(trial: FrozenTrial) -> bool:
-    """A candidate the rules kept from running (told to Optuna as infeasible)."""
+    """A candidate the rules kept from running (told to Optuna as infeasible: ``blocked_trial``;
+    a study of before holds them as complete with a stand-in value)."""
     return _record(trial).get("status") == TrialStatus.BLOCKED
 
 

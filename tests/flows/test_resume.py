@@ -11,18 +11,14 @@ import optuna
 from conftest import invoke_cli, start_cli, trial_processes, wait_for
 from optuna.trial import TrialState
 
-from tuners.study import open_study
+from tuners.study import open_study, study_names
 
 
 def _study(home: Path) -> optuna.Study | None:
-    journals = list((home / "studies").glob("*.journal")) if (home / "studies").exists() else []
-    if not journals:
+    names = study_names(home)  # the studies in the home's one Optuna journal
+    if not names:
         return None
-    name = journals[0].stem
-    try:
-        return open_study(home, name, "maximize", optuna.samplers.RandomSampler(), create=False)
-    except KeyError:  # the journal is there, the job has not written the study into it yet
-        return None
+    return open_study(home, names[0], "maximize", optuna.samplers.RandomSampler(), create=False)
 
 
 def test_sigkill_then_resume_keeps_every_finished_trial(prefect_api: str, home: Path) -> None:

@@ -20,7 +20,7 @@ from rules.learn import LearnedRules, learned_path
 from rules.ruleset import RuleSet
 from targets.sqlite import SqliteTarget
 from targets.synthetic import SyntheticTarget
-from tuners.study import open_study
+from tuners.study import JOURNAL, open_study, storage_of
 
 FAST = {"duration": 0.0, "noise": 0.02}
 MIB = 2**20
@@ -73,8 +73,17 @@ def test_blocked_candidates_are_infeasible_for_the_tuner(prefect_api: str, home:
     assert blocked and summary.n_blocked == len(blocked)
     mine = [t for t in blocked if "no-big-x" in t.user_attrs["knobflow"]["rules"]]
     assert len(mine) == summary.blocked_by["no-big-x"] > 0
-    # told to Optuna as infeasible: a constraint above zero, for the sampler to keep away
-    assert all(t.constraints and min(t.constraints.values()) > 0 for t in blocked)
+    # told to Optuna the way it marks an infeasible trial: the constraint "rules" above zero
+    # (TPE keeps away), pruned with no value: nothing shows a measurement never made
+    assert {t.state for t in blocked} == {optuna.trial.TrialState.PRUNED}
+    assert all(t.value is None and t.values is None for t in blocked)
+    assert all(t.constraints == {"rules": 1.0} for t in blocked)
+    assert all(t.user_attrs["blocked_by"] == ", ".join(t.user_attrs["knobflow"]["rules"])
+               for t in blocked)
+    ran = [t for t in trials if t not in blocked]
+    assert all(t.constraints == {} and t.state != optuna.trial.TrialState.PRUNED for t in ran)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage_of(home / JOURNAL))
+    assert study.metric_names == ["throughput"]
     assert all(t.params["x"] > 0.5 for t in mine)
     assert all(c["x"] <= 0.5 for c in _ran(trials)) and len(_ran(trials)) == 8
     assert summary.best_config["x"] <= 0.5

@@ -35,7 +35,7 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tuners.study import open_study
+from tuners.study import open_study, study_names
 
 SQLITE = ["--set-workload", "rows=3000", "--set-workload", "ops=3000", "--verify-repeats", "2"]
 GONE_WITHIN = 2.0  # seconds after the kill
@@ -48,7 +48,7 @@ def _job(home: Path) -> dict | None:
 
 def _finished(home: Path) -> dict[int, tuple[dict, float | None]]:
     job = _job(home)
-    if job is None or not (home / "studies" / f"{job['study_name']}.journal").exists():
+    if job is None or job["study_name"] not in study_names(home):
         return {}
     try:
         study = open_study(home, job["study_name"], job["direction"],

@@ -8,7 +8,11 @@ import json
 import signal
 from pathlib import Path
 
+import optuna
 from conftest import invoke_cli, start_cli, trial_processes, wait_for
+from optuna.trial import TrialState
+
+from tuners.study import JOURNAL, storage_of
 
 FAST = ["--set-workload", "duration=0", "--verify-repeats", "2", "--no-train"]
 
@@ -46,7 +50,20 @@ def test_two_jobs_starting_together_on_a_fresh_home_both_run(
 ) -> None:
     jobs = [start_cli(["tune", "synthetic", "--instance", name, "--budget", "3", "--home",
                        str(home), *FAST, "--json"], prefect_api) for name in ("a", "b")]
+    summaries = []
     for job in jobs:
         out, err = job.communicate(timeout=300)
         assert job.returncode == 0, err
-        assert json.loads(out)["n_trials"] == 3
+        summaries.append(json.loads(out))
+        assert summaries[-1]["n_trials"] == 3
+    # both jobs wrote, at the same time, to the home's one Optuna journal (optuna-dashboard
+    # shows them together), and each kept its own trials
+    storage = storage_of(home / JOURNAL)
+    assert sorted(optuna.get_all_study_names(storage)) == sorted(
+        s["study_name"] for s in summaries)
+    assert not (home / "studies").exists()
+    for summary in summaries:
+        study = optuna.load_study(study_name=summary["study_name"], storage=storage)
+        assert study.metric_names == ["throughput"]
+        ran = [t for t in study.trials if t.state.is_finished() and t.state != TrialState.PRUNED]
+        assert len(ran) == 3
