@@ -14,7 +14,9 @@ only the trial process is left out, as it does not change what the sampler sees)
 
 Prints, per tuner and way of telling: candidates blocked per run (mean, max), the true value of
 the best measured config over the known optimum (median, worst), and runs the guard stopped
-(``MAX_BLOCKED_IN_A_ROW`` blocked in a row).
+(``MAX_BLOCKED_IN_A_ROW`` blocked in a row). For CMA-ES a third row: Optuna's own CmaEsSampler,
+which ignores constraints and only draws a blocked candidate again, against knobflow's, which
+reads blocked candidates as its worst draws (``tuners.samplers``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import random
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ from rules.language import RuleError
 from rules.ruleset import RuleSet
 from targets.synthetic import SyntheticTarget
 from tasks.guard import CandidateGuard
-from tuners.samplers import make_sampler
+from tuners.samplers import TUNERS, make_sampler
 from tuners.space import SearchSpace
 from tuners.trials import ATTR, BLOCKED_CONSTRAINT, blocked_record
 
@@ -59,10 +62,19 @@ def _imputed(study: optuna.Study, trial: optuna.trial.Trial, config: dict[str, A
     study.tell(trial, worst if worst is not None else 0.0)
 
 
+def _sampler(tuner: str, seed: int, way: str) -> optuna.samplers.BaseSampler:
+    if way == "plain":  # Optuna's own CMA-ES: a blocked draw is only drawn again
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed),
+            warn_independent_sampling=False)
+    return make_sampler(tuner, seed)
+
+
 def one_run(tuner: str, seed: int, budget: int, way: str, rules: RuleSet) -> dict[str, Any]:
-    """One search: ``budget`` candidates run, blocked ones told ``way`` ("imputed"/"pruned")."""
+    """One search: ``budget`` candidates run, blocked ones told ``way``: "imputed" (before),
+    "pruned" (now), "plain" (now, with Optuna's CMA-ES instead of knobflow's)."""
     space = SearchSpace.full(SyntheticTarget.knob_spec())
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(tuner, seed))
+    study = optuna.create_study(direction="maximize", sampler=_sampler(tuner, seed, way))
     study.enqueue_trial(space.default_params())
     guard, rng = CandidateGuard(rules), random.Random(seed)
     sigma = math.sqrt(math.log(1.0 + WORKLOAD["noise"] ** 2))
@@ -74,7 +86,7 @@ def one_run(tuner: str, seed: int, budget: int, way: str, rules: RuleSet) -> dic
         verdict = guard.check(config)
         if verdict.blocked:
             blocked += 1
-            if way == "pruned":
+            if way != "imputed":
                 try:
                     guard.block(study, trial, config, verdict)
                 except RuleError:
@@ -100,7 +112,14 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--tuners", default="tpe,cmaes,random")
     args = parser.parse_args()
+    if args.seeds < 1 or args.budget < 1:
+        parser.error("--seeds and --budget must be at least 1")
+    unknown = [t for t in args.tuners.split(",") if t not in TUNERS]
+    if unknown:
+        parser.error(f"--tuners: unknown tuner '{unknown[0]}'; one of {', '.join(TUNERS)}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
     with tempfile.TemporaryDirectory(prefix="knobflow-blocked-") as tmp:
         path = Path(tmp) / "block.yaml"
         path.write_text(yaml.safe_dump({"target": "synthetic", "rules": RULES}))
@@ -111,19 +130,20 @@ def main() -> None:
         for col in ("tuner", "blocked told as", "blocked per run (mean / max)",
                     "best true / optimum (median / worst)", "stopped", "s per run"):
             table.add_column(col)
+        labels = {"imputed": "complete, worst value (before)", "pruned": "pruned, no value (now)",
+                  "plain": "pruned, Optuna's own CMA-ES"}
         for tuner in args.tuners.split(","):
-            for way in ("imputed", "pruned"):
+            ways = ["imputed", "pruned"] + (["plain"] if tuner == "cmaes" else [])
+            for way in ways:
                 runs = [one_run(tuner, s, args.budget, way, rules) for s in range(args.seeds)]
                 counts = [r["blocked"] for r in runs]
                 ratios = [r["ratio"] for r in runs]
-                label = ("complete, worst value (before)" if way == "imputed"
-                         else "pruned, no value (now)")
-                table.add_row(tuner, label,
+                table.add_row(tuner, labels[way],
                               f"{statistics.mean(counts):.1f} / {max(counts)}",
                               f"{statistics.median(ratios):.3f} / {min(ratios):.3f}",
                               str(sum(r["stopped"] for r in runs)),
                               f"{statistics.mean(r['seconds'] for r in runs):.1f}",
-                              end_section=way == "pruned")
+                              end_section=way == ways[-1])
     Console(width=140).print(table)
 
 

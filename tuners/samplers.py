@@ -9,15 +9,19 @@ What each sampler does with a candidate the rules blocked (told as a pruned tria
 * ``tpe`` reads the constraints of complete and pruned trials and ranks infeasible ones among
   the bad: it learns to keep away from blocked regions (as it did from the stand-in value it was
   told before, which it never read: constraints come first);
-* ``cmaes`` learns only from complete trials: a blocked draw is drawn again from the same
-  distribution (resampling, a standard way for CMA-ES to keep inside constraints); its fallback
-  for categorical and bool knobs is TPE, which reads the constraints;
+* ``cmaes`` learns only from complete trials and ignores constraints: knobflow's CMA-ES
+  (``_cmaes_class``) sees each blocked candidate of its generation as a complete draw with the
+  worst value measured so far (only in what the sampler reads; the storage keeps no value), so
+  its distribution moves away as it did when that value was stored. Without it a blocked draw is
+  only drawn again (resampling) and half as many candidates again are blocked. Its fallback for
+  categorical and bool knobs is TPE, which reads the constraints;
 * ``random`` learns from nothing.
 
 ``benchmarks/blocked.py`` measures the search before and after (``benchmarks/RESULTS.md``)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING
 
@@ -41,13 +45,14 @@ def make_sampler(name: str, seed: int | None = None) -> BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
-        # it warns on every blocked candidate that it does not read constraints: it resamples
+        # it warns on every blocked candidate that it does not read constraints: it sees them
+        # as its worst draws instead (_cmaes_class)
         warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler",
                                 category=UserWarning)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # CMA-ES handles the numeric knobs; categorical and bool knobs fall back to TPE
-            return optuna.samplers.CmaEsSampler(
+            return _cmaes_class()(
                 seed=seed,
                 independent_sampler=optuna.samplers.TPESampler(seed=seed),
                 warn_independent_sampling=False,
@@ -56,3 +61,33 @@ def make_sampler(name: str, seed: int | None = None) -> BaseSampler:
         f"The 'tuner' option must be one of {', '.join(TUNERS)}. "
         f"Got '{name}' instead{did_you_mean(name, TUNERS)}."
     )
+
+
+@functools.cache
+def _cmaes_class() -> type[BaseSampler]:
+    """CMA-ES that learns from blocked candidates: it reads a pruned trial with a constraint
+    above zero as a complete one with the worst value measured so far (a stand-in the storage
+    never holds). Made when first asked for: Optuna is not imported with this module."""
+    import copy
+
+    import optuna
+    from optuna.study import StudyDirection
+    from optuna.trial import FrozenTrial, TrialState
+
+    class KnobflowCmaEs(optuna.samplers.CmaEsSampler):
+        def _get_trials(self, study: optuna.Study) -> list[FrozenTrial]:
+            trials = super()._get_trials(study)
+            blocked = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                       if any(v > 0 for v in t.constraints.values())]
+            values = [t.value for t in trials if t.value is not None]
+            if not blocked or not values:
+                return trials
+            worst = min(values) if study.direction == StudyDirection.MAXIMIZE else max(values)
+            seen = []
+            for trial in blocked:
+                stand_in = copy.copy(trial)  # a shallow copy: the stored trial stays as it is
+                stand_in.state, stand_in.value = TrialState.COMPLETE, worst
+                seen.append(stand_in)
+            return sorted(trials + seen, key=lambda t: t.number)
+
+    return KnobflowCmaEs

@@ -4,7 +4,8 @@
   Optuna trial (user attribute ``ATTR``) and is what MLflow and the trial table are built from.
   ``TrialStatus`` and ``FailureClass`` travel as enums from the trial process to MLflow.
 * Study queries (``finished_trials``, ``ranked_trials``, ``best_trial``, ``is_blocked``,
-  ``is_prior``, ``requeue_interrupted``) say what a study's trials mean to knobflow.
+  ``is_prior``, ``requeue_interrupted``) say what a study's trials mean to knobflow;
+  ``blocked_trial`` tells a candidate the rules blocked as an infeasible trial with no value.
 * The trial table: one row per trial of a service in one pandas schema (``IDENTITY`` first, then
   ``knob.*``, ``effective.*``, ``workload.*``, ``metric.*``, ``counter.*``, ``log.*`` and the
   gate's facts), exported as Parquet. ``value`` is what the tuner was told (a ratio when judged
