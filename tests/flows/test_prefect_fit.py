@@ -11,6 +11,7 @@ from uuid import UUID
 
 import yaml
 from conftest import invoke_cli, run_cli
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -27,7 +28,7 @@ PREFECT_LINE = re.compile(r"\| (INFO|WARNING|ERROR|DEBUG) +\| (prefect|Flow run|
                           r"|Starting temporary server|Stopping temporary server")
 
 
-def _parent_run(home: Path, run_id: str):  # noqa: ANN202 - an MLflow Run
+def _parent_run(home: Path, run_id: str) -> Run:
     uri = f"sqlite:///{home / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(run_id)
 
