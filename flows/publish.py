@@ -35,6 +35,10 @@ class JobFailed(Exception):
         super().__init__(message)
         self.summary = summary
 
+    def __reduce__(self) -> tuple[type[JobFailed], tuple[str, RunSummary]]:
+        """Pickled whole (Prefect may persist a Failed state's data)."""
+        return type(self), (str(self), self.summary)
+
 
 def flow_run_id() -> str | None:
     """The id of the Prefect flow run this code runs in (``None`` outside one)."""
