@@ -124,11 +124,12 @@ def _mlflow_lines(s: RunSummary) -> list[str]:
     if not s.mlflow_run_id:
         return []
     uri = s.tracking_uri or ""
+    page = f"#/experiments/{_experiment(s)}/runs/{s.mlflow_run_id}"
     if uri.startswith(("http://", "https://")):
-        where = f"[open the run]({uri.rstrip('/')}/#/experiments/{_experiment(s)}/runs/"\
-                f"{s.mlflow_run_id})"
-    else:
-        where = f"open the UI with `mlflow ui --backend-store-uri {uri} --host 127.0.0.1`"
+        where = f"[open the run]({uri.rstrip('/')}/{page})"
+    else:  # an embedded store: its UI is served on demand
+        where = (f"open the UI with `mlflow ui --backend-store-uri {uri} --host 127.0.0.1`, "
+                 f"then <http://127.0.0.1:5000/{page}>")
     return ["## MLflow", "", f"Run `{s.mlflow_run_id}` in experiment `knobflow/{s.target}`: "
             f"{where}.", ""]
 

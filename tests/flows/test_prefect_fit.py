@@ -19,6 +19,8 @@ from prefect.client.schemas.objects import StateType
 
 from flows.publish import FLOW_RUN_TAG, artifact_key
 from flows.tune import tune
+from targets.common.errors import fmt_value
+from targets.synthetic import SyntheticTarget
 
 FAST = {"duration": 0.0, "noise": 0.02}
 JOB = ["tune", "synthetic", "--budget", "2", "--verify-repeats", "2",
@@ -77,16 +79,19 @@ def test_the_result_is_an_artifact_of_the_flow_run(prefect_api: str, home: Path)
             f"{summary.best_value:,.6g} | **{summary.gain:.2f}x** | {summary.gain_low:.2f}-"
             f"{summary.gain_high:.2f} | 2 |") in text
     # every knob of the best config beside its default, the changed ones marked
+    defaults = SyntheticTarget.knob_spec().defaults()
     for knob, value in summary.best_config.items():
-        assert re.search(rf"\| `{knob}` \| [^|]+ \| {re.escape(str(value))}[^|]* \|", text) \
-            or f"| `{knob}` |" in text, knob
+        mark = "" if defaults[knob] == value else "changed"
+        assert (f"| `{knob}` | {fmt_value(defaults[knob])} | {fmt_value(value)} | {mark} |"
+                in text), knob
     assert "| changed |" in text
     assert f"| best config | `{summary.best_config_file}` |" in text
     assert f"| trial table | `{summary.trial_table}` |" in text
     # the flow run names its MLflow run, and how to open it
+    page = f"#/experiments/{parent.info.experiment_id}/runs/{summary.mlflow_run_id}"
     assert (f"Run `{summary.mlflow_run_id}` in experiment `knobflow/synthetic`: open the UI with "
-            f"`mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --host 127.0.0.1`."
-            ) in text
+            f"`mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --host 127.0.0.1`, "
+            f"then <http://127.0.0.1:5000/{page}>.") in text
 
 
 def test_a_job_without_a_completed_trial_is_a_failed_flow_run(prefect_api: str, home: Path,
