@@ -10,11 +10,15 @@ tune flow then builds and runs the job, and the progress bar hears of it through
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
 import os
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -24,7 +28,7 @@ from typer.models import ParameterInfo
 from flows.spec import Cli, JobSpec
 from targets.common.errors import KnobflowError
 
-__all__ = ["given_spec", "spec_value", "tune_command"]
+__all__ = ["given_spec", "prefect_console", "spec_value", "tune_command"]
 
 _KW = inspect.Parameter.KEYWORD_ONLY
 #: Options of the command that are not options of the job.
@@ -90,8 +94,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     """Tune TARGET: explore configs, verify the best against the default, write it to a file."""
     resume, home, as_json, verbose = (values.pop(k) for k in
                                       ("resume", "home", "as_json", "verbose"))
-    if not verbose:  # before Prefect is imported: it reads its logging settings then
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    prefect_console(verbose)
     from flows.job import check_spec
     from model_registry.store import check_reachable
     from targets.common.settings import knobflow_home, tracking_uri, writable_home
@@ -101,12 +104,15 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     check_spec(spec, root, resume)  # before Prefect's server starts: bad input answers at once
     check_reachable(tracking_uri(root))
     from flows.progress import TuneProgress, print_summary
-    from flows.tune import tune
+    from flows.tune import JobFailed, tune
 
     out, err = Console(), Console(stderr=True)
     start_embedded_prefect_server()
-    with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress:
-        summary = tune(**spec.given(), resume=resume, home=str(root), progress=progress)
+    with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress, _logs_above_bar():
+        try:
+            summary = tune(**spec.given(), resume=resume, home=str(root), progress=progress)
+        except JobFailed as failed:  # the flow run is Failed; the summary says why (exit 1)
+            summary = failed.summary
     if as_json:
         text = json.dumps(summary.to_dict(), default=str)
         out.print_json(text) if out.is_terminal else print(text)
@@ -121,6 +127,50 @@ _PARAMETERS = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                *(_cli_parameter(name) for name in JobSpec.model_fields), *_COMMAND_ONLY]
 tune_command.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr-defined]
 tune_command.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
+
+
+#: Prefect's console handler (its logging.yml, overridden by environment): the level below which
+#: it prints nothing. Logs still reach the Prefect API, whose UI shows them with the flow run.
+_CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+
+
+def prefect_console(verbose: bool) -> None:
+    """Prefect's log lines (the flow's, its tasks', the temporary server's start and stop) on
+    the terminal only with ``--verbose``: without it they would land in the middle of the bar.
+    Set for Prefect's logging set-up (it reads the environment when first imported) and on the
+    handlers it has already made, if it was imported before (``CliRunner``, another entry)."""
+    if verbose:  # as Prefect's logging.yml has it: every line its loggers pass on
+        os.environ.pop(_CONSOLE_LEVEL, None)
+    else:
+        os.environ[_CONSOLE_LEVEL] = "CRITICAL"
+    for handler in _prefect_console_handlers():
+        handler.setLevel(logging.NOTSET if verbose else logging.CRITICAL)
+
+
+def _prefect_console_handlers() -> list[Any]:
+    """The console handlers of Prefect's logging set-up ([] before Prefect is imported)."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return []
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in
+                                      list(logging.root.manager.loggerDict))]
+    return [h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)]
+
+
+@contextlib.contextmanager
+def _logs_above_bar() -> Iterator[None]:
+    """With ``--verbose``, Prefect's lines go above the live bar, not through it: its handlers
+    write to ``sys.stderr`` as it is now (the bar's proxy) instead of the stream they kept."""
+    handlers = _prefect_console_handlers()
+    kept = [h.console.file for h in handlers]
+    for handler in handlers:
+        handler.console.file = sys.stderr
+    try:
+        yield
+    finally:
+        for handler, file in zip(handlers, kept, strict=True):
+            handler.console.file = file
 
 
 def _check_prefect_api(url: str, timeout: float = 5.0) -> None:

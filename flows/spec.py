@@ -266,6 +266,9 @@ def with_spec_signature(extra: list[inspect.Parameter], returns: Any) -> Callabl
         fn.__annotations__ = {**{p.name: p.annotation for p in params}, "return": returns}
         lines = [f"    {name}: {field.description}"
                  for name, field in JobSpec.model_fields.items()]
+        lines += [f"    {p.name}: {meta.description}" for p in extra
+                  for meta in getattr(p.annotation, "__metadata__", ())
+                  if getattr(meta, "description", None)]
         fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\nArgs:\n" + "\n".join(lines) + "\n"
         return fn
 

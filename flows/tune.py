@@ -9,6 +9,11 @@ knobflow tune sqlite --budget 20
   verify_best             tasks/verify.py      best vs default, interleaved repeats
   train_service_models    tasks/train.py       surrogate models; the champion moves if better
   report                  flows/report.py      best.yaml, result.json, history.png
+  publish_result          flows/publish.py     the result as an artifact of the flow run
+
+A job without a usable result (no trial completed, no config found or verified) ends Failed
+(``flows.publish.no_result``) after everything it kept is written; a direct call then raises
+``JobFailed``, which carries the summary.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import optuna
 import pandas as pd
@@ -27,6 +32,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.job import Job, JobStatus, hold_instance, prepare_job
+from flows.publish import FLOW_RUN_TAG, JobFailed, flow_run_id, no_result, publish_result
 from flows.report import RunSummary, TuneListener, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.trials import service_table, write_job_table
@@ -41,6 +47,7 @@ from targets.common.settings import (
     tracking_uri,
     writable_home,
 )
+from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
 from tasks.runner import TrialRunner
@@ -51,7 +58,7 @@ from tuners.space import SearchSpace
 from tuners.study import metric_name, open_job_study
 from tuners.trials import ATTR, TrialOutcome, best_trial
 
-__all__ = ["tune"]
+__all__ = ["JobFailed", "tune"]
 
 _KW = inspect.Parameter.KEYWORD_ONLY
 _EXTRA = [
@@ -64,7 +71,28 @@ _EXTRA = [
 ]
 
 
+F = TypeVar("F")
+
+
+def _installed_targets(fn: F) -> F:
+    """``target`` as an enum of the targets installed when the flow is loaded: Prefect's UI
+    offers them, and a deployment naming another is refused (``prefect deploy`` records the
+    schema; re-deploy after installing a target)."""
+    names = tuple(available_targets())
+    signature = inspect.signature(fn)  # type: ignore[arg-type]
+    if names:
+        target = signature.parameters["target"]
+        annotation = Annotated[Literal[names], Field(description=JobSpec.model_fields[
+            "target"].description)]  # type: ignore[valid-type]
+        fn.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+            target.replace(annotation=annotation),
+            *(p for p in signature.parameters.values() if p.name != "target")])
+        fn.__annotations__["target"] = annotation  # type: ignore[attr-defined]
+    return fn
+
+
 @flow(name="tune", log_prints=False)
+@_installed_targets
 @with_spec_signature(_EXTRA, RunSummary)
 def tune(target: str, **options: Any) -> RunSummary:
     """Tune ``target``: explore configs, verify the best against the default, write it to a
@@ -106,7 +134,8 @@ def tune(target: str, **options: Any) -> RunSummary:
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
                                         trial_table], plan, logger)
-        return summary
+        _publish(job, summary, logger)
+        return no_result(summary) or summary
 
 
 @contextlib.contextmanager
@@ -148,7 +177,8 @@ def _start_tracking(job: Job, space: SearchSpace, study: optuna.Study,
                 "trial_timeout": job.trial_timeout, "knobs": ",".join(space.names),
                 **{f"workload.{k}": v for k, v in job.workload.items()}},
         tags={"knobflow.study": job.study_name, "knobflow.target": job.target,
-              "knobflow.service": job.service, "knobflow.instance": job.instance})
+              "knobflow.service": job.service, "knobflow.instance": job.instance,
+              **_flow_run_tag()})
     job.mlflow_run_id = tracker.run_id
     job.save()
     if resume:  # what the killed job left open: its trials' child runs, its models' runs
@@ -214,13 +244,27 @@ def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[
                "n_failed", "n_blocked", "best_observed_value")
     tracker.finish_job(
         metrics={k: getattr(summary, k) for k in metrics}, artifacts=artifacts,
-        tags={"knobflow.best_trial": str(summary.best_trial), **_transfer_tags(plan)},
+        tags={"knobflow.best_trial": str(summary.best_trial), **_transfer_tags(plan),
+              **_flow_run_tag()},  # a resumed job: the flow run that finished it
         status="FINISHED" if summary.best_config is not None else "FAILED",
     )
     tracker.close()
     if tracker.errors:
         logger.warning("%d MLflow writes failed; first: %s", len(tracker.errors),
                        tracker.errors[0])
+
+
+def _flow_run_tag() -> dict[str, str]:
+    run_id = flow_run_id()
+    return {FLOW_RUN_TAG: run_id} if run_id else {}
+
+
+def _publish(job: Job, summary: RunSummary, logger: logging.Logger | Any) -> None:
+    """The result as an artifact of the flow run; a failure to publish loses nothing else."""
+    try:
+        publish_result(job, summary)
+    except Exception as exc:  # the API may be gone; the files and the MLflow run are written
+        logger.warning("the result artifact was not published: %s: %s", type(exc).__name__, exc)
 
 
 def _transfer_tags(plan: TransferPlan | None) -> dict[str, str]:

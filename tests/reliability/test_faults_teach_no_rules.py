@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import invoke_cli
 
-from flows.tune import tune
+from flows.tune import JobFailed, tune
 from rules.learn import LearnedRules, learned_path, propose_forbid
 from rules.ruleset import RuleSet
 from targets.common.errors import DiskFull
@@ -38,8 +38,10 @@ def test_a_timeout_shorter_than_the_defaults_own_trial_teaches_nothing(
     prefect_api: str, home: Path, tmp_path: Path
 ) -> None:
     # every trial, the default's included, lasts 1.5 s: a 1 s timeout times them all out
-    summary = tune("synthetic", budget=4, seed=1, trial_timeout=1.0, train=False,
-                   workload={"duration": 1.5, "noise": 0.0}, home=str(home))
+    with pytest.raises(JobFailed) as failed:  # no trial completed: the flow run is Failed
+        tune("synthetic", budget=4, seed=1, trial_timeout=1.0, train=False,
+             workload={"duration": 1.5, "noise": 0.0}, home=str(home))
+    summary = failed.value.summary
     assert summary.failure_classes == {"timeout": 4}
     assert summary.learned_rules == [] and _learned(home, "synthetic") == []
     checked = invoke_cli(["validate", "synthetic", str(_default_file(tmp_path)),
@@ -53,8 +55,10 @@ def test_a_failure_the_default_config_shares_teaches_nothing(
     space = tmp_path / "space.yaml"  # every config crashes, the default's too (compress, threads)
     space.write_text(yaml.safe_dump({"knobs": {"x": {}, "buffer_kb": {}},
                                      "fixed": {"threads": 60, "compress": True}}))
-    summary = tune("synthetic", budget=5, seed=2, space_file=str(space), train=False,
-                   workload={"duration": 0.0}, home=str(home))
+    with pytest.raises(JobFailed) as failed:
+        tune("synthetic", budget=5, seed=2, space_file=str(space), train=False,
+             workload={"duration": 0.0}, home=str(home))
+    summary = failed.value.summary
     assert summary.failure_classes == {"crash": 5}
     assert summary.learned_rules == [] and _learned(home, "synthetic") == []
 
