@@ -20,6 +20,7 @@ from rich.table import Table
 
 from flows.job import Job
 from flows.report import NO_GAIN, WORSE, RunSummary, TuneListener, is_default_config
+from flows.spec import JobSpec
 from tasks.explore import ExploreStats
 from tuners.trials import TrialOutcome
 
@@ -199,7 +200,9 @@ def _print_learning(console: Console, s: RunSummary) -> None:
                       f"{', '.join(transfer['from_instances']) or 'siblings'}{model} "
                       f"(trials {', '.join(map(str, transfer['trials']))})")
     model_report = s.model or {}
-    if model_report.get("error"):
+    if s.model is None:
+        console.print(f"models: not trained: turned off ({JobSpec.flag('train')})")
+    elif model_report.get("error"):
         console.print("[yellow]warning:[/yellow] models not trained: "
                       + escape(str(model_report["error"])))
     elif model_report.get("skipped"):

@@ -104,8 +104,7 @@ def tune(target: str, **options: Any) -> RunSummary:
                 verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
                                        listener)
             trial_table = write_job_table(job, study)
-            model = _train(job) if job.train else {
-                "skipped": f"turned off ({JobSpec.flag('train')})"}
+            model = _train(job) if job.train else None  # the summary says it was turned off
             summary, files = report(
                 job, study, best, verification, time.monotonic() - began, space=space,
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
