@@ -130,7 +130,7 @@ def print_summary(console: Console, summary: RunSummary) -> None:
 def _config_table(s: RunSummary) -> Table:
     """The best config, with the default beside each knob it changes."""
     table = Table(title=f"best config (trial {s.best_trial})",
-                  caption="default: shown for the knobs it changes")
+                  caption="default: shown for changed knobs")
     table.add_column("knob")
     table.add_column("value")
     table.add_column("default")
@@ -179,10 +179,10 @@ def _print_rules(console: Console, s: RunSummary) -> None:
         console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}")
     if s.n_blocked:
         by_rule = ", ".join(f"{k} {v}" for k, v in s.blocked_by.items())
-        several = (", a candidate breaking several rules counted once under all of them"
+        several = (" (a candidate that breaks several rules is counted once, under all of them)"
                    if any(" + " in k for k in s.blocked_by) else "")
-        console.print(f"candidates blocked by rules (never run): {s.n_blocked} "
-                      f"({escape(by_rule)}{several})")
+        console.print(f"candidates blocked by rules (never run): {s.n_blocked}: "
+                      f"{escape(by_rule)}{several}")
     review = f"knobflow rules list {s.target}" + (
         f" --service {s.service}" if s.service and s.service != s.target else "")
     for rule in s.learned_rules:

@@ -151,8 +151,8 @@ def test_blocked_counts_add_up_to_the_blocked_total(prefect_api: str, home: Path
     assert set(by) <= {"no-big-x", "few-threads", "no-big-x + few-threads"}
     assert by.get("no-big-x + few-threads", 0) > 0  # a candidate breaking both, counted once
     counts = ", ".join(f"{k} {v}" for k, v in by.items())
-    assert (f"candidates blocked by rules (never run): {summary.n_blocked} ({counts}, a "
-            "candidate breaking several rules counted once under all of them)"
+    assert (f"candidates blocked by rules (never run): {summary.n_blocked}: {counts} (a "
+            "candidate that breaks several rules is counted once, under all of them)"
             in _printed(summary).splitlines())
 
 
@@ -203,3 +203,36 @@ def test_a_config_that_gives_up_durability_says_so_without_the_policy(
     assert (f"warning: {summary.best_config_file} gives up durability: synchronous='off' (rule "
             "durable-sync: synchronous=off loses committed transactions on power loss). Add "
             "--policy durability to hold it to that policy") in checked.stdout.splitlines()
+
+
+def _summary(**changes: object) -> RunSummary:
+    fields = dict(
+        target="rocksdb", service="rocksdb", instance="local", objective="ops_per_s",
+        direction="maximize", tuner="tpe", n_trials=20, n_failed=0, failure_classes={},
+        best_trial=7, best_config={"write_buffer_size": 134217728, "max_write_buffer_number": 2,
+                                   "compression": "lz4"},
+        best_observed_value=70112.5, best_value=61000.0, default_value=62000.0, gain=0.98,
+        gain_low=0.95, gain_high=0.99, gain_significant=False, verify_repeats=3,
+        verify_default_values=[], verify_best_values=[], verify_failures=[], workload={},
+        study_name="rocksdb-local-x", mlflow_run_id="abc", duration_s=1.0,
+        verdict="worse than the default", best_observed_runs=1,
+        default_config={"write_buffer_size": 67108864, "max_write_buffer_number": 2,
+                        "compression": "snappy"})
+    return RunSummary(**{**fields, **changes})
+
+
+def test_the_summary_says_which_best_is_which() -> None:
+    lines = _printed(_summary()).splitlines()
+    assert [line.split() for line in lines[5:8]] == [
+        ["│", "write_buffer_size", "│", "134217728", "│", "67108864", "│"],
+        ["│", "max_write_buffer_number", "│", "2", "│", "│"],
+        ["│", "compression", "│", "lz4", "│", "snappy", "│"]]
+    assert 'search: best trial 7 (ops_per_s 70,112.5, one run; the bar\'s "best trial")' in lines
+    assert ("verified, means of 3 interleaved re-measurements of each: ops_per_s default 62,000 "
+            "-> best 61,000  gain 0.98x (95% interval 0.95-0.99): worse than the default (the "
+            "whole interval is below 1): keep the default") in lines
+    # with --repeats the trial's value is a mean; with --baseline-every a ratio to the default
+    lines = _printed(_summary(best_observed_runs=3, best_observed_value=1.12,
+                              best_observed_raw=70112.5)).splitlines()
+    assert ('search: best trial 7 (1.12x the default measured beside it, ops_per_s 70,112.5, '
+            'the mean of 3 runs; the bar\'s "best trial")') in lines
