@@ -97,7 +97,7 @@ def tune(target: str, **options: Any) -> RunSummary:
             _explore(job, study, space, runner, guard, tracker, listener, logger)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
             verification = None
-            if best_is_default(job, best):  # the default against itself proves nothing
+            if best is not None and best_is_default(job, best):  # against itself: proves nothing
                 logger.info("%s: the best trial (%d) ran the default config; nothing to "
                             "verify", NO_GAIN, best.number)
             elif best is not None:

@@ -2,10 +2,9 @@
 
 A candidate an error rule blocks never runs: it is told to Optuna as infeasible (a constraint
 above zero, so the sampler learns to keep away), counted once under the rules it broke
-(``blocked_as``), and reported. Warnings travel
-with the trial. When a trial crashes, hangs or runs out of memory, a forbid rule for the region
-that caused it is proposed (``RuleLearner``), stored for review, and applies to every later
-candidate.
+(``blocked_as``), and reported. Warnings travel with the trial. When a trial crashes, hangs or
+runs out of memory, a forbid rule for the region that caused it is proposed (``RuleLearner``),
+stored for review, and applies to every later candidate.
 """
 
 from __future__ import annotations
