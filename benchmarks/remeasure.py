@@ -29,6 +29,9 @@ def run(target: str, seed: int, budget: int, repeats: int, home: Path) -> dict:
     from tasks.verify import verify_best
 
     summary = tune(target, budget=budget, seed=seed, home=str(home))
+    if summary.best_is_default:  # nothing was reported to hold up
+        return {"target": target, "seed": seed, "reported": (None, None, None),
+                "again": (None, None, None), "failures": [summary.verdict]}
     job = Job.load(home / "jobs" / summary.study_name / "job.json", home)
     runner = job.trial_runner()
     again = verify_best.fn(runner, job.target_cls.knob_spec().defaults(), summary.best_config,
@@ -63,6 +66,9 @@ def main() -> None:
     for r in results:
         g, lo, hi = r["reported"]
         a, alo, ahi = r["again"]
+        if g is None:
+            table.add_row(r["target"], str(r["seed"]), "; ".join(r["failures"]), "", "")
+            continue
         ok = a is not None and lo <= a <= hi
         inside += ok
         table.add_row(r["target"], str(r["seed"]), f"{g:.2f}x [{lo:.2f}, {hi:.2f}]",
@@ -82,6 +88,8 @@ def _plot(results: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
     for i, r in enumerate(results):
         g, lo, hi = r["reported"]
+        if g is None:
+            continue
         ax.errorbar([i - 0.1], [g], yerr=[[g - lo], [hi - g]], fmt="o", color="#4477aa",
                     capsize=4, label="reported by the job" if i == 0 else None)
         a, alo, ahi = r["again"]

@@ -56,7 +56,8 @@ def main() -> None:
                 ratios.setdefault(tuner, []).append(ratio)
                 table.add_row(tuner, str(seed), f"{ratio:.3f}", str(s["n_failed"]),
                               json.dumps(s["failure_classes"]),
-                              f"{s['gain']:.2f} [{s['gain_low']:.2f}, {s['gain_high']:.2f}]",
+                              f"{s['gain']:.2f} [{s['gain_low']:.2f}, {s['gain_high']:.2f}]"
+                              if s["gain"] is not None else s["verdict"],
                               f"{s['duration_s']:.0f}")
             table.add_row(tuner, "median", f"[bold]{statistics.median(ratios[tuner]):.3f}[/bold]",
                           "", "", "", "", end_section=True)

@@ -178,6 +178,7 @@ def validate_command(
     """Check a config against the rules: exit 0 if it passes, 3 if a rule blocks it."""
     from rules.learn import LearnedRules, learned_path
     from rules.ruleset import RuleSet
+    from targets.common.errors import fmt_value
     from targets.common.files import display_path
     from targets.common.settings import knobflow_home
     from targets.registry import load_target
@@ -196,6 +197,11 @@ def validate_command(
             table.add_row(f.rule, f.severity, f.message,
                           ", ".join(f"{k}={v}" for k, v in f.values.items()))
         out.print(table)
+    for name, broken in RuleSet.given_up(target_cls, values, rules or [], policy or []).items():
+        out.print(f"warning: {display_path(config)} gives up {name}: " + "; ".join(
+            f"{', '.join(f'{k}={fmt_value(v)}' for k, v in f.values.items())} (rule {f.rule}: "
+            f"{f.message})" for f in broken) + f". Add --policy {name} to hold it to that policy",
+            markup=False, highlight=False)
     verdict_text = "BLOCKED" if verdict.blocked else "passes"
     out.print(f"{display_path(config)}: {verdict_text} ({len(verdict.errors)} errors, "
               f"{len(verdict.warnings)} warnings, {len(ruleset.config_rules)} rules checked)")

@@ -1,8 +1,13 @@
-"""What an operator sees while a job runs: a live bar (trials, failures, best so far), a summary."""
+"""What an operator sees while a job runs: a live bar (trials, failures, the best trial so far),
+and a summary at the end. The bar's "best trial" is one trial's measurement (the mean of its
+repeats with ``--repeats``); the summary's "verified" values are the means of the re-measurement
+of the best config and the default, interleaved (``tasks/verify.py``), and it says which is which.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,7 +19,8 @@ from rich.progress import (
 from rich.table import Table
 
 from flows.job import Job
-from flows.report import RunSummary, TuneListener
+from flows.report import NO_GAIN, WORSE, RunSummary, TuneListener, is_default_config
+from flows.spec import JobSpec
 from tasks.explore import ExploreStats
 from tuners.trials import TrialOutcome
 
@@ -36,6 +42,7 @@ class TuneProgress(TuneListener):
             transient=False,
         )
         self.objective = ""
+        self.ratio = False
         self.explore_task = self.progress.add_task(
             f"tuning {label}", total=None, status="starting (Prefect, MLflow)"
         )
@@ -52,19 +59,24 @@ class TuneProgress(TuneListener):
 
     def job_started(self, job: Job, resume: bool) -> None:
         self.objective = job.objective
+        self.ratio = job.baseline_every > 0  # the tuner is told ratios to the default
         label = f"{job.target}/{job.instance}" + (" (resumed)" if resume else "")
         self.progress.update(self.explore_task, description=f"tuning {label}",
                              total=job.budget, status="starting")
         self.progress.update(self.verify_task, total=2 * job.verify_repeats)
 
     def trial_done(self, key: str, outcome: TrialOutcome, stats: ExploreStats) -> None:
-        best = "-" if stats.best_value is None else f"{stats.best_value:,.6g}"
+        if stats.best_value is None:
+            best = f"{self.objective} -"
+        elif self.ratio:
+            best = f"{stats.best_value:.3g}x the default"
+        else:
+            best = f"{self.objective} {stats.best_value:,.6g}"
         self.progress.update(
             self.explore_task,
             completed=stats.done,
             total=stats.budget,
-            status=f"failed {stats.failed} · blocked {stats.blocked} · best "
-            f"{self.objective} {best}",
+            status=f"failed {stats.failed} · blocked {stats.blocked} · best trial {best}",
         )
 
     def verify_done(self, key: str, outcome: TrialOutcome) -> None:
@@ -82,25 +94,27 @@ def print_summary(console: Console, summary: RunSummary) -> None:
     if not summary.best_config:
         console.print(
             f"[red]No trial completed[/red] ({summary.n_failed} failed: "
-            f"{summary.failure_classes}). See the trial logs under the job folder."
+            f"{escape(str(summary.failure_classes))}). See the trial logs under the job folder."
         )
         return
     console.print(f"job {summary.study_name}")
-    table = Table(title="best config")
-    table.add_column("knob")
-    table.add_column("value")
-    for k, v in summary.best_config.items():
-        table.add_row(k, str(v))
-    console.print(table)
+    if summary.best_is_default:
+        console.print(f"[yellow]{NO_GAIN}[/yellow]: the best trial ({summary.best_trial}) ran "
+                      f"the default config ({_search_value(summary)}); keep the default "
+                      "(nothing verified, no config file written)")
+    else:
+        console.print(_config_table(summary))
     console.print(
         f"trials: {summary.n_trials} ({summary.n_failed} failed"
-        + (f": {summary.failure_classes}" if summary.failure_classes else "")
+        + (f": {escape(str(summary.failure_classes))}" if summary.failure_classes else "")
         + ")"
     )
-    if summary.gain is None:
-        console.print("[red]verification failed:[/red] " + "; ".join(summary.verify_failures))
-        return
-    _print_gain(console, summary)
+    if not summary.best_is_default:
+        if summary.gain is None:
+            console.print("[red]verification failed:[/red] "
+                          + escape("; ".join(summary.verify_failures)))
+            return
+        _print_gain(console, summary)
     _print_rules(console, summary)
     _print_learning(console, summary)
     for path, label in ((summary.best_config_file, "best config file"),
@@ -113,18 +127,45 @@ def print_summary(console: Console, summary: RunSummary) -> None:
     )
 
 
+def _config_table(s: RunSummary) -> Table:
+    """The best config, with the default beside each knob it changes."""
+    table = Table(title=f"best config (trial {s.best_trial})",
+                  caption="default: shown for changed knobs")
+    table.add_column("knob")
+    table.add_column("value")
+    table.add_column("default")
+    for k, v in (s.best_config or {}).items():
+        default = s.default_config.get(k, v)
+        changed = not is_default_config({k: v}, {k: default})
+        table.add_row(escape(k), escape(str(v)), escape(str(default)) if changed else "")
+    return table
+
+
+def _search_value(s: RunSummary) -> str:
+    """The best trial's value in the search, and what it is (the bar's "best trial")."""
+    runs = "one run" if s.best_observed_runs <= 1 else f"the mean of {s.best_observed_runs} runs"
+    assert s.best_observed_value is not None
+    if s.best_observed_raw is not None:
+        return (f"{s.best_observed_value:.3g}x the default measured beside it, {s.objective} "
+                f"{s.best_observed_raw:,.6g}, {runs}")
+    return f"{s.objective} {s.best_observed_value:,.6g}, {runs}"
+
+
 def _print_gain(console: Console, s: RunSummary) -> None:
     verdict = (
-        "[green]better than the default[/green]"
-        if s.gain_significant
+        "[green]better than the default[/green]" if s.gain_significant
+        else f"[red]{WORSE} (the whole interval is below 1): keep the default[/red]"
+        if s.verdict == WORSE
         else "[yellow]not clearly better than the default (the interval includes 1)[/yellow]"
     )
     assert s.default_value is not None and s.best_value is not None
+    console.print(f"search: best trial {s.best_trial} ({_search_value(s)}; the bar's "
+                  "\"best trial\")")
     console.print(
-        f"{s.objective}: default {s.default_value:,.6g} -> best {s.best_value:,.6g}"
+        f"verified, means of {s.verify_repeats} interleaved re-measurements of each: "
+        f"{s.objective} default {s.default_value:,.6g} -> best {s.best_value:,.6g}"
         f"  gain [bold]{s.gain:.2f}x[/bold] "
-        f"(95% interval {s.gain_low:.2f}-{s.gain_high:.2f}, "
-        f"{s.verify_repeats} interleaved repeats): {verdict}"
+        f"(95% interval {s.gain_low:.2f}-{s.gain_high:.2f}): {verdict}"
     )
     if s.known_optimum_value is not None and s.best_true_value is not None:
         console.print(
@@ -134,15 +175,20 @@ def _print_gain(console: Console, s: RunSummary) -> None:
 
 
 def _print_rules(console: Console, s: RunSummary) -> None:
+    for text in s.policy_warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}")
     if s.n_blocked:
         by_rule = ", ".join(f"{k} {v}" for k, v in s.blocked_by.items())
-        console.print(f"candidates blocked by rules (never run): {s.n_blocked} ({by_rule})")
+        several = (" (a candidate that breaks several rules is counted once, under all of them)"
+                   if any(" + " in k for k in s.blocked_by) else "")
+        console.print(f"candidates blocked by rules (never run): {s.n_blocked}: "
+                      f"{escape(by_rule)}{several}")
     review = f"knobflow rules list {s.target}" + (
         f" --service {s.service}" if s.service and s.service != s.target else "")
     for rule in s.learned_rules:
-        console.print(f"[yellow]learned rule[/yellow] {rule} (review: {review})")
+        console.print(f"[yellow]learned rule[/yellow] {escape(rule)} (review: {review})")
     for text in s.rule_warnings + s.range_hints:
-        console.print(f"[yellow]warning:[/yellow] {text}")
+        console.print(f"[yellow]warning:[/yellow] {escape(text)}")
 
 
 def _print_learning(console: Console, s: RunSummary) -> None:
@@ -154,7 +200,12 @@ def _print_learning(console: Console, s: RunSummary) -> None:
                       f"{', '.join(transfer['from_instances']) or 'siblings'}{model} "
                       f"(trials {', '.join(map(str, transfer['trials']))})")
     model_report = s.model or {}
-    if model_report.get("error"):
-        console.print(f"[yellow]warning:[/yellow] models not trained: {model_report['error']}")
+    if s.model is None:
+        console.print(f"models: not trained: turned off ({JobSpec.flag('train')})")
+    elif model_report.get("error"):
+        console.print("[yellow]warning:[/yellow] models not trained: "
+                      + escape(str(model_report["error"])))
+    elif model_report.get("skipped"):
+        console.print(f"models: not trained: {escape(str(model_report['skipped']))}")
     elif model_report.get("line"):
         console.print(f"models: {model_report['line']}")

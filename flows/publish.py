@@ -86,6 +86,8 @@ def result_markdown(job: Job, summary: RunSummary) -> str:
 
 
 def _gain_lines(s: RunSummary) -> list[str]:
+    if s.best_is_default:  # nothing verified against itself
+        return [f"**{s.verdict}**", ""]
     if s.gain is None or s.default_value is None or s.best_value is None:
         failed = no_result(s)
         return [f"**No result**: {failed.message if failed else 'not verified'}", ""]
@@ -155,7 +157,8 @@ def publish_result(job: Job, summary: RunSummary) -> str | None:
         return None
     from prefect.artifacts import create_markdown_artifact
 
-    verdict = (f"gain {summary.gain:.2f}x" if summary.gain is not None else "no result")
+    verdict = (f"gain {summary.gain:.2f}x" if summary.gain is not None
+               else summary.verdict if summary.best_is_default else "no result")
     return str(create_markdown_artifact(
         markdown=result_markdown(job, summary), key=artifact_key(job.service, job.instance),
         description=f"knobflow tune {job.target}/{job.instance}: {verdict}"))

@@ -5,7 +5,9 @@ hears of it as it runs."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.job import Job
 from model_registry.transfer import TransferPlan
 from rules.review import range_hints
+from rules.rule import Failure
 from rules.ruleset import RuleSet
+from targets.common.errors import fmt_value
 from tasks.explore import ExploreStats
-from tasks.guard import CandidateGuard
+from tasks.guard import CandidateGuard, blocked_as
 from tasks.verify import Verification
 from tuners.space import SearchSpace
 from tuners.trials import (
@@ -33,7 +37,15 @@ from tuners.trials import (
     ranked_trials,
 )
 
-__all__ = ["RunSummary", "TuneListener", "report", "write_config_files"]
+__all__ = [
+    "NO_GAIN", "WORSE", "RunSummary", "TuneListener", "best_is_default", "is_default_config",
+    "policies_given_up", "report", "write_config_files",
+]
+
+#: What a job says when its best trial ran the default config (or one equal to it in every knob).
+NO_GAIN = "no config beat the default"
+#: ... and when the best trial's config, re-measured beside the default, is clearly worse.
+WORSE = "worse than the default"
 
 
 class TuneListener:
@@ -94,11 +106,26 @@ class RunSummary:
     range_hints: list[str] = field(default_factory=list)
     transfer: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
+    #: The best trial ran the default config (or one equal to it in every knob): nothing was
+    #: verified and no config file was written; ``verdict`` says NO_GAIN.
+    best_is_default: bool = False
+    #: The result in words: "no trial completed", NO_GAIN, "verification failed", "better than
+    #: the default", "not clearly better than the default", WORSE.
+    verdict: str = ""
+    #: The default of every knob of ``best_config`` (the best-config table shows it beside
+    #: each knob the best config changes).
+    default_config: dict[str, Any] = field(default_factory=dict)
+    #: The search's best trial: how many runs its value is the mean of, and, when the tuner was
+    #: told ratios to a baseline (``--baseline-every``), the measured mean itself.
+    best_observed_runs: int = 0
+    best_observed_raw: float | None = None
+    #: Policies (e.g. durability) the best config gives up, though the job did not turn them on.
+    policy_warnings: list[str] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
-        """A best config was found and verified (the command exits 0)."""
-        return self.best_config is not None and self.gain is not None
+        """A best config was found and verified, or the default was best (the command exits 0)."""
+        return self.best_config is not None and (self.gain is not None or self.best_is_default)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-able data (keys a job did not produce are left out)."""
@@ -118,21 +145,51 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def is_default_config(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
+    """Whether ``config`` sets every knob to its default (a knob it leaves out is at its
+    default; floats equal to a relative 1e-9)."""
+    for name, value in config.items():
+        default = defaults.get(name)
+        if isinstance(value, float) or isinstance(default, float):
+            if not (isinstance(value, int | float) and isinstance(default, int | float)
+                    and math.isclose(value, default, rel_tol=1e-9, abs_tol=1e-12)):
+                return False
+        elif value != default:
+            return False
+    return True
+
+
+def _verified(verification: Verification | None) -> str:
+    """The verification as a config file's header says it."""
+    if verification is None or verification.gain is None:
+        return "not verified"
+    interval = (f"gain {verification.gain:.3f}x [{verification.gain_low:.3f}, "
+                f"{verification.gain_high:.3f}] over the default, re-measured "
+                f"{len(verification.best_values)} times each")
+    if verification.significant:
+        return f"verified {interval}"
+    if verification.gain_high is not None and verification.gain_high < 1.0:
+        return f"WORSE than the default, keep the default: {interval}"
+    return f"NOT clearly better than the default: {interval} (the interval includes 1)"
+
+
 def write_config_files(
-    job: Job, config: dict[str, Any], verification: Verification | None
+    job: Job, config: dict[str, Any], verification: Verification | None,
+    best_is_default: bool = False, given_up: list[str] | None = None,
 ) -> dict[str, str]:
-    """Write the best config as YAML (knob -> value), and in the system's own format if any."""
+    """Write the best config as YAML (knob -> value), and in the system's own format if any;
+    nothing when the best is the default (files an earlier, killed run left are removed). The
+    header says the gain as verified and each policy the config gives up (``given_up``)."""
     job.dir.mkdir(parents=True, exist_ok=True)
-    if verification and verification.gain is not None:
-        gain = (
-            f"verified gain {verification.gain:.3f}x "
-            f"[{verification.gain_low:.3f}, {verification.gain_high:.3f}] over the default"
-        )
-    else:
-        gain = "not verified"
+    if best_is_default:
+        for name in ("best.yaml", f"best{job.target_cls.native_suffix or '.none'}"):
+            (job.dir / name).unlink(missing_ok=True)
+        return {}
+    gain = _verified(verification)
     header = (
         f"# knobflow best config for target '{job.target}', instance '{job.instance}'\n"
         f"# job {job.study_name}; objective {job.objective} ({job.direction}); {gain}\n"
+        + "".join(f"# WARNING: {line}\n" for line in given_up or [])
     )
     paths = {}
     yaml_path = job.dir / "best.yaml"
@@ -151,19 +208,36 @@ def write_config_files(
     return paths
 
 
-def _rules_part(study: optuna.Study, space: SearchSpace, ruleset: RuleSet,
+def policies_given_up(job: Job, config: Mapping[str, Any]) -> list[str]:
+    """What ``config`` gives up of the policies the job did not turn on (``--policy``): one line
+    per policy, naming each of its rules that ``config`` breaks. The rules are those of the
+    job's rule files, found as ``--policy`` finds them."""
+    broken = RuleSet.given_up(job.target_cls, config, job.rule_files, job.policies,
+                              job.workload)
+    return [f"the best config gives up {name}: {given_up_text(failures)}. Tune with --policy "
+            f"{name} to keep such configs out" for name, failures in broken.items()]
+
+
+def given_up_text(failures: list[Failure]) -> str:
+    """The rules of a policy a config breaks, with the values that break them."""
+    return "; ".join(
+        f"{', '.join(f'{k}={fmt_value(v)}' for k, v in f.values.items())} (rule {f.rule}: "
+        f"{f.message})" for f in failures)
+
+
+def _rules_part(job: Job, study: optuna.Study, space: SearchSpace, ruleset: RuleSet,
                 guard: CandidateGuard, warnings: list[str],
                 best: FrozenTrial | None) -> dict[str, Any]:
     """What the rules did in this job."""
-    by_rule: Counter[str] = Counter()
     blocked = [t for t in study.get_trials(deepcopy=False) if is_blocked(t)]
-    for t in blocked:
-        by_rule.update(t.user_attrs[ATTR]["rules"])
+    by_rules = Counter(blocked_as(t.user_attrs[ATTR]["rules"]) for t in blocked)
     top = [t.user_attrs[ATTR]["config"] for t in ranked_trials(study)[:5]]
-    best_warnings = ruleset.check(best.user_attrs[ATTR]["config"]).warnings if best else []
+    best_config = best.user_attrs[ATTR]["config"] if best else None
+    best_warnings = ruleset.check(best_config).warnings if best_config else []
     return {
         "n_blocked": len(blocked),
-        "blocked_by": dict(by_rule),
+        "blocked_by": dict(by_rules.most_common()),
+        "policy_warnings": policies_given_up(job, best_config) if best_config else [],
         "learned_rules": [r.id for r in guard.learned],
         "rule_warnings": warnings + [f"best config: {w}" for w in best_warnings],
         "range_hints": range_hints(top, space),
@@ -181,6 +255,28 @@ def _transfer_part(plan: TransferPlan | None, study: optuna.Study) -> dict[str, 
             "reason": plan.reason, "trials": trials, "n_priors": plan.n_priors}
 
 
+def best_is_default(job: Job, best: FrozenTrial | None) -> bool:
+    """Whether the best trial ran the default config, or one equal to it in every knob."""
+    return best is not None and is_default_config(best.user_attrs[ATTR]["config"],
+                                                  job.target_cls.knob_spec().defaults())
+
+
+def verdict(best: FrozenTrial | None, verification: Verification | None,
+            is_default: bool) -> str:
+    """The result in words (``RunSummary.verdict``)."""
+    if best is None:
+        return "no trial completed"
+    if is_default:
+        return NO_GAIN
+    if verification is None or verification.gain is None:
+        return "verification failed"
+    if verification.significant:
+        return "better than the default"
+    if verification.gain_high is not None and verification.gain_high < 1.0:
+        return WORSE
+    return "not clearly better than the default"
+
+
 def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
               verification: Verification | None, duration_s: float,
               **parts: Any) -> RunSummary:
@@ -188,6 +284,9 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
     done = finished_trials(study)
     failed = [t for t in done if t.state == TrialState.FAIL]
     best_config = best.user_attrs[ATTR]["config"] if best else None
+    record = best.user_attrs[ATTR] if best else {}
+    defaults = job.target_cls.knob_spec().defaults()
+    is_default = best_is_default(job, best)
     v = verification or Verification()
     summary = RunSummary(
         target=job.target, service=job.service, instance=job.instance, objective=job.objective,
@@ -199,7 +298,12 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
         gain_significant=v.significant, verify_repeats=len(v.best_values),
         verify_default_values=v.default_values, verify_best_values=v.best_values,
         verify_failures=v.failures, workload=job.workload, study_name=job.study_name,
-        mlflow_run_id=job.mlflow_run_id, duration_s=round(duration_s, 2), **parts,
+        mlflow_run_id=job.mlflow_run_id, duration_s=round(duration_s, 2),
+        best_is_default=is_default, verdict=verdict(best, verification, is_default),
+        default_config={k: defaults.get(k) for k in best_config or {}},
+        best_observed_runs=len(record.get("repeat_values") or []) or (1 if best else 0),
+        best_observed_raw=record.get("raw_value") if record.get("baseline_value") else None,
+        **parts,
     )
     target_cls = job.target_cls
     if hasattr(target_cls, "known_optimum_value"):
@@ -218,12 +322,13 @@ def report(job: Job, study: optuna.Study, best: FrozenTrial | None,
     summary and the files written (for the job's MLflow run)."""
     from flows.plots import plot_history
 
-    files = (write_config_files(job, best.user_attrs[ATTR]["config"], verification)
+    rules_part = _rules_part(job, study, space, ruleset, guard, rule_warnings, best)
+    files = (write_config_files(job, best.user_attrs[ATTR]["config"], verification,
+                                best_is_default(job, best), rules_part["policy_warnings"])
              if best is not None else {})
     summary = summarize(job, study, best, verification, duration_s, **files, **parts,
-                        **_rules_part(study, space, ruleset, guard, rule_warnings, best),
-                        transfer=_transfer_part(plan, study))
+                        **rules_part, transfer=_transfer_part(plan, study))
     path = job.dir / "result.json"
     path.write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
-    plot = plot_history(job, study, verification)
+    plot = plot_history(job, study, verification, no_gain=summary.best_is_default)
     return summary, [path, *map(Path, files.values()), *([plot] if plot else [])]

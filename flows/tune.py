@@ -6,7 +6,8 @@ knobflow tune sqlite --budget 20
   transfer_from_siblings  model_registry/      siblings' best configs, the champion's picks
   start_tracking          tasks/track.py       the job's MLflow run
   explore                 tasks/explore.py     ask -> rules -> run (own process) -> clean -> tell
-  verify_best             tasks/verify.py      best vs default, interleaved repeats
+  verify_best             tasks/verify.py      best vs default, interleaved repeats (not when
+                                               the best is the default: nothing to verify)
   train_service_models    tasks/train.py       surrogate models; the champion moves if better
   report                  flows/report.py      best.yaml, result.json, history.png
   publish_result          flows/publish.py     the result as an artifact of the flow run
@@ -33,7 +34,7 @@ from pydantic import Field
 
 from flows.job import Job, JobStatus, hold_instance, prepare_job
 from flows.publish import FLOW_RUN_TAG, JobFailed, flow_run_id, no_result, publish_result
-from flows.report import RunSummary, TuneListener, report
+from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.trials import service_table, write_job_table
 from model_registry import fingerprint
@@ -124,10 +125,15 @@ def tune(target: str, **options: Any) -> RunSummary:
         with _interrupted_on_error(job, tracker):
             _explore(job, study, space, runner, guard, tracker, listener, logger)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
-            verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
-                                   listener) if best is not None else None
+            verification = None
+            if best is not None and best_is_default(job, best):  # against itself: proves nothing
+                logger.info("%s: the best trial (%d) ran the default config; nothing to "
+                            "verify", NO_GAIN, best.number)
+            elif best is not None:
+                verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
+                                       listener)
             trial_table = write_job_table(job, study)
-            model = _train(job) if job.train else None
+            model = _train(job) if job.train else None  # the summary says it was turned off
             summary, files = report(
                 job, study, best, verification, time.monotonic() - began, space=space,
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
@@ -244,7 +250,9 @@ def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[
                "n_failed", "n_blocked", "best_observed_value")
     tracker.finish_job(
         metrics={k: getattr(summary, k) for k in metrics}, artifacts=artifacts,
-        tags={"knobflow.best_trial": str(summary.best_trial), **_transfer_tags(plan),
+        tags={"knobflow.best_trial": str(summary.best_trial), "knobflow.verdict": summary.verdict,
+              **({"knobflow.policy_warnings": "; ".join(summary.policy_warnings)[:5000]}
+                 if summary.policy_warnings else {}), **_transfer_tags(plan),
               **_flow_run_tag()},  # a resumed job: the flow run that finished it
         status="FINISHED" if summary.best_config is not None else "FAILED",
     )

@@ -72,6 +72,27 @@ class RuleSet:
         rules += [r for r in learned if r.status != "dropped"]
         return cls(spec=spec, rules=rules, workload=workload)
 
+    @classmethod
+    def given_up(
+        cls,
+        target_cls: type[Target],
+        config: Mapping[str, Any],
+        files: Sequence[str] = (),
+        policies: Iterable[str] = (),
+        workload: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[Failure]]:
+        """What ``config`` gives up of the policies not turned on (``policies``): the rules of
+        each other policy of the rule files (e.g. durability) that it breaks, by policy."""
+        every = cls.for_target(target_cls, files, workload=workload, all_policies=True)
+        wanted = set(policies)
+        off = [r for r in every.rules if r.policy and r.policy not in wanted]
+        policy = {r.id: str(r.policy) for r in off}
+        found: dict[str, list[Failure]] = {}
+        for failure in cls(spec=every.spec, rules=off, workload=every.workload).check(
+                config).failures:
+            found.setdefault(policy[failure.rule], []).append(failure)
+        return found
+
     @property
     def config_rules(self) -> list[Rule]:
         return [r for r in self.rules if r.kind != "trigger"]

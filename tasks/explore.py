@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from rules.learn import LEARN_FROM
 from targets.base import FailureClass
 from targets.common.errors import DiskFull, EnvironmentFault
-from tasks.guard import CandidateGuard
+from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tuners.space import SearchSpace
@@ -175,8 +175,8 @@ class Exploration:
         with self._lock:
             self._launched -= 1  # nothing ran: the budget is for trials that run
             self.stats.blocked += 1
-            for failure in verdict.errors:
-                self.stats.blocked_by[failure.rule] = self.stats.blocked_by.get(failure.rule, 0) + 1
+            key = blocked_as([f.rule for f in verdict.errors])  # once, so the counts add up
+            self.stats.blocked_by[key] = self.stats.blocked_by.get(key, 0) + 1
         self.guard.block(self.study, trial, config, verdict)  # infeasible, with no value
         return None
 

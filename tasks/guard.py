@@ -2,18 +2,17 @@
 
 A candidate an error rule blocks never runs: it is told to Optuna as infeasible, the way Optuna
 marks one (``blocked_trial``): pruned with no value, and a ``rules`` constraint above zero, which
-TPE learns from (``tuners/samplers.py`` says what each sampler does with it). It is counted per
-rule and reported. Warnings travel
-with the trial. When a trial crashes, hangs or runs out of memory, a forbid rule for the region
-that caused it is proposed (``RuleLearner``), stored for review, and applies to every later
-candidate.
+TPE learns from (``tuners/samplers.py`` says what each sampler does with it). It is counted once
+under the rules it broke (``blocked_as``) and reported. Warnings travel with the trial. When a
+trial crashes, hangs or runs out of memory, a forbid rule for the region that caused it is
+proposed (``RuleLearner``), stored for review, and applies to every later candidate.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -36,13 +35,22 @@ from tuners.trials import (
     ranked_trials,
 )
 
-__all__ = ["MAX_BLOCKED_IN_A_ROW", "TIMEOUT_MARGIN", "CandidateGuard", "RuleLearner"]
+__all__ = [
+    "MAX_BLOCKED_IN_A_ROW", "TIMEOUT_MARGIN", "CandidateGuard", "RuleLearner", "blocked_as",
+]
 
 #: Consecutive blocked candidates after which the job stops: the rules leave (almost) nothing.
 MAX_BLOCKED_IN_A_ROW = 200
 
 Learner = Callable[[int, Any], Rule | None]
 BlockListener = Callable[[int, Mapping[str, Any], Verdict], None]
+
+
+def blocked_as(rules: Sequence[str]) -> str:
+    """What a blocked candidate is counted under: the rules it broke, in the rule set's order,
+    joined by " + ". A candidate that breaks two rules is counted once, under both together, so
+    the counts of a job add up to the number of candidates blocked."""
+    return " + ".join(dict.fromkeys(rules)) or "(no rule)"
 
 
 class CandidateGuard:
