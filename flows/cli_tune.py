@@ -15,12 +15,14 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.models import ParameterInfo
 
+from flows.cli_help import HOME_OPTION
 from flows.spec import Cli, JobSpec
 from targets.common.errors import KnobflowError
 
@@ -30,14 +32,26 @@ _KW = inspect.Parameter.KEYWORD_ONLY
 #: Options of the command that are not options of the job.
 _COMMAND_ONLY = [
     inspect.Parameter("resume", _KW, default=False, annotation=Annotated[
-        bool, typer.Option(help="Continue the last unfinished job.")]),
-    inspect.Parameter("home", _KW, default=None, annotation=Annotated[
-        str | None, typer.Option(help="State directory (default ./.knobflow).")]),
+        bool, typer.Option("--resume", help="Continue the last unfinished job.")]),
+    inspect.Parameter("home", _KW, default=None, annotation=Annotated[str | None, HOME_OPTION]),
     inspect.Parameter("as_json", _KW, default=False, annotation=Annotated[
         bool, typer.Option("--json", help="Print the result as one JSON object.")]),
     inspect.Parameter("verbose", _KW, default=False, annotation=Annotated[
         bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")]),
 ]
+
+
+def _metavar(name: str) -> str | None:
+    """How the help names the value of option ``name`` (None: by its type, e.g. INTEGER)."""
+    kind, flag = JobSpec.cli_kind(name), JobSpec.flag(name)
+    extra = JobSpec.model_fields[name].json_schema_extra
+    choices = extra.get("choices") if isinstance(extra, Mapping) else None
+    if isinstance(choices, list) and choices:
+        return "[" + "|".join(choices) + "]"
+    if "file" in name:
+        return "FILE"
+    return {Cli.ASSIGNMENTS: "KEY=VALUE", Cli.COMMA_LIST: "NAME,...",
+            Cli.REPEATED: flag.removeprefix("--").upper()}.get(kind)
 
 
 def _cli_parameter(name: str) -> inspect.Parameter:
@@ -48,7 +62,7 @@ def _cli_parameter(name: str) -> inspect.Parameter:
     if kind == Cli.ARGUMENT:
         return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                  annotation=Annotated[str, typer.Argument(help=help_text)])
-    info = typer.Option(JobSpec.flag(name), help=help_text)
+    info = typer.Option(JobSpec.flag(name), help=help_text, metavar=_metavar(name))
     default: Any = None
     if kind in (Cli.REPEATED, Cli.ASSIGNMENTS):
         annotation: Any = list[str] | None
@@ -63,7 +77,7 @@ def _cli_parameter(name: str) -> inspect.Parameter:
 
 def spec_value(name: str, value: Any) -> Any:
     """What the command line gave for ``name``, as the spec's field takes it."""
-    from flows.job import parse_assignments
+    from flows.inputs import parse_assignments
 
     kind = JobSpec.cli_kind(name)
     if kind == Cli.ASSIGNMENTS:
@@ -92,12 +106,17 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
                                       ("resume", "home", "as_json", "verbose"))
     if not verbose:  # before Prefect is imported: it reads its logging settings then
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows.job import check_spec
-    from model_registry.store import check_reachable
+    from flows.inputs import check_inputs
     from targets.common.settings import knobflow_home, tracking_uri, writable_home
 
+    # what needs no stack first (the spec's own checks, the target's workload and metrics):
+    # a typo answers in a fraction of a second, not after Prefect, MLflow and Optuna load
     spec = given_spec(ctx, values)
+    check_inputs(spec)
     root = writable_home(knobflow_home(home))
+    from flows.job import check_spec
+    from model_registry.store import check_reachable
+
     check_spec(spec, root, resume)  # before Prefect's server starts: bad input answers at once
     check_reachable(tracking_uri(root))
     from flows.progress import TuneProgress, print_summary
