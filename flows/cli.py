@@ -267,8 +267,10 @@ def check_target_command(
 
     scratch = None
     if home is not None:
-        scratch = writable_home(knobflow_home(home)) / "contract"
-        scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root = writable_home(knobflow_home(home))
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)  # as a job makes it: its owner's
+        scratch = root / "contract"
+        scratch.mkdir(exist_ok=True, mode=0o700)
 
     table = Table(title=f"contract of target '{target}'")
     for col in ("variant", "check", "result"):
