@@ -126,6 +126,8 @@ def knobflow_options(
 @app.command("targets", cls=PlainCommand)
 def targets_command(home: Annotated[str | None, UNUSED_HOME_OPTION] = None) -> None:
     """List the targets knobflow can tune (built-in and installed by entry point)."""
+    from rich.text import Text
+
     from targets.registry import available_targets, load_target
 
     table = Table(title="knobflow targets")
@@ -136,7 +138,7 @@ def targets_command(home: Annotated[str | None, UNUSED_HOME_OPTION] = None) -> N
             cls = load_target(name)
             spec = cls.knob_spec()
         except Exception as exc:  # a broken plug-in must not hide the others
-            table.add_row(name, "-", "-", "-", f"[red]cannot load: {exc}[/red]")
+            table.add_row(name, "-", "-", "-", Text(f"cannot load: {exc}", style="red"))
             continue
         about = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         table.add_row(name, str(len(spec)), cls.default_objective, ", ".join(cls.metrics), about)
@@ -262,6 +264,8 @@ def check_target_command(
     import tempfile
     from pathlib import Path
 
+    from rich.markup import escape
+
     from flows.contract import CHECKS, ContractViolation, NotApplicable, variants
     from targets.common.settings import knobflow_home, writable_home
 
@@ -280,17 +284,18 @@ def check_target_command(
         missing = variant.missing_executables()
         for label, check in CHECKS.items():
             if missing:
-                table.add_row(variant.name, label, f"skipped: needs {', '.join(missing)}")
+                table.add_row(variant.name, label,
+                              escape(f"skipped: needs {', '.join(missing)}"))
                 continue
             with tempfile.TemporaryDirectory(prefix="knobflow-contract-", dir=scratch) as tmp:
                 try:
                     check(variant, Path(tmp))
                     result = "[green]passed[/green]"
                 except NotApplicable as exc:
-                    result = f"not applicable: {exc}"
+                    result = f"not applicable: {escape(str(exc))}"
                 except ContractViolation as exc:
                     failed += 1
-                    result = f"[red]FAILED[/red]: {exc}"
+                    result = f"[red]FAILED[/red]: {escape(str(exc))}"
             table.add_row(variant.name, label, result)
     out.print(table)
     if failed:
