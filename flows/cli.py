@@ -141,6 +141,7 @@ def targets_command(home: Annotated[str | None, UNUSED_HOME_OPTION] = None) -> N
             table.add_row(name, "-", "-", "-", Text(f"cannot load: {exc}", style="red"))
             continue
         about = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        about = about.replace("``", "")  # a docstring's reStructuredText, said plainly
         table.add_row(name, str(len(spec)), cls.default_objective, ", ".join(cls.metrics), about)
     out.print(table)
 

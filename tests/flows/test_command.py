@@ -128,6 +128,13 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
     assert expert_path(home, "sqlite").exists()  # import stored under --home
 
 
+def test_targets_reads_at_100_columns() -> None:
+    result = run_cli(["targets"], env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+    assert "``" not in result.stdout and " sqlite3 " in result.stdout  # the docstring's
+
+
 @pytest.mark.parametrize("target", ["rocksdb", "redis", "postgres", "sqlite"])
 def test_knobs_reads_at_100_columns(target: str) -> None:
     result = run_cli(["knobs", target], env={"COLUMNS": "100"})
