@@ -2,9 +2,11 @@
 
 Each case is the command a user types, run as a new ``python -m flows.cli`` process (the console
 script's start-up included) in an empty folder; the time is the wall time until the process
-exits, with its exit code and the first line it printed. Every case runs ``--repeats`` times; the
-table shows the median and the worst. ``python -c pass`` is the interpreter's own start-up, the
-floor of any command.
+exits, with its exit code and the first line it printed, and the CPU time the process used (user +
+system: what the command costs, whatever else the machine runs; on a loaded machine the wall time
+is longer by the time the process waited for a core). Every case runs ``--repeats`` times; the
+table shows the median and the worst wall time and the median CPU time. ``python -c pass`` is the
+interpreter's own start-up, the floor of any command.
 
     python benchmarks/cli_latency.py --repeats 10
     python benchmarks/cli_latency.py --repeats 10 --compare 34ab8f2   # this tree against a commit
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,19 +44,22 @@ CASES: dict[str, list[str]] = {
 FLOOR = "python -c pass (start-up)"
 
 
-def run_case(tree: Path, args: list[str], folder: Path) -> tuple[float, int, str]:
-    """One fresh process of ``knobflow ARGS`` with ``tree``'s code: seconds, exit code and the
-    first line it printed (stderr first)."""
+def run_case(tree: Path, args: list[str], folder: Path) -> tuple[float, int, str, float]:
+    """One fresh process of ``knobflow ARGS`` with ``tree``'s code: wall seconds, exit code, the
+    first line it printed (stderr first) and its CPU seconds."""
     command = ([sys.executable, "-c", "pass"] if not args else
                [sys.executable, "-m", "flows.cli",
                 *(a.replace("{home}", str(folder / "home")) for a in args)])
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "100"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     said = (done.stderr.strip() or done.stdout.strip()).splitlines()
-    return seconds, done.returncode, said[0][:60] if said else ""
+    return seconds, done.returncode, said[0][:60] if said else "", cpu
 
 
 def measure(trees: dict[str, Path], repeats: int) -> dict[str, dict[str, list]]:
@@ -74,18 +80,20 @@ def measure(trees: dict[str, Path], repeats: int) -> dict[str, dict[str, list]]:
 def print_table(results: dict[str, dict[str, list]], repeats: int) -> None:
     labels = list(results)
     width = max(len(c) for c in results[labels[0]])
-    print(f"\n{'':<{width}}" + "".join(f" | {label[:22]:^22}" for label in labels))
-    print(f"{'case':<{width}}" + f" | {'median':>7} {'max':>7} {'exit':>6}" * len(labels))
-    print("-" * (width + 25 * len(labels)))
+    print(f"\n{'':<{width}}" + "".join(f" | {label[:30]:^30}" for label in labels))
+    print(f"{'case':<{width}}" + f" | {'median':>7} {'max':>7} {'cpu':>6} {'exit':>6}"
+          * len(labels))
+    print("-" * (width + 33 * len(labels)))
     for case in results[labels[0]]:
         line = f"{case:<{width}}"
         for label in labels:
             runs = results[label][case]
-            secs = [s for s, _, _ in runs]
-            codes = ",".join(str(c) for c in sorted({c for _, c, _ in runs}))
-            line += f" | {statistics.median(secs):6.2f}s {max(secs):6.2f}s {codes:>6}"
+            secs, cpu = [r[0] for r in runs], statistics.median(r[3] for r in runs)
+            codes = ",".join(str(c) for c in sorted({r[1] for r in runs}))
+            line += f" | {statistics.median(secs):6.2f}s {max(secs):6.2f}s {cpu:5.2f}s {codes:>6}"
         print(line)
-    print(f"\n{repeats} fresh processes per case and tree; wall time until the process exits")
+    print(f"\n{repeats} fresh processes per case and tree: wall time until the process exits "
+          "(median, max), CPU time it used (median), exit code")
     for label in labels:
         print(f"\nfirst line printed, {label}:")
         for case, runs in results[label].items():
