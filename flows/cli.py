@@ -2,7 +2,9 @@
 
 Exit codes: 0 done, 1 failure (no usable result, a crash of knobflow itself), 2 bad input (a
 one-line error that names the file or option, the field and the fix), 130 interrupted.
-Heavy imports (Prefect, MLflow, Optuna) happen only in the commands that need them.
+Heavy imports (Prefect, MLflow, Optuna, pandas) happen only in the commands that need them, and in
+``tune`` only after its arguments were checked (``flows/inputs.py``): a typo answers at once.
+How the commands word their help is ``flows/cli_help.py``.
 """
 
 from __future__ import annotations
