@@ -2,7 +2,9 @@
 
 Exit codes: 0 done, 1 failure (no usable result, a crash of knobflow itself), 2 bad input (a
 one-line error that names the file or option, the field and the fix), 130 interrupted.
-Heavy imports (Prefect, MLflow, Optuna) happen only in the commands that need them.
+Heavy imports (Prefect, MLflow, Optuna, pandas) happen only in the commands that need them, and in
+``tune`` only after its arguments were checked (``flows/inputs.py``): a typo answers at once.
+How the commands word their help is ``flows/cli_help.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from flows.cli_help import EXIT_CODES, HOME_OPTION, UNUSED_HOME_OPTION, PlainCommand, TuneCommand
 from flows.cli_rules import rules_app, validate_command
 from flows.cli_tune import tune_command
 from targets.common.errors import EnvironmentFault, KnobflowError, fmt_value
@@ -40,6 +43,11 @@ class KnobflowCommand(TyperGroup):
             sys.exit(code)
         return code
 
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        with formatter.section("Exit codes"):
+            blocked = ("3", "knobflow validate: a rule blocks the config")
+            formatter.write_dl([*EXIT_CODES[:3], blocked, *EXIT_CODES[3:]])
+
 
 def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
     """Run the command; its exit code, with any error said in one line on stderr (and
@@ -53,6 +61,9 @@ def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: bad option values, missing arguments
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `knobflow`, `knobflow rules`: the help
+            print(exc.format_message())
+            return 0
         err.print(f"knobflow: error: {exc.format_message()}", markup=False, highlight=False,
                   soft_wrap=True)
         return getattr(exc, "exit_code", 2)
@@ -90,13 +101,35 @@ SERVICE_OPTION = typer.Option(
     help="Service whose state to use (default: the target's name), as given to tune --service."
 )
 app.add_typer(rules_app, name="rules")
-app.command("validate")(validate_command)
-app.command("tune")(tune_command)
+app.command("validate", cls=PlainCommand)(validate_command)
+app.command("tune", cls=TuneCommand)(tune_command)
 
 
-@app.command("targets")
-def targets_command() -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"knobflow {version('knobflow')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("knobflow (not installed: pip install -e .)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def knobflow_options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", help="Print knobflow's version and exit.", is_eager=True,
+        callback=_print_version)] = False,
+) -> None:
+    """Keep the configuration knobs of real systems tuned."""
+
+
+@app.command("targets", cls=PlainCommand)
+def targets_command(home: Annotated[str | None, UNUSED_HOME_OPTION] = None) -> None:
     """List the targets knobflow can tune (built-in and installed by entry point)."""
+    from rich.text import Text
+
     from targets.registry import available_targets, load_target
 
     table = Table(title="knobflow targets")
@@ -107,45 +140,50 @@ def targets_command() -> None:
             cls = load_target(name)
             spec = cls.knob_spec()
         except Exception as exc:  # a broken plug-in must not hide the others
-            table.add_row(name, "-", "-", "-", f"[red]cannot load: {exc}[/red]")
+            table.add_row(name, "-", "-", "-", Text(f"cannot load: {exc}", style="red"))
             continue
         about = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        about = about.replace("``", "")  # a docstring's reStructuredText, said plainly
         table.add_row(name, str(len(spec)), cls.default_objective, ", ".join(cls.metrics), about)
     out.print(table)
 
 
-@app.command("knobs")
+@app.command("knobs", cls=PlainCommand)
 def knobs_command(
     target: Annotated[str, typer.Argument(help="Target name, e.g. sqlite.")],
+    home: Annotated[str | None, UNUSED_HOME_OPTION] = None,
 ) -> None:
-    """Show a target's knob spec as a table."""
+    """Show a target's knobs: name, type, range or values, default, unit, and what each does."""
+    from rich import box
+    from rich.text import Text
+
     from targets.registry import load_target
 
     spec = load_target(target).knob_spec()
-    table = Table(title=f"knobs of {target} ({spec.source})")
-    for col in ("knob", "type", "range / values", "default", "log", "unit", "restart"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("description", overflow="fold", min_width=20)
+    # two columns, so it reads at 80 or 100 columns: the name, never broken, and the rest,
+    # wrapped at spaces under it
+    table = Table(title=f"knobs of {target} ({spec.source})", box=box.SIMPLE_HEAD,
+                  padding=(0, 1, 1, 1), title_justify="left")
+    table.add_column("knob", no_wrap=True, min_width=max((len(k.name) for k in spec), default=4))
+    table.add_column("type, range / values, default; what it does", overflow="fold")
     for k in spec:
-        table.add_row(
-            k.name,
-            k.type,
-            k.domain_text(),
-            fmt_value(k.default),
-            "yes" if k.log else "",
-            k.unit,
-            "yes" if k.restart else "",
-            k.description,
-        )
+        facts = [f"{k.type} {k.domain_text()}", f"default {fmt_value(k.default)}"
+                 + (f" {k.unit}" if k.unit else "")]
+        facts += [word for flag, word in ((k.log, "log scale"),
+                                          (k.restart, "needs a restart")) if flag]
+        cell = Text("; ".join(facts))
+        if k.description:
+            cell.append("\n" + k.description, style="dim")
+        table.add_row(k.name, cell)
     out.print(table)
 
 
-@app.command("import")
+@app.command("import", cls=PlainCommand)
 def import_command(
     target: Annotated[str, typer.Argument(help="Target the measurements belong to.")],
     file: Annotated[str, typer.Argument(help="CSV: knob and metric columns, one row per run.")],
     service: Annotated[str | None, SERVICE_OPTION] = None,
-    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Import an expert's measured configs; bad rows are rejected with reasons, good ones kept.
 
@@ -185,7 +223,7 @@ def import_command(
         raise typer.Exit(1)
 
 
-@app.command("export")
+@app.command("export", cls=PlainCommand)
 def export_command(
     target: Annotated[str, typer.Argument(help="Target whose trials to export.")],
     out_file: Annotated[str, typer.Option("--out", help="Parquet file to write.")],
@@ -196,7 +234,7 @@ def export_command(
         bool, typer.Option(help="With --training: keep the expert's imported rows.")
     ] = False,
     service: Annotated[str | None, SERVICE_OPTION] = None,
-    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Export the trial table of a target: every trial, or only what training may use."""
     from collections import Counter
@@ -217,15 +255,29 @@ def export_command(
     out.print(f"{len(table)} rows -> {path}" + (f" ({summary})" if summary else ""))
 
 
-@app.command("check-target")
+@app.command("check-target", cls=PlainCommand)
 def check_target_command(
     target: Annotated[str, typer.Argument(help="Target name, e.g. your own plug-in's.")],
+    home: Annotated[str | None, typer.Option(
+        metavar="DIR", help="Run the trials in a temporary folder under DIR/contract, removed "
+        "after (default: in the system's temporary folder).")] = None,
 ) -> None:
-    """Run the target contract against TARGET with real trials (for authors of targets)."""
+    """Run the target contract against TARGET with real trials (for authors of targets; what
+    it checks is in docs/targets.md)."""
     import tempfile
     from pathlib import Path
 
+    from rich.markup import escape
+
     from flows.contract import CHECKS, ContractViolation, NotApplicable, variants
+    from targets.common.settings import knobflow_home, writable_home
+
+    scratch = None
+    if home is not None:
+        root = writable_home(knobflow_home(home))
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)  # as a job makes it: its owner's
+        scratch = root / "contract"
+        scratch.mkdir(exist_ok=True, mode=0o700)
 
     table = Table(title=f"contract of target '{target}'")
     for col in ("variant", "check", "result"):
@@ -235,17 +287,18 @@ def check_target_command(
         missing = variant.missing_executables()
         for label, check in CHECKS.items():
             if missing:
-                table.add_row(variant.name, label, f"skipped: needs {', '.join(missing)}")
+                table.add_row(variant.name, label,
+                              escape(f"skipped: needs {', '.join(missing)}"))
                 continue
-            with tempfile.TemporaryDirectory(prefix="knobflow-contract-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="knobflow-contract-", dir=scratch) as tmp:
                 try:
                     check(variant, Path(tmp))
                     result = "[green]passed[/green]"
                 except NotApplicable as exc:
-                    result = f"not applicable: {exc}"
+                    result = f"not applicable: {escape(str(exc))}"
                 except ContractViolation as exc:
                     failed += 1
-                    result = f"[red]FAILED[/red]: {exc}"
+                    result = f"[red]FAILED[/red]: {escape(str(exc))}"
             table.add_row(variant.name, label, result)
     out.print(table)
     if failed:

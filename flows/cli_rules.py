@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_help import HOME_OPTION, UNUSED_HOME_OPTION, PlainCommand
+
 if TYPE_CHECKING:
     from targets.spec import KnobSpec
 
@@ -24,12 +26,13 @@ BLOCKED_EXIT = 3
 SERVICE_HELP = "Service whose learned rules to use (default: the target's name)."
 
 
-@rules_app.command("check")
+@rules_app.command("check", cls=PlainCommand)
 def rules_check(
     file: Annotated[str, typer.Argument(help="Rule file (YAML) to lint.")],
     target: Annotated[
         str | None, typer.Option(help="Target whose knobs the rules use (default: the file's).")
     ] = None,
+    home: Annotated[str | None, UNUSED_HOME_OPTION] = None,
 ) -> None:
     """Lint a rule file: every error names the file, line, column and rule, with a fix."""
     from rules.parse import parse_rules
@@ -93,10 +96,10 @@ def _named_target(text: str, shown: str) -> str:
     return target
 
 
-@rules_app.command("list")
+@rules_app.command("list", cls=PlainCommand)
 def rules_list(
     target: Annotated[str, typer.Argument(help="Target whose rules to list.")],
-    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    home: Annotated[str | None, HOME_OPTION] = None,
     shipped: Annotated[bool, typer.Option(help="Also list the rules knobflow ships.")] = False,
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
@@ -141,22 +144,22 @@ def _set_status(target: str, rule_id: str, status: str, home: str | None,
     out.print(f"{rule_id}: {status} ({doc.get('when')})")
 
 
-@rules_app.command("accept")
+@rules_app.command("accept", cls=PlainCommand)
 def rules_accept(
     target: Annotated[str, typer.Argument(help="Target of the rule.")],
     rule_id: Annotated[str, typer.Argument(help="Id of the learned rule.")],
-    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    home: Annotated[str | None, HOME_OPTION] = None,
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Accept a learned rule: it keeps applying, now as reviewed."""
     _set_status(target, rule_id, "accepted", home, service)
 
 
-@rules_app.command("drop")
+@rules_app.command("drop", cls=PlainCommand)
 def rules_drop(
     target: Annotated[str, typer.Argument(help="Target of the rule.")],
     rule_id: Annotated[str, typer.Argument(help="Id of the learned rule.")],
-    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    home: Annotated[str | None, HOME_OPTION] = None,
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Drop a learned rule: later jobs no longer apply it (it stays listed, as dropped)."""
@@ -172,7 +175,7 @@ def validate_command(
     policy: Annotated[
         list[str] | None, typer.Option("--policy", help="Turn on a rule policy (repeatable).")
     ] = None,
-    home: Annotated[str | None, typer.Option(help="State directory (default ./.knobflow).")] = None,
+    home: Annotated[str | None, HOME_OPTION] = None,
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Check a config against the rules: exit 0 if it passes, 3 if a rule blocks it."""

@@ -2,7 +2,9 @@
 
 Each field of ``JobSpec`` becomes one option as the field declares it (a value, a repeated
 option, ``K=V`` assignments, a comma list, a flag that turns an option on or off); only the
-options given on the command line reach the spec, so ``--resume`` can tell which were given.
+options given on the command line reach the spec, so ``--resume`` can tell which were given. The
+help names what each option takes (``FILE``, ``KEY=VALUE``, ``[tpe|random|cmaes]``), from the
+field's kind, name and choices.
 The spec is checked before Prefect starts (bad input answers in a second, not in thirty); the
 tune flow then builds and runs the job, and the progress bar hears of it through the flow's
 ``progress`` parameter.
@@ -18,13 +20,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.models import ParameterInfo
 
+from flows.cli_help import HOME_OPTION
 from flows.spec import Cli, JobSpec
 from targets.common.errors import KnobflowError
 
@@ -34,14 +37,26 @@ _KW = inspect.Parameter.KEYWORD_ONLY
 #: Options of the command that are not options of the job.
 _COMMAND_ONLY = [
     inspect.Parameter("resume", _KW, default=False, annotation=Annotated[
-        bool, typer.Option(help="Continue the last unfinished job.")]),
-    inspect.Parameter("home", _KW, default=None, annotation=Annotated[
-        str | None, typer.Option(help="State directory (default ./.knobflow).")]),
+        bool, typer.Option("--resume", help="Continue the last unfinished job.")]),
+    inspect.Parameter("home", _KW, default=None, annotation=Annotated[str | None, HOME_OPTION]),
     inspect.Parameter("as_json", _KW, default=False, annotation=Annotated[
         bool, typer.Option("--json", help="Print the result as one JSON object.")]),
     inspect.Parameter("verbose", _KW, default=False, annotation=Annotated[
         bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")]),
 ]
+
+
+def _metavar(name: str) -> str | None:
+    """How the help names the value of option ``name`` (None: by its type, e.g. INTEGER)."""
+    kind, flag = JobSpec.cli_kind(name), JobSpec.flag(name)
+    extra = JobSpec.model_fields[name].json_schema_extra
+    choices = extra.get("choices") if isinstance(extra, Mapping) else None
+    if isinstance(choices, list) and choices:
+        return "[" + "|".join(choices) + "]"
+    if "file" in name:
+        return "FILE"
+    return {Cli.ASSIGNMENTS: "KEY=VALUE", Cli.COMMA_LIST: "NAME,...",
+            Cli.REPEATED: flag.removeprefix("--").upper()}.get(kind)
 
 
 def _cli_parameter(name: str) -> inspect.Parameter:
@@ -52,7 +67,7 @@ def _cli_parameter(name: str) -> inspect.Parameter:
     if kind == Cli.ARGUMENT:
         return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                  annotation=Annotated[str, typer.Argument(help=help_text)])
-    info = typer.Option(JobSpec.flag(name), help=help_text)
+    info = typer.Option(JobSpec.flag(name), help=help_text, metavar=_metavar(name))
     default: Any = None
     if kind in (Cli.REPEATED, Cli.ASSIGNMENTS):
         annotation: Any = list[str] | None
@@ -67,7 +82,7 @@ def _cli_parameter(name: str) -> inspect.Parameter:
 
 def spec_value(name: str, value: Any) -> Any:
     """What the command line gave for ``name``, as the spec's field takes it."""
-    from flows.job import parse_assignments
+    from flows.inputs import parse_assignments
 
     kind = JobSpec.cli_kind(name)
     if kind == Cli.ASSIGNMENTS:
@@ -94,13 +109,18 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     """Tune TARGET: explore configs, verify the best against the default, write it to a file."""
     resume, home, as_json, verbose = (values.pop(k) for k in
                                       ("resume", "home", "as_json", "verbose"))
-    prefect_console(verbose)
-    from flows.job import check_spec
-    from model_registry.store import check_reachable
+    prefect_console(verbose)  # before Prefect is imported, and its handlers if it already is
+    from flows.inputs import check_inputs
     from targets.common.settings import knobflow_home, tracking_uri, writable_home
 
+    # what needs no stack first (the spec's own checks, the target's workload and metrics):
+    # a typo answers in a fraction of a second, not after Prefect, MLflow and Optuna load
     spec = given_spec(ctx, values)
+    check_inputs(spec)
     root = writable_home(knobflow_home(home))
+    from flows.job import check_spec
+    from model_registry.store import check_reachable
+
     check_spec(spec, root, resume)  # before Prefect's server starts: bad input answers at once
     check_reachable(tracking_uri(root))
     from flows.progress import TuneProgress, print_summary

@@ -5,6 +5,9 @@ default config runs and yields metrics with its effective config read back, a re
 with its class, a hang ends at the hard timeout and leaves the instance usable, two instances run
 side by side, and no process outlives a trial. ``tests/targets/test_contract.py`` runs them against
 every registered target; ``knobflow check-target NAME`` runs them against one (e.g. your own).
+
+Each requirement has an id (``REQUIREMENTS``) that its violation names and that
+``docs/targets.md``, the guide for authors of targets, explains (a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -24,9 +27,34 @@ from targets.registry import load_target, target_ref
 from tasks.runner import TrialRunner
 from tuners.trials import TrialOutcome
 
+#: Every requirement the checks below hold a target to, by id (the guide explains each).
+REQUIREMENTS = {
+    "contract-examples": "the target declares contract_examples(): at least one variant",
+    "default-runs": "the default config runs the example workload and its measurement passes "
+                    "the measurement gate",
+    "objective-measured": "the default objective is measured (above 0 when it is maximized)",
+    "knobs-read-back": "every knob of the spec is in the effective config read back",
+    "workload-features": "workload_features() is a non-empty dict of floats",
+    "refused-class": "the refused config ends with the declared failure class",
+    "refused-message": "a refused config carries the system's own message",
+    "hang-timeout": "the hanging config ends as a timeout, within timeout_s + 10 s",
+    "hang-leaves-nothing": "no process is left in the instance after the timeout",
+    "usable-after-hang": "the next trial on that instance runs",
+    "side-by-side": "two instances run the default config at the same time",
+    "nothing-outlives": "no process of the instance or the job outlives a trial",
+}
+GUIDE = "docs/targets.md"
+
 
 class ContractViolation(AssertionError):
-    """A target broke its contract; the message says how."""
+    """A target broke requirement ``requirement`` of its contract; the message says how, and
+    where the guide explains the requirement."""
+
+    def __init__(self, requirement: str, detail: str) -> None:
+        if requirement not in REQUIREMENTS:
+            raise ValueError(f"unknown contract requirement {requirement!r}")
+        self.requirement = requirement
+        super().__init__(f"{detail} [{requirement}, see {GUIDE}]")
 
 
 class NotApplicable(Exception):
@@ -68,7 +96,8 @@ def variants(target: str) -> list[Variant]:
     """The contract variants a target declares (a target declaring none violates the contract)."""
     examples = load_target(target).contract_examples()
     if not examples:
-        raise ContractViolation(f"target '{target}' declares no contract_examples()")
+        raise ContractViolation("contract-examples",
+                                f"target '{target}' declares no contract_examples()")
     return [Variant(target, name, ex) for name, ex in examples.items()]
 
 
@@ -85,11 +114,11 @@ def processes_using(path: Path) -> list[str]:
     return found
 
 
-def _require_ok(outcome: TrialOutcome, what: str) -> None:
+def _require_ok(outcome: TrialOutcome, what: str, requirement: str) -> None:
     if not outcome.ok:
         tail = "\n".join(outcome.log_tail[-5:])
         raise ContractViolation(
-            f"{what} failed: {outcome.failure_class}: {outcome.message}\n{tail}"
+            requirement, f"{what} failed: {outcome.failure_class}: {outcome.message}\n{tail}"
         )
 
 
@@ -97,18 +126,22 @@ def check_default_runs(v: Variant, root: Path) -> None:
     """The default config runs, yields the objective, and every knob is read back."""
     cls = v.cls
     outcome = v.runner(root).run("default", v.defaults(), "i1", seed=1)
-    _require_ok(outcome, "the default config")
+    _require_ok(outcome, "the default config", "default-runs")
     objective = cls.default_objective
     if objective not in outcome.metrics:
-        raise ContractViolation(f"the objective '{objective}' was not measured")
+        raise ContractViolation("objective-measured",
+                                f"the objective '{objective}' was not measured")
     if cls.metrics[objective] == MAXIMIZE and outcome.metrics[objective] <= 0:
-        raise ContractViolation(f"the objective '{objective}' is {outcome.metrics[objective]}")
+        raise ContractViolation("objective-measured",
+                                f"the objective '{objective}' is {outcome.metrics[objective]}")
     missing = set(cls.knob_spec().names) - set(outcome.effective_config)
     if missing:
-        raise ContractViolation(f"knobs not read back from the system: {sorted(missing)}")
+        raise ContractViolation("knobs-read-back",
+                                f"knobs not read back from the system: {sorted(missing)}")
     features = cls.workload_features(cls.parse_workload(v.examples.workload))
     if not features or not all(isinstance(x, float) for x in features.values()):
-        raise ContractViolation(f"workload_features must be a non-empty dict of floats: {features}")
+        raise ContractViolation("workload-features",
+                                f"workload_features must be a non-empty dict of floats: {features}")
 
 
 def check_refused(v: Variant, root: Path) -> None:
@@ -118,11 +151,12 @@ def check_refused(v: Variant, root: Path) -> None:
     outcome = v.runner(root).run("refused", {**v.defaults(), **v.examples.refused}, "i1", seed=1)
     if outcome.failure_class != v.examples.refused_class:
         raise ContractViolation(
-            f"refused config ended as {outcome.failure_class or 'a success'}, expected "
-            f"{v.examples.refused_class}: {outcome.message}"
+            "refused-class", f"refused config ended as {outcome.failure_class or 'a success'}, "
+            f"expected {v.examples.refused_class}: {outcome.message}"
         )
     if not outcome.message.strip():
-        raise ContractViolation("a refused config must carry the system's message")
+        raise ContractViolation("refused-message",
+                                "a refused config must carry the system's message")
 
 
 def check_hang(v: Variant, root: Path) -> None:
@@ -134,15 +168,17 @@ def check_hang(v: Variant, root: Path) -> None:
     hung = runner.run("hang", {**v.defaults(), **v.examples.hang}, "i1", seed=1)
     elapsed = time.monotonic() - started
     if hung.failure_class != "timeout":
-        raise ContractViolation(f"the hang ended as {hung.failure_class}: {hung.message}")
+        raise ContractViolation("hang-timeout",
+                                f"the hang ended as {hung.failure_class}: {hung.message}")
     if elapsed > v.examples.timeout_s + 10:
         raise ContractViolation(
-            f"the hard timeout of {v.examples.timeout_s} s took {elapsed:.1f} s"
+            "hang-timeout", f"the hard timeout of {v.examples.timeout_s} s took {elapsed:.1f} s"
         )
     left = processes_using(root / "i1")
     if left:
-        raise ContractViolation(f"processes survived the timeout: {left}")
-    _require_ok(runner.run("after-hang", v.defaults(), "i1", seed=2), "the trial after a hang")
+        raise ContractViolation("hang-leaves-nothing", f"processes survived the timeout: {left}")
+    _require_ok(runner.run("after-hang", v.defaults(), "i1", seed=2), "the trial after a hang",
+                "usable-after-hang")
 
 
 def check_side_by_side(v: Variant, root: Path) -> None:
@@ -159,16 +195,17 @@ def check_side_by_side(v: Variant, root: Path) -> None:
         t.join(timeout=v.examples.timeout_s * 3)
     for name in ("a", "b"):
         if name not in outcomes:
-            raise ContractViolation(f"instance {name} did not finish")
-        _require_ok(outcomes[name], f"instance {name}, side by side")
+            raise ContractViolation("side-by-side", f"instance {name} did not finish")
+        _require_ok(outcomes[name], f"instance {name}, side by side", "side-by-side")
 
 
 def check_nothing_outlives(v: Variant, root: Path) -> None:
     """After a trial, no process started by the target is left."""
-    _require_ok(v.runner(root).run("once", v.defaults(), "i1", seed=4), "the default config")
+    _require_ok(v.runner(root).run("once", v.defaults(), "i1", seed=4), "the default config",
+                "default-runs")
     left = processes_using(root / "i1") + processes_using(root / "job")
     if left:
-        raise ContractViolation(f"processes outlived the trial: {left}")
+        raise ContractViolation("nothing-outlives", f"processes outlived the trial: {left}")
 
 
 CHECKS: dict[str, Callable[[Variant, Path], None]] = {

@@ -14,7 +14,7 @@ import enum
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,14 +23,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.inputs import objective_of, parse_assignments, resolve_workload
 from flows.spec import JobSpec, Resume, option_error
 from rules.learn import LearnedRules, learned_path
 from rules.review import check_space
 from rules.ruleset import RuleSet
 from targets.base import Target
-from targets.common.errors import JobError, KnobflowError, WorkloadError
+from targets.common.errors import JobError, KnobflowError
 from targets.common.files import display_path, file_lock, write_text_atomic
-from targets.common.yamlfiles import load_yaml
 from targets.registry import load_target, target_ref
 from tasks.noise import RepeatPolicy
 from tasks.runner import TrialRunner
@@ -95,11 +95,7 @@ class Job:
         target_cls = load_target(spec.target)
         service = spec.service or spec.target
         _check_service(home, service, spec.target)
-        objective = spec.objective or target_cls.default_objective
-        if objective not in target_cls.metrics:
-            raise option_error("objective", objective,
-                               f"a metric of target '{spec.target}': "
-                               f"{', '.join(target_cls.metrics)}", tuple(target_cls.metrics))
+        objective = objective_of(spec, target_cls)
         known = _policies(target_cls, spec.rule_files)
         for policy in spec.policies:
             if policy not in known:
@@ -218,40 +214,6 @@ def _policies(target_cls: type[Target], files: list[str]) -> set[str]:
     """Policies the job's rule files define (an operator turns them on with --policy)."""
     ruleset = RuleSet.for_target(target_cls, files, all_policies=True)
     return {r.policy for r in ruleset.rules if r.policy}
-
-
-def parse_assignments(items: list[str], option: str = "--set-workload") -> dict[str, str]:
-    """``KEY=VALUE`` strings to a mapping; a malformed one is an error naming the option."""
-    result: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise WorkloadError(f"{option} {item!r}: expected KEY=VALUE, e.g. read_ratio=0.9")
-        result[key.strip()] = value.strip()
-    return result
-
-
-def resolve_workload(
-    target_cls: type[Target], workload_file: str | None, overrides: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Target defaults, then the workload file, then ``--set-workload`` values, all validated;
-    the file is bounded (``KNOBFLOW_MAX_WORKLOAD_FILE_BYTES``) and may not be empty."""
-    from targets.common.files import WORKLOAD_FILE
-
-    values: dict[str, Any] = {}
-    if workload_file:
-        key, value = next(iter(target_cls.workload_defaults.items()), ("rows", 1000))
-        value = str(value).lower() if isinstance(value, bool) else value
-        data = load_yaml(workload_file, WorkloadError, WORKLOAD_FILE, empty=(
-            f"set the parameters to change, e.g. '{key}: {value}', or leave out --workload to "
-            "use the target's defaults"))
-        shown = display_path(workload_file)
-        if not isinstance(data, Mapping):
-            raise WorkloadError(f"{shown}: a workload file must be a mapping of parameter to value")
-        target_cls.parse_workload(data, shown)
-        values.update(data)
-    target_cls.parse_workload(overrides, "--set-workload")
-    return target_cls.parse_workload({**values, **overrides}, "workload")
 
 
 def recorded_jobs(home: Path) -> list[Job]:

@@ -148,3 +148,28 @@ def test_every_package_names_what_it_offers(package: str) -> None:
     assert module.__all__, f"{package}/__init__.py has no __all__"
     for name in module.__all__:
         assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+#: What costs seconds to import; the command loads it only for a command that uses it.
+STACK = ("prefect", "mlflow", "optuna", "pandas", "great_expectations", "lightgbm", "sklearn")
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--version"], ["tune", "--help"], ["knobs", "sqlite"], ["targets"],
+    ["tune", "sqlite", "--budget", "-3"], ["tune", "nosuch"], ["tune", "sqlite", "--bogus"],
+    ["tune", "sqlite", "--set-workload", "read_ratio"],
+    ["tune", "sqlite", "--set-workload", "read_ratio=2"],
+    ["tune", "sqlite", "--objective", "speed"],
+], ids=" ".join)
+def test_the_command_loads_the_stack_only_when_a_command_needs_it(args: list[str]) -> None:
+    """``import flows.cli``, the help, the read-only commands and a bad argument of tune (checked
+    before the stack loads: it answers in a fraction of a second) import none of ``STACK``."""
+    code = ("import sys\nfrom flows.cli import main\ncode = main(sys.argv[1:])\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({STACK!r})), code)")
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, check=False,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                                 "COLUMNS": "100"})
+    loaded, _, code = result.stdout.strip().splitlines()[-1].rpartition(" ")
+    assert loaded == "[]", (args, loaded, result.stderr)
+    assert code == ("2" if args[:1] == ["tune"] and "--help" not in args else "0"), result.stderr
