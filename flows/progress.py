@@ -97,10 +97,14 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         + (f": {summary.failure_classes}" if summary.failure_classes else "")
         + ")"
     )
+    if summary.noise:
+        console.print(summary.noise["message"])
     if summary.gain is None:
         console.print("[red]verification failed:[/red] " + "; ".join(summary.verify_failures))
         return
     _print_gain(console, summary)
+    if summary.verify_stop:
+        console.print(f"verification stopped: {summary.verify_stop}")
     _print_rules(console, summary)
     _print_learning(console, summary)
     for path, label in ((summary.best_config_file, "best config file"),

@@ -94,6 +94,9 @@ class RunSummary:
     range_hints: list[str] = field(default_factory=list)
     transfer: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
+    #: Why verification stopped (decisive interval, or the cap), and the noise check's finding.
+    verify_stop: str = ""
+    noise: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -198,7 +201,8 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
         default_value=v.default_value, gain=v.gain, gain_low=v.gain_low, gain_high=v.gain_high,
         gain_significant=v.significant, verify_repeats=len(v.best_values),
         verify_default_values=v.default_values, verify_best_values=v.best_values,
-        verify_failures=v.failures, workload=job.workload, study_name=job.study_name,
+        verify_failures=v.failures, verify_stop=v.stop_reason, workload=job.workload,
+        study_name=job.study_name,
         mlflow_run_id=job.mlflow_run_id, duration_s=round(duration_s, 2), **parts,
     )
     target_cls = job.target_cls

@@ -5,8 +5,9 @@ knobflow tune sqlite --budget 20
   open_job_study          tuners/study.py      the Optuna study; the default config queued first
   transfer_from_siblings  model_registry/      siblings' best configs, the champion's picks
   start_tracking          tasks/track.py       the job's MLflow run
+  probe_noise             tasks/probe.py       the default run 3x; a noisy machine: repeats on
   explore                 tasks/explore.py     ask -> rules -> run (own process) -> clean -> tell
-  verify_best             tasks/verify.py      best vs default, interleaved repeats
+  verify_best             tasks/verify.py      best vs default, interleaved, until decisive
   train_service_models    tasks/train.py       surrogate models; the champion moves if better
   report                  flows/report.py      best.yaml, result.json, history.png
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +45,7 @@ from targets.common.settings import (
 )
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
+from tasks.probe import probe_noise
 from tasks.runner import TrialRunner
 from tasks.track import JobTracker, close_killed_runs, start_tracking
 from tasks.train import train_service_models
@@ -93,7 +96,8 @@ def tune(target: str, **options: Any) -> RunSummary:
         ) if job.learn_rules else None)
         runner = job.trial_runner()
         with _interrupted_on_error(job, tracker):
-            _explore(job, study, space, runner, guard, tracker, listener, logger)
+            first_baseline = _probe_noise(job, runner, tracker, logger)
+            _explore(job, study, space, runner, guard, tracker, listener, logger, first_baseline)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
             verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
                                    listener) if best is not None else None
@@ -102,6 +106,7 @@ def tune(target: str, **options: Any) -> RunSummary:
             summary, files = report(
                 job, study, best, verification, time.monotonic() - began, space=space,
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
+                noise=job.noise,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
                                         trial_table], plan, logger)
@@ -157,9 +162,38 @@ def _start_tracking(job: Job, space: SearchSpace, study: optuna.Study,
     return tracker
 
 
+def _probe_noise(job: Job, runner: TrialRunner, tracker: JobTracker,
+                 logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, float]:
+    """Measure the machine's noise before the first trial (once per job, kept for --resume); a
+    noisy machine switches on repeats and baselines. The first baseline, from those runs."""
+    if job.noise is not None or job.noise_runs < 2:
+        runner.policy = job.repeat_policy()
+        return {}
+    instance = next(iter(runner.instance_dirs))
+    check = probe_noise(
+        runner, job.target_cls.knob_spec().defaults(), instance, job.noise_runs,
+        job.noise_threshold, repeats=job.repeats, baseline_every=job.baseline_every,
+        free=job.noise_free, on_run=lambda key, outcome: tracker.log_trial(
+            key, outcome.record(), outcome.samples, phase="noise"))
+    job.repeats, job.baseline_every, job.noise = check.repeats, check.baseline_every, \
+        check.to_dict()
+    job.save()
+    runner.policy = job.repeat_policy()
+    logger.info("%s", check.message)
+    tracker.annotate(
+        params={"noise.runs": check.runs, "noise.spread": round(check.spread, 4),
+                "noise.threshold": check.threshold, "repeats": job.repeats,
+                "baseline_every": job.baseline_every},
+        tags={"knobflow.noise": check.message})
+    if not check.values or not job.baseline_every:
+        return {}
+    return {instance: statistics.fmean(check.values)}
+
+
 def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRunner,
              guard: CandidateGuard, tracker: JobTracker, listener: TuneListener,
-             logger: logging.Logger | logging.LoggerAdapter[Any]) -> ExploreStats:
+             logger: logging.Logger | logging.LoggerAdapter[Any],
+             first_baseline: dict[str, float]) -> ExploreStats:
     """Run the search; every trial goes to MLflow, the log and the listener."""
 
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
@@ -173,7 +207,7 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
 
     return explore(
         study, space, runner, job.budget, job.time_budget, on_trial=on_trial, guard=guard,
-        baseline_every=job.baseline_every,
+        baseline_every=job.baseline_every, first_baseline=first_baseline,
         on_baseline=lambda key, outcome: tracker.log_trial(
             key, outcome.record(), outcome.samples, phase="baseline"),
     )
@@ -213,7 +247,8 @@ def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[
                "n_failed", "n_blocked", "best_observed_value")
     tracker.finish_job(
         metrics={k: getattr(summary, k) for k in metrics}, artifacts=artifacts,
-        tags={"knobflow.best_trial": str(summary.best_trial), **_transfer_tags(plan)},
+        tags={"knobflow.best_trial": str(summary.best_trial), **_transfer_tags(plan),
+              "knobflow.verify": summary.verify_stop},
         status="FINISHED" if summary.best_config is not None else "FAILED",
     )
     tracker.close()
