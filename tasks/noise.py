@@ -137,14 +137,14 @@ class NoiseCheck:
                     "each trial runs once")
         said = []
         if "repeats" in self.switched:
-            said.append(f"repeating each trial {self.repeats}x")
+            said.append(f"each trial {self.repeats}x")
         if "baseline_every" in self.switched:
             said.append(f"the default every {self.baseline_every} trials")
         given = " and ".join(f"--{name.replace('_', '-')} {getattr(self, name)}"
                              for name in self.kept)
         if not said:
             return f"noisy machine: {varied}; keeping {given} as given"
-        return (f"noisy machine: {varied}; " + " and ".join(said)
+        return (f"noisy machine: {varied}; repeating " + " and ".join(said)
                 + (f" ({given} as given)" if given else ""))
 
     def to_dict(self) -> dict[str, Any]:
