@@ -59,6 +59,10 @@ class TuneProgress(TuneListener):
 
     def trial_done(self, key: str, outcome: TrialOutcome, stats: ExploreStats) -> None:
         best = "-" if stats.best_value is None else f"{stats.best_value:,.6g}"
+        # with baselines on (--baseline-every, or a noisy machine) the tuner is told ratios
+        self.ratios = getattr(self, "ratios", False) or outcome.baseline_value is not None
+        if self.ratios and stats.best_value is not None:
+            best = f"{stats.best_value:.3g}x the default"
         self.progress.update(
             self.explore_task,
             completed=stats.done,

@@ -84,3 +84,34 @@ def test_no_noise_check_when_turned_off(prefect_api: str, home: Path) -> None:
     assert result["noise"] is None and "machine:" not in text
     assert (record["repeats"], record["baseline_every"]) == (1, 0)
     assert _runs(home, result["mlflow_run_id"], "noise") == []
+
+
+def test_a_resumed_job_keeps_what_its_noise_check_decided(home: Path) -> None:
+    from flows.job import Job
+    from flows.spec import JobSpec
+    from flows.tune import _probe_noise
+
+    job = Job.create(JobSpec.of(target="synthetic"), home)
+    assert (job.noise_runs, job.noise_free) == (3, ["repeats", "baseline_every"])
+    job.noise, job.repeats, job.baseline_every = {"message": "noisy machine: ..."}, 2, 5
+    runner = job.trial_runner()
+    # no run, no MLflow write: the job already measured its noise before it was killed
+    assert _probe_noise(job, runner, tracker=None, logger=None) == {}  # type: ignore[arg-type]
+    assert runner.policy.repeats == 2 and not list((home / "jobs").glob("*/trials"))
+
+
+def test_the_bar_says_when_the_tuner_is_told_ratios() -> None:
+    from rich.console import Console
+
+    from flows.progress import TuneProgress
+    from tasks.explore import ExploreStats
+    from tuners.trials import TrialOutcome, TrialStatus
+
+    console = Console(record=True, width=200, force_terminal=False)
+    outcome = TrialOutcome(config={}, instance="i", status=TrialStatus.OK, value=1.25,
+                           baseline_value=800.0)
+    with TuneProgress(console, "synthetic/local") as bar:
+        bar.objective = "throughput"
+        bar.trial_done("1", outcome, ExploreStats(budget=3, done=1, best_value=1.25))
+        status = bar.progress.tasks[bar.explore_task].fields["status"]
+    assert status == "failed 0 · blocked 0 · best throughput 1.25x the default"
