@@ -39,7 +39,8 @@ def probe_noise(
     free: Sequence[str],
     on_run: Callable[[str, TrialOutcome], None] | None = None,
 ) -> NoiseCheck:
-    """Run the default ``runs`` times on ``instance``; what the job does about their spread."""
+    """Run the default ``runs`` times on ``instance`` (stopping at its first failure: a full
+    disk, a default the system refuses); what the job does about their spread."""
     values: list[float] = []
     failures: list[str] = []
     for i in range(runs):
@@ -50,7 +51,8 @@ def probe_noise(
             on_run(key, outcome)
         if outcome.ok and outcome.value is not None:
             values.append(outcome.value)
-        else:
+        else:  # the search's trial 0 (the default) meets the failure too, and handles it
             failures.append(f"run {i}: {outcome.failure_class}: {outcome.message}")
+            break
     return check_noise(values, runs, threshold, repeats=repeats, baseline_every=baseline_every,
                        free=free, failures=failures)

@@ -92,3 +92,15 @@ def test_verification_stops_when_decisive_or_at_the_cap(
     assert result.pairs == pairs and len(result.best_values) == pairs
     assert len(runs) == 2 * pairs
     assert reason in result.stop_reason
+
+
+def test_the_probe_stops_at_the_first_failure(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, noise=0.5)
+    runner.timeout_s = 0.01  # no run of the default finishes
+    heard: list[str] = []
+    check = probe_noise.fn(runner, DEFAULT, "i1", 3, 0.1, repeats=1, baseline_every=0,
+                           free=BOTH, on_run=lambda k, o: heard.append(k))
+    assert heard == ["noise-0"]
+    assert check.message.startswith("noise not measured: the default gave a value in 0 of 3 "
+                                    "runs (run 0: timeout: ")
+    assert (check.repeats, check.baseline_every) == (1, 0)
