@@ -174,7 +174,7 @@ def _probe_noise(job: Job, runner: TrialRunner, tracker: JobTracker,
         runner, job.target_cls.knob_spec().defaults(), instance, job.noise_runs,
         job.noise_threshold, repeats=job.repeats, baseline_every=job.baseline_every,
         free=job.noise_free, on_run=lambda key, outcome: tracker.log_trial(
-            key, outcome.record(), outcome.samples, phase="noise"))
+            key.removeprefix("noise-"), outcome.record(), outcome.samples, phase="noise"))
     job.repeats, job.baseline_every, job.noise = check.repeats, check.baseline_every, \
         check.to_dict()
     job.save()
