@@ -73,6 +73,10 @@ class Job:
     repeat_until: float | None = None
     max_repeats: int = 5
     baseline_every: int = 0
+    noise_runs: int = 0  # runs of the default that measure the machine's noise at the start
+    noise_threshold: float = 0.1
+    noise_free: list[str] = field(default_factory=list)  # what the noise check may switch on
+    noise: dict[str, Any] | None = None  # what the noise check found (tasks/noise.NoiseCheck)
     rule_files: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
     learn_rules: bool = True
@@ -111,9 +115,13 @@ class Job:
             workload=resolve_workload(target_cls, spec.workload_file, spec.workload or {}),
             space=_space(spec, target_cls).to_dict(),
             trial_timeout=spec.trial_timeout or float(target_cls.trial_timeout_s),
-            verify_repeats=spec.verify_repeats, created=now.isoformat(), repeats=spec.repeats,
-            repeat_until=spec.repeat_until, max_repeats=spec.max_repeats,
-            baseline_every=spec.baseline_every,
+            verify_repeats=spec.verify_repeats, created=now.isoformat(),
+            repeats=spec.repeats or 1, repeat_until=spec.repeat_until,
+            max_repeats=spec.max_repeats, baseline_every=spec.baseline_every or 0,
+            noise_runs=spec.noise_runs, noise_threshold=spec.noise_threshold,
+            noise_free=[name for name, given in (
+                ("repeats", spec.repeats is not None or spec.repeat_until is not None),
+                ("baseline_every", spec.baseline_every is not None)) if not given],
             rule_files=[str(Path(f).resolve()) for f in spec.rule_files],
             policies=list(spec.policies), learn_rules=spec.learn_rules, service=service,
             transfer=spec.transfer, transfer_priors=spec.transfer_priors, train=spec.train,
@@ -166,8 +174,12 @@ class Job:
             job_dir=self.dir,
             instance_dirs=self.instance_dirs(),
             seed=self.seed,
-            policy=RepeatPolicy(self.repeats, self.repeat_until, self.max_repeats),
+            policy=self.repeat_policy(),
         )
+
+    def repeat_policy(self) -> RepeatPolicy:
+        """How often each trial config runs."""
+        return RepeatPolicy(self.repeats, self.repeat_until, self.max_repeats)
 
     def rule_set(self) -> RuleSet:
         """The job's rules: shipped for the target, the operator's files, the policies it turned

@@ -66,6 +66,8 @@ class TuneProgress(TuneListener):
         self.progress.update(self.verify_task, total=2 * job.verify_repeats)
 
     def trial_done(self, key: str, outcome: TrialOutcome, stats: ExploreStats) -> None:
+        # with baselines on (--baseline-every, or a noisy machine) the tuner is told ratios
+        self.ratio = self.ratio or outcome.baseline_value is not None
         if stats.best_value is None:
             best = f"{self.objective} -"
         elif self.ratio:
@@ -109,12 +111,16 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         + (f": {escape(str(summary.failure_classes))}" if summary.failure_classes else "")
         + ")"
     )
+    if summary.noise:
+        console.print(escape(summary.noise["message"]))
     if not summary.best_is_default:
         if summary.gain is None:
             console.print("[red]verification failed:[/red] "
                           + escape("; ".join(summary.verify_failures)))
             return
         _print_gain(console, summary)
+        if summary.verify_stop:
+            console.print(f"verification stopped: {escape(summary.verify_stop)}")
     _print_rules(console, summary)
     _print_learning(console, summary)
     for path, label in ((summary.best_config_file, "best config file"),

@@ -121,6 +121,9 @@ class RunSummary:
     best_observed_raw: float | None = None
     #: Policies (e.g. durability) the best config gives up, though the job did not turn them on.
     policy_warnings: list[str] = field(default_factory=list)
+    #: Why verification stopped (decisive interval, or the cap), and the noise check's finding.
+    verify_stop: str = ""
+    noise: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -297,7 +300,8 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
         default_value=v.default_value, gain=v.gain, gain_low=v.gain_low, gain_high=v.gain_high,
         gain_significant=v.significant, verify_repeats=len(v.best_values),
         verify_default_values=v.default_values, verify_best_values=v.best_values,
-        verify_failures=v.failures, workload=job.workload, study_name=job.study_name,
+        verify_failures=v.failures, verify_stop=v.stop_reason, workload=job.workload,
+        study_name=job.study_name,
         mlflow_run_id=job.mlflow_run_id, duration_s=round(duration_s, 2),
         best_is_default=is_default, verdict=verdict(best, verification, is_default),
         default_config={k: defaults.get(k) for k in best_config or {}},

@@ -91,18 +91,27 @@ class JobSpec(BaseModel):
                                       cli=Cli.COMMA_LIST)
     trial_timeout: float | None = _option(None, "Hard timeout of one trial, seconds.", gt=0,
                                           allow_inf_nan=False, must=_SECONDS_MUST)
-    verify_repeats: int = _option(3, "Interleaved re-measurements of best and default (3).",
-                                  ge=2, le=100)
-    repeats: int = _option(1, "Runs of every trial config; its value is their mean (1).",
-                           ge=1, le=100)
+    verify_repeats: int = _option(
+        10, "Most interleaved pairs of best and default the verification runs; it stops after "
+        "3 once the 95% interval is decisive (10).", ge=2, le=100)
+    repeats: int | None = _option(
+        None, "Runs of every trial config; its value is their mean (default 1, or 2 on a noisy "
+        "machine).", ge=1, le=100)
     repeat_until: float | None = _option(
         None, "Repeat a trial until its 95% interval is within +- this fraction.", gt=0, lt=1,
         must="a relative half-width in (0, 1), e.g. 0.05 for +-5 %")
     max_repeats: int = _option(5, "Most runs of one trial with --repeat-until (5).", ge=2,
                                le=100)
-    baseline_every: int = _option(
-        0, "Measure the default before every N-th trial; tell the tuner ratios.", ge=0,
-        le=10_000)
+    baseline_every: int | None = _option(
+        None, "Measure the default before every N-th trial; tell the tuner ratios (default 0: "
+        "never, or 5 on a noisy machine).", ge=0, le=10_000)
+    noise_runs: int = _option(
+        3, "Runs of the default before the search that measure the machine's noise; not "
+        "counted in the budget (3; 0: none).", ge=0, le=20,
+        must="0 (no noise check) or an int in [2, 20]")
+    noise_threshold: float = _option(
+        0.1, "Spread of those runs, (max-min)/mean, above which the job repeats trials and "
+        "the default (0.1).", gt=0, allow_inf_nan=False, must="a fraction > 0, e.g. 0.1 for 10 %")
     rule_files: list[str] = _option([], "Rule file of your own (repeatable).",
                                     cli=Cli.REPEATED, flag="--rules")
     policies: list[str] = _option([], "Turn on a rule policy, e.g. durability (repeatable).",
@@ -121,9 +130,11 @@ class JobSpec(BaseModel):
     def _check_together(self) -> JobSpec:
         if self.tuner not in TUNERS:
             raise option_error("tuner", self.tuner)
-        if not max(self.repeats, 2) <= self.max_repeats:
+        if not max(self.repeats or 1, 2) <= self.max_repeats:
             raise KnobflowError(_message("max_repeats", self.max_repeats,
-                                         _int_range(max(self.repeats, 2), 100)))
+                                         _int_range(max(self.repeats or 1, 2), 100)))
+        if self.noise_runs == 1:
+            raise option_error("noise_runs", self.noise_runs)
         if self.space_file and self.knobs:
             raise KnobflowError("--space and --knobs both narrow the search space; use one of "
                                 "them")

@@ -5,9 +5,10 @@ knobflow tune sqlite --budget 20
   open_job_study          tuners/study.py      the Optuna study; the default config queued first
   transfer_from_siblings  model_registry/      siblings' best configs, the champion's picks
   start_tracking          tasks/track.py       the job's MLflow run
+  probe_noise             tasks/probe.py       the default run 3x; a noisy machine: repeats on
   explore                 tasks/explore.py     ask -> rules -> run (own process) -> clean -> tell
-  verify_best             tasks/verify.py      best vs default, interleaved repeats (not when
-                                               the best is the default: nothing to verify)
+  verify_best             tasks/verify.py      best vs default, interleaved, until decisive (not
+                                               when the best is the default: nothing to verify)
   train_service_models    tasks/train.py       surrogate models; the champion moves if better
   report                  flows/report.py      best.yaml, result.json, history.png
   publish_result          flows/publish.py     the result as an artifact of the flow run
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,12 +53,13 @@ from targets.common.settings import (
 from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
+from tasks.probe import probe_noise
 from tasks.runner import TrialRunner
 from tasks.track import JobTracker, close_killed_runs, start_tracking
 from tasks.train import train_service_models
 from tasks.verify import Verification, verify_best
 from tuners.space import SearchSpace
-from tuners.study import metric_name, open_job_study
+from tuners.study import metric_name, name_metric, open_job_study
 from tuners.trials import ATTR, TrialOutcome, best_trial
 
 __all__ = ["JobFailed", "tune"]
@@ -123,7 +126,8 @@ def tune(target: str, **options: Any) -> RunSummary:
         ) if job.learn_rules else None)
         runner = job.trial_runner()
         with _interrupted_on_error(job, tracker):
-            _explore(job, study, space, runner, guard, tracker, listener, logger)
+            first_baseline = _probe_noise(job, study, runner, tracker, logger)
+            _explore(job, study, space, runner, guard, tracker, listener, logger, first_baseline)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
             verification = None
             if best is not None and best_is_default(job, best):  # against itself: proves nothing
@@ -137,6 +141,7 @@ def tune(target: str, **options: Any) -> RunSummary:
             summary, files = report(
                 job, study, best, verification, time.monotonic() - began, space=space,
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
+                noise=job.noise,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
                                         trial_table], plan, logger)
@@ -194,9 +199,40 @@ def _start_tracking(job: Job, space: SearchSpace, study: optuna.Study,
     return tracker
 
 
+def _probe_noise(job: Job, study: optuna.Study, runner: TrialRunner, tracker: JobTracker,
+                 logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, float]:
+    """Measure the machine's noise before the first trial (once per job, kept for --resume); a
+    noisy machine switches on repeats and baselines. The first baseline, from those runs."""
+    if job.noise is not None or job.noise_runs < 2:
+        runner.policy = job.repeat_policy()
+        return {}
+    instance = next(iter(runner.instance_dirs))
+    check = probe_noise(
+        runner, job.target_cls.knob_spec().defaults(), instance, job.noise_runs,
+        job.noise_threshold, repeats=job.repeats, baseline_every=job.baseline_every,
+        free=job.noise_free, on_run=lambda key, outcome: tracker.log_trial(
+            key.removeprefix("noise-"), outcome.record(), outcome.samples, phase="noise"))
+    job.repeats, job.baseline_every, job.noise = check.repeats, check.baseline_every, \
+        check.to_dict()
+    job.save()
+    runner.policy = job.repeat_policy()
+    # baselines switched on: the tuner is told ratios to the default, and the study says so
+    name_metric(study, metric_name(job.objective, relative=job.baseline_every > 0))
+    logger.info("%s", check.message)
+    tracker.annotate(
+        params={"noise.runs": check.runs, "noise.spread": round(check.spread, 4),
+                "noise.threshold": check.threshold, "repeats": job.repeats,
+                "baseline_every": job.baseline_every},
+        tags={"knobflow.noise": check.message})
+    if not check.values or not job.baseline_every:
+        return {}
+    return {instance: statistics.fmean(check.values)}
+
+
 def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRunner,
              guard: CandidateGuard, tracker: JobTracker, listener: TuneListener,
-             logger: logging.Logger | logging.LoggerAdapter[Any]) -> ExploreStats:
+             logger: logging.Logger | logging.LoggerAdapter[Any],
+             first_baseline: dict[str, float]) -> ExploreStats:
     """Run the search; every trial goes to MLflow, the log and the listener."""
 
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
@@ -210,7 +246,7 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
 
     return explore(
         study, space, runner, job.budget, job.time_budget, on_trial=on_trial, guard=guard,
-        baseline_every=job.baseline_every,
+        baseline_every=job.baseline_every, first_baseline=first_baseline,
         on_baseline=lambda key, outcome: tracker.log_trial(
             key, outcome.record(), outcome.samples, phase="baseline"),
     )
@@ -253,6 +289,7 @@ def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[
         tags={"knobflow.best_trial": str(summary.best_trial), "knobflow.verdict": summary.verdict,
               **({"knobflow.policy_warnings": "; ".join(summary.policy_warnings)[:5000]}
                  if summary.policy_warnings else {}), **_transfer_tags(plan),
+              "knobflow.verify": summary.verify_stop,
               **_flow_run_tag()},  # a resumed job: the flow run that finished it
         status="FINISHED" if summary.best_config is not None else "FAILED",
     )

@@ -69,10 +69,13 @@ class Exploration:
         baseline_every: int = 0,
         on_baseline: BaselineListener | None = None,
         guard: CandidateGuard | None = None,
+        first_baseline: dict[str, float] | None = None,
     ) -> None:
         self.study, self.space, self.runner, self.guard = study, space, runner, guard
         self.budget, self.time_budget_s, self.baseline_every = budget, time_budget_s, baseline_every
         self.on_trial, self.on_baseline = on_trial, on_baseline
+        # the default's value per instance, measured just before (the noise check's runs)
+        self.first_baseline = dict(first_baseline or {})
         self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         self.distributions = space.distributions()
         self.stats = self._stats_so_far()
@@ -137,7 +140,8 @@ class Exploration:
         trial = self._ask()
         while trial is not None:
             if self.baseline_every and count % self.baseline_every == 0:
-                measured = self._measure_baseline(instance, count)
+                measured = (self.first_baseline.pop(instance, None) if count == 0 else None)
+                measured = measured or self._measure_baseline(instance, count)
                 baseline = measured if measured is not None else baseline
             config = self.space.config(trial.params)
             warnings = self._check(trial, config)

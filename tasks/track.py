@@ -75,6 +75,16 @@ class JobTracker:
         self.client.log_batch(self.run_id, params=[param(k, v) for k, v in params.items()])
         return self.run_id
 
+    def annotate(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        """Log more params and tags on the job's parent run (what the job decided as it ran)."""
+        run_id = self.run_id
+
+        def write() -> None:
+            self.client.log_batch(run_id, params=[param(k, v) for k, v in params.items()],
+                                  tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+        self._queue.put(write)
+
     def finish_job(
         self,
         metrics: Mapping[str, float | None],

@@ -2,7 +2,9 @@
 
 On a noisy machine the single best run of a search is an optimistic draw. Both configs are
 re-measured in the same time window, alternating (ABBA order, so a drift of the machine cancels),
-and the gain is the geometric mean of the paired ratios with a Student-t interval.
+and the gain is the geometric mean of the paired ratios with a Student-t interval. Pairs are
+added until the interval is decisive (it excludes 1.0 either way, or lies within +-2 % of it: no
+difference worth a config change) or the cap is reached; never fewer than 3 pairs (or the cap).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Verification:
     gain: float | None = None
     gain_low: float | None = None
     gain_high: float | None = None
+    pairs: int = 0  # pairs of runs started (complete or not)
+    stop_reason: str = ""
 
     @property
     def default_value(self) -> float | None:
@@ -62,6 +66,34 @@ def gain_interval(
     return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
+#: Pairs run before the interval may stop verification.
+MIN_PAIRS = 3
+#: An interval within 1 +- this is decisive too: any difference is too small to matter.
+NARROW = 0.02
+
+
+def stop_reason(result: Verification, pairs: int, cap: int) -> str | None:
+    """Why verification stops after ``pairs`` pairs (``result``'s interval so far), or None."""
+    if pairs < min(MIN_PAIRS, cap):
+        return None
+    done = len(result.best_values)
+    if done == 0:
+        return f"no complete pair of runs in {pairs}: see the failures"
+    low, high = result.gain_low, result.gain_high
+    if low is not None and high is not None and done >= 2:
+        interval = f"the 95% interval {low:.3f}-{high:.3f}"
+        if low > 1.0:
+            return f"decisive after {done} pairs: {interval} lies above 1.0"
+        if high < 1.0:
+            return f"decisive after {done} pairs: {interval} lies below 1.0"
+        if low >= 1 - NARROW and high <= 1 + NARROW:
+            return (f"decisive after {done} pairs: {interval} lies within "
+                    f"+-{100 * NARROW:g} % of 1.0")
+    if pairs >= cap:
+        return f"cap of {cap} pairs reached: the 95% interval still includes 1.0"
+    return None
+
+
 @task(name="verify-best", cache_policy=NO_CACHE)
 def verify_best(
     runner: TrialRunner,
@@ -73,7 +105,8 @@ def verify_best(
     on_run: Callable[[str, int, TrialOutcome], None] | None = None,
     record: Path | None = None,
 ) -> Verification:
-    """Measure default and best ``repeats`` times each, interleaved ABBA, on one instance.
+    """Measure default and best interleaved ABBA on one instance, in pairs, until the gain's
+    interval is decisive or ``repeats`` pairs (the cap) ran (``stop_reason``).
 
     With ``record`` (a JSON file), every finished run is kept there as it ends, and a run kept
     by an earlier, killed verification of the same best config is not run again."""
@@ -105,9 +138,14 @@ def verify_best(
         if pair["default"] is not None and pair["best"] is not None:
             result.default_values.append(pair["default"])
             result.best_values.append(pair["best"])
-    interval = gain_interval(result.default_values, result.best_values, direction)
-    if interval:
-        result.gain, result.gain_low, result.gain_high = interval
+        interval = gain_interval(result.default_values, result.best_values, direction)
+        if interval:
+            result.gain, result.gain_low, result.gain_high = interval
+        result.pairs = r + 1
+        reason = stop_reason(result, r + 1, repeats)
+        if reason is not None:
+            result.stop_reason = reason
+            break
     return result
 
 

@@ -29,7 +29,8 @@ EXAMPLE: dict[str, Any] = {
     "time_budget": 60.0, "tuner": "random", "parallel": 2, "workload_file": "wl.yaml",
     "workload": {"shift": "0.3"}, "objective": "latency_ms", "seed": 5,
     "space_file": "space.yaml", "trial_timeout": 9.5, "verify_repeats": 4, "repeats": 2,
-    "repeat_until": 0.05, "max_repeats": 6, "baseline_every": 3, "rule_files": ["a.yaml"],
+    "repeat_until": 0.05, "max_repeats": 6, "baseline_every": 3, "noise_runs": 5,
+    "noise_threshold": 0.2, "rule_files": ["a.yaml"],
     "policies": ["durability", "small-disk"], "learn_rules": False, "transfer": False,
     "transfer_priors": True, "train": False,
 }
@@ -115,6 +116,10 @@ def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
                                 "half-width in (0, 1), e.g. 0.05 for +-5 %. Got 2.0 instead."),
         ({"repeats": 7}, "The 'max_repeats' option of tune must be an int in [7, 100]. Got 5 "
                          "instead."),
+        ({"noise_runs": 1}, "The 'noise_runs' option of tune must be 0 (no noise check) or an "
+                            "int in [2, 20]. Got 1 instead."),
+        ({"noise_threshold": 0.0}, "The 'noise_threshold' option of tune must be a fraction > "
+                                   "0, e.g. 0.1 for 10 %. Got 0.0 instead."),
         ({"instance": "a b"}, "The 'instance' option of tune must be 1-64 letters, digits, '.', "
                               "'_' or '-'. Got 'a b' instead."),
         ({"trial_timeout": -1.0}, "The 'trial_timeout' option of tune must be a number of "

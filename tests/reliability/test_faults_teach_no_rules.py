@@ -93,7 +93,7 @@ def test_a_full_disk_is_an_io_error_that_stops_the_job_and_teaches_nothing(
         with pytest.raises(DiskFull, match=r"trial 0 on local failed: disk full \(.*MiB free "
                                            r"under .*\): .*; free some space, then continue "
                                            r"the job with --resume"):
-            tune("sqlite", budget=10, seed=1, train=False, home=str(home),
+            tune("sqlite", budget=10, seed=1, train=False, home=str(home), noise_runs=0,
                  workload={"rows": 200_000, "ops": 1000, "value_size": 200})
         job = next((home / "jobs").glob("*/job.json"))
         record = yaml.safe_load(job.read_text())
