@@ -4,7 +4,8 @@
 * ``experiment_id``: get or create an experiment (a concurrent creator is not an error), with its
   artifacts beside an embedded SQLite store (``default_artifact_root``);
 * ``param``: a parameter cut to the length every store accepts;
-* ``process_tracking_uri``: MLflow's process-wide URI for the calls that ignore a client's.
+* ``process_tracking_uri``: MLflow's process-wide URI for the calls that ignore a client's;
+* ``champion_lock``: the lock file beside a local store that serialises champion decisions.
 
 Nothing here sets MLflow's process-wide tracking URI for longer than one block.
 """
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
@@ -29,8 +30,8 @@ from targets.common.errors import KnobflowError
 from targets.common.files import file_lock
 
 __all__ = [
-    "PARAM_MAX", "check_reachable", "client_for", "default_artifact_root", "experiment_id",
-    "param", "process_tracking_uri",
+    "PARAM_MAX", "champion_lock", "champion_lock_path", "check_reachable", "client_for",
+    "default_artifact_root", "experiment_id", "param", "process_tracking_uri",
 ]
 
 #: The longest parameter value written (MLflow's SQL stores accept 6000 characters).
@@ -157,3 +158,31 @@ def process_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def champion_lock_path(tracking_uri: str) -> Path | None:
+    """The file that serialises champion decisions of a local store (next to the SQLite
+    database, or in a file store's directory); None for a tracking server."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        db = tracking_uri.split(":///", 1)[1] if ":///" in tracking_uri else ""
+        if not db or db == ":memory:":
+            return None
+        path = Path(db)
+        return path.with_name(path.name + ".champion.lock")
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or tracking_uri) / ".champion.lock"
+    return None
+
+
+@contextmanager
+def champion_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold the store's champion lock: two processes training models of one service at once
+    (replicas finishing together) decide one after the other, each against the champion the
+    other left. A tracking server gets no lock (its clients share no file system)."""
+    path = champion_lock_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    with file_lock(path):
+        yield

@@ -85,6 +85,10 @@ class TrainReport:
     champion_moved: bool
     champion_reason: str
     seconds: float
+    #: Why the new version may never be champion ("" when it may), as its tag ``champion_refused``.
+    champion_refused: str = ""
+    #: The version the ``champion`` alias points at after the decision ("" when there is none).
+    champion_version: str = ""
 
     @property
     def best(self) -> KindResult:
@@ -94,10 +98,15 @@ class TrainReport:
     def line(self) -> str:
         """One line for the job's summary."""
         best = self.best.metrics
-        return (f"{self.registered_name} v{self.registered_version} ({self.best_kind}, "
+        head = (f"{self.registered_name} v{self.registered_version} ({self.best_kind}, "
                 f"{self.n_rows} trials): held-out rank correlation "
-                f"{best['holdout_spearman']:.2f}, cv R² {best['cv_r2']:.2f}; champion "
-                f"{'moved' if self.champion_moved else 'kept'}: {self.champion_reason}")
+                f"{best['holdout_spearman']:.2f}, cv R² {best['cv_r2']:.2f}; ")
+        if self.champion_refused:
+            now = (f"champion stays v{self.champion_version}" if self.champion_version
+                   else "the service has no champion")
+            return f"{head}not made champion: {self.champion_refused}; {now}"
+        return (f"{head}champion {'moved' if self.champion_moved else 'kept'}: "
+                f"{self.champion_reason}")
 
     def to_dict(self) -> dict[str, Any]:
         """What the job's summary keeps of it (``model`` in ``result.json``)."""
@@ -105,6 +114,7 @@ class TrainReport:
             "name": self.registered_name, "version": self.registered_version,
             "kind": self.best_kind, "n_rows": self.n_rows,
             "champion_moved": self.champion_moved, "champion_reason": self.champion_reason,
+            "champion_refused": self.champion_refused, "champion": self.champion_version,
             "metrics": {kind: r.metrics for kind, r in self.kinds.items()},
             "runs": {kind: r.run_id for kind, r in self.kinds.items()}, "line": self.line,
         }
@@ -187,14 +197,17 @@ def train_models(
     name = registry.model_name(service, objective)
     version_ = _register(client, name, best, data, params, workload_fp)
     x_hold, y_hold = data.holdout
-    moved, why = registry.promote(client, name, version_, x_hold, y_hold, direction,
-                                  workload_fp, limits=workload_limits)
+    decision = registry.promote(client, name, version_, x_hold, y_hold, direction,
+                                workload_fp, limits=workload_limits)
     return TrainReport(
         service=service, objective=objective, direction=direction, instance=instance,
         n_rows=len(rows), n_train=int((~data.held).sum()), n_holdout=int(data.held.sum()),
         data_hash=params["data_hash"], target_column=tcol, features=params["features"],
         kinds=results, best_kind=best.kind, registered_name=name, registered_version=version_,
-        champion_moved=moved, champion_reason=why, seconds=time.perf_counter() - started,
+        champion_moved=decision.moved, champion_reason=decision.reason,
+        seconds=time.perf_counter() - started,
+        champion_refused=decision.reason if decision.refused else "",
+        champion_version=decision.champion,
     )
 
 
