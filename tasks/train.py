@@ -35,6 +35,7 @@ from model_registry.store import (
 )
 from targets.base import MAXIMIZE, MINIMIZE
 from targets.spec import KnobSpec
+from tasks.model_runs import KindResult, log_model_run
 from tasks.models import (
     KINDS,
     build_model,
@@ -46,7 +47,6 @@ from tasks.models import (
     scores,
     training_set,
 )
-from tasks.track import KindResult, log_model_run
 
 __all__ = [
     "METRICS", "MIN_ROWS", "TrainReport", "train_models", "train_service_models",
@@ -190,7 +190,11 @@ def train_models(
     }
     client = client_for(tracking_uri)
     exp = experiment_id(client, f"knobflow/{service}/models",
-                        artifact_root or default_artifact_root(tracking_uri))
+                        artifact_root or default_artifact_root(tracking_uri), (
+                            f"Surrogate models of service {service}: one run per model kind "
+                            "and training (runs <service>/<objective>-<kind>), the best "
+                            "registered as knobflow-<service>-<objective> (Models); compare "
+                            "them on the cv_* and holdout_* metrics."))
     results = {kind: _fit_and_log(client, exp, kind, data, params, table, tracking_uri, study)
                for kind in kinds}
     best = max(results.values(), key=_rank_key)
