@@ -131,25 +131,7 @@ class JobTracker:
         payload = {**record, "samples": samples or []}
 
         def write() -> None:
-            tags = {
-                PARENT_TAG: run_id,
-                "mlflow.runName": f"{phase}-{key}" if phase != "explore" else f"trial-{key}",
-                "knobflow.trial": key,
-                "knobflow.phase": phase,
-                "knobflow.status": record["status"],
-                "knobflow.instance": record.get("instance", ""),
-            }
-            if record.get("failure_class"):
-                tags["knobflow.failure_class"] = record["failure_class"]
-                tags["knobflow.failure_message"] = str(record.get("message", ""))[:4000]
-                tags["knobflow.log_tail"] = "\n".join(record.get("log_tail", []))[-4000:]
-            if record.get("row"):  # it reached the measurement gate
-                tags["knobflow.gate"] = "failed" if record.get("reasons") else "passed"
-            if record.get("reasons"):
-                tags["knobflow.gate_reasons"] = "\n".join(record["reasons"])[:4000]
-            if record.get("changed_knobs"):
-                tags["knobflow.changed_knobs"] = ",".join(record["changed_knobs"])
-            tags.update({**source_tags(JOB_SOURCE), NOTE: _trial_note(key, phase, record)})
+            tags = _trial_tags(run_id, key, phase, record)
             start, end = _span_ms(record)
             run = self.client.create_run(self.experiment_id, start_time=start, tags=tags)
             now = end
@@ -224,6 +206,30 @@ class JobTracker:
         self.flush()
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+
+def _trial_tags(parent: str, key: str, phase: str, record: Mapping[str, Any]) -> dict[str, str]:
+    """A child run's tags: its trial, phase, status and failure, gate verdict, source, note."""
+    tags = {
+        PARENT_TAG: parent,
+        "mlflow.runName": f"{phase}-{key}" if phase != "explore" else f"trial-{key}",
+        "knobflow.trial": key,
+        "knobflow.phase": phase,
+        "knobflow.status": record["status"],
+        "knobflow.instance": record.get("instance", ""),
+    }
+    if record.get("failure_class"):
+        tags["knobflow.failure_class"] = record["failure_class"]
+        tags["knobflow.failure_message"] = str(record.get("message", ""))[:4000]
+        tags["knobflow.log_tail"] = "\n".join(record.get("log_tail", []))[-4000:]
+    if record.get("row"):  # it reached the measurement gate
+        tags["knobflow.gate"] = "failed" if record.get("reasons") else "passed"
+    if record.get("reasons"):
+        tags["knobflow.gate_reasons"] = "\n".join(record["reasons"])[:4000]
+    if record.get("changed_knobs"):
+        tags["knobflow.changed_knobs"] = ",".join(record["changed_knobs"])
+    tags.update({**source_tags(JOB_SOURCE), NOTE: _trial_note(key, phase, record)})
+    return tags
 
 
 def _span_ms(record: Mapping[str, Any]) -> tuple[int, int]:

@@ -112,7 +112,7 @@ class TrainReport:
         """What the job's summary keeps of it (``model`` in ``result.json``)."""
         return {
             "name": self.registered_name, "version": self.registered_version,
-            "kind": self.best_kind, "n_rows": self.n_rows,
+            "kind": self.best_kind, "n_rows": self.n_rows, "n_holdout": self.n_holdout,
             "champion_moved": self.champion_moved, "champion_reason": self.champion_reason,
             "champion_refused": self.champion_refused, "champion": self.champion_version,
             "metrics": {kind: r.metrics for kind, r in self.kinds.items()},
@@ -189,12 +189,7 @@ def train_models(
         "instance": instance,
     }
     client = client_for(tracking_uri)
-    exp = experiment_id(client, f"knobflow/{service}/models",
-                        artifact_root or default_artifact_root(tracking_uri), (
-                            f"Surrogate models of service {service}: one run per model kind "
-                            "and training (runs <service>/<objective>-<kind>), the best "
-                            "registered as knobflow-<service>-<objective> (Models); compare "
-                            "them on the cv_* and holdout_* metrics."))
+    exp = _models_experiment(client, service, artifact_root or default_artifact_root(tracking_uri))
     results = {kind: _fit_and_log(client, exp, kind, data, params, table, tracking_uri, study)
                for kind in kinds}
     best = max(results.values(), key=_rank_key)
@@ -213,6 +208,14 @@ def train_models(
         champion_refused=decision.reason if decision.refused else "",
         champion_version=decision.champion,
     )
+
+
+def _models_experiment(client: MlflowClient, service: str, artifact_root: Path | None) -> str:
+    """The experiment of ``service``'s model runs, described."""
+    return experiment_id(client, f"knobflow/{service}/models", artifact_root, (
+        f"Surrogate models of service {service}: one run per model kind and training (runs "
+        "<service>/<objective>-<kind>), the best registered as knobflow-<service>-<objective> "
+        "(Model registry); compare them on the cv_* and holdout_* metrics."))
 
 
 def _check_arguments(direction: str, holdout_fraction: float) -> None:
