@@ -19,13 +19,10 @@ from prefect.states import Failed, State
 from flows.job import Job
 from flows.report import RunSummary
 from targets.common.errors import fmt_value
+from tasks.track import current_flow_run_id
 
-__all__ = ["FLOW_RUN_TAG", "JobFailed", "artifact_key", "flow_run_id", "no_result",
+__all__ = ["JobFailed", "artifact_key", "no_result",
            "publish_result", "result_markdown"]
-
-#: The tag of a job's MLflow parent run that names its Prefect flow run.
-FLOW_RUN_TAG = "prefect.flow_run_id"
-
 
 class JobFailed(Exception):
     """The job ended without a usable result (no trial completed, no config found or verified);
@@ -38,14 +35,6 @@ class JobFailed(Exception):
     def __reduce__(self) -> tuple[type[JobFailed], tuple[str, RunSummary]]:
         """Pickled whole (Prefect may persist a Failed state's data)."""
         return type(self), (str(self), self.summary)
-
-
-def flow_run_id() -> str | None:
-    """The id of the Prefect flow run this code runs in (``None`` outside one)."""
-    from prefect.runtime import flow_run
-
-    run_id = flow_run.get_id()
-    return str(run_id) if run_id else None
 
 
 def artifact_key(service: str, instance: str) -> str:
@@ -153,7 +142,7 @@ def _cell(value: Any) -> str:
 def publish_result(job: Job, summary: RunSummary) -> str | None:
     """Publish the job's result as a markdown artifact of the flow run (its id; ``None``
     outside a flow run)."""
-    if flow_run_id() is None:
+    if not current_flow_run_id():
         return None
     from prefect.artifacts import create_markdown_artifact
 

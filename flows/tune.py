@@ -35,15 +35,16 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.job import Job, JobStatus, hold_instance, prepare_job
-from flows.publish import FLOW_RUN_TAG, JobFailed, flow_run_id, no_result, publish_result
+from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.trials import service_table, write_job_table
 from model_registry import fingerprint
 from model_registry.store import check_reachable
 from model_registry.transfer import TransferPlan, TransferRequest, transfer_from_siblings
+from rules.learn import learned_path
 from rules.review import check_space
-from rules.ruleset import RuleSet
+from rules.ruleset import RuleSet, shipped_rules_path
 from targets.common.settings import (
     knobflow_home,
     quiet_environment,
@@ -55,7 +56,13 @@ from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
 from tasks.probe import probe_noise
 from tasks.runner import TrialRunner
-from tasks.track import JobTracker, close_killed_runs, start_tracking
+from tasks.track import (
+    FLOW_RUN_TAG,
+    JobTracker,
+    close_killed_runs,
+    current_flow_run_id,
+    start_tracking,
+)
 from tasks.train import train_service_models
 from tasks.verify import Verification, verify_best
 from tuners.space import SearchSpace
@@ -178,7 +185,11 @@ def _transfer(job: Job, study: optuna.Study, table: pd.DataFrame, space: SearchS
 
 def _start_tracking(job: Job, space: SearchSpace, study: optuna.Study,
                     resume: bool) -> JobTracker:
-    """The job's MLflow parent run (a resumed job reopens its own and logs what it missed)."""
+    """The job's MLflow parent run (a resumed job reopens its own and logs what it missed),
+    with the policies and rule files the job uses (the files as artifacts under ``rules/``)."""
+    rule_files = [p for p in (shipped_rules_path(job.target_cls), *map(Path, job.rule_files),
+                              learned_path(job.home, job.service) if job.learn_rules else None)
+                  if p is not None and p.is_file()]
     tracker = start_tracking(
         tracking_uri(job.home), f"knobflow/{job.target}", job.home / "artifacts",
         job.study_name, run_id=job.mlflow_run_id, study=study if resume else None,
@@ -186,10 +197,17 @@ def _start_tracking(job: Job, space: SearchSpace, study: optuna.Study,
                 "objective": job.objective, "direction": job.direction, "tuner": job.tuner,
                 "budget": job.budget, "parallel": job.parallel, "seed": job.seed,
                 "trial_timeout": job.trial_timeout, "knobs": ",".join(space.names),
+                "policies": ",".join(job.policies) or "none",
+                "rule_files": ",".join(str(p) for p in rule_files) or "none",
+                "learn_rules": job.learn_rules,
                 **{f"workload.{k}": v for k, v in job.workload.items()}},
+        rule_files=rule_files, note=(
+            f"knobflow tune {job.target}: instance {job.instance} of service {job.service}, "
+            f"{job.direction} {job.objective} with {job.tuner}, budget {job.budget} trials; "
+            f"Optuna study {job.study_name}. Child runs: one per trial, baseline and "
+            "verification run. Result: the gain metrics, best config files and history.png."),
         tags={"knobflow.study": job.study_name, "knobflow.target": job.target,
-              "knobflow.service": job.service, "knobflow.instance": job.instance,
-              **_flow_run_tag()})
+              "knobflow.service": job.service, "knobflow.instance": job.instance})
     job.mlflow_run_id = tracker.run_id
     job.save()
     if resume:  # what the killed job left open: its trials' child runs, its models' runs
@@ -300,7 +318,7 @@ def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[
 
 
 def _flow_run_tag() -> dict[str, str]:
-    run_id = flow_run_id()
+    run_id = current_flow_run_id()
     return {FLOW_RUN_TAG: run_id} if run_id else {}
 
 

@@ -10,8 +10,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "features": ("feature_frame",),
     "fingerprint": ("distance", "fingerprint_hash"),
     "priors": ("prior_trials",),
-    "registry": ("Champion", "champion_table", "load_champion", "model_name", "promote",
-                 "register"),
+    "registry": ("Champion", "Decision", "champion_table", "load_champion", "model_name",
+                 "promote", "refusal", "register"),
     "store": ("client_for", "experiment_id", "process_tracking_uri"),
     "transfer": ("TransferPlan", "TransferRequest", "plan_transfer", "transfer_from_siblings"),
 })

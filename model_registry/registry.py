@@ -4,7 +4,8 @@ Owns the MLflow registry side of knobflow: the registered-model name of a servic
 (``model_name``), registering a trained model with its provenance tags (``register``), the
 champion policy (``promote``: the alias ``champion`` moves only to a model that validates better
 on the same held-out trials, or when there is none, or when the workload moved, and never to one
-that ranks the held-out trials no better than chance; one decision at a time per store), loading the
+validated on too few held-out trials or ranking them no better than chance; one decision at a time
+per store), loading the
 champion strictly by ``models:/<name>@champion`` in any process (``load_champion``), and the trial
 table stored beside the champion's run so a service's replicas reuse its data
 (``champion_table``).
@@ -21,12 +22,10 @@ import math
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -38,8 +37,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 
 from model_registry.fingerprint import CLOSE, distance, fingerprint_hash
-from model_registry.store import client_for, process_tracking_uri
-from targets.common.files import file_lock
+from model_registry.store import champion_lock, client_for, process_tracking_uri
 from tuners.trials import as_table
 
 log = logging.getLogger("knobflow.registry")
@@ -49,10 +47,13 @@ TABLE_ARTIFACT = "trial_table.parquet"
 #: Spearman differences smaller than this are a tie, decided by R².
 SPEARMAN_TIE = 0.01
 #: A version whose held-out Spearman is below this never becomes champion, not even the first one
-#: or one for a moved workload: it would steer transfer no better than chance (judged only on at
-#: least ``FLOOR_MIN_ROWS`` held-out trials; fewer cannot tell).
+#: or one for a moved workload: it would steer transfer no better than chance.
 SPEARMAN_FLOOR = 0.2
+#: A version validated on fewer held-out trials than this never becomes champion either: a rank
+#: correlation of 3 or 4 points says nothing (fresh services saw -0.5 and -0.8 pass unjudged).
 FLOOR_MIN_ROWS = 5
+#: The version tag saying why a version may not be champion (absent on versions that may).
+REFUSED_TAG = "champion_refused"
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _ALREADY = "RESOURCE_ALREADY_EXISTS"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -245,6 +246,19 @@ def holdout_scores(y_true: Sequence[float], y_pred: Sequence[float]) -> tuple[fl
     return (0.0 if math.isnan(rho) else rho), float(r2_score(yt, yp))
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What the champion policy decided for a version: whether the alias moved to it, why, and
+    whether the version was refused outright (it cannot be champion: too few held-out trials to
+    validate it, or a rank correlation below the floor); ``champion`` is the version the alias
+    points at afterwards ("" when the service has none)."""
+
+    moved: bool
+    reason: str
+    refused: bool = False
+    champion: str = ""
+
+
 def _better(new: tuple[float, float], old: tuple[float, float]) -> bool:
     """Spearman decides; within ``SPEARMAN_TIE`` of each other, R² does."""
     if abs(new[0] - old[0]) > SPEARMAN_TIE:
@@ -272,34 +286,6 @@ def _workload_moved(
     )
 
 
-def champion_lock_path(tracking_uri: str) -> Path | None:
-    """The file that serialises champion decisions of a local store (next to the SQLite
-    database, or in a file store's directory); None for a tracking server."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        db = tracking_uri.split(":///", 1)[1] if ":///" in tracking_uri else ""
-        if not db or db == ":memory:":
-            return None
-        path = Path(db)
-        return path.with_name(path.name + ".champion.lock")
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path or tracking_uri) / ".champion.lock"
-    return None
-
-
-@contextmanager
-def champion_lock(tracking_uri: str) -> Iterator[None]:
-    """Hold the store's champion lock: two processes training models of one service at once
-    (replicas finishing together) decide one after the other, each against the champion the
-    other left. A tracking server gets no lock (its clients share no file system)."""
-    path = champion_lock_path(tracking_uri)
-    if path is None:
-        yield
-        return
-    with file_lock(path):
-        yield
-
-
 def promote(
     client: MlflowClient,
     name: str,
@@ -310,16 +296,17 @@ def promote(
     workload_fp: Mapping[str, float],
     *,
     limits: Mapping[str, tuple[float, float]] | None = None,
-) -> tuple[bool, str]:
+) -> Decision:
     """Move the ``champion`` alias of ``name`` to ``version`` when it has earned it; returns
-    (moved, reason). It moves when there is no champion; when the workload moved (none of the
+    the ``Decision``. It moves when there is no champion; when the workload moved (none of the
     champion's training workloads, tag ``workloads``, is within ``fingerprint.CLOSE`` of
     ``workload_fp``); when the champion cannot take ``holdout_x`` (its features differ: the knob
     spec or the workload features changed) or cannot be loaded; or when ``version`` validates
-    better on the same held-out rows (Spearman, then R²). Never to a version whose held-out
-    Spearman is below ``SPEARMAN_FLOOR`` (on at least ``FLOOR_MIN_ROWS`` rows). The reason is kept
-    as the version's tag ``champion_reason``, and the champion it replaced as
-    ``previous_champion``. The decision holds the store's ``champion_lock``.
+    better on the same held-out rows (Spearman, then R²). Never to a version validated on fewer
+    than ``FLOOR_MIN_ROWS`` held-out rows or whose held-out Spearman is below ``SPEARMAN_FLOOR``:
+    such a version is refused, and says why in its tag ``champion_refused`` (e.g. ``too few
+    held-out rows (3 < 5)``). The reason is kept as the version's tag ``champion_reason``, and the
+    champion it replaced as ``previous_champion``. The decision holds the store's ``champion_lock``.
 
     ``direction`` does not change the comparison (ranking and fit are symmetric in it); it is
     recorded with the decision."""
@@ -333,36 +320,50 @@ def _promote(
     client: MlflowClient, name: str, version: str, holdout_x: pd.DataFrame,
     holdout_y: Sequence[float], direction: str, workload_fp: Mapping[str, float],
     limits: Mapping[str, tuple[float, float]] | None,
-) -> tuple[bool, str]:
+) -> Decision:
     current = _champion_version(client, name)
-    if current is not None and str(current.version) == version:
-        return False, f"v{version} is already the champion"
-    moved, reason = _decide(client, name, version, current, holdout_x, holdout_y,
-                            workload_fp, limits)
+    held = str(current.version) if current is not None else ""
+    if held == version:
+        return Decision(False, f"v{version} is already the champion", champion=held)
+    new = None
+    if len(holdout_x) >= FLOOR_MIN_ROWS:
+        new_model, _ = _load_sklearn(client, f"models:/{name}/{version}")
+        new = holdout_scores(holdout_y, new_model.predict(
+            holdout_x[model_features(new_model) or list(holdout_x.columns)]))
+    refused = refusal(len(holdout_x), new[0] if new else None, version)
+    moved, reason = (False, refused) if refused or new is None else _decide(
+        client, name, version, current, new, holdout_x, holdout_y, workload_fp, limits)
     tags = {"champion_reason": reason, "champion_direction": direction,
             "champion_decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if refused:
+        tags[REFUSED_TAG] = refused
     if moved:
         client.set_registered_model_alias(name, CHAMPION, version)
-        tags["previous_champion"] = str(current.version) if current is not None else ""
+        tags["previous_champion"] = held
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     log.info("%s v%s: %s", name, version, reason)
-    return moved, reason
+    return Decision(moved, reason, refused=bool(refused), champion=version if moved else held)
+
+
+def refusal(n_holdout: int, spearman: float | None, version: str = "") -> str:
+    """Why a version validated on ``n_holdout`` held-out trials with rank correlation
+    ``spearman`` may never be champion ("" when it may): a model that cannot be validated
+    (fewer than ``FLOOR_MIN_ROWS`` rows), or one that ranks them no better than chance."""
+    if n_holdout < FLOOR_MIN_ROWS:
+        return f"too few held-out rows ({n_holdout} < {FLOOR_MIN_ROWS})"
+    if spearman is not None and spearman < SPEARMAN_FLOOR:
+        return (f"below the floor: on {n_holdout} held-out trials v{version} has spearman "
+                f"{spearman:.3f} < {SPEARMAN_FLOOR}, no better than chance at ranking configs")
+    return ""
 
 
 def _decide(
     client: MlflowClient, name: str, version: str, current: ModelVersion | None,
-    holdout_x: pd.DataFrame, holdout_y: Sequence[float], workload_fp: Mapping[str, float],
-    limits: Mapping[str, tuple[float, float]] | None,
+    new: tuple[float, float], holdout_x: pd.DataFrame, holdout_y: Sequence[float],
+    workload_fp: Mapping[str, float], limits: Mapping[str, tuple[float, float]] | None,
 ) -> tuple[bool, str]:
-    new_model, _ = _load_sklearn(client, f"models:/{name}/{version}")
-    x = holdout_x[model_features(new_model) or list(holdout_x.columns)]
-    new = holdout_scores(holdout_y, new_model.predict(x))
-    if len(holdout_x) >= FLOOR_MIN_ROWS and new[0] < SPEARMAN_FLOOR:
-        return False, (
-            f"below the floor: on {len(holdout_x)} held-out trials v{version} has spearman "
-            f"{new[0]:.3f} < {SPEARMAN_FLOOR}, no better than chance at ranking configs"
-        )
+    """Whether a version that may be champion (scores ``new``) replaces ``current``, and why."""
     if current is None:
         return True, "no champion yet"
     moved = _workload_moved(current, workload_fp, limits)

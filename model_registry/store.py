@@ -4,13 +4,18 @@
 * ``experiment_id``: get or create an experiment (a concurrent creator is not an error), with its
   artifacts beside an embedded SQLite store (``default_artifact_root``);
 * ``param``: a parameter cut to the length every store accepts;
-* ``process_tracking_uri``: MLflow's process-wide URI for the calls that ignore a client's.
+* ``process_tracking_uri``: MLflow's process-wide URI for the calls that ignore a client's;
+* ``champion_lock``: the lock file beside a local store that serialises champion decisions;
+* ``source_tags``: MLflow's system tags saying what made a run (user, source, git commit), and
+  ``NOTE`` (``mlflow.note.content``), the description the UI shows for experiments and runs.
 
 Nothing here sets MLflow's process-wide tracking URI for longer than one block.
 """
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
 import logging
 import os
@@ -19,24 +24,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
-from mlflow.entities import Param
+from mlflow.entities import Param, SourceType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils import mlflow_tags
 
 from targets.common.errors import KnobflowError
 from targets.common.files import file_lock
 
 __all__ = [
-    "PARAM_MAX", "check_reachable", "client_for", "default_artifact_root", "experiment_id",
-    "param", "process_tracking_uri",
+    "NOTE", "PARAM_MAX", "champion_lock", "champion_lock_path", "check_reachable", "client_for",
+    "default_artifact_root", "experiment_id", "param", "process_tracking_uri", "source_tags",
 ]
 
+#: The tag MLflow shows as an experiment's or a run's description.
+NOTE = mlflow_tags.MLFLOW_RUN_NOTE
+#: The folder knobflow's own code is in: a git checkout gives runs its commit.
+_CODE = Path(__file__).resolve().parents[1]
 #: The longest parameter value written (MLflow's SQL stores accept 6000 characters).
 PARAM_MAX = 6000
 # "Creating initial MLflow database tables..." on every new store is noise to an operator
 logging.getLogger("mlflow").setLevel(logging.WARNING)
+log = logging.getLogger("knobflow.store")
 _URI_LOCK = threading.RLock()
 _READY: set[str] = set()  # embedded stores this process has seen created
 
@@ -102,23 +113,72 @@ def default_artifact_root(tracking_uri: str) -> Path | None:
     return None
 
 
-def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
+def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None,
+                  description: str = "") -> str:
     """The id of experiment ``name``, created (artifacts under ``artifact_root`` when given) if
-    it does not exist; two processes creating it at once both get the same one."""
+    it does not exist; two processes creating it at once both get the same one. An experiment
+    without a description gets ``description`` (one an operator wrote in the UI is kept)."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
+    if found is None:
+        try:
+            if artifact_root is None:
+                return _described(client, str(client.create_experiment(name)), description)
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            return _described(client, str(client.create_experiment(
+                name, artifact_location=artifact_root.resolve().as_uri())), description)
+        except MlflowException:  # created by a concurrent process between the two calls
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if description and not (found.tags or {}).get(NOTE):
+        client.set_experiment_tag(found.experiment_id, NOTE, description)
+    return str(found.experiment_id)
+
+
+def _described(client: MlflowClient, exp_id: str, description: str) -> str:
+    if description:
+        client.set_experiment_tag(exp_id, NOTE, description)
+    return exp_id
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """MLflow's system tags of a run made by knobflow's ``source`` (e.g. ``flows/tune.py``):
+    ``mlflow.source.name``, ``mlflow.source.type`` (``JOB``), ``mlflow.user`` and, when
+    knobflow's code is a git checkout, ``mlflow.source.git.commit``, ``.branch`` and
+    ``.repoURL`` (credentials in the URL dropped), as the MLflow UI shows them."""
+    tags = {mlflow_tags.MLFLOW_SOURCE_NAME: source,
+            mlflow_tags.MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.JOB),
+            mlflow_tags.MLFLOW_USER: _user()}
+    tags.update(_git_tags())
+    return tags
+
+
+def _user() -> str:
     try:
-        if artifact_root is None:
-            return str(client.create_experiment(name))
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        return str(client.create_experiment(
-            name, artifact_location=artifact_root.resolve().as_uri()))
-    except MlflowException:  # created by a concurrent process between the two calls
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return str(found.experiment_id)
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return str(os.getuid())
+
+
+@functools.cache
+def _git_tags() -> dict[str, str]:
+    """The commit, branch and remote of knobflow's code, once per process ({} outside git)."""
+    try:
+        import git  # GitPython, which MLflow depends on
+
+        repo = git.Repo(_CODE, search_parent_directories=True)
+        tags = {mlflow_tags.MLFLOW_GIT_COMMIT: repo.head.commit.hexsha}
+        if not repo.head.is_detached:
+            tags[mlflow_tags.MLFLOW_GIT_BRANCH] = repo.active_branch.name
+        url = next((r.url for r in repo.remotes), None)
+        if url:
+            parts = urlsplit(url)
+            tags[mlflow_tags.MLFLOW_GIT_REPO_URL] = urlunsplit(parts._replace(
+                netloc=parts.netloc.rpartition("@")[2])) if parts.scheme else url
+        return tags
+    except Exception as exc:  # no git, not a checkout, a broken one: no commit to record
+        log.debug("no git commit for %s: %s", _CODE, exc)
+        return {}
 
 
 def param(key: str, value: Any) -> Param:
@@ -157,3 +217,31 @@ def process_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def champion_lock_path(tracking_uri: str) -> Path | None:
+    """The file that serialises champion decisions of a local store (next to the SQLite
+    database, or in a file store's directory); None for a tracking server."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        db = tracking_uri.split(":///", 1)[1] if ":///" in tracking_uri else ""
+        if not db or db == ":memory:":
+            return None
+        path = Path(db)
+        return path.with_name(path.name + ".champion.lock")
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or tracking_uri) / ".champion.lock"
+    return None
+
+
+@contextmanager
+def champion_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold the store's champion lock: two processes training models of one service at once
+    (replicas finishing together) decide one after the other, each against the champion the
+    other left. A tracking server gets no lock (its clients share no file system)."""
+    path = champion_lock_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    with file_lock(path):
+        yield

@@ -78,6 +78,7 @@ class TrialRunner:
         outcome = runs[-1]
         outcome.repeat_values = values
         outcome.elapsed_s = sum(r.elapsed_s for r in runs)
+        outcome.started_at = runs[0].started_at  # the trial spans all its repeats
         if all_ok:
             outcome.value = statistics.fmean(values)
             outcome.value_low, outcome.value_high = t_interval(values)
@@ -99,7 +100,7 @@ class TrialRunner:
         trial_dir = self.job_dir / "trials" / key
         trial_dir.mkdir(parents=True, exist_ok=True)
         data_dir = self.instance_dirs[instance]
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         exit_ = self.processes.run({
             "target_ref": self.target_ref, "data_dir": str(data_dir), "workload": self.workload,
             "config": dict(config), "seed": seed, "result_path": str(trial_dir / "result.json"),
@@ -112,6 +113,7 @@ class TrialRunner:
         self._classify(exit_, outcome, data_dir)
         self._blame_a_full_disk(outcome, data_dir)
         outcome.elapsed_s = time.monotonic() - started
+        outcome.started_at, outcome.finished_at = wall, time.time()
         return outcome
 
     def _blame_a_full_disk(self, outcome: TrialOutcome, data_dir: Path) -> None:

@@ -1,11 +1,14 @@
-"""Tracking in MLflow: one parent run per tuning job, one child run per trial, one run per model.
+"""Tracking in MLflow: one parent run per tuning job, one child run per trial.
 
 Children carry the knobs as params, the metrics, the status and failure class as tags, and the
 effective config (as ``effective.<knob>`` params and a ``trial.json`` artifact), so the MLflow UI
-compares trials side by side. Writes go through one background thread so that a trial never waits
-on the tracking store; the Optuna study stays the source of truth, and ``missing_trials`` lets a
-resumed job log whatever a killed one had not written yet (``JobTracker.backfill``). A trained
-model's run (``log_model_run``) holds its metrics, importance plot, trial table and the model.
+compares trials side by side; a child run spans its trial's real start and end. Every run has a
+description (``mlflow.note.content``) and MLflow's source and git tags; the parent run records the
+policies and rule files the job used and the Prefect flow run running it (``tag_flow_run``).
+Writes go through one background thread so that a trial never waits on the tracking store; the
+Optuna study stays the source of truth, and ``missing_trials`` lets a resumed job log whatever a
+killed one had not written yet (``JobTracker.backfill``). A trained model's run is
+``tasks/model_runs.py``'s.
 """
 
 from __future__ import annotations
@@ -16,41 +19,43 @@ import queue
 import tempfile
 import threading
 import time
-import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import pandas as pd
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sklearn.base import BaseEstimator
 
-from model_registry.registry import TABLE_ARTIFACT
-from model_registry.store import client_for, experiment_id, param, process_tracking_uri
+from model_registry.store import (
+    NOTE,
+    client_for,
+    experiment_id,
+    param,
+    source_tags,
+)
 from tuners.trials import ATTR, finished_trials
 
 log = logging.getLogger("knobflow.track")
 
 PARENT_TAG = "mlflow.parentRunId"
-#: Packages a logged model needs; pinned to what trained it (MLflow does not infer them).
-REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "skops")
-#: Classes the skops serializer may load beyond its built-in safe set.
-_TRUSTED_PREFIXES = ("sklearn.", "lightgbm.", "numpy.", "collections.OrderedDict", "builtins.")
+#: The tag of a job's parent run naming the Prefect flow run that ran the job.
+FLOW_RUN_TAG = "prefect.flow_run_id"
+#: What makes each kind of run (``mlflow.source.name``).
+JOB_SOURCE = "flows/tune.py"
 
 
 class JobTracker:
     """The MLflow runs of one tuning job; every write happens on a background thread."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path,
+                 description: str = "") -> None:
         # no mlflow.set_tracking_uri: it also sets $MLFLOW_TRACKING_URI for every later process
         self.client = client_for(tracking_uri)
-        self.experiment_id = experiment_id(self.client, experiment, artifact_root)
+        self.experiment_id = experiment_id(self.client, experiment, artifact_root,
+                                           description or _experiment_note(experiment))
         self.run_id: str = ""
         self.errors: list[str] = []
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -64,15 +69,26 @@ class JobTracker:
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         run_id: str | None = None,
+        note: str = "",
+        rule_files: Sequence[Path] = (),
     ) -> str:
-        """Create the job's parent run (or reopen ``run_id`` when resuming); return its id."""
+        """Create the job's parent run (or reopen ``run_id`` when resuming) with its description
+        ``note``, source and git tags, the ``rule_files`` it uses (artifacts under ``rules/``)
+        and the Prefect flow run running it, if any; return its id."""
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
-            return run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
-        self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=[param(k, v) for k, v in params.items()])
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags={
+                **source_tags(JOB_SOURCE), **({NOTE: note} if note else {}), **tags})
+            self.run_id = run.info.run_id
+            self.client.log_batch(self.run_id, params=[param(k, v) for k, v in params.items()])
+        flow_run = current_flow_run_id()
+        if flow_run:
+            tag_flow_run(self.client, self.run_id, flow_run)
+        for path in rule_files:
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path), artifact_path="rules")
         return self.run_id
 
     def annotate(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
@@ -125,26 +141,10 @@ class JobTracker:
         payload = {**record, "samples": samples or []}
 
         def write() -> None:
-            tags = {
-                PARENT_TAG: run_id,
-                "mlflow.runName": f"{phase}-{key}" if phase != "explore" else f"trial-{key}",
-                "knobflow.trial": key,
-                "knobflow.phase": phase,
-                "knobflow.status": record["status"],
-                "knobflow.instance": record.get("instance", ""),
-            }
-            if record.get("failure_class"):
-                tags["knobflow.failure_class"] = record["failure_class"]
-                tags["knobflow.failure_message"] = str(record.get("message", ""))[:4000]
-                tags["knobflow.log_tail"] = "\n".join(record.get("log_tail", []))[-4000:]
-            if record.get("row"):  # it reached the measurement gate
-                tags["knobflow.gate"] = "failed" if record.get("reasons") else "passed"
-            if record.get("reasons"):
-                tags["knobflow.gate_reasons"] = "\n".join(record["reasons"])[:4000]
-            if record.get("changed_knobs"):
-                tags["knobflow.changed_knobs"] = ",".join(record["changed_knobs"])
-            run = self.client.create_run(self.experiment_id, tags=tags)
-            now = int(time.time() * 1000)
+            tags = _trial_tags(run_id, key, phase, record)
+            start, end = _span_ms(record)
+            run = self.client.create_run(self.experiment_id, start_time=start, tags=tags)
+            now = end
             params = [param(k, v) for k, v in record["config"].items()]
             params += [param(f"effective.{k}", v) for k, v in record["effective_config"].items()]
             params += [
@@ -166,7 +166,8 @@ class JobTracker:
                         path.write_text(json.dumps(content, indent=1, default=str), "utf-8")
                         self.client.log_artifact(run.info.run_id, str(path))
             self.client.set_terminated(
-                run.info.run_id, status="FINISHED" if record["status"] == "ok" else "FAILED"
+                run.info.run_id, status="FINISHED" if record["status"] == "ok" else "FAILED",
+                end_time=end,
             )
 
         self._queue.put(write)
@@ -186,8 +187,10 @@ class JobTracker:
         logged = self.logged_trials()
         missing = [t for t in finished_trials(study)
                    if str(t.number) not in logged and ATTR in t.user_attrs]
-        for t in missing:
-            self.log_trial(str(t.number), t.user_attrs[ATTR])
+        for t in missing:  # a record from before trials kept their times: Optuna's
+            span = {k: d.timestamp() for k, d in (("started_at", t.datetime_start),
+                                                   ("finished_at", t.datetime_complete)) if d}
+            self.log_trial(str(t.number), {**span, **t.user_attrs[ATTR]})
         self.flush()
         return len(missing)
 
@@ -215,14 +218,79 @@ class JobTracker:
         self._thread.join(timeout=30)
 
 
+def _trial_tags(parent: str, key: str, phase: str, record: Mapping[str, Any]) -> dict[str, str]:
+    """A child run's tags: its trial, phase, status and failure, gate verdict, source, note."""
+    tags = {
+        PARENT_TAG: parent,
+        "mlflow.runName": f"{phase}-{key}" if phase != "explore" else f"trial-{key}",
+        "knobflow.trial": key,
+        "knobflow.phase": phase,
+        "knobflow.status": record["status"],
+        "knobflow.instance": record.get("instance", ""),
+    }
+    if record.get("failure_class"):
+        tags["knobflow.failure_class"] = record["failure_class"]
+        tags["knobflow.failure_message"] = str(record.get("message", ""))[:4000]
+        tags["knobflow.log_tail"] = "\n".join(record.get("log_tail", []))[-4000:]
+    if record.get("row"):  # it reached the measurement gate
+        tags["knobflow.gate"] = "failed" if record.get("reasons") else "passed"
+    if record.get("reasons"):
+        tags["knobflow.gate_reasons"] = "\n".join(record["reasons"])[:4000]
+    if record.get("changed_knobs"):
+        tags["knobflow.changed_knobs"] = ",".join(record["changed_knobs"])
+    tags.update({**source_tags(JOB_SOURCE), NOTE: _trial_note(key, phase, record)})
+    return tags
+
+
+def _span_ms(record: Mapping[str, Any]) -> tuple[int, int]:
+    """A trial's start and end in ms since the epoch, from its record; a record without them
+    (never run) spans the moment it is logged."""
+    now = time.time()
+    start = float(record.get("started_at") or 0.0) or now
+    end = float(record.get("finished_at") or 0.0) or max(start, now)
+    return round(start * 1000), round(end * 1000)
+
+
+def _trial_note(key: str, phase: str, record: Mapping[str, Any]) -> str:
+    """A child run's description: which trial, on which instance, what came of it."""
+    what = (f"measured {record.get('value')}" if record.get("status") == "ok"
+            else f"{record.get('status')} ({record.get('failure_class') or 'no class'}): "
+            f"{str(record.get('message', ''))[:300]}")
+    changed = ", ".join(record.get("changed_knobs") or []) or "none"
+    return (f"{phase} trial {key} on instance {record.get('instance') or '-'}: {what}. "
+            f"Knobs the system changed on its own: {changed}.")
+
+
+def _experiment_note(experiment: str) -> str:
+    return (f"knobflow tuning jobs ({experiment}): one parent run per `knobflow tune` job "
+            "(its options, result and files), one child run per trial, baseline and "
+            "verification run (knobs as params, what the system applied as effective.*, "
+            "metrics, status and failure class as tags).")
+
+
+def current_flow_run_id() -> str:
+    """The id of the Prefect flow run this code runs in ("" outside one)."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
+
+
+def tag_flow_run(client: MlflowClient, run_id: str, flow_run_id: str) -> None:
+    """Record on MLflow run ``run_id`` (a job's parent run) the Prefect flow run that ran it:
+    tag ``prefect.flow_run_id`` (a resumed job's run names the flow run that resumed it)."""
+    client.set_tag(run_id, FLOW_RUN_TAG, str(flow_run_id))
+
+
 @task(name="start-tracking", cache_policy=NO_CACHE)
 def start_tracking(tracking_uri: str, experiment: str, artifact_root: Path, name: str, *,
                    params: Mapping[str, Any], tags: Mapping[str, str], run_id: str | None,
-                   study: optuna.Study | None = None) -> JobTracker:
+                   study: optuna.Study | None = None, note: str = "",
+                   rule_files: Sequence[Path] = ()) -> JobTracker:
     """Open a job's MLflow parent run, or reopen ``run_id`` to resume; a resumed job's
     ``study`` has its finished trials the killed job had not logged written now."""
     tracker = JobTracker(tracking_uri, experiment, artifact_root)
-    tracker.start_job(name, params=params, tags=tags, run_id=run_id)
+    tracker.start_job(name, params=params, tags=tags, run_id=run_id, note=note,
+                      rule_files=rule_files)
     if study is not None:
         get_run_logger().info("%d finished trials logged to MLflow late", tracker.backfill(study))
     return tracker
@@ -241,108 +309,3 @@ def close_killed_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str
     for run in runs:
         client.set_terminated(run.info.run_id, status="KILLED")
     return len(runs)
-
-
-# -- model runs ------------------------------------------------------------------------------------
-@dataclass
-class KindResult:
-    """One model kind's run."""
-
-    kind: str
-    run_id: str
-    model_uri: str
-    metrics: dict[str, float]
-    importance: dict[str, float] = field(default_factory=dict)
-
-
-
-# -- MLflow ----------------------------------------------------------------------------------------
-def pip_requirements() -> list[str]:
-    """Exact pins of what the logged model needs to load, from the installed versions."""
-    pins = []
-    for dist in REQUIREMENTS:
-        try:
-            pins.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            pins.append(dist)
-    return pins
-
-
-def _trusted_types(model: BaseEstimator) -> list[str]:
-    """The classes skops must be told to trust to load ``model``: only sklearn/LightGBM/numpy."""
-    import skops.io
-
-    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    bad = [t for t in found if not t.startswith(_TRUSTED_PREFIXES)]
-    if bad:
-        raise TypeError(f"the model holds types a loader should not trust: {bad}")
-    return sorted(found)
-
-
-def _importance_png(importance: Mapping[str, float], title: str, path: Path) -> None:
-    from matplotlib.figure import Figure  # object API: no pyplot state, no GUI backend
-
-    top = list(importance.items())[:30][::-1]
-    fig = Figure(figsize=(7.0, 1.2 + 0.28 * max(1, len(top))))
-    ax = fig.add_subplot()
-    ax.barh([k for k, _ in top], [v for _, v in top], color="#4878a8")
-    ax.set_xlabel("importance")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def _log_artifacts(client: MlflowClient, run_id: str, importance: Mapping[str, float],
-                   title: str, table: pd.DataFrame) -> None:
-    """The importance plot and its numbers, and the trial table the model was trained from."""
-    with tempfile.TemporaryDirectory(prefix="knobflow-train-") as tmp:
-        _importance_png(importance, title, Path(tmp) / "feature_importance.png")
-        (Path(tmp) / "feature_importance.json").write_text(
-            json.dumps(importance, indent=1), "utf-8")
-        table.to_parquet(Path(tmp) / TABLE_ARTIFACT, index=False)
-        for file in ("feature_importance.png", "feature_importance.json",
-                     TABLE_ARTIFACT):
-            client.log_artifact(run_id, str(Path(tmp) / file))
-
-
-def log_model_run(
-    client: MlflowClient, experiment: str, kind: str, model: BaseEstimator,
-    metrics: Mapping[str, float], importance: Mapping[str, float], *,
-    params: Mapping[str, Any], table: pd.DataFrame, x: pd.DataFrame, tracking_uri: str,
-    study: str = "",
-) -> KindResult:
-    """One model kind's MLflow run: params, metrics, importance plot, trial table, the model;
-    tagged with the ``study`` of the job that trained it (a resumed job closes what its killed
-    run left open: ``close_killed_runs``)."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    service, objective = params["service"], params["objective"]
-    run = client.create_run(experiment, run_name=f"{objective}-{kind}", tags={
-        "knobflow.service": str(service), "knobflow.instance": str(params["instance"]),
-        "knobflow.objective": str(objective), "knobflow.model_kind": kind,
-        "knobflow.data_hash": str(params["data_hash"]), "knobflow.study": study,
-    })
-    run_id = run.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                         params=[param(k, v) for k, v in params.items()])
-        _log_artifacts(client, run_id, importance, f"{service} {objective}: {kind}", table)
-        sample = x.head(50)
-        signature = infer_signature(sample, model.predict(sample))
-        with process_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id), \
-                warnings.catch_warnings():
-            # MLflow 3.17 compares an input example's columns with a range, which pandas 3
-            # deprecates: a warning about MLflow's code, not the operator's data
-            warnings.filterwarnings("ignore", message="Operation with range is deprecated")
-            info = mlflow.sklearn.log_model(
-                model, name="model", signature=signature, input_example=x.head(3),
-                pip_requirements=pip_requirements(), skops_trusted_types=_trusted_types(model),
-            )
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    return KindResult(kind=kind, run_id=run_id, model_uri=info.model_uri,
-                      metrics=dict(metrics), importance=dict(importance))

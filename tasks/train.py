@@ -35,6 +35,7 @@ from model_registry.store import (
 )
 from targets.base import MAXIMIZE, MINIMIZE
 from targets.spec import KnobSpec
+from tasks.model_runs import KindResult, log_model_run
 from tasks.models import (
     KINDS,
     build_model,
@@ -46,7 +47,6 @@ from tasks.models import (
     scores,
     training_set,
 )
-from tasks.track import KindResult, log_model_run
 
 __all__ = [
     "METRICS", "MIN_ROWS", "TrainReport", "train_models", "train_service_models",
@@ -85,6 +85,10 @@ class TrainReport:
     champion_moved: bool
     champion_reason: str
     seconds: float
+    #: Why the new version may never be champion ("" when it may), as its tag ``champion_refused``.
+    champion_refused: str = ""
+    #: The version the ``champion`` alias points at after the decision ("" when there is none).
+    champion_version: str = ""
 
     @property
     def best(self) -> KindResult:
@@ -94,17 +98,23 @@ class TrainReport:
     def line(self) -> str:
         """One line for the job's summary."""
         best = self.best.metrics
-        return (f"{self.registered_name} v{self.registered_version} ({self.best_kind}, "
+        head = (f"{self.registered_name} v{self.registered_version} ({self.best_kind}, "
                 f"{self.n_rows} trials): held-out rank correlation "
-                f"{best['holdout_spearman']:.2f}, cv R² {best['cv_r2']:.2f}; champion "
-                f"{'moved' if self.champion_moved else 'kept'}: {self.champion_reason}")
+                f"{best['holdout_spearman']:.2f}, cv R² {best['cv_r2']:.2f}; ")
+        if self.champion_refused:
+            now = (f"champion stays v{self.champion_version}" if self.champion_version
+                   else "the service has no champion")
+            return f"{head}not made champion: {self.champion_refused}; {now}"
+        return (f"{head}champion {'moved' if self.champion_moved else 'kept'}: "
+                f"{self.champion_reason}")
 
     def to_dict(self) -> dict[str, Any]:
         """What the job's summary keeps of it (``model`` in ``result.json``)."""
         return {
             "name": self.registered_name, "version": self.registered_version,
-            "kind": self.best_kind, "n_rows": self.n_rows,
+            "kind": self.best_kind, "n_rows": self.n_rows, "n_holdout": self.n_holdout,
             "champion_moved": self.champion_moved, "champion_reason": self.champion_reason,
+            "champion_refused": self.champion_refused, "champion": self.champion_version,
             "metrics": {kind: r.metrics for kind, r in self.kinds.items()},
             "runs": {kind: r.run_id for kind, r in self.kinds.items()}, "line": self.line,
         }
@@ -179,23 +189,33 @@ def train_models(
         "instance": instance,
     }
     client = client_for(tracking_uri)
-    exp = experiment_id(client, f"knobflow/{service}/models",
-                        artifact_root or default_artifact_root(tracking_uri))
+    exp = _models_experiment(client, service, artifact_root or default_artifact_root(tracking_uri))
     results = {kind: _fit_and_log(client, exp, kind, data, params, table, tracking_uri, study)
                for kind in kinds}
     best = max(results.values(), key=_rank_key)
     name = registry.model_name(service, objective)
     version_ = _register(client, name, best, data, params, workload_fp)
     x_hold, y_hold = data.holdout
-    moved, why = registry.promote(client, name, version_, x_hold, y_hold, direction,
-                                  workload_fp, limits=workload_limits)
+    decision = registry.promote(client, name, version_, x_hold, y_hold, direction,
+                                workload_fp, limits=workload_limits)
     return TrainReport(
         service=service, objective=objective, direction=direction, instance=instance,
         n_rows=len(rows), n_train=int((~data.held).sum()), n_holdout=int(data.held.sum()),
         data_hash=params["data_hash"], target_column=tcol, features=params["features"],
         kinds=results, best_kind=best.kind, registered_name=name, registered_version=version_,
-        champion_moved=moved, champion_reason=why, seconds=time.perf_counter() - started,
+        champion_moved=decision.moved, champion_reason=decision.reason,
+        seconds=time.perf_counter() - started,
+        champion_refused=decision.reason if decision.refused else "",
+        champion_version=decision.champion,
     )
+
+
+def _models_experiment(client: MlflowClient, service: str, artifact_root: Path | None) -> str:
+    """The experiment of ``service``'s model runs, described."""
+    return experiment_id(client, f"knobflow/{service}/models", artifact_root, (
+        f"Surrogate models of service {service}: one run per model kind and training (runs "
+        "<service>/<objective>-<kind>), the best registered as knobflow-<service>-<objective> "
+        "(Model registry); compare them on the cv_* and holdout_* metrics."))
 
 
 def _check_arguments(direction: str, holdout_fraction: float) -> None:

@@ -87,6 +87,9 @@ class TrialOutcome:
     rule_warnings: list[str] = field(default_factory=list)
     learned_rule: str | None = None
     elapsed_s: float = 0.0
+    #: Wall-clock start and end of the run(s), seconds since the epoch (0: not run).
+    started_at: float = 0.0
+    finished_at: float = 0.0
     #: The trial failed because the disk the job writes to is full (the job stops).
     disk_full: bool = field(default=False, repr=False)
     #: The raw measurement between running and cleaning (never stored).
@@ -115,6 +118,7 @@ class TrialOutcome:
             "raw_value": self.raw_value, "baseline_value": self.baseline_value,
             "rule_warnings": self.rule_warnings, "learned_rule": self.learned_rule,
             "instance": self.instance, "elapsed_s": round(self.elapsed_s, 4),
+            "started_at": round(self.started_at, 3), "finished_at": round(self.finished_at, 3),
         }
 
 

@@ -17,10 +17,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import StateType
 
-from flows.publish import FLOW_RUN_TAG, artifact_key
+from flows.publish import artifact_key
 from flows.tune import tune
 from targets.common.errors import fmt_value
 from targets.synthetic import SyntheticTarget
+from tasks.track import FLOW_RUN_TAG
 
 FAST = {"duration": 0.0, "noise": 0.02}
 JOB = ["tune", "synthetic", "--budget", "2", "--verify-repeats", "2",

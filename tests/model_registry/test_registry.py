@@ -20,13 +20,12 @@ from sqlalchemy.exc import DatabaseError
 
 from model_registry.features import feature_frame
 from model_registry.registry import (
-    champion_lock,
-    champion_lock_path,
     champion_table,
     load_champion,
     model_name,
     promote,
 )
+from model_registry.store import champion_lock, champion_lock_path
 from targets.spec import parse_spec
 from targets.synthetic import SyntheticTarget
 from tasks.models import holdout_mask
@@ -146,6 +145,8 @@ def test_the_champion_moves_only_to_a_better_model_or_a_moved_workload(uri: str)
     first = train(flat(table), uri)  # the only model, but it ranks nothing: no champion
     assert not first.champion_moved, first.champion_reason
     assert first.champion_reason.startswith("below the floor"), first.champion_reason
+    assert first.champion_refused == first.champion_reason
+    assert version_tags(uri, 1)["champion_refused"] == first.champion_reason
     assert load_champion(uri, SERVICE, OBJECTIVE) is None
 
     good = train(table, uri)
@@ -181,8 +182,39 @@ def test_the_champion_moves_only_to_a_better_model_or_a_moved_workload(uri: str)
     # promoting the champion again changes nothing
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     x = feature_frame(moved.head(5), SPEC, moved.head(5)[["workload.shift"]])
-    assert promote(client, NAME, 6, x, moved["value"].head(5).to_numpy(), "maximize",
-                   {"shift": 1.0}) == (False, "v6 is already the champion")
+    again = promote(client, NAME, 6, x, moved["value"].head(5).to_numpy(), "maximize",
+                    {"shift": 1.0})
+    assert (again.moved, again.reason, again.champion) == (False, "v6 is already the champion",
+                                                           "6")
+
+
+def test_a_model_too_few_held_out_trials_validate_is_never_champion(uri: str) -> None:
+    """A fresh service with a dozen trials holds out 3: a rank correlation on 3 points proves
+    nothing (fresh services got the alias at -0.5 and -0.8), so no version becomes champion,
+    and the summary line and the version's tags say why."""
+    table = trial_table(12, seed=5)
+    assert holdout_mask(training_rows(table), 0.2).sum() == 3
+    report = train(table, uri)
+    assert not report.champion_moved and report.n_holdout == 3
+    assert report.champion_refused == report.champion_reason == "too few held-out rows (3 < 5)"
+    assert report.line.endswith(
+        "not made champion: too few held-out rows (3 < 5); the service has no champion")
+    assert report.to_dict()["champion_refused"] == "too few held-out rows (3 < 5)"
+    tags = version_tags(uri, 1)
+    assert tags["champion_refused"] == "too few held-out rows (3 < 5)"
+    assert tags["champion_reason"] == "too few held-out rows (3 < 5)"
+    assert load_champion(uri, SERVICE, OBJECTIVE) is None
+    assert champion_table(uri, SERVICE, OBJECTIVE).empty  # nothing for a sibling from the model
+
+    # with a champion in place, a small retraining leaves it where it is, and says so
+    good = train(trial_table(120, seed=1), uri)
+    assert good.champion_moved and good.champion_version == "2" and not good.champion_refused
+    assert "champion_refused" not in version_tags(uri, 2)
+    small = train(table, uri)
+    assert not small.champion_moved and small.champion_version == "2"
+    assert small.line.endswith("not made champion: too few held-out rows (3 < 5); champion "
+                               "stays v2")
+    assert champion_version(uri) == 2
 
 
 def test_champion_decisions_of_one_store_wait_for_each_other(uri: str, tmp_path: Path) -> None:

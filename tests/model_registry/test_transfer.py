@@ -121,6 +121,19 @@ def test_no_sibling_and_no_champion_is_a_reason_not_an_error(tmp_path: Path) -> 
     assert plan.seeds == [] and "no sibling" in plan.reason
 
 
+def test_a_service_without_a_champion_transfers_its_siblings_measured_configs(
+        tmp_path: Path) -> None:
+    """A fresh service whose model was refused (too few held-out trials) has no champion: a new
+    instance still starts from the siblings' best measured configs, and no model is named."""
+    siblings = trial_table(14, seed=5, instance="kv-1")
+    plan = plan_transfer(space=SearchSpace.full(SPEC), rules=_rules(tmp_path, "x > 2"),
+                         siblings=siblings, workload_fp={"shift": 0.0}, limits=LIMITS,
+                         direction="maximize", champion=None)
+    assert plan.seeds and {s.source for s in plan.seeds} == {"sibling"}
+    assert plan.model_name is None and plan.from_instances == ["kv-1"] and not plan.reason
+    assert plan.configs[0] == _best_configs(siblings, 1)[0]
+
+
 def test_sibling_configs_are_projected_into_a_narrower_space() -> None:
     space = parse_space({"knobs": {"x": {"range": [0.2, 0.4]},
                                    "mode": {"values": ["alpha", "beta"]}}}, SPEC, "space.yaml")

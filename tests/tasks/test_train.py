@@ -4,6 +4,7 @@ line up across model kinds (same metrics, importance plot, trial table, pinned r
 from __future__ import annotations
 
 import os
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -22,6 +23,14 @@ from tasks.train import METRICS, MIN_ROWS, train_models, why_not_trainable
 from tests.synthetic_rows import trial_table
 
 SPEC = SyntheticTarget.knob_spec()
+REPO = Path(__file__).resolve().parents[2]
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the tests run from (None outside a git checkout)."""
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def xy(table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -149,8 +158,20 @@ def test_runs_of_every_kind_line_up_in_mlflow(tmp_path: Path) -> None:
     exp = client.get_experiment_by_name("knobflow/orders-kv/models")
     assert exp is not None
     assert Path(exp.artifact_location.removeprefix("file://")) == tmp_path / "artifacts"
+    assert exp.tags["mlflow.note.content"].startswith(
+        "Surrogate models of service orders-kv: one run per model kind and training")
     runs = {r.data.params["model_kind"]: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"lightgbm", "sklearn"}
+    commit = git_commit()
+    for kind, run in runs.items():  # named after the service, described, with their source
+        tags = run.data.tags
+        assert run.info.run_name == f"orders-kv/throughput-{kind}"
+        assert tags["mlflow.note.content"].startswith(
+            f"{kind} surrogate of throughput (maximize) for service orders-kv, trained after a "
+            "job of instance kv-1 on 200 clean trials")
+        assert tags["mlflow.source.name"] == "tasks/train.py"
+        assert tags["mlflow.source.type"] == "JOB"
+        assert tags.get("mlflow.source.git.commit") == commit
     pins = {f"{d}=={version(d)}" for d in
             ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "skops")}
     for kind, run in runs.items():
