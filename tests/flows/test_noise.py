@@ -96,7 +96,8 @@ def test_a_resumed_job_keeps_what_its_noise_check_decided(home: Path) -> None:
     job.noise, job.repeats, job.baseline_every = {"message": "noisy machine: ..."}, 2, 5
     runner = job.trial_runner()
     # no run, no MLflow write: the job already measured its noise before it was killed
-    assert _probe_noise(job, runner, tracker=None, logger=None) == {}  # type: ignore[arg-type]
+    assert _probe_noise(job, None, runner, tracker=None,  # type: ignore[arg-type]
+                        logger=None) == {}
     assert runner.policy.repeats == 2 and not list((home / "jobs").glob("*/trials"))
 
 
@@ -114,4 +115,4 @@ def test_the_bar_says_when_the_tuner_is_told_ratios() -> None:
         bar.objective = "throughput"
         bar.trial_done("1", outcome, ExploreStats(budget=3, done=1, best_value=1.25))
         status = bar.progress.tasks[bar.explore_task].fields["status"]
-    assert status == "failed 0 · blocked 0 · best throughput 1.25x the default"
+    assert status == "failed 0 · blocked 0 · best trial 1.25x the default"

@@ -14,7 +14,11 @@ from conftest import invoke_cli, run_cli
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from prefect.client.schemas.objects import StateType
 
 from flows.publish import artifact_key
@@ -67,8 +71,9 @@ def test_the_result_is_an_artifact_of_the_flow_run(prefect_api: str, home: Path)
     assert key == "tune-synthetic-box-1"
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(UUID(flow_run_id))
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(  # other tests' jobs
+            key=ArtifactFilterKey(any_=[key]),  # publish under this key too: this flow run's
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
     assert flow_run.state is not None and flow_run.state.type == StateType.COMPLETED
     assert [str(a.flow_run_id) for a in artifacts] == [flow_run_id]
     artifact = artifacts[0]
@@ -112,7 +117,8 @@ def test_a_job_without_a_completed_trial_is_a_failed_flow_run(prefect_api: str, 
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(UUID(parent.data.tags[FLOW_RUN_TAG]))
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[artifact_key("synthetic", "local")])))
+            key=ArtifactFilterKey(any_=[artifact_key("synthetic", "local")]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
     assert flow_run.state is not None and flow_run.state.type == StateType.FAILED
     assert flow_run.state.message == "synthetic/local: no trial of 2 completed (crash 2)"
     assert [str(a.flow_run_id) for a in artifacts] == [str(flow_run.id)]
