@@ -69,6 +69,7 @@ ARMS = ("cold", "transfer")
 SHARE = 0.95  # of the cold start's final gain
 GOAL = 1 / 3  # transfer's median trials-to-target / cold's
 REUSE = False  # --reuse: read the jobs of an earlier --keep run instead of running them
+NOISE_RUNS: list[str] = []  # --noise-runs N: every job's noise check (0: none, as before it)
 
 
 @dataclass
@@ -177,7 +178,7 @@ def run_job(setup: Setup, instance: str, workload: dict[str, Any], budget: int, 
         return found[0]
     cmd = [sys.executable, "-m", "flows.cli", "tune", setup.target, "--instance", instance,
            "--budget", str(budget), "--tuner", "tpe",
-           "--seed", str(seed), "--home", str(home), "--json", *setup.extra,
+           "--seed", str(seed), "--home", str(home), "--json", *setup.extra, *NOISE_RUNS,
            *_workload_args(setup.common, workload), *flags]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=HERE.parent)
     if done.returncode != 0:
@@ -464,6 +465,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="report on the jobs an earlier run left in --keep, run nothing")
     parser.add_argument("--plot", default=str(HERE / "transfer.png"))
+    parser.add_argument("--noise-runs", type=int, default=None,
+                        help="every job's --noise-runs (0: no noise check, as before issue 13)")
     args = parser.parse_args()
     if args.reuse and not args.keep:
         parser.error("--reuse needs --keep DIR")
@@ -472,6 +475,8 @@ def main() -> None:
         parser.error(f"--targets: unknown setup {unknown[0]!r}; one of {', '.join(SETUPS)}")
     global REUSE
     REUSE = args.reuse
+    if args.noise_runs is not None:
+        NOISE_RUNS[:] = ["--noise-runs", str(args.noise_runs)]
     seeds = 2 if args.quick and "--seeds" not in sys.argv else args.seeds
     console = Console(width=170)
     results = {}
