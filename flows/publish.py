@@ -61,14 +61,14 @@ def no_result(summary: RunSummary) -> State | None:
     return Failed(message=message, data=JobFailed(message, summary))
 
 
-def result_markdown(job: Job, summary: RunSummary) -> str:
+def result_markdown(summary: RunSummary) -> str:
     """The job's result as markdown: gain, best config vs default, files, MLflow run."""
     lines = [f"# knobflow: {summary.target}/{summary.instance} (service {summary.service})", "",
              f"Job `{summary.study_name}`: {summary.n_trials} trials ({summary.n_failed} failed, "
              f"{summary.n_blocked} blocked by rules), tuner {summary.tuner}, "
              f"{summary.duration_s:.0f} s.", ""]
     lines += _gain_lines(summary)
-    lines += _config_lines(job, summary)
+    lines += _config_lines(summary)
     lines += _file_lines(summary)
     lines += _mlflow_lines(summary)
     return "\n".join(lines) + "\n"
@@ -89,10 +89,10 @@ def _gain_lines(s: RunSummary) -> list[str]:
             "", f"Verdict: {verdict}.", ""]
 
 
-def _config_lines(job: Job, s: RunSummary) -> list[str]:
+def _config_lines(s: RunSummary) -> list[str]:
     if not s.best_config:
         return []
-    defaults = job.target_cls.knob_spec().defaults()
+    defaults = s.default_config  # the default of every knob of the best config
     rows = [f"| `{k}` | {_cell(defaults.get(k, '-'))} | {_cell(v)} | "
             f"{'' if defaults.get(k) == v else 'changed'} |" for k, v in s.best_config.items()]
     return ["## Best config vs default", "", "| knob | default | best | |", "|---|---|---|---|",
@@ -149,5 +149,5 @@ def publish_result(job: Job, summary: RunSummary) -> str | None:
     verdict = (f"gain {summary.gain:.2f}x" if summary.gain is not None
                else summary.verdict if summary.best_is_default else "no result")
     return str(create_markdown_artifact(
-        markdown=result_markdown(job, summary), key=artifact_key(job.service, job.instance),
+        markdown=result_markdown(summary), key=artifact_key(job.service, job.instance),
         description=f"knobflow tune {job.target}/{job.instance}: {verdict}"))
