@@ -17,7 +17,7 @@ import itertools
 import math
 import re
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,16 +149,20 @@ def measurement_row(
     measurement: Measurement,
     target_cls: type[Target],
     requested: Mapping[str, Any],
+    expected: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    """The measurement as one flat row, the structural problems found, and the changed knobs."""
+    """The measurement as one flat row, the structural problems found, and the changed knobs.
+    ``expected``: the metrics the source must report (default: all the target declares; a live
+    instance's counters give fewer)."""
     problems: list[str] = []
     row: dict[str, Any] = {}
+    declared = list(target_cls.metrics if expected is None else expected)
     for name in {**dict.fromkeys(target_cls.metrics), **measurement.metrics}:
         raw = measurement.metrics.get(name)
         value = _number(raw)
         if name in measurement.metrics and value is None:
             problems.append(f"metric.{name}: must be a number (got {raw!r})")
-        elif name in target_cls.metrics and name not in measurement.metrics:
+        elif name in declared and name not in measurement.metrics:
             problems.append(f"metric.{name}: the target declares it but did not report it")
         elif value is not None and math.isnan(value):
             problems.append(f"metric.{name}: is NaN")
@@ -193,13 +197,15 @@ def clean_measurement(
     target_cls: type[Target],
     objective: str,
     requested: Mapping[str, Any],
+    expected: Sequence[str] | None = None,
 ) -> Cleaned:
-    """Gate ``measurement``: valid, or invalid with every reason it may not be learned from."""
+    """Gate ``measurement``: valid, or invalid with every reason it may not be learned from
+    (``expected``: as ``measurement_row`` has it)."""
     import pandas as pd
 
     from tasks.gate import validate_rows
 
-    row, problems, changed = measurement_row(measurement, target_cls, requested)
+    row, problems, changed = measurement_row(measurement, target_cls, requested, expected)
     gate = validate_rows(target_cls, pd.DataFrame([row]))
     details = {  # what a failed fact was about, for the operator reading the reason
         "config_consistent:": row["config_differences"],

@@ -1,0 +1,54 @@
+"""The recommend flow: observe a live instance, then ask the service's champion model and the
+siblings' best measured configs for a better one (``model_registry.recommend``), rule-checked.
+
+Nothing is changed on the instance: the recommendation (the knobs it changes, the predicted gain,
+its provenance) is returned, printed by ``knobflow recommend`` and applied by ``knobflow apply``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_registry.recommend import Recommendation, recommend
+from prefect import flow, get_run_logger
+
+from flows.apply import acting_on
+from flows.trials import service_table
+from targets.common.settings import knobflow_home, tracking_uri
+from tasks.actuate import Actuation
+from tasks.observe import Observation, observe, observe_task
+from tuners.space import SearchSpace
+
+__all__ = ["recommend_flow", "recommend_for"]
+
+
+def recommend_for(act: Actuation, seen: Observation | None = None,
+                  seed: int = 0) -> Recommendation:
+    """The recommendation for the instance ``act`` is open on (observed now unless ``seen``)."""
+    if seen is None:
+        act.say(f"observing {act.policy.windows} windows of {act.policy.window_s:g} s for the "
+                "workload's fingerprint")
+        seen = observe(act.live, windows=act.policy.windows, window_s=act.policy.window_s,
+                       objective=act.objective)
+    return recommend(
+        target_cls=act.live.target_cls, service=act.instance.service, objective=act.objective,
+        current=seen.config, fingerprint=seen.fingerprint,
+        table=service_table(act.home, act.instance.service),
+        tracking_uri=tracking_uri(act.home), space=SearchSpace.full(act.live.spec),
+        rules=act.rules, instance=act.instance.name, max_knobs=act.policy.max_knobs, seed=seed)
+
+
+@flow(name="recommend", log_prints=False)
+def recommend_flow(instance: str, home: str | None = None, windows: int | None = None,
+                   window_s: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """Observe ``instance`` and recommend a config for its workload; nothing is applied."""
+    logger = get_run_logger()
+    with acting_on(knobflow_home(home), instance, windows=windows, window_s=window_s,
+                   on_progress=logger.info) as act:
+        seen = observe_task(act.live, windows=act.policy.windows,
+                            window_s=act.policy.window_s, objective=act.objective)
+        rec = recommend_for(act, seen, seed)
+    for line in rec.lines():
+        logger.info("%s", line)
+    return {"instance": instance, "observation": seen.to_dict(),
+            "recommendation": rec.to_dict()}
