@@ -1,0 +1,163 @@
+"""The inference plane end to end on live instances: apply, verify, keep or roll back, learn,
+recover after a kill, canary. Synthetic instances for the logic (fast, no system needed); the real
+PostgreSQL and Redis ones in tests/flows/test_live_systems.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from targets.live_daemon import launch, stop_launched
+from tasks.instances import Instance, InstanceStore
+from tests.conftest import invoke_cli, run_cli, start_cli, wait_for
+
+WINDOWS = ["--windows", "3", "--window-s", "0.6"]
+
+
+def start_instance(home: Path, name: str, target: str = "synthetic", service: str = "svc",
+                   workload: dict[str, Any] | None = None) -> Instance:
+    """A launched instance under load, recorded in ``home`` as ``instance start`` does."""
+    system = home / "systems" / name
+    conn = launch(target, system, workload or {})
+    instance = Instance(name=name, service=service, target=target, url=conn.url,
+                        secret_file=conn.secret_file, launched=True, data_dir=system,
+                        workload=workload or {})
+    InstanceStore(home).add(instance)
+    return instance
+
+
+@pytest.fixture
+def synthetic(home: Path) -> Iterator[Instance]:
+    instance = start_instance(home, "syn-1")
+    yield instance
+    stop_launched(Path(str(instance.data_dir)))
+
+
+def show(home: Path, name: str) -> dict[str, Any]:
+    done = invoke_cli(["instance", "show", name, "--json", "--home", str(home)])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def history(home: Path, name: str) -> list[dict[str, Any]]:
+    done = invoke_cli(["history", name, "--json", "--home", str(home)])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_regressing_config_is_rolled_back_read_back_and_learned(
+        prefect_api: str, home: Path, synthetic: Instance, tmp_path: Path) -> None:
+    before = show(home, "syn-1")["config"]
+    bad = write_config(tmp_path / "bad.yaml", {"x": 0.0, "threads": 64})
+    done = invoke_cli(["apply", "syn-1", str(bad), *WINDOWS, "--home", str(home)])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "syn-1: rolled_back" in done.stdout
+    after = show(home, "syn-1")["config"]
+    assert after == before  # read back from the system
+    learned = yaml.safe_load((home / "rules" / "svc.learned.yaml").read_text())["rules"]
+    assert any("x == 0.0" in r["when"] and r["provenance"]["instance"] == "syn-1"
+               for r in learned)
+    rows = history(home, "syn-1")
+    assert rows[-1]["outcome"] == "rolled_back"
+    # the learned rule now refuses the same config before anything is changed (exit 3)
+    again = invoke_cli(["apply", "syn-1", str(bad), *WINDOWS, "--home", str(home)])
+    assert again.returncode == 3, again.stdout
+    assert show(home, "syn-1")["config"] == before
+
+
+def test_an_improving_config_is_kept(prefect_api: str, home: Path, synthetic: Instance,
+                                     tmp_path: Path) -> None:
+    good = write_config(tmp_path / "good.yaml", {"x": 0.25, "threads": 16})
+    done = invoke_cli(["apply", "syn-1", str(good), *WINDOWS, "--home", str(home)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "syn-1: kept" in done.stdout
+    config = show(home, "syn-1")["config"]
+    assert (config["x"], config["threads"]) == (0.25, 16)
+
+
+def test_dry_run_and_refusals_change_nothing(prefect_api: str, home: Path, synthetic: Instance,
+                                             tmp_path: Path) -> None:
+    before = show(home, "syn-1")["config"]
+    good = write_config(tmp_path / "good.yaml", {"x": 0.25})
+    dry = invoke_cli(["apply", "syn-1", str(good), "--dry-run", "--home", str(home)])
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "x: 0.7 -> 0.25" in dry.stdout
+    blocked = write_config(tmp_path / "blocked.yaml", {"mode": "gamma", "threads": 1})
+    refused = invoke_cli(["apply", "syn-1", str(blocked), "--home", str(home)])
+    assert refused.returncode == 3, refused.stdout
+    assert "refused" in refused.stdout
+    assert show(home, "syn-1")["config"] == before
+    assert history(home, "syn-1") == []
+
+
+@pytest.mark.parametrize("phase", ["observed_before", "applied"])
+def test_a_kill_mid_apply_is_finished_by_the_next_command(
+        prefect_api: str, home: Path, synthetic: Instance, tmp_path: Path, phase: str) -> None:
+    before = show(home, "syn-1")["config"]
+    bad = write_config(tmp_path / "bad.yaml", {"x": 0.0, "threads": 64})
+    log = InstanceStore(home).dir("syn-1") / "actuations.jsonl"
+    proc = start_cli(["apply", "syn-1", str(bad), "--windows", "4", "--window-s", "1.5",
+                      "--home", str(home)], prefect_api)
+    try:
+        wait_for(lambda: log.exists() and f'"phase": "{phase}"' in log.read_text(),
+                 f"the apply to reach {phase}", timeout=120)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rows = history(home, "syn-1")  # any command on the instance finishes the actuation
+    assert len(rows) == 1
+    assert "finished by recovery after a crash" in json.dumps(rows[-1])
+    if phase == "observed_before":  # nothing had been changed
+        assert rows[-1]["outcome"] == "failed"
+    else:  # the change was made: the verification was finished, and it is worse
+        assert rows[-1]["outcome"] == "rolled_back"
+    assert show(home, "syn-1")["config"] == before
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["phase"] for line in lines].count("recovered") == 1
+
+
+def test_canary_stops_at_the_first_instance_that_rolls_back(
+        prefect_api: str, home: Path, tmp_path: Path) -> None:
+    instances = [start_instance(home, f"syn-{i}", service="fleet") for i in (1, 2, 3)]
+    try:
+        before = [show(home, i.name)["config"] for i in instances]
+        bad = write_config(tmp_path / "bad.yaml", {"x": 0.0, "threads": 64})
+        done = invoke_cli(["apply", "--service", "fleet", str(bad), *WINDOWS,
+                           "--home", str(home), "--json"])
+        assert done.returncode == 1, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert [r["instance"] for r in result["results"]] == ["syn-1"]
+        assert result["not_reached"] == ["syn-2", "syn-3"]
+        assert [show(home, i.name)["config"] for i in instances] == before
+    finally:
+        for instance in instances:
+            stop_launched(Path(str(instance.data_dir)))
+
+
+def test_instance_start_workload_stop_leave_nothing(home: Path) -> None:
+    started = run_cli(["instance", "start", "demo", "--target", "synthetic",
+                       "--set-workload", "shift=0.2", "--home", str(home)], timeout=120)
+    assert started.returncode == 0, started.stderr
+    shown = show(home, "demo")
+    assert shown["state"] == "running" and shown["workload"]["shift"] == 0.2
+    changed = invoke_cli(["instance", "workload", "demo", "shift=0.6", "--home", str(home)])
+    assert changed.returncode == 0, changed.stderr
+    assert show(home, "demo")["workload"]["shift"] == 0.6
+    stopped = invoke_cli(["instance", "stop", "demo", "--home", str(home)])
+    assert stopped.returncode == 0, stopped.stderr
+    system = Path(show(home, "demo")["data_dir"])
+    assert not system.exists()
+    assert show(home, "demo")["state"] == "stopped"

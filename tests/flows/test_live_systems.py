@@ -1,0 +1,142 @@
+"""The inference plane on real PostgreSQL and Redis instances started live under load: a
+recommended config applied and read back, a regressing config no shipped rule blocks rolled back
+within one verification and learned, an improving config kept, a canary over three Redis
+replicas stopped at the first."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from targets import postgres_cluster as pgc
+from targets.live import live_system
+from targets.live_daemon import stop_launched
+from targets.redis import RedisTarget
+from tests.conftest import invoke_cli, missing_executables, needs, run_cli
+from tests.flows.test_live_apply import history, show, start_instance, write_config
+
+needs_redis = needs("Redis", missing_executables(RedisTarget.contract_examples()["redis"].requires),
+                    "on PATH; Debian: apt-get install redis-server redis-tools")
+needs_postgres = needs(
+    "PostgreSQL", [] if pgc.find_bindir() else ["postgres, initdb, psql and pgbench in one "
+                                                "directory"],
+    "$KNOBFLOW_PG_BINDIR, /usr/lib/postgresql/*/bin or PATH: apt-get install postgresql")
+#: Short verifications: 4 windows of 1 s before and after.
+WINDOWS = ["--windows", "4", "--window-s", "1"]
+REDIS_LOAD = {"clients": 10, "pipeline": 16, "requests": 100000}
+FSYNC_EVERY_WRITE = {"appendonly": True, "appendfsync": "always"}
+
+
+def apply(home: Path, name: str, config: dict[str, Any] | None, tmp_path: Path,
+          *extra: str) -> tuple[int, dict[str, Any]]:
+    args = ["apply", name]
+    if config is not None:
+        args.append(str(write_config(tmp_path / f"{name}-{len(config)}.yaml", config)))
+    done = invoke_cli([*args, *WINDOWS, *extra, "--home", str(home), "--json"])
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}
+
+
+@pytest.fixture
+def redis_instance(home: Path) -> Iterator[str]:
+    instance = start_instance(home, "cache-1", "redis", "cache", REDIS_LOAD)
+    yield instance.name
+    stop_launched(Path(str(instance.data_dir)))
+
+
+@needs_redis
+def test_redis_fsync_on_every_write_is_rolled_back_and_learned(
+        prefect_api: str, home: Path, redis_instance: str, tmp_path: Path) -> None:
+    before = show(home, redis_instance)["config"]
+    code, result = apply(home, redis_instance, FSYNC_EVERY_WRITE, tmp_path)
+    assert code == 1, result
+    assert result["results"][0]["outcome"] == "rolled_back"
+    after = show(home, redis_instance)["config"]
+    assert (after["appendonly"], after["appendfsync"]) == (before["appendonly"],
+                                                           before["appendfsync"])
+    learned = yaml.safe_load((home / "rules" / "cache.learned.yaml").read_text())["rules"]
+    assert any("appendfsync == 'always'" in r["when"] for r in learned)
+    # decided within one verification: the windows after, once
+    log = history(home, redis_instance)[-1]
+    assert log["outcome"] == "rolled_back"
+
+
+@needs_redis
+def test_redis_improving_config_is_kept(prefect_api: str, home: Path, redis_instance: str,
+                                        tmp_path: Path) -> None:
+    from tasks.instances import InstanceStore
+
+    live = live_system(InstanceStore(home).get(redis_instance).connection())
+    live.apply(FSYNC_EVERY_WRITE)  # the instance runs slowly, outside any actuation
+    code, result = apply(home, redis_instance, {"appendfsync": "everysec"}, tmp_path)
+    assert code == 0, result
+    assert result["results"][0]["outcome"] == "kept"
+    assert live.read_config()["appendfsync"] == "everysec"
+
+
+@needs_redis
+def test_redis_recommended_config_is_applied_and_read_back(
+        prefect_api: str, home: Path, redis_instance: str, tmp_path: Path) -> None:
+    tuned = run_cli(["tune", "redis", "--service", "cache", "--instance", "bed", "--budget", "4",
+                     "--noise-runs", "0", "--no-train", "--set-workload", "requests=100000",
+                     "--home", str(home)], api_url=prefect_api, timeout=600)
+    assert tuned.returncode == 0, tuned.stderr
+    code, result = apply(home, redis_instance, None, tmp_path)
+    entry = result["results"][0]
+    assert entry["source"] == "recommendation", entry
+    changes = entry.get("changes") or {}
+    rows = [json.loads(line) for line in
+            (home / "instances" / redis_instance / "actuations.jsonl").read_text().splitlines()]
+    applied = next(r for r in rows if r["phase"] == "applied")
+    assert applied["read_back"] == changes  # what the system applied is what was recommended
+    if entry["outcome"] == "kept":
+        assert code == 0
+        assert all(show(home, redis_instance)["config"][k] == v for k, v in changes.items())
+    else:
+        assert entry["outcome"] == "rolled_back"
+
+
+@needs_redis
+def test_canary_over_three_redis_replicas_stops_at_the_first(
+        prefect_api: str, home: Path, tmp_path: Path) -> None:
+    names = [start_instance(home, f"kv-{i}", "redis", "kv", REDIS_LOAD) for i in (1, 2, 3)]
+    try:
+        before = [show(home, i.name)["config"] for i in names]
+        done = invoke_cli(["apply", "--service", "kv",
+                           str(write_config(tmp_path / "fsync.yaml", FSYNC_EVERY_WRITE)),
+                           *WINDOWS, "--home", str(home), "--json"])
+        assert done.returncode == 1, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert [r["outcome"] for r in result["results"]] == ["rolled_back"]
+        assert result["not_reached"] == ["kv-2", "kv-3"]
+        assert [show(home, i.name)["config"] for i in names] == before
+    finally:
+        for instance in names:
+            stop_launched(Path(str(instance.data_dir)))
+
+
+@needs_postgres
+def test_postgres_commit_delay_rolled_back_synchronous_commit_kept(
+        prefect_api: str, home: Path, tmp_path: Path) -> None:
+    instance = start_instance(home, "pg-1", "postgres", "orders",
+                              {"clients": 4, "threads": 2, "scale": 1})
+    try:
+        before = show(home, "pg-1")["config"]
+        code, result = apply(home, "pg-1", {"commit_delay": 100000, "commit_siblings": 1},
+                             tmp_path)
+        assert code == 1, result
+        assert result["results"][0]["outcome"] == "rolled_back"
+        after = show(home, "pg-1")["config"]
+        assert (after["commit_delay"], after["commit_siblings"]) == (
+            before["commit_delay"], before["commit_siblings"])
+        learned = (home / "rules" / "orders.learned.yaml").read_text()
+        assert "commit_delay == 100000" in learned
+        code, result = apply(home, "pg-1", {"synchronous_commit": "off"}, tmp_path)
+        assert code == 0, result
+        assert show(home, "pg-1")["config"]["synchronous_commit"] == "off"
+    finally:
+        stop_launched(Path(str(instance.data_dir)))
