@@ -217,3 +217,18 @@ def test_a_busy_instance_is_refused_and_a_killed_holder_frees_it(tmp_path: Path)
         holder.wait(timeout=10)
         if child:
             os.kill(int(child), signal.SIGKILL)
+
+
+def test_a_launched_instance_round_trips(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    launched = Instance(name="demo", service="cache", target="redis",
+                        url="unix:///tmp/demo/redis.sock", launched=True,
+                        data_dir=tmp_path / "demo", workload={"read_ratio": 0.5, "keys": 1000},
+                        policy={"max_knobs": 2, "window_s": 2})
+    store.add(launched)
+    back = store.get("demo")
+    assert back == launched and back.data_dir == tmp_path / "demo"
+    assert back.policy["window_s"] == 2.0 and back.policy["max_knobs"] == 2
+    doc = json.loads((tmp_path / "instances" / "demo" / "instance.json").read_text())
+    assert doc["data_dir"] == str(tmp_path / "demo") and doc["secret_file"] is None
+    assert not (tmp_path / "instances" / "demo" / "secret").exists()
