@@ -123,7 +123,9 @@ def rules_list(
     docs = store.documents()
     for doc in docs:
         where = doc.get("provenance", {})
-        why = (f"trial {where.get('trial')} of {where.get('study')}: "
+        why = (f"actuation {where.get('actuation')} on {where.get('instance')} rolled back: "
+               f"{where.get('reason')} at {where.get('time')}" if "actuation" in where else
+               f"trial {where.get('trial')} of {where.get('study')}: "
                f"{where.get('failure_class')} at {where.get('time')}")
         table.add_row(doc["id"], doc.get("status", "proposed"), doc["kind"],
                       doc.get("when") or doc.get("expr", ""), why)

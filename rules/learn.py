@@ -1,4 +1,5 @@
-"""Rules learned from failures: when a trial crashes or hangs, forbid the region that caused it.
+"""Rules learned from failures: when a trial crashes or hangs, forbid the region that caused it;
+when a live actuation is rolled back, forbid its config (``LearnedRules.add_actuation``).
 
 The region is a pair of conditions on two tuned knobs, each on the failure's side of the default
 config (which ran): a threshold half-way between the failed value and the closest value that ran
@@ -288,12 +289,34 @@ class LearnedRules:
                     rule = rule_from_dict(doc, display_path(self.path), self.spec)
                     self._write(docs)
                     return rule
-            taken = [int(d["id"].rpartition("-")[2]) for d in docs
-                     if str(d.get("id", "")).startswith("learned-")
-                     and str(d["id"]).rpartition("-")[2].isdigit()]
-            rule = learned_rule(expression, rule_id=f"learned-{max(taken, default=0) + 1}",
-                                rules=rules, study=study, trial=trial,
+            rule = learned_rule(expression, rule_id=_next_id(docs), rules=rules, study=study,
+                                trial=trial,
                                 failure_class=failure_class, message=message)
+            self._write([*docs, rule.to_dict()])
+        return rule
+
+    def add_actuation(self, changes: Mapping[str, Any], *, rules: RuleSet, instance: str,
+                      actuation: str, reason: str) -> Rule:
+        """Store the config of a rolled-back actuation as a proposed forbid rule: ``knob ==
+        value`` for each knob it changed, its provenance the actuation (no study or trial).
+        A config that a learned rule on those knobs forbids already returns that rule."""
+        config = self.spec.validate_config(changes, f"actuation {actuation}")
+        if not config:
+            raise RuleError(f"actuation {actuation} changed no knob: there is nothing to forbid")
+        expression = " and ".join(f"{k} == {_literal(v)}" for k, v in sorted(config.items()))
+        with self._locked():
+            for held in self.rules():
+                if (held.kind == "forbid" and held.expression.names <= set(config)
+                        and forbids(held.expression.text, config, rules)):
+                    return held
+            docs = self.documents()
+            doc = {"id": _next_id(docs), "kind": "forbid", "when": expression,
+                   "severity": "error", "status": "proposed",
+                   "message": f"actuation {actuation} on instance {instance} was rolled back: "
+                              f"{reason[:160]}",
+                   "provenance": {"actuation": actuation, "instance": instance, "reason": reason,
+                                  "time": datetime.now(UTC).isoformat(timespec="seconds")}}
+            rule = rule_from_dict(doc, display_path(self.path), self.spec)
             self._write([*docs, rule.to_dict()])
         return rule
 
@@ -307,6 +330,14 @@ class LearnedRules:
                     return doc
         known = ", ".join(d.get("id", "?") for d in docs) or "none"
         raise RuleError(f"{display_path(self.path)}: no learned rule '{rule_id}'; known: {known}")
+
+
+def _next_id(docs: Sequence[Mapping[str, Any]]) -> str:
+    """The next short id of a learned rule (``learned-N``: operators type it)."""
+    taken = [int(str(d["id"]).rpartition("-")[2]) for d in docs
+             if str(d.get("id", "")).startswith("learned-")
+             and str(d["id"]).rpartition("-")[2].isdigit()]
+    return f"learned-{max(taken, default=0) + 1}"
 
 
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==)\s*(.+?)\s*$")

@@ -1,4 +1,6 @@
-"""Tasks of the tuning plane: running trials, cleaning measurements, verifying, tracking, training.
+"""Tasks of the tuning plane (running trials, cleaning measurements, verifying, tracking,
+training) and of the inference plane (live-instance records, the actuation log, the keep/rollback
+decision).
 
 Kept import-light: the trial process imports ``tasks.trial_process`` and must not pay for Prefect,
 MLflow or pandas; every name below is imported when first used.
@@ -7,10 +9,13 @@ MLflow or pandas; every name below is imported when first used.
 from targets.common.exports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
+    "actlog": ("Actuation", "ActuationLog", "Outcome", "Phase", "history_table"),
     "clean": ("Cleaned", "clean_measurement", "measurement_row"),
+    "decide": ("ChangeTest", "Decision", "DecisionError", "decide", "test_change"),
     "expert": ("check_rows", "merge_expert_rows"),
     "explore": ("ExploreStats", "Exploration", "explore"),
     "guard": ("CandidateGuard", "RuleLearner"),
+    "instances": ("Instance", "InstanceStore", "instance_lock", "lock_holder", "split_secret"),
     "noise": ("NoiseCheck", "RepeatPolicy", "check_noise", "t_interval"),
     "probe": ("probe_noise",),
     "runner": ("TrialRunner", "run_trial"),
