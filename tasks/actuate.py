@@ -41,15 +41,14 @@ from targets.live import ActuationRefused, LiveSystem
 from targets.registry import load_target
 from tasks.actlog import ActuationLog, Outcome, Phase
 from tasks.decide import decide, test_change
-from tasks.instances import Instance
+from tasks.instances import DEFAULT_POLICY, Instance
 from tasks.observe import Observation, observe
 
 __all__ = ["STEPS", "TASKS", "Actuation", "Policy", "Steps", "actuate", "check", "rules_for"]
 
-#: Defaults of an instance's actuation policy (``Instance.policy`` overrides them).
-POLICY_DEFAULTS: dict[str, Any] = {"windows": 5, "window_s": 5.0, "alpha": 0.01,
-                                   "min_effect": 0.05, "max_knobs": 5, "objective": None,
-                                   "policies": []}
+#: Defaults of an actuation's policy: the instance's record (``Instance.policy``, defaults in
+#: ``tasks.instances.DEFAULT_POLICY``) and the command's options override them.
+POLICY_DEFAULTS: dict[str, Any] = {**DEFAULT_POLICY, "objective": None, "policies": []}
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class Policy:
     window_s: float = 5.0
     alpha: float = 0.01
     min_effect: float = 0.05
-    max_knobs: int | None = 5
+    max_knobs: int | None = 3
     objective: str | None = None
     policies: tuple[str, ...] = ()
 
@@ -140,7 +139,8 @@ def observe_step(act: Actuation, phase: Phase) -> Observation:
             f"({'before' if phase == Phase.OBSERVED_BEFORE else 'after'} the change)")
     seen = observe(act.live, windows=windows, window_s=act.policy.window_s,
                    objective=act.objective)
-    act.record(phase, observation=seen.to_dict())
+    act.record(phase, values=seen.values(), metric=seen.objective, direction=seen.direction,
+               observation=seen.to_dict())
     return seen
 
 
@@ -153,7 +153,7 @@ def apply_step(act: Actuation) -> dict[str, Any]:
     applied = {k: read.get(k) for k in act.changes}
     differ = [f"{k}: asked {v!r}, the system has {read.get(k)!r}"
               for k, v in act.changes.items() if read.get(k) != v]
-    fields = {"read_back": applied, "differences": differ, "applied_at": time.time()}
+    fields = {"applied": applied, "differences": differ, "applied_at": time.time()}
     act.record(Phase.APPLIED, **fields)
     return fields
 
@@ -168,7 +168,8 @@ def evaluate_step(act: Actuation, before: Observation, after: Observation,
                                + "; ".join(after.reasons)]}
     else:
         test = test_change(before.values(), after.values(), before.direction,
-                           alpha=act.policy.alpha, min_effect=act.policy.min_effect)
+                           alpha=act.policy.alpha, min_effect=act.policy.min_effect,
+                           metric=before.objective)
         fired = act.rules.fired_triggers(before.metrics, after.metrics)
         decision = decide(test, fired)
         reasons = list(decision.reasons)
@@ -196,7 +197,7 @@ def rollback_step(act: Actuation, reason: str) -> dict[str, Any]:
     read = act.live.read_config()
     back = {k: read.get(k) for k in restore}
     ok = all(read.get(k) == v for k, v in restore.items())
-    act.record(Phase.ROLLED_BACK, read_back=back, ok=ok)
+    act.record(Phase.ROLLED_BACK, restored=back, ok=ok)
     if not ok:
         raise KnobflowError(f"{act.instance.name}: the rollback did not take: asked {restore}, "
                             f"the system has {back}; restore these values by hand")
@@ -237,7 +238,7 @@ def actuate(act: Actuation, changes: Mapping[str, Any], *, source: str,
         return {"outcome": Outcome.KEPT.value, "note": "nothing to change: the instance "
                 "already has this config", "changes": {}}
     act.id = act.log.new_id()
-    act.record(Phase.BEGIN, before=act.before, changes=act.changes, diff=plan["diff"],
+    act.record(Phase.BEGIN, before_config=act.before, changes=act.changes, diff=plan["diff"],
                source=source, provenance=dict(provenance or {}), policy=act.policy.to_dict(),
                objective=act.objective, warnings=plan["warnings"],
                instance=act.instance.name, service=act.instance.service)

@@ -78,7 +78,7 @@ def log_actuation_run(home: Path, instance: Instance, log: ActuationLog,
         "mlflow.note.content": str(done.get("note", ""))})
     now = int(time.time() * 1000)
     params = [param(f"change.{k}", v) for k, v in begin.get("changes", {}).items()]
-    params += [param(f"before.{k}", begin.get("before", {}).get(k))
+    params += [param(f"before.{k}", begin.get("before_config", {}).get(k))
                for k in begin.get("changes", {})]
     params += [param(f"policy.{k}", v) for k, v in begin.get("policy", {}).items()]
     params += [param("source", begin.get("source", "")), param("objective", objective)]

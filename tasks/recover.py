@@ -20,7 +20,6 @@ how it ended ("... (finished by recovery after a crash)").
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,13 +53,23 @@ def recover(act: Actuation, steps: Steps = STEPS) -> dict[str, Any] | None:
     act.id = str(unfinished.id)
     lines = _by_phase(act, act.id)
     begin = lines.get(Phase.BEGIN.value, {})
-    act.before = dict(begin.get("before", {}))
+    act.before = dict(begin.get("before_config", {}))
     act.changes = dict(begin.get("changes", {}))
     last = _value(unfinished.phase)
-    act.record(Phase.RECOVERED, found=last, pid=os.getpid())
+    act.record(Phase.RECOVERED, found=last, crashed_pid=unfinished.entries[-1].get("pid"),
+               action=_action(lines))
     act.say(f"found actuation {act.id} unfinished at '{last}' (knobflow was stopped); "
             "finishing it")
     return _carry_on(act, lines, steps)
+
+
+def _action(lines: Mapping[str, Mapping[str, Any]]) -> str:
+    """What recovery will do, in the log's words: "completed" or "rolled_back"."""
+    if Phase.DECIDED.value in lines:
+        return "completed" if lines[Phase.DECIDED.value].get("keep") else "rolled_back"
+    if Phase.APPLIED.value in lines and Phase.OBSERVED_BEFORE.value in lines:
+        return "completed"
+    return "rolled_back" if Phase.APPLYING.value in lines else "completed"
 
 
 def _carry_on(act: Actuation, lines: Mapping[str, Mapping[str, Any]],

@@ -92,7 +92,7 @@ def test_redis_recommended_config_is_applied_and_read_back(
     rows = [json.loads(line) for line in
             (home / "instances" / redis_instance / "actuations.jsonl").read_text().splitlines()]
     applied = next(r for r in rows if r["phase"] == "applied")
-    assert applied["read_back"] == changes  # what the system applied is what was recommended
+    assert applied["applied"] == changes  # what the system applied is what was recommended
     if entry["outcome"] == "kept":
         assert code == 0
         assert all(show(home, redis_instance)["config"][k] == v for k, v in changes.items())
