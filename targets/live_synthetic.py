@@ -60,8 +60,6 @@ from targets.synthetic_server import (
 __all__ = ["SCHEME", "ServedSynthetic", "SyntheticLive", "socket_path"]
 
 SCHEME = "synthetic://"
-#: Snapshot values that are not cumulative counters.
-_GAUGES = ("boot", "peak_rss_mb", "threads", "shift_now")
 
 
 def socket_path(url: str) -> Path:
