@@ -6,6 +6,10 @@ thread), a region that crashes the trial process (threads > 48 with compress on)
 hangs (mode beta with y > 200), a silent clamp (buffer_kb rounded down to a multiple of 16), and a
 workload parameter ``shift`` in [0, 1] that moves the optimum. Its peaks are flat-topped, like
 the plateaus real systems show once a buffer or a thread pool is big enough.
+
+The surface and its regions are plain functions (``SyntheticTarget.true_value``, ``refusal``,
+``crashes``, ``hangs``, ``noisy``) so the live imitation of this system
+(``targets.synthetic_server``) serves exactly the throughput a trial measures.
 """
 
 from __future__ import annotations
@@ -37,6 +41,30 @@ def _mode_factor(mode: str, compress: bool, shift: float) -> float:
     base = {"alpha": 1.0 - 0.05 * shift, "beta": 0.98, "gamma": 0.97 + 0.05 * shift}
     gain = (1.02 if mode == "gamma" else 0.98) if compress else 1.0
     return base[mode] * gain
+
+
+def refusal(config: Mapping[str, Any]) -> str | None:
+    """The synthetic system's own refusal of ``config`` (its FATAL line), or None."""
+    if config["mode"] == "gamma" and int(config["threads"]) < 2:
+        return "FATAL: mode 'gamma' needs threads >= 2"
+    return None
+
+
+def crashes(config: Mapping[str, Any]) -> bool:
+    """Whether the synthetic system crashes on ``config`` (threads > 48 with compress on)."""
+    return bool(config["compress"]) and int(config["threads"]) > _CRASH_THREADS
+
+
+def hangs(config: Mapping[str, Any]) -> bool:
+    """Whether the synthetic system hangs on ``config`` (mode beta with y > 200)."""
+    return config["mode"] == "beta" and float(config["y"]) > _HANG_Y
+
+
+def noisy(truth: float, noise: float, rng: random.Random) -> float:
+    """``truth`` times multiplicative log-normal noise of mean 1 and coefficient of variation
+    ``noise``: one interval's rate."""
+    sigma = math.sqrt(math.log(1.0 + noise**2))
+    return truth * math.exp(rng.gauss(-(sigma**2) / 2, sigma))
 
 
 def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,30 +104,30 @@ class SyntheticTarget(Target):
     trial_timeout_s: ClassVar[float] = 3.0
 
     def start(self, config: Mapping[str, Any]) -> None:
-        if config["mode"] == "gamma" and int(config["threads"]) < 2:
-            raise ConfigRefused("FATAL: mode 'gamma' needs threads >= 2")
+        refused = refusal(config)
+        if refused:
+            raise ConfigRefused(refused)
         self.config = dict(config)
         self.applied = _effective(config)
 
     def run(self) -> Measurement:
         cfg = self.applied
         started = time.monotonic()
-        if cfg["compress"] and int(cfg["threads"]) > _CRASH_THREADS:
+        if crashes(cfg):
             os.abort()  # a real crash: SIGABRT, no result written
-        if cfg["mode"] == "beta" and float(cfg["y"]) > _HANG_Y:
+        if hangs(cfg):
             while True:  # a real hang: only the trial timeout ends it
                 time.sleep(3600)
         rng = random.Random(self.seed)
         truth = self.true_value(cfg, self.workload)
         noise = float(self.workload["noise"])
-        sigma = math.sqrt(math.log(1.0 + noise**2))
         n = int(self.workload["intervals"])
         step = float(self.workload["duration"]) / n
         samples = []
         for i in range(n):
             if step:
                 time.sleep(step)
-            rate = truth * math.exp(rng.gauss(-(sigma**2) / 2, sigma))
+            rate = noisy(truth, noise, rng)
             samples.append({"t": round((i + 1) * step, 6), "phase": "run", "ops_per_s": rate})
         throughput = sum(s["ops_per_s"] for s in samples) / n
         return Measurement(
