@@ -36,8 +36,8 @@ CASES: dict[str, dict[str, Any]] = {
     "postgres": {"neutral": [{"random_page_cost": 4.1}, {"random_page_cost": 4.0}],
                  "regress": {"commit_delay": 100000, "commit_siblings": 1},
                  "workload": {"clients": 4}},
-    "synthetic": {"neutral": [{"y": 1.01}, {"y": 1.0}],
-                  "regress": {"x": 0.95}, "workload": {}},
+    "synthetic": {"neutral": [{"y": 39.81}, {"y": 1.0}],
+                  "regress": {"x": 0.8}, "workload": {}},
 }
 
 
@@ -57,9 +57,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 def _one(home: Path, name: str, changes: dict[str, Any], args: argparse.Namespace,
          source: str) -> dict[str, Any]:
-    from tasks.actlog import ActuationLog
-
     from flows.apply import acting_on, apply_to
+    from tasks.actlog import ActuationLog
 
     started = time.monotonic()
     with acting_on(home, name, windows=args.windows, window_s=args.window_s) as act:
@@ -75,9 +74,8 @@ def _one(home: Path, name: str, changes: dict[str, Any], args: argparse.Namespac
 
 
 def run(args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
-    from tasks.instances import Instance, InstanceStore
-
     from targets.live_daemon import launch, stop_launched
+    from tasks.instances import Instance, InstanceStore
 
     case = CASES[args.target]
     home = Path(args.home or tempfile.mkdtemp(prefix="kf-actuation-"))

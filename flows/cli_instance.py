@@ -60,9 +60,8 @@ def instance_add(
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Add a running system as a live instance of SERVICE (checked to answer first)."""
-    from tasks.instances import Instance, InstanceStore, split_secret
-
     from targets.live import live_class, live_system
+    from tasks.instances import Instance, InstanceStore, split_secret
 
     live_class(target)
     url, password = split_secret(connect)
@@ -94,26 +93,27 @@ def instance_start(
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Run a demo/test instance on 127.0.0.1 with a background load (it keeps running)."""
-    from tasks.instances import Instance, InstanceStore
-
+    from targets.common.errors import KnobflowError
     from targets.live import live_class
-    from targets.live_daemon import launch
+    from targets.live_daemon import launch, stop_launched
+    from tasks.instances import Instance, InstanceStore, check_name
 
     live_class(target)
     load = _workload(target, set_workload or [], workload, {})
     store = InstanceStore(_root(home))
-    instance = Instance(name=name, service=service or target, target=target, url="",
-                        launched=True, workload=load)
-    store.add(instance)
+    if check_name(name) in {i.name for i in store.list()}:
+        raise KnobflowError(f"instance {name} exists already; remove it first (`knobflow "
+                            f"instance remove {name}`) or pick another name")
     system_dir = store.dir(name) / "system"
     _err.print(f"starting {target} instance {name} ...", markup=False)
+    conn = launch(target, system_dir, load)
     try:
-        conn = launch(target, system_dir, load)
+        store.add(Instance(name=name, service=service or target, target=target, url=conn.url,
+                           secret_file=conn.secret_file, restart_command=conn.restart_command,
+                           launched=True, data_dir=system_dir, workload=load))
     except BaseException:
-        store.remove(name)
+        stop_launched(system_dir)
         raise
-    store.update(Instance(**{**instance.__dict__, "url": conn.url,
-                             "secret_file": conn.secret_file, "data_dir": system_dir}))
     _out.print(f"started {name}: {target} at {conn.url} under load "
                f"{json.dumps(load, sort_keys=True)}", markup=False)
 
@@ -139,9 +139,8 @@ def instance_stop(name: Annotated[str, typer.Argument(help="Instance name.")],
 def instance_remove(name: Annotated[str, typer.Argument(help="Instance name.")],
                     home: Annotated[str | None, HOME_OPTION] = None) -> None:
     """Forget an instance (a started one must be stopped first)."""
-    from tasks.instances import InstanceStore
-
     from targets.live_daemon import daemon_pid
+    from tasks.instances import InstanceStore
 
     store = InstanceStore(_root(home))
     instance = store.get(name)
@@ -160,9 +159,8 @@ def instance_workload(
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Change the load of a started instance while it runs."""
-    from tasks.instances import Instance, InstanceStore
-
     from targets.live_daemon import daemon_pid, set_workload
+    from tasks.instances import Instance, InstanceStore
 
     store = InstanceStore(_root(home))
     instance = store.get(name)
@@ -186,9 +184,8 @@ def _state(instance: Any) -> str:
 
 
 def _last(store: Any, name: str) -> dict[str, Any] | None:
-    from tasks.actlog import ActuationLog, history_table
-
     from flows.apply import log_path
+    from tasks.actlog import ActuationLog, history_table
 
     path = log_path(store, name)
     rows = history_table(ActuationLog(path)) if path.exists() else []
@@ -221,9 +218,8 @@ def instance_show(name: Annotated[str, typer.Argument(help="Instance name.")],
                   home: Annotated[str | None, HOME_OPTION] = None,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """An instance: connection (no secrets), state, effective config read back, last actuation."""
-    from tasks.instances import InstanceStore
-
     from flows.apply import acting_on
+    from tasks.instances import InstanceStore
 
     root = _root(home)
     with acting_on(root, name, on_progress=progress_printer()) as act:

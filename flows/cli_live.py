@@ -128,6 +128,8 @@ def apply_command(
 ) -> None:
     """Apply a config to a live instance, verify it against the windows before, keep it or roll
     it back; with --service, a canary over the service's instances."""
+    if service is not None and name is not None and config is None:
+        name, config = None, Path(name)  # `apply --service S CONFIG`: the one argument is CONFIG
     if (name is None) == (service is None):
         raise typer.BadParameter("give an instance NAME or --service S (one of them)",
                                  param_hint="NAME")
@@ -154,10 +156,9 @@ def _read_changes(root: Path, name: str | None, service: str | None,
     """The config file checked against the target's spec before any flow starts."""
     if config is None:
         return None
-    from tasks.instances import InstanceStore
-
     from flows.cli_rules import _read_config
     from targets.registry import load_target
+    from tasks.instances import InstanceStore
 
     store = InstanceStore(root)
     first = store.get(name) if name else next(iter(store.of_service(str(service))), None)
@@ -185,10 +186,9 @@ def _print_apply(result: dict[str, Any], as_json: bool) -> None:
 def history_command(name: Annotated[str, _NAME], as_json: Annotated[bool, _JSON] = False,
                     home: Annotated[str | None, HOME_OPTION] = None) -> None:
     """The actuations of an instance, oldest first, and how each ended."""
+    from flows.apply import acting_on, log_path
     from tasks.actlog import ActuationLog, history_table
     from tasks.instances import InstanceStore
-
-    from flows.apply import acting_on, log_path
 
     root = _root(home)
     with acting_on(root, name, on_progress=progress_printer()):

@@ -101,7 +101,7 @@ def test_dry_run_and_refusals_change_nothing(prefect_api: str, home: Path, synth
     assert history(home, "syn-1") == []
 
 
-@pytest.mark.parametrize("phase", ["observed_before", "applied"])
+@pytest.mark.parametrize("phase", ["begin", "applied"])  # then windows of 6 s
 def test_a_kill_mid_apply_is_finished_by_the_next_command(
         prefect_api: str, home: Path, synthetic: Instance, tmp_path: Path, phase: str) -> None:
     before = show(home, "syn-1")["config"]
@@ -120,7 +120,7 @@ def test_a_kill_mid_apply_is_finished_by_the_next_command(
     rows = history(home, "syn-1")  # any command on the instance finishes the actuation
     assert len(rows) == 1
     assert "by recovery after a crash" in rows[-1]["ended"]
-    if phase == "observed_before":  # nothing had been changed
+    if phase == "begin":  # killed while the windows before ran: nothing had been changed
         assert rows[-1]["outcome"] == "failed"
     else:  # the change was made: the verification was finished, and it is worse
         assert rows[-1]["outcome"] == "rolled_back"
