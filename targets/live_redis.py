@@ -70,7 +70,7 @@ _KEPT = ("process_id", "total_commands_processed", "total_reads_processed", "use
          "evicted_keys", "aof_enabled")
 #: Rates a window reports per second, from the snapshot keys of the same name.
 _RATES = ("net_input_bytes", "net_output_bytes", "keyspace_hits", "keyspace_misses",
-          "evicted_keys", "error_replies")
+          "evicted_keys")
 _SUN_PATH = 107
 _TIMEOUT_S = 10.0
 
@@ -303,6 +303,7 @@ class RedisLive(LiveSystem):
                        "own_total": float(_VALUE_SAMPLES + len(keys) + 1)})
         strings = [s for s in sizes if isinstance(s, int) and not isinstance(s, bool)]
         values["value_bytes"], values["value_samples"] = float(sum(strings)), float(len(strings))
+        values["own_errors"] = float(len(sizes) - len(strings))  # STRLEN of a list: WRONGTYPE
         for key, stat in info.items():
             if key.startswith("cmdstat_") and isinstance(stat, dict):
                 values[f"calls:{key[8:]}"] = float(stat.get("calls", 0))
@@ -344,6 +345,8 @@ class RedisLive(LiveSystem):
             "connected_clients": b.get("connected_clients", 0.0),
             "aof_enabled": b.get("aof_enabled", 0.0),
             **{f"{k}_per_s": delta(k) / seconds for k in _RATES},
+            "error_replies_per_s": max(0.0, delta("error_replies") - b.get("own_errors", 0.0))
+            / seconds,
         }
         return Window(start=first.wall, seconds=seconds, metrics=metrics,
                       fingerprint=fingerprint, counters=counters)

@@ -7,13 +7,16 @@ its own event-loop round, and an fsync per round (appendfsync always) shows plai
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -176,10 +179,12 @@ def test_aof_fsync_always_lowers_throughput(instance: tuple[Path, RedisLive]) ->
 
 
 def test_stop_leaves_no_process_socket_or_directory(tmp_path: Path) -> None:
-    data_dir = tmp_path / "gone"
+    # deeper than a socket path may be (107 bytes): the client and the load reach it all the same
+    data_dir = tmp_path / ("d" * 60) / "gone"
     live = live_system(launch("redis", data_dir, {**WORKLOAD, "clients": 2}))
-    server_pid = int(live._do(lambda c: c.info("server"))["process_id"])
     socket = Path(live.connection.url[len("unix://"):])
+    assert len(str(socket)) > 107 and live.observe(1, 0.5)[0].metrics["rps"] > 0
+    server_pid = int(live._do(lambda c: c.info("server"))["process_id"])
     bench = wait_for(lambda: [p for p in psutil.process_iter(["name", "cwd"])
                               if p.info["name"] == "redis-benchmark"
                               and p.info["cwd"] == str(data_dir.resolve())], "the load generator")
@@ -191,46 +196,71 @@ def test_stop_leaves_no_process_socket_or_directory(tmp_path: Path) -> None:
     assert processes_naming(str(data_dir)) == [] and not socket.exists() and not data_dir.exists()
 
 
-# -- a Redis on TCP with a password -------------------------------------------------------------
-def test_password_only_from_the_secret_file_and_errors_say_what_to_fix(tmp_path: Path) -> None:
+# -- a Redis on TCP with a password, started by the test ----------------------------------------
+@pytest.fixture
+def tcp_redis(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A daemonized redis-server on 127.0.0.1 with a password (in its 0600 config file only) and
+    a restart command; knobflow's secret file holds the password."""
     password, port = new_secret(), free_port()
-    write_private(tmp_path / "redis.conf", f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-                  f'save ""\nrequirepass {password}\n')
-    server = subprocess.Popen(["redis-server", str(tmp_path / "redis.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    secret, wrong = tmp_path / "secret", tmp_path / "wrong"
+    conf, pid_file, secret = tmp_path / "redis.conf", tmp_path / "redis.pid", tmp_path / "secret"
+    write_private(conf, f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nsave \"\"\n"
+                  f"requirepass {password}\ndaemonize yes\npidfile {pid_file}\n"
+                  f"logfile {tmp_path / 'redis.log'}\n")
     write_private(secret, password + "\n")
-    write_private(wrong, "not-it\n")
-    messages = []
+    restart = (f"sh -c 'kill $(cat {pid_file}); while [ -e {pid_file} ]; do sleep 0.05; done; "
+               f"exec redis-server {conf}'")
+    subprocess.run(["redis-server", str(conf)], check=True, stdout=subprocess.DEVNULL)
     try:
-        right = RedisLive(Connection("redis", url, secret_file=secret))
-        wait_for(lambda: _answers(right), "the TCP server", timeout=10)
-        assert right.read_config()["hz"] == 10 and password not in server.args
-        assert password.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
-        for connection, expected in [
-            (Connection("redis", url, secret_file=wrong),
-             f"Redis at {url} refused the password in {wrong} (invalid username-password pair "
-             f"or user is disabled.): check it"),
-            (Connection("redis", url),
-             f"Redis at {url} asks for a password: give the instance a secret file (0600) "
-             f"holding it"),
-            (Connection("redis", f"redis://:{password}@127.0.0.1:{port}/0"),
-             f"Redis at redis://:***@127.0.0.1:{port}/0: the URL holds a password; put it in "
-             f"a secret file (0600) and give that file instead"),
-        ]:
-            with pytest.raises(LiveError) as error:
-                RedisLive(connection).ping()
-            messages.append(str(error.value))
-            assert str(error.value) == expected
+        yield {"url": f"redis://127.0.0.1:{port}/0", "password": password, "secret": secret,
+               "restart": restart, "pid_file": pid_file, "port": port}
     finally:
-        server.terminate()
-        server.wait(10)
-    with pytest.raises(LiveError, match=rf"^Redis at {url} cannot be reached \(.*\): is it "
-                       "running, and is the URL right\\?$") as error:
-        RedisLive(Connection("redis", url, secret_file=secret)).ping()
-    messages.append(str(error.value))
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        wait_for(lambda: not pid_file.exists(), "the TCP server to end", timeout=10)
+
+
+def test_password_only_from_the_secret_file_and_errors_say_what_to_fix(
+        tcp_redis: dict[str, Any], tmp_path: Path) -> None:
+    url, password, port = tcp_redis["url"], tcp_redis["password"], tcp_redis["port"]
+    wrong = tmp_path / "wrong"
+    write_private(wrong, "not-it\n")
+    right = RedisLive(Connection("redis", url, secret_file=tcp_redis["secret"]))
+    wait_for(lambda: _answers(right), "the TCP server", timeout=10)
+    assert right.read_config()["hz"] == 10
+    server = psutil.Process(int(tcp_redis["pid_file"].read_text()))
+    assert password not in " ".join(server.cmdline())
+    messages = []
+    for connection, expected in [
+        (Connection("redis", url, secret_file=wrong),
+         f"Redis at {url} refused the password in {wrong} (invalid username-password pair "
+         f"or user is disabled.): check it"),
+        (Connection("redis", url),
+         f"Redis at {url} asks for a password: give the instance a secret file (0600) "
+         f"holding it"),
+        (Connection("redis", f"redis://:{password}@127.0.0.1:{port}/0"),
+         f"Redis at redis://:***@127.0.0.1:{port}/0: the URL holds a password; put it in "
+         f"a secret file (0600) and give that file instead"),
+        (Connection("redis", f"redis://127.0.0.1:{free_port()}/0"), "cannot be reached"),
+    ]:
+        with pytest.raises(LiveError) as error:
+            RedisLive(connection).ping()
+        messages.append(str(error.value))
+        assert expected in str(error.value)
+    assert messages[-1].endswith("Connection refused.): is it running, and is the URL right?")
     assert all(password not in m for m in messages)
+
+
+def test_a_restart_knob_is_written_to_the_file_and_restarted_with_the_restart_command(
+        tcp_redis: dict[str, Any]) -> None:
+    live = RedisLive(Connection("redis", tcp_redis["url"], secret_file=tcp_redis["secret"],
+                                restart_command=tcp_redis["restart"]))
+    wait_for(lambda: _answers(live), "the TCP server", timeout=10)
+    pid = int(tcp_redis["pid_file"].read_text())
+    assert live.runtime_refusals({"tcp_backlog": 128, "hz": 12}) == {}
+    live.apply({"tcp_backlog": 128, "hz": 12})
+    assert int(tcp_redis["pid_file"].read_text()) != pid  # a new server read its file
+    config = live.read_config()
+    assert (config["tcp_backlog"], config["hz"]) == (128, 12)
 
 
 def _answers(live: RedisLive) -> bool:
