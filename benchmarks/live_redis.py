@@ -11,7 +11,8 @@ no expiry, no eviction). The first window after each apply is left out when ``--
 (turning AOF on forks an AOF rewrite).
 
     python benchmarks/live_redis.py --windows 5 --seconds 2 [--settle] [--tests set,get]
-        [--requests 100000] [--pipeline 16] [--configs aof-always,hz-11,samples-6] [--dir DIR]
+        [--requests 100000] [--pipeline 16] [--configs aof-always,hz-11,samples-6] [--repeat 1]
+        [--dir DIR]
 
 Prints per config: rps before and after (median, min-max over the windows), the ratio of the
 medians, server CPU s/s, and the file system of the instance's directory (fsync on tmpfs costs
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--pipeline", type=int, default=16)
     parser.add_argument("--settle", action="store_true", help="leave out the first window after")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over the configs")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="knobflow-live-redis-"))
@@ -77,7 +79,7 @@ def main() -> None:
     print(f"{'config':<12} {'before rps (min-max)':>30} {'after rps (min-max)':>30} "
           f"{'ratio':>6} {'cpu b/a':>11}")
     try:
-        for name in args.configs.split(","):
+        for name in args.configs.split(",") * args.repeat:
             config = CONFIGS[name]
             before = live.observe(args.windows, args.seconds)
             live.apply(config)

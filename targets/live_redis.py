@@ -24,13 +24,13 @@ What a window holds (all from ``INFO`` and ``LATENCY HISTOGRAM``, deltas between
   least 1% of the calls);
 * counters: the server's CPU seconds per second, used memory, instantaneous ops, network bytes,
   hits, misses, evictions and error replies per second, whether AOF is on.
-
-Launched instances (``knobflow instance start``) are the trial target's server (``port 0``: a
-Unix socket in a 0700 directory only, no password needed) under ``redis-benchmark -l``.
+Launched instances are the trial target's server (a socket in a 0700 directory, no TCP port)
+under ``redis-benchmark -l``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -71,7 +71,6 @@ _KEPT = ("process_id", "total_commands_processed", "total_reads_processed", "use
 #: Rates a window reports per second, from the snapshot keys of the same name.
 _RATES = ("net_input_bytes", "net_output_bytes", "keyspace_hits", "keyspace_misses",
           "evicted_keys")
-_SUN_PATH = 107
 _TIMEOUT_S = 10.0
 
 
@@ -107,9 +106,15 @@ class RedisLive(LiveSystem):
 
     # -- the connection ---------------------------------------------------------------------
     def _client(self) -> redis.Redis:
-        if self._redis is not None:
-            return self._redis
-        url = urlsplit(self.connection.url)
+        if self._redis is None:
+            try:
+                self._redis = self._connect(urlsplit(self.connection.url))
+            except ValueError as exc:  # a port or database that is not a number
+                raise LiveError(f"{self._where()}: not a Redis URL ({exc}); a Redis URL is "
+                                f"unix:///path/redis.sock or redis://host:port/db") from None
+        return self._redis
+
+    def _connect(self, url: SplitResult) -> redis.Redis:
         common: dict[str, Any] = {"password": self.password(), "decode_responses": True,
                                   "socket_timeout": _TIMEOUT_S,
                                   "socket_connect_timeout": _TIMEOUT_S,
@@ -125,25 +130,24 @@ class RedisLive(LiveSystem):
             db = int(parse_qs(url.query).get("db", ["0"])[0])
             pool = redis.ConnectionPool(connection_class=_UnixConnection, path=unquote(url.path),
                                         db=db, username=url.username, **common)
-            self._redis = redis.Redis(connection_pool=pool)
-        elif url.scheme in ("redis", "rediss"):
+            return redis.Redis(connection_pool=pool)
+        if url.scheme in ("redis", "rediss"):
             path = url.path.strip("/")
             if path and not path.isdigit():
                 raise LiveError(f"{self.connection.url}: the path must be a database number "
                                 f"(redis://host:port/0)")
-            self._redis = redis.Redis(host=url.hostname or "127.0.0.1", port=url.port or 6379,
-                                      db=int(path or 0), username=url.username,
-                                      ssl=url.scheme == "rediss", **common)
-        else:
-            raise LiveError(f"{self.connection.url}: a Redis URL is unix:///path/redis.sock or "
-                            f"redis://host:port/db")
-        return self._redis
+            return redis.Redis(host=url.hostname or "127.0.0.1", port=url.port or 6379,
+                               db=int(path or 0), username=url.username,
+                               ssl=url.scheme == "rediss", **common)
+        raise LiveError(f"{self.connection.url}: a Redis URL is unix:///path/redis.sock or "
+                        f"redis://host:port/db")
 
     def _where(self) -> str:
         url = self.connection.url
-        parts = urlsplit(url)
-        if parts.password is not None:  # never say it, even when it was put in the URL
-            url = url.replace(f":{parts.password}@", ":***@", 1)
+        with contextlib.suppress(ValueError):
+            secret = urlsplit(url).password
+            if secret is not None:  # never say it, even when it was put in the URL
+                url = url.replace(f":{secret}@", ":***@", 1)
         return f"Redis at {url}"
 
     def _do(self, call: Callable[[redis.Redis], T]) -> T:
@@ -177,8 +181,7 @@ class RedisLive(LiveSystem):
 
     # -- config -------------------------------------------------------------------------------
     def _config(self) -> dict[str, str]:
-        got: dict[str, str] = self._do(lambda c: c.config_get("*"))
-        return got
+        return dict(self._do(lambda c: c.config_get("*")))
 
     def read_config(self) -> dict[str, Any]:
         got = self._config()
@@ -186,8 +189,8 @@ class RedisLive(LiveSystem):
                 for k in self.spec if directive(k.name) in got}
 
     def _kind(self, name: str) -> str:
-        return KNOB_KINDS.get(name) or {"bool": "bool", "int": "int"}.get(self.spec[name].type,
-                                                                         "str")
+        kind = {"bool": "bool", "int": "int"}.get(self.spec[name].type, "str")
+        return KNOB_KINDS.get(name, kind)
 
     def _config_file(self) -> str:
         return str(self._do(lambda c: c.info("server")).get("config_file") or "")
@@ -220,6 +223,8 @@ class RedisLive(LiveSystem):
         reasons = self.runtime_refusals(changes)
         if reasons:
             raise ActuationRefused(self.connection.url, reasons)
+        if not changes:
+            return
         clean = {n: self.spec[n].coerce(v) for n, v in changes.items()}
         runtime = {n: v for n, v in clean.items() if not self.spec[n].restart}
         at_start = {n: v for n, v in clean.items() if self.spec[n].restart}
@@ -388,7 +393,7 @@ class RedisLive(LiveSystem):
         (its output goes nowhere: the daemon sends it to /dev/null)."""
         w = {**RedisTarget.workload_defaults, **RedisTarget.parse_workload(workload)}
         sock = target.data_dir / SOCKET
-        if len(os.fsencode(sock)) > _SUN_PATH:  # the daemon runs it in the instance directory
+        if len(os.fsencode(sock)) > 107:  # sun_path: relative to the daemon's directory, its cwd
             sock = Path(os.path.relpath(sock, target.data_dir.parent))
         return (["redis-benchmark", "-s", str(sock), "-l", "-q", "-t", str(w["tests"]),
                  "-n", str(w["requests"]), "-c", str(w["clients"]), "-P", str(w["pipeline"]),
