@@ -93,6 +93,8 @@ def main() -> None:
         assert live.read_config() == default
     finally:
         stop_launched(data_dir)
+        if args.dir is None:
+            base.rmdir()
 
 
 if __name__ == "__main__":
