@@ -17,11 +17,10 @@ What a window holds (all from ``INFO`` and ``LATENCY HISTOGRAM``, deltas between
   percentiles count from the server's start, so a window cannot use them. A window without data
   commands, or a server with ``latency-tracking no``, has no latency metrics;
 * fingerprint (the trial target's ``workload_features`` names where they mean the same):
-  ``read_ratio`` (read-only commands and PING / read-only plus write commands, as the trial
-  counts PING tests as reads), ``pipeline`` (commands per socket read), ``clients`` (connected,
-  this driver's connection left out), ``keys`` (all databases), ``value_size`` (mean STRLEN of
-  8 random keys per snapshot, string keys only), ``commands`` (distinct data commands with at
-  least 1% of the calls);
+  ``read_ratio`` (read-only commands and PING / those plus writes: the trial counts PING tests
+  as reads), ``pipeline`` (commands per socket read), ``clients`` (connected, the more of two
+  snapshots, less this driver), ``keys`` (all databases), ``value_size`` (mean STRLEN of 8
+  random string keys a snapshot), ``commands`` (data commands with >= 1% of the calls);
 * counters: the server's CPU seconds per second, used memory, instantaneous ops, network bytes,
   hits, misses, evictions and error replies per second, whether AOF is on.
 Launched instances are the trial target's server (a socket in a 0700 directory, no TCP port)
@@ -332,7 +331,8 @@ class RedisLive(LiveSystem):
         calls = {n: max(0.0, delta(f"calls:{n}") - b.get(f"own:{n}", 0.0)) for n in kinds}
         total = sum(calls.values())
         metrics = {"rps": commands / seconds}
-        fingerprint = {"clients": max(0.0, b.get("connected_clients", 0.0) - 1),
+        clients = max(a.get("connected_clients", 0.0), b.get("connected_clients", 0.0))
+        fingerprint = {"clients": max(0.0, clients - 1),
                        "keys": b.get("keys", 0.0)}
         if total > 0:
             reads = sum(c for n, c in calls.items() if kinds[n] == "read")

@@ -33,7 +33,7 @@ from targets.redis import RedisTarget
 pytestmark = needs("Redis", missing_executables(["redis-server", "redis-benchmark", "redis-cli"]),
                    "on PATH; Debian: apt-get install redis-server redis-tools")
 #: requests per test and loop: far below a window's worth, so every window sees the same mix
-WORKLOAD = {"tests": "set,get", "requests": 50_000, "pipeline": 1, "keyspace": 10_000}
+WORKLOAD = {"tests": "set,get", "requests": 20_000, "pipeline": 1, "keyspace": 10_000}
 AOF_ALWAYS = {"appendonly": True, "appendfsync": "always"}
 
 
@@ -138,7 +138,7 @@ def test_windows_report_throughput_and_follow_the_workload(
         assert set(w.metrics) == set(RedisLive.observed_metrics) and w.metrics["rps"] > 1000
         values = [*w.metrics.values(), *w.fingerprint.values(), *w.counters.values()]
         assert all(math.isfinite(v) and v >= 0 for v in values)
-        assert w.fingerprint["read_ratio"] == pytest.approx(0.5, abs=0.2)
+        assert w.fingerprint["read_ratio"] == pytest.approx(0.5, abs=0.25)
         assert w.fingerprint["clients"] == 20 and w.fingerprint["pipeline"] < 1.5
         assert w.fingerprint["value_size"] == 64  # the workload's data_size
         assert w.counters["server_cpu_s_per_s"] > 0 and w.counters["used_memory_bytes"] > 0
