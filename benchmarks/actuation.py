@@ -10,7 +10,9 @@ fsync on every write, PostgreSQL a long commit delay, synthetic a config far fro
 Each is one actuation as ``knobflow apply`` runs it (``tasks.actuate``: windows before, apply,
 windows after, the test and the trigger rules, keep or roll back), without the Prefect flow
 around it. A rollback of the neutral config is a false rollback; a kept regressing config is a
-missed regression. Prints a table, saves a plot (``--plot``) of each apply's after/before ratio.
+missed regression. A rolled-back config becomes a learned rule of the service, which would refuse
+it the next time: the benchmark forgets the learned rules before each apply. Prints a table,
+saves a plot (``--plot``) of each apply's after/before ratio.
 """
 
 from __future__ import annotations
@@ -61,12 +63,16 @@ def _one(home: Path, name: str, changes: dict[str, Any], args: argparse.Namespac
     from tasks.actlog import ActuationLog
 
     started = time.monotonic()
+    # a rolled-back config becomes a learned rule, which refuses it the next time: forgotten
+    # here, so that every regressing apply is decided anew
+    for learned in (home / "rules").glob("*.learned.yaml"):
+        learned.unlink()
     with acting_on(home, name, windows=args.windows, window_s=args.window_s) as act:
         result = apply_to(act, changes, source=source, tasks=False)
         log: ActuationLog = act.log
     decided = next((e for e in reversed(log.entries())
-                    if e.get("phase") == "decided" and result.get("id") in
-                    (e.get("id"), e.get("actuation_id"))), {})
+                    if e.get("phase") == "decided" and result.get("id")
+                    and e.get("id") == result["id"]), {})
     test = decided.get("test") or {}
     return {"kind": source, "outcome": result["outcome"], "ratio": test.get("ratio"),
             "p": test.get("p_value"), "decision_s": decided.get("seconds_to_decision"),
