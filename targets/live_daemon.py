@@ -66,7 +66,7 @@ def launch(target: str, data_dir: Path, workload: Mapping[str, Any],
     deadline = time.monotonic() + timeout
     while not (data_dir / CONNECTION).exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            why = "did not answer within {timeout:g} s" if proc.poll() is None else "failed"
+            why = f"did not answer within {timeout:g} s" if proc.poll() is None else "failed"
             stop_launched(data_dir, remove=False)
             tail = last_lines(_read(data_dir / LOG), n=4) or "no log lines"
             raise LiveError(f"the {target} instance in {data_dir} {why}: {tail}")
@@ -90,7 +90,8 @@ def daemon_pid(data_dir: Path) -> int | None:
     try:
         pid = int((data_dir / PID).read_text().split()[0])
         proc = psutil.Process(pid)
-        if str(data_dir) in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+        if any(_names(a, str(data_dir)) for a in proc.cmdline()) \
+                and proc.status() != psutil.STATUS_ZOMBIE:
             return pid
     except (OSError, ValueError, IndexError, psutil.Error):
         pass
@@ -208,13 +209,20 @@ def _read(path: Path) -> str:
         return ""
 
 
+def _names(arg: str, data_dir: str) -> bool:
+    """Whether a command-line argument is ``data_dir`` or a path inside it."""
+    return any(word == data_dir or word.startswith(data_dir + "/")
+               for word in arg.replace("=", " ").split())
+
+
 def _processes_in(data_dir: Path) -> list[psutil.Process]:
-    """Processes whose command line names ``data_dir`` (what a killed daemon may leave)."""
-    mine = os.getpid()
+    """Processes with an argument in ``data_dir`` (what a killed daemon may leave); a process
+    that only shares a prefix of its name (``/tmp/x2`` beside ``/tmp/x``) is not one."""
+    mine, where = os.getpid(), str(data_dir)
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error, TypeError):
-            if proc.pid != mine and str(data_dir) in " ".join(proc.info["cmdline"] or ()):
+            if proc.pid != mine and any(_names(a, where) for a in proc.info["cmdline"] or ()):
                 found.append(proc)
     return found
 
