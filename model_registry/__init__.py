@@ -11,7 +11,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "features": ("feature_frame",),
     "fingerprint": ("distance", "fingerprint_hash"),
     "priors": ("prior_trials",),
-    "recommend": ("recommend", "recommend_task"),
+    "recommend": ("recommend_task",),  # not "recommend": that name is the submodule
     "recommendation": ("Recommendation",),
     "registry": ("Champion", "Decision", "champion_table", "load_champion", "model_name",
                  "promote", "refusal", "register"),

@@ -36,13 +36,22 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from model_registry.features import feature_frame
-from model_registry.recommendation import CHANGE, KEEP, NOTHING, Recommendation, show_value
+from model_registry.fingerprint import CLOSE
+from model_registry.recommendation import (
+    CHANGE,
+    KEEP,
+    NOTHING,
+    Recommendation,
+    config_diff,
+    rule_warnings,
+    same_value,
+    show_value,
+)
 from model_registry.registry import Champion, champion_table, load_champion
 from model_registry.transfer import Seed, plan_transfer
 from rules.rule import Failure
 from rules.ruleset import RuleSet
 from targets.base import Target
-from targets.common.errors import fmt_value
 from targets.spec import KnobSpec
 from tuners.space import SearchSpace
 from tuners.trials import training_rows
@@ -50,6 +59,11 @@ from tuners.trials import training_rows
 __all__ = ["Recommendation", "recommend", "recommend_task"]
 
 _SOURCE_ORDER = {"current": 0, "sibling": 1, "model": 2}  # equal predictions: the fewest unknowns
+#: A sibling config measured on a close workload (``fingerprint.CLOSE``) is picked over the
+#: champion's unmeasured picks when the champion predicts it within this share of their best: a
+#: measurement beats a prediction, and the champion's best predictions sit at the top of the range
+#: it was trained on (clipped), where it cannot tell them apart.
+MEASURED_BAND = 0.1
 
 
 def _typed(config: Mapping[str, Any], spec: KnobSpec) -> dict[str, Any]:
@@ -72,17 +86,6 @@ def _current(current: Mapping[str, Any], spec: KnobSpec) -> dict[str, Any]:
     if bad:
         raise ValueError("the current config has invalid values: " + "; ".join(bad))
     return typed
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(
-            float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return bool(a == b)
-
-
-def _diff(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {k: {"from": current[k], "to": new[k]} for k in current if not _same(current[k], new[k])}
 
 
 def _fingerprint(target_cls: type[Target], observed: Mapping[str, float],
@@ -129,16 +132,17 @@ def _siblings(table: pd.DataFrame, service: str, objective: str, tracking_uri: s
     return rows.drop(columns=unseen)
 
 
+def _row_params(row: Mapping[str, Any], space: SearchSpace) -> dict[str, Any] | None:
+    return space.project({k.removeprefix("knob."): v for k, v in row.items()
+                          if k.startswith("knob.")})
+
+
 def _sibling_blocked(siblings: pd.DataFrame, space: SearchSpace, current: Mapping[str, Any],
                      rules: RuleSet) -> tuple[int, int]:
     """How many measured sibling configs are candidates here (the space can express them), and
     how many of those the rules block (set on top of the current config)."""
-    configs = []
-    for row in siblings.to_dict(orient="records"):
-        params = space.project({k.removeprefix("knob."): v for k, v in row.items()
-                                if k.startswith("knob.")})
-        if params is not None:
-            configs.append({**current, **params})
+    configs = [{**current, **p} for row in siblings.to_dict(orient="records")
+               if (p := _row_params(row, space)) is not None]
     if not configs:
         return 0, 0
     return len(configs), int(rules.check_frame(pd.DataFrame(configs))["blocked"].sum())
@@ -151,6 +155,7 @@ class _Candidate:
     seed: Seed | None = None
     n_changes: int = 0
     predicted: float = math.nan
+    preferred_over: float | None = None  # the model's best prediction this measured one beat
 
 
 def _candidates(seeds: Sequence[Seed], current: dict[str, Any], space: SearchSpace,
@@ -165,7 +170,7 @@ def _candidates(seeds: Sequence[Seed], current: dict[str, Any], space: SearchSpa
     current_errors = rules.check(current).errors if blocked[0] else []
     kept = [c for c, b in zip(cands, blocked, strict=True) if not b]
     for c in kept:
-        c.n_changes = len(_diff(current, c.config))
+        c.n_changes = len(config_diff(current, c.config))
     n_blocked = sum(bool(b) for c, b in zip(cands, blocked, strict=True) if c.source != "sibling")
     return kept, n_blocked, current_errors
 
@@ -195,7 +200,7 @@ def _limit(pick: dict[str, Any], current: dict[str, Any], max_knobs: int, rules:
     """At most ``max_knobs`` of the pick's changes on top of ``current``: greedily the one the
     champion predicts best each step (only while it predicts an improvement); without a model,
     the first ones in the knob spec's order. Every step's config passes the rules."""
-    config, left = dict(current), list(_diff(current, pick))
+    config, left = dict(current), list(config_diff(current, pick))
     base = float(score([config])[0]) if score else math.nan
     for _ in range(max_knobs):
         steps = [{**config, k: pick[k]} for k in left]
@@ -211,27 +216,8 @@ def _limit(pick: dict[str, Any], current: dict[str, Any], max_knobs: int, rules:
             if not _better(float(predicted[best]), base, maximize):
                 break
             config, base = steps[best], float(predicted[best])
-        left = [k for k in left if _same(config[k], current[k])]
+        left = [k for k in left if same_value(config[k], current[k])]
     return config
-
-
-def _warnings(target_cls: type[Target], rules: RuleSet, rule_files: Sequence[str],
-              config: Mapping[str, Any], current_errors: Sequence[Failure]) -> list[str]:
-    """The rule warnings that apply to ``config``, what it gives up of the policies not turned
-    on (worded as ``flows/report.py`` words it), and the rules the current config breaks."""
-    def values(f: Failure) -> str:
-        return ", ".join(f"{k}={fmt_value(v)}" for k, v in f.values.items())
-
-    out = [f"{values(f)} (rule {f.rule}: {f.message})" for f in rules.check(config).warnings]
-    policies = {r.policy for r in rules.rules if r.policy}
-    for name, broken in RuleSet.given_up(target_cls, config, rule_files, policies,
-                                         rules.workload).items():
-        out.append(f"the recommended config gives up {name}: " + "; ".join(
-            f"{values(f)} (rule {f.rule}: {f.message})" for f in broken)
-            + f". Add --policy {name} to keep such configs out")
-    out += [f"the current config is blocked by rule {f.rule}: {f.message} ({values(f)})"
-            for f in current_errors]
-    return out
 
 
 def _trials(seed: Seed | None, siblings: pd.DataFrame, space: SearchSpace) -> list[dict[str, Any]]:
@@ -241,9 +227,7 @@ def _trials(seed: Seed | None, siblings: pd.DataFrame, space: SearchSpace) -> li
     rows = siblings[siblings["instance"].astype(str) == str(seed.instance)]
     return [{"instance": str(seed.instance), "study": str(r["study"]), "trial": str(r["trial"]),
              "value": float(r["value"])}
-            for r in rows.to_dict(orient="records")
-            if space.project({k.removeprefix("knob."): v for k, v in r.items()
-                              if k.startswith("knob.")}) == seed.params]
+            for r in rows.to_dict(orient="records") if _row_params(r, space) == seed.params]
 
 
 def _direction(target_cls: type[Target], objective: str) -> str:
@@ -269,17 +253,32 @@ def _usable(champion: Champion | None, spec: KnobSpec, notes: list[str]) -> Cham
 
 def _choose(cands: list[_Candidate], score: Callable[..., np.ndarray] | None,
             maximize: bool) -> _Candidate | None:
-    """The best predicted candidate (equal predictions: fewer changes, then measured before
-    modelled); without a model, the first sibling config (the closest workload's best)."""
+    """The best predicted candidate (equal predictions: the current config, then measured before
+    modelled), or a close workload's measured config within ``MEASURED_BAND`` of a modelled best;
+    without a model, the first sibling config (the closest workload's best)."""
     if score is None:
         return next((c for c in cands if c.source == "sibling"), None)
     if not cands:
         return None
-    predicted = score([c.config for c in cands])
-    for c, p in zip(cands, predicted, strict=True):
+    for c, p in zip(cands, score([c.config for c in cands]), strict=True):
         c.predicted = float(p)
-    return min(cands, key=lambda c: (-c.predicted if maximize else c.predicted, c.n_changes,
-                                     _SOURCE_ORDER[c.source]))
+    order = {id(c): i for i, c in enumerate(cands)}
+
+    def rank(c: _Candidate) -> tuple[float, int, int]:
+        return (-c.predicted if maximize else c.predicted, _SOURCE_ORDER[c.source], order[id(c)])
+
+    best = min(cands, key=rank)
+    floor = best.predicted * (1 - MEASURED_BAND if maximize else 1 + MEASURED_BAND)
+    now = cands[0].predicted if cands[0].source == "current" else None
+    measured = [c for c in cands if c.source == "sibling" and c.seed is not None
+                and (c.seed.workload_distance or 0.0) <= CLOSE
+                and not _better(floor, c.predicted, maximize)
+                and (now is None or _better(c.predicted, now, maximize))]
+    if best.source != "model" or not measured:
+        return best
+    pick = min(measured, key=rank)
+    pick.preferred_over = best.predicted
+    return pick
 
 
 def _why(pick: _Candidate, n_allowed: int, champion: Champion | None, service: str,
@@ -295,6 +294,11 @@ def _why(pick: _Candidate, n_allowed: int, champion: Champion | None, service: s
     ranked = f"the best the champion predicts of the {n_allowed} candidates the rules allow"
     if pick.source == "current":
         return f"the current config is {ranked}"
+    if pick.preferred_over is not None:
+        return (f"{measured}, a close workload: a measurement beats a prediction, and the "
+                f"champion predicts it within {MEASURED_BAND:.0%} of its best unmeasured pick "
+                f"({show_value(pick.preferred_over)}) among the {n_allowed} candidates the rules "
+                "allow")
     return ranked + (f"; {measured}" if measured else "")
 
 
@@ -352,11 +356,11 @@ def recommend(
     if pick is None:
         rec.reason = ("every candidate was blocked by the rules or is outside the search space"
                       + (f" ({plan.reason})" if plan.reason else ""))
-        rec.warnings = notes + _warnings(target_cls, rules, rule_files, now, current_errors)
+        rec.warnings = notes + rule_warnings(target_cls, rules, rule_files, now, current_errors)
         return rec
     rec.reason = _why(pick, counts[0] - counts[1], champion, service, objective)
     _settle(rec, pick, now, max_knobs, rules, score)
-    rec.warnings = notes + _warnings(target_cls, rules, rule_files, rec.config, current_errors)
+    rec.warnings = notes + rule_warnings(target_cls, rules, rule_files, rec.config, current_errors)
     return rec
 
 
@@ -368,11 +372,11 @@ def _settle(rec: Recommendation, pick: _Candidate, now: dict[str, Any], max_knob
     config = pick.config
     if max_knobs is not None and pick.n_changes > max_knobs:
         config = _limit(pick.config, now, max_knobs, rules, score, maximize)
-        rec.deferred_changes = _diff(config, pick.config)
+        rec.deferred_changes = config_diff(config, pick.config)
         rec.reason += (f"; at most {max_knobs} knob(s) per actuation: "
                        + ("the changes the champion predicts to matter most" if score else
                           "no model to rank the changes, the first in the knob spec's order"))
-    rec.config, rec.changes = config, _diff(now, config)
+    rec.config, rec.changes = config, config_diff(now, config)
     if score is not None:
         rec.predicted_current, rec.predicted = (float(v) for v in score([now, config]))
         rec.predicted_gain = _gain(rec.predicted, rec.predicted_current, maximize)

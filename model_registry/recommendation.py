@@ -1,20 +1,26 @@
 """What ``knobflow recommend`` says: a ``Recommendation`` (the config to run on a live instance,
 the knobs it changes, the predicted gain, where it came from) as JSON-safe data and as a few
-lines for a person. ``model_registry.recommend`` computes it.
+lines for a person, and the rule warnings it carries. ``model_registry.recommend`` computes it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from rules.rule import Failure
+from rules.ruleset import RuleSet
+from targets.base import Target
 from targets.common.errors import fmt_value
 
-__all__ = ["CHANGE", "KEEP", "NOTHING", "Recommendation", "show_value"]
+__all__ = [
+    "CHANGE", "KEEP", "NOTHING", "Recommendation", "config_diff", "rule_warnings", "same_value",
+    "show_value",
+]
 
 #: What a recommendation says: apply ``changes``, keep the current config, or nothing is known.
 CHANGE, KEEP, NOTHING = "change", "keep", "nothing"
@@ -100,3 +106,35 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two knob values are the same setting (floats within rounding of each other)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(
+            float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The knobs ``new`` sets differently from ``old``: ``{knob: {"from": ..., "to": ...}}``."""
+    return {k: {"from": old[k], "to": new[k]} for k in old if not same_value(old[k], new[k])}
+
+
+def rule_warnings(target_cls: type[Target], rules: RuleSet, rule_files: Sequence[str],
+              config: Mapping[str, Any], current_errors: Sequence[Failure]) -> list[str]:
+    """The rule warnings that apply to ``config``, what it gives up of the policies not turned
+    on (worded as ``flows/report.py`` words it), and the rules the current config breaks."""
+    def values(f: Failure) -> str:
+        return ", ".join(f"{k}={fmt_value(v)}" for k, v in f.values.items())
+
+    out = [f"{values(f)} (rule {f.rule}: {f.message})" for f in rules.check(config).warnings]
+    policies = {r.policy for r in rules.rules if r.policy}
+    for name, broken in RuleSet.given_up(target_cls, config, rule_files, policies,
+                                         rules.workload).items():
+        out.append(f"the recommended config gives up {name}: " + "; ".join(
+            f"{values(f)} (rule {f.rule}: {f.message})" for f in broken)
+            + f". Add --policy {name} to keep such configs out")
+    out += [f"the current config is blocked by rule {f.rule}: {f.message} ({values(f)})"
+            for f in current_errors]
+    return out

@@ -25,7 +25,10 @@ from tuners.trials import as_table
 SPEC = SyntheticTarget.knob_spec()
 SPACE = SearchSpace.full(SPEC)
 CURRENT = {**SPEC.defaults(), "threads": 4}  # the live instance: defaults, a few more threads
-SIBLINGS = trial_table(60, seed=12, instance="kv-1")
+#: a sibling that served another workload: its configs are candidates, not measurements of this one
+SIBLINGS = trial_table(60, seed=12, shift=0.6, instance="kv-2", study="s2")
+#: a sibling that served the same workload: its best measured config beats a close prediction
+CLOSE_SIBLING = trial_table(60, seed=12, instance="kv-1")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ def test_the_pick_beats_the_current_config_and_says_what_it_changes(best: Recomm
     assert true(rec.config) > 1.5 * true(CURRENT)  # better on the system's true surface too
     p = rec.provenance
     assert (p["model_name"], p["model_version"]) == ("knobflow-orders-kv-throughput", "1")
-    assert p["model_run_id"] and p["instances"] == ["kv-1"]
+    assert p["model_run_id"] and p["instances"] == ["kv-1", "kv-2"] and p["trials"] == []
     # the champion ranks 4000 configs; the 60 measured sibling configs and the current config
     assert p["n_candidates"] == 4000 + 60 + 1
     assert rec.filled_features == {} and rec.deferred_changes == {} and rec.warnings == []
@@ -95,6 +98,25 @@ def test_the_pick_beats_the_current_config_and_says_what_it_changes(best: Recomm
         f"  {k}: {show_value(c['from'])} -> {show_value(c['to'])}" for k, c in rec.changes.items()]
     assert f"({rec.predicted_gain:.3f}x, maximize)" in lines[1 + len(rec.changes)]
     assert lines[-1].startswith("from model knobflow-orders-kv-throughput v1; trials ")
+
+
+def test_a_sibling_config_measured_on_a_close_workload_beats_a_close_prediction(
+        best: Recommendation, uri: str) -> None:
+    """The champion's best predictions sit at the top of what it was trained on (clipped): a
+    config measured on the same workload, predicted within MEASURED_BAND of them, is picked."""
+    rec = run(uri, table=CLOSE_SIBLING)
+    assert rec.decision == "change" and rec.source == "sibling"
+    (trial,) = rec.provenance["trials"]
+    row = CLOSE_SIBLING[CLOSE_SIBLING["trial"] == trial["trial"]].iloc[0]
+    assert rec.config == {k: SPEC[k].coerce(row[f"knob.{k}"]) for k in SPEC.names}
+    assert trial == {"instance": "kv-1", "study": "s1", "trial": row["trial"],
+                     "value": row["value"]}
+    assert rec.reason.startswith(
+        f"measured {show_value(row['value'])} on sibling kv-1 (workload distance 0.0), a close "
+        "workload: a measurement beats a prediction, and the champion predicts it within 10% of "
+        "its best unmeasured pick (")
+    assert rec.predicted > rec.predicted_current
+    assert true(rec.config) > 1.5 * true(CURRENT)
 
 
 def test_a_rule_blocking_the_best_candidate_makes_the_next_one_the_pick(
