@@ -25,8 +25,9 @@ from tuners.trials import as_table
 SPEC = SyntheticTarget.knob_spec()
 SPACE = SearchSpace.full(SPEC)
 CURRENT = {**SPEC.defaults(), "threads": 4}  # the live instance: defaults, a few more threads
-#: a sibling that served another workload: its configs are candidates, not measurements of this one
-SIBLINGS = trial_table(60, seed=12, shift=0.6, instance="kv-2", study="s2")
+#: a sibling that served another workload and measured only poor configs: the champion's pick wins
+_FAR = trial_table(60, seed=12, shift=0.6, instance="kv-2", study="s2")
+SIBLINGS = _FAR[_FAR["value"] < _FAR["value"].quantile(0.1)].reset_index(drop=True)
 #: a sibling that served the same workload: its best measured config beats a close prediction
 CLOSE_SIBLING = trial_table(60, seed=12, instance="kv-1")
 
@@ -84,8 +85,8 @@ def test_the_pick_beats_the_current_config_and_says_what_it_changes(best: Recomm
     p = rec.provenance
     assert (p["model_name"], p["model_version"]) == ("knobflow-orders-kv-throughput", "1")
     assert p["model_run_id"] and p["instances"] == ["kv-1", "kv-2"] and p["trials"] == []
-    # the champion ranks 4000 configs; the 60 measured sibling configs and the current config
-    assert p["n_candidates"] == 4000 + 60 + 1
+    # the champion ranks 4000 configs; the 6 measured sibling configs and the current config
+    assert len(SIBLINGS) == 6 and p["n_candidates"] == 4000 + 6 + 1
     assert rec.filled_features == {} and rec.deferred_changes == {} and rec.warnings == []
     assert json.loads(json.dumps(rec.to_dict())) == rec.to_dict()
     lines = rec.lines()
@@ -100,10 +101,10 @@ def test_the_pick_beats_the_current_config_and_says_what_it_changes(best: Recomm
     assert lines[-1].startswith("from model knobflow-orders-kv-throughput v1; trials ")
 
 
-def test_a_sibling_config_measured_on_a_close_workload_beats_a_close_prediction(
+def test_a_measured_sibling_config_beats_a_close_prediction(
         best: Recommendation, uri: str) -> None:
     """The champion's best predictions sit at the top of what it was trained on (clipped): a
-    config measured on the same workload, predicted within MEASURED_BAND of them, is picked."""
+    config that ran, predicted within MEASURED_BAND of them, is picked."""
     rec = run(uri, table=CLOSE_SIBLING)
     assert rec.decision == "change" and rec.source == "sibling"
     (trial,) = rec.provenance["trials"]
@@ -112,9 +113,9 @@ def test_a_sibling_config_measured_on_a_close_workload_beats_a_close_prediction(
     assert trial == {"instance": "kv-1", "study": "s1", "trial": row["trial"],
                      "value": row["value"]}
     assert rec.reason.startswith(
-        f"measured {show_value(row['value'])} on sibling kv-1 (workload distance 0.0), a close "
-        "workload: a measurement beats a prediction, and the champion predicts it within 10% of "
-        "its best unmeasured pick (")
+        f"measured {show_value(row['value'])} on sibling kv-1 (workload distance 0.0): a config "
+        "that ran beats a prediction, and the champion predicts it within 20% of its best "
+        "unmeasured pick (")
     assert rec.predicted > rec.predicted_current
     assert true(rec.config) > 1.5 * true(CURRENT)
 
