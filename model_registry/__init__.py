@@ -1,5 +1,6 @@
 """Model repository: the MLflow registry of surrogate models per service and objective, the
-model inputs they share, and transfer to a new instance of a service.
+model inputs they share, transfer to a new instance of a service, and the config recommended for
+a live instance.
 
 Every name below is imported when first used (MLflow is slow to import).
 """
@@ -10,6 +11,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "features": ("feature_frame",),
     "fingerprint": ("distance", "fingerprint_hash"),
     "priors": ("prior_trials",),
+    "recommend": ("recommend_task",),  # not "recommend": that name is the submodule
+    "recommendation": ("Recommendation",),
     "registry": ("Champion", "Decision", "champion_table", "load_champion", "model_name",
                  "promote", "refusal", "register"),
     "store": ("client_for", "experiment_id", "process_tracking_uri"),
