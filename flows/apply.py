@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from tasks.actlog import ActuationLog, Outcome
-from tasks.instances import InstanceStore, instance_lock
 
 from targets.common.errors import KnobflowError
 from targets.common.settings import knobflow_home
 from targets.live import ActuationRefused, live_system
+from tasks.actlog import ActuationLog, Outcome
 from tasks.actuate import TASKS, Actuation, Policy, actuate, check, rules_for
+from tasks.instances import InstanceStore, instance_lock
 from tasks.recover import recover
 
 __all__ = ["acting_on", "apply_flow", "apply_to", "log_path"]
@@ -97,7 +97,12 @@ def apply_flow(instance: str | None = None, service: str | None = None,
         with acting_on(root, name, windows=windows, window_s=window_s,
                        on_progress=logger.info) as act:
             changes, why, provenance = _changes_for(act, config, source)
-            result = apply_to(act, changes, source=why, provenance=provenance, dry_run=dry_run)
+            if changes is None:  # the recommendation is to keep, or there is none
+                result = {"instance": name, "source": why, "outcome": Outcome.KEPT.value,
+                          "note": provenance["note"], "changes": {}}
+            else:
+                result = apply_to(act, changes, source=why, provenance=provenance,
+                                  dry_run=dry_run)
         results.append(result)
         logger.info("%s: %s (%s)", name, result["outcome"], result.get("note", ""))
         if result["outcome"] not in (Outcome.KEPT.value, Outcome.DRY_RUN.value):
@@ -112,14 +117,17 @@ def apply_flow(instance: str | None = None, service: str | None = None,
 
 
 def _changes_for(act: Actuation, config: Mapping[str, Any] | None, source: str
-                 ) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """The changes to apply: the given config, or the instance's recommendation."""
+                 ) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
+    """The changes to apply: the given config, or the instance's recommendation (None with
+    the recommendation's first line as ``note`` when it changes nothing)."""
     if config is not None:
         return dict(config), source, {}
     from flows.recommend import recommend_for
 
     rec = recommend_for(act)
+    for line in rec.lines():
+        act.say(line)
     if not rec.changes:
-        return {}, "recommendation", rec.to_dict()
+        return None, "recommendation", {"note": rec.lines()[0]}
     return ({k: v["to"] for k, v in rec.changes.items()}, "recommendation",
             {"recommendation": rec.to_dict()})

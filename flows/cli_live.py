@@ -100,15 +100,10 @@ def recommend_command(
     with _flow_progress():
         result = recommend_flow(instance=name, home=str(root), windows=windows,
                                 window_s=window_s)
-    rec = result["recommendation"]
     if as_json:
         print(json.dumps(result, default=str))
         return
-    from model_registry.recommend import Recommendation
-
-    lines = Recommendation.from_dict(rec).lines() if hasattr(Recommendation, "from_dict") \
-        else [json.dumps(rec, default=str)]
-    for line in lines:
+    for line in result["lines"]:
         _out.print(line, markup=False, highlight=False)
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_registry.recommend import Recommendation, recommend
 from prefect import flow, get_run_logger
 
 from flows.apply import acting_on
 from flows.trials import service_table
+from model_registry.recommend import Recommendation, recommend
 from targets.common.settings import knobflow_home, tracking_uri
 from tasks.actuate import Actuation
 from tasks.observe import Observation, observe, observe_task
@@ -51,4 +51,4 @@ def recommend_flow(instance: str, home: str | None = None, windows: int | None =
     for line in rec.lines():
         logger.info("%s", line)
     return {"instance": instance, "observation": seen.to_dict(),
-            "recommendation": rec.to_dict()}
+            "recommendation": rec.to_dict(), "lines": rec.lines()}

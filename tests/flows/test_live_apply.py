@@ -161,3 +161,22 @@ def test_instance_start_workload_stop_leave_nothing(home: Path) -> None:
     system = Path(show(home, "demo")["data_dir"])
     assert not system.exists()
     assert show(home, "demo")["state"] == "stopped"
+
+
+def test_tune_then_recommend_then_apply_the_recommendation(
+        prefect_api: str, home: Path, synthetic: Instance) -> None:
+    tuned = run_cli(["tune", "synthetic", "--service", "svc", "--instance", "bed", "--budget",
+                     "12", "--noise-runs", "0", "--home", str(home)], api_url=prefect_api,
+                    timeout=600)
+    assert tuned.returncode == 0, tuned.stderr
+    shown = invoke_cli(["recommend", "syn-1", *WINDOWS, "--home", str(home), "--json"])
+    assert shown.returncode == 0, shown.stderr
+    rec = json.loads(shown.stdout)["recommendation"]
+    assert rec["decision"] == "change" and rec["provenance"]["instances"] == ["bed"]
+    done = invoke_cli(["apply", "syn-1", *WINDOWS, "--home", str(home), "--json"])
+    result = json.loads(done.stdout)["results"][0]
+    assert result["source"] == "recommendation"
+    assert done.returncode == 0, result  # the siblings' best beats the default here
+    config = show(home, "syn-1")["config"]
+    assert {k: config[k] for k in result["changes"]} == result["changes"]
+    assert result["changes"] == {k: c["to"] for k, c in rec["changes"].items()}
