@@ -47,7 +47,8 @@ class KnobflowCommand(TyperGroup):
 
     def format_epilog(self, ctx: Any, formatter: Any) -> None:
         with formatter.section("Exit codes"):
-            blocked = ("3", "knobflow validate: a rule blocks the config")
+            blocked = ("3", "knobflow validate: a rule blocks the config; knobflow apply: the "
+                       "change was refused (a rule, the policy, the system), nothing changed")
             formatter.write_dl([*EXIT_CODES[:3], blocked, *EXIT_CODES[3:]])
 
 

@@ -79,7 +79,8 @@ def instance_add(
     except Exception:
         store.remove(name)
         raise
-    _out.print(f"added {name} ({target} {version}, service {service}) at {url}", markup=False)
+    _out.print(f"added {name} ({version}, service {service}) at {url}", markup=False,
+               soft_wrap=True)
 
 
 @instance_app.command("start", cls=PlainCommand)
@@ -115,7 +116,7 @@ def instance_start(
         stop_launched(system_dir)
         raise
     _out.print(f"started {name}: {target} at {conn.url} under load "
-               f"{json.dumps(load, sort_keys=True)}", markup=False)
+               f"{json.dumps(load, sort_keys=True)}", markup=False, soft_wrap=True)
 
 
 @instance_app.command("stop", cls=PlainCommand)

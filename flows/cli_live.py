@@ -122,7 +122,8 @@ def apply_command(
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Apply a config to a live instance, verify it against the windows before, keep it or roll
-    it back; with --service, a canary over the service's instances."""
+    it back; with --service, a canary over the service's instances. Exit 0 kept, 1 rolled back
+    or failed, 3 refused (nothing changed)."""
     if service is not None and name is not None and config is None:
         name, config = None, Path(name)  # `apply --service S CONFIG`: the one argument is CONFIG
     if (name is None) == (service is None):

@@ -140,3 +140,27 @@ def test_postgres_commit_delay_rolled_back_synchronous_commit_kept(
         assert show(home, "pg-1")["config"]["synchronous_commit"] == "off"
     finally:
         stop_launched(Path(str(instance.data_dir)))
+
+
+@needs_redis
+def test_instance_add_checks_the_system_answers_and_keeps_no_password(
+        home: Path, redis_instance: str) -> None:
+    url = show(home, redis_instance)["url"]
+    added = invoke_cli(["instance", "add", "other", "--service", "cache", "--target", "redis",
+                        "--connect", url, "--home", str(home)])
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("added other (Redis 7")
+    listed = json.loads(invoke_cli(["instance", "list", "--json", "--home", str(home)]).stdout)
+    assert [(r["name"], r["state"]) for r in listed] == [("cache-1", "running"),
+                                                         ("other", "added")]
+    # a system that does not answer: one line, exit 1, nothing recorded; the password that was
+    # on the command line is in no output and no file
+    gone = invoke_cli(["instance", "add", "gone", "--service", "cache", "--target", "redis",
+                       "--connect", "redis://:s3cret-pw@127.0.0.1:1/0", "--home", str(home)])
+    assert gone.returncode == 1, gone.stdout
+    assert "password was on the command line" in gone.stderr
+    assert "s3cret-pw" not in gone.stdout + gone.stderr
+    assert not any("s3cret-pw" in p.read_text(errors="replace")
+                   for p in home.rglob("*") if p.is_file() and p.stat().st_size < 1_000_000)
+    listed = json.loads(invoke_cli(["instance", "list", "--json", "--home", str(home)]).stdout)
+    assert "gone" not in [r["name"] for r in listed]
