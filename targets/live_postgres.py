@@ -12,9 +12,12 @@ counters and what a window of them says, and the launch hooks of a demo/test ins
 * Settings: every knob from pg_settings in the spec's units (``postgres_pgbench.convert``).
   ``apply`` is ``ALTER SYSTEM SET`` per knob (kept in postgresql.auto.conf), then
   ``pg_reload_conf()``, or the restart command when a knob's ``context`` is ``postmaster`` (or
-  the spec says ``restart``); it waits until pg_settings shows the values. The role needs
-  ``ALTER SYSTEM`` (a superuser, or ``GRANT ALTER SYSTEM ON PARAMETER`` in 15+). A setting given
-  on the server's command line (``-c``) overrides ALTER SYSTEM, so it is refused.
+  the spec says ``restart``); it waits until pg_settings shows the values, and until the
+  backends have published the counts of the transactions before the change (about 1 s). The
+  role needs ``ALTER SYSTEM`` and ``pg_reload_conf()`` (a superuser, or ``GRANT ALTER SYSTEM
+  ON PARAMETER`` (15+) and ``GRANT EXECUTE ON FUNCTION pg_reload_conf()``). A setting given on
+  the server's command line (``-c``) overrides ALTER SYSTEM, so it is refused. A failed write
+  or reload puts the written knobs back to their values before.
 * Counters: one psql call (``live_postgres_stats``); a window reports ``tps`` only (the latency a
   client sees is not on the server).
 """
@@ -46,6 +49,9 @@ __all__ = ["PostgresLive"]
 
 _PSQL_TIMEOUT_S = 30.0
 _APPLY_WAIT_S = 5.0
+#: A busy backend publishes its pg_stat_database counts about once a second: apply returns only
+#: after that, so a window started after it counts no transaction of the config before.
+_STATS_SETTLE_S = 1.1
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 _SETTINGS_ROWS = """SELECT name, setting, coalesce(unit, ''), vartype, context,
   pending_restart, source, {may}, has_function_privilege('pg_reload_conf()', 'EXECUTE')
@@ -247,7 +253,9 @@ class PostgresLive(LiveSystem):
             with contextlib.suppress(LiveError):  # the file as it was: no change waits for later
                 self._psql("".join(_alter(k, before[k]) for k in names))
             raise
+        applied = time.monotonic()
         self._wait_applied(wanted)
+        time.sleep(max(0.0, applied + _STATS_SETTLE_S - time.monotonic()))
 
     def _wait_applied(self, wanted: Mapping[str, Any]) -> None:
         """Wait until pg_settings shows ``wanted`` (a reload reaches new sessions at once, but
