@@ -140,25 +140,35 @@ class PostgresLive(LiveSystem):
         return [line.split("\t") for line in done.stdout.splitlines() if line]
 
     def _failure(self, stderr: str) -> LiveError:
-        """psql's error as one line saying what is wrong and the fix."""
-        lines = [re.sub(r"^psql:(<stdin>:\d+: )?", "", ln).strip()
+        """psql's error as one line saying what is wrong and the fix; ``script_line`` is the
+        line of the script that failed (0: none ran)."""
+        lines = [re.sub(r"^psql:(<stdin>:\d+: )?( ?error: )?", "", ln).strip()
                  for ln in stderr.splitlines() if ln.strip()]
         line = next((ln for ln in lines if "ERROR" in ln or "FATAL" in ln), None)
-        line = line or (lines[-1] if lines else "psql failed")
+        line = line or (lines[0] if lines else "psql failed")
         url, user = self.connection.url, self.user or "(default user)"
         if "password authentication failed" in stderr:
-            return LiveError(f"{url}: PostgreSQL refused the password of {user} (secret file "
-                             f"{self.connection.secret_file}): put the role's password there")
-        if "no password supplied" in stderr:
-            return LiveError(f"{url}: PostgreSQL asks {user} for a password and none was "
-                             "given: add a secret file (0600) with it")
-        if "permission denied to set parameter" in stderr:
-            return LiveError(f"{url}: {line}: GRANT ALTER SYSTEM ON PARAMETER ... TO {user} "
-                             "(PostgreSQL 15+), or connect as a superuser")
-        if "could not connect" in stderr or "connection to server" in stderr:
-            return LiveError(f"{url}: cannot reach PostgreSQL ({line}): is the server running, "
-                             "and are the URL's host and port right?")
-        return LiveError(f"{url}: {line}")
+            error = LiveError(f"{url}: PostgreSQL refused the password of {user} (secret file "
+                              f"{self.connection.secret_file}): put the role's password there")
+        elif "no password supplied" in stderr:
+            error = LiveError(f"{url}: PostgreSQL asks {user} for a password and none was "
+                              "given: add a secret file (0600) with it")
+        elif "no pg_hba.conf entry" in stderr:
+            error = LiveError(f"{url}: the server's pg_hba.conf admits no such connection "
+                              f"({line}): add a line for {user} from this host")
+        elif "FATAL" in stderr and "does not exist" in stderr:
+            error = LiveError(f"{url}: {line}: fix the URL's user or database")
+        elif "permission denied to set parameter" in stderr:
+            error = LiveError(f"{url}: {line}: GRANT ALTER SYSTEM ON PARAMETER ... TO {user} "
+                              "(PostgreSQL 15+), or connect as a superuser")
+        elif "could not connect" in stderr or "connection to server" in stderr:
+            error = LiveError(f"{url}: cannot reach PostgreSQL ({line}): is the server "
+                              "running, and are the URL's host and port right?")
+        else:
+            error = LiveError(f"{url}: {line}")
+        failed = re.search(r"<stdin>:(\d+):", stderr)
+        error.script_line = int(failed.group(1)) if failed else 0  # type: ignore[attr-defined]
+        return error
 
     # -- settings -------------------------------------------------------------------------------
     def ping(self) -> str:
@@ -239,10 +249,11 @@ class PostgresLive(LiveSystem):
         names = list(wanted)
         try:
             self._psql("".join(_alter(k, v) for k, v in wanted.items()))
-        except LiveError as exc:
-            done = _statements_done(str(exc), len(names))
-            with contextlib.suppress(LiveError):  # put back those that were written
-                self._psql("".join(_alter(k, before[k]) for k in names[:done]))
+        except LiveError as exc:  # the lines before the one that failed were written
+            done = max(0, getattr(exc, "script_line", 1) - 1)
+            if done:
+                with contextlib.suppress(LiveError):  # put them back
+                    self._psql("".join(_alter(k, before[k]) for k in names[:done]))
             raise
         try:
             if any(self._needs_restart(k, rows[k]) for k in wanted):
@@ -342,12 +353,6 @@ class PostgresLive(LiveSystem):
 def _alter(name: str, value: Any) -> str:
     text = pgb.setting_text(name, value).replace("'", "''")
     return f"ALTER SYSTEM SET {name} = '{text}';\n"
-
-
-def _statements_done(message: str, total: int) -> int:
-    """How many ALTER SYSTEM lines ran before psql stopped (its error names the line)."""
-    match = re.search(r"<stdin>:(\d+):", message)
-    return min(total, int(match.group(1)) - 1) if match else total
 
 
 def _cluster(data_dir: Path) -> pgc.Cluster:

@@ -256,3 +256,19 @@ def test_stop_leaves_no_process_socket_or_directory(pg: Instance) -> None:
     assert not pg.root.exists() and not pg.cluster.root.exists()
     done = subprocess.run(["ss", "-xl"], capture_output=True, text=True, check=False)
     assert str(pg.cluster.sockdir) not in done.stdout
+
+
+def test_a_killed_daemon_leaves_nothing_after_stop(tmp_path: Path) -> None:
+    root = tmp_path / "killed"
+    launch("postgres", root, {**WORKLOAD, "clients": 2, "threads": 1})
+    cluster = pgc.locate(root / "server")
+    assert cluster is not None and pgc.cluster_processes(cluster)
+    daemon = int((root / "daemon.pid").read_text())
+    os.kill(daemon, 9)
+    psutil.wait_procs([psutil.Process(daemon)], timeout=5)
+    stop_launched(root)
+    left = [" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"])
+            if str(root) in " ".join(p.info["cmdline"] or ())
+            or str(cluster.root) in " ".join(p.info["cmdline"] or ())]
+    assert left == [] and pgc.cluster_processes(cluster) == []
+    assert not root.exists() and not cluster.root.exists()
