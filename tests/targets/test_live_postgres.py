@@ -90,6 +90,8 @@ def test_a_launched_instance_reads_back_the_spec_defaults_and_hides_its_password
         if line.startswith(f"{BINDIR}/pgbench") and "-T 86400" in line:
             load.append(line)
     assert len(server) == 1 and load  # the postmaster, and the background pgbench
+    for log in ("daemon.log", "load.log", "connection.json"):
+        assert secret not in (pg.root / log).read_text()
     # no knob on the server's command line: it would override ALTER SYSTEM
     assert not [k for k in pgb.KNOBS if f" {k}=" in server[0]]
 
