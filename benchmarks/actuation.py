@@ -11,7 +11,9 @@ Each is one actuation as ``knobflow apply`` runs it (``tasks.actuate``: windows 
 windows after, the test and the trigger rules, keep or roll back), without the Prefect flow
 around it. A rollback of the neutral config is a false rollback; a kept regressing config is a
 missed regression. A rolled-back config becomes a learned rule of the service, which would refuse
-it the next time: the benchmark forgets the learned rules before each apply. Prints a table,
+it the next time: the benchmark forgets the learned rules before each apply, and waits one
+observation's length after a rollback (a system recovering from a slow spell runs fast for a
+while: PostgreSQL after a long commit delay). Prints a table,
 saves a plot (``--plot``) of each apply's after/before ratio.
 """
 
@@ -102,6 +104,8 @@ def run(args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
                 changes = case["neutral"][i % 2] if kind == "neutral" else case["regress"]
                 row = _one(home, name, dict(changes), args, kind)
                 rows.append(row)
+                if row["outcome"] == "rolled_back":  # the system recovers from the slow spell
+                    time.sleep(args.windows * args.window_s)
                 nan = float("nan")
                 console.print(f"{i + 1:>3} {kind:<8} {row['outcome']:<12} ratio "
                               f"{row['ratio'] or nan:.3f}  p {row['p'] or nan:.2g}  decision "

@@ -30,9 +30,13 @@ def recommend_for(act: Actuation, seen: Observation | None = None,
                 "workload's fingerprint")
         seen = observe(act.live, windows=act.policy.windows, window_s=act.policy.window_s,
                        objective=act.objective)
+    target_cls = act.live.target_cls
+    features = target_cls.workload_features(target_cls.workload_defaults)
     return recommend(
-        target_cls=act.live.target_cls, service=act.instance.service, objective=act.objective,
-        current=seen.config, fingerprint=seen.fingerprint,
+        target_cls=target_cls, service=act.instance.service, objective=act.objective,
+        current=seen.config,
+        # the features models know; a live driver may observe more (counted, not modelled)
+        fingerprint={k: v for k, v in seen.fingerprint.items() if k in features},
         table=service_table(act.home, act.instance.service),
         tracking_uri=tracking_uri(act.home), space=SearchSpace.full(act.live.spec),
         rules=act.rules, instance=act.instance.name, max_knobs=act.policy.max_knobs, seed=seed)

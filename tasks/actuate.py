@@ -42,10 +42,12 @@ from targets.registry import load_target
 from tasks.actlog import ActuationLog, Outcome, Phase
 from tasks.decide import decide, test_change
 from tasks.instances import DEFAULT_POLICY, Instance
-from tasks.observe import Observation, observe
+from tasks.observe import Observation, observe, summarize
 
 __all__ = ["STEPS", "TASKS", "Actuation", "Policy", "Steps", "actuate", "check", "rules_for"]
 
+#: How many times the windows after a change are observed again while the decision is open.
+EXTEND = 2
 #: Defaults of an actuation's policy: the instance's record (``Instance.policy``, defaults in
 #: ``tasks.instances.DEFAULT_POLICY``) and the command's options override them.
 POLICY_DEFAULTS: dict[str, Any] = {**DEFAULT_POLICY, "objective": None, "policies": []}
@@ -250,10 +252,41 @@ def actuate(act: Actuation, changes: Mapping[str, Any], *, source: str,
 
 
 def verify(act: Actuation, before: Observation, steps: Steps = STEPS) -> dict[str, Any]:
-    """Apply, observe after, decide, keep or roll back, finish."""
+    """Apply, observe after (longer while undecided), decide, keep or roll back, finish."""
     applied = steps.apply(act)
-    after = steps.observe(act, Phase.OBSERVED_AFTER)
+    after = observe_after(act, before, steps)
     return decide_and_finish(act, before, after, float(applied["applied_at"]), steps)
+
+
+def undecided(act: Actuation, before: Observation, after: Observation) -> bool:
+    """Whether the windows so far neither show the change worse (or a rollback trigger) nor
+    rule out a loss beyond the policy's smallest change (the 95 % interval's worse end)."""
+    if not after.valid or not before.valid:
+        return False
+    test = test_change(before.values(), after.values(), before.direction,
+                       alpha=act.policy.alpha, min_effect=act.policy.min_effect,
+                       metric=before.objective)
+    if not decide(test, act.rules.fired_triggers(before.metrics, after.metrics)).keep:
+        return False
+    low, high = test.interval
+    if before.direction == "maximize":
+        return low < 1 - act.policy.min_effect
+    return high > 1 + act.policy.min_effect
+
+
+def observe_after(act: Actuation, before: Observation, steps: Steps = STEPS) -> Observation:
+    """The windows after the change: as many as before, then as many again while the decision
+    is open (a noisy system), up to ``EXTEND`` times more."""
+    after = steps.observe(act, Phase.OBSERVED_AFTER)
+    rounds = 0
+    while rounds < EXTEND and undecided(act, before, after):
+        rounds += 1
+        act.say(f"undecided after {len(after.windows)} windows (the interval still includes a "
+                f"loss beyond {act.policy.min_effect:.0%}): observing {act.policy.windows} more")
+        more = steps.observe(act, Phase.OBSERVED_AFTER)
+        after = summarize(act.live, [*after.windows, *more.windows], more.config,
+                          act.objective)
+    return after
 
 
 def decide_and_finish(act: Actuation, before: Observation, after: Observation,

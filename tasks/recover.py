@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tasks.actlog import Outcome, Phase
-from tasks.actuate import STEPS, Actuation, Steps, decide_and_finish, finish
+from tasks.actuate import STEPS, Actuation, Steps, decide_and_finish, finish, observe_after
 from tasks.observe import Observation
 
 __all__ = ["recover"]
@@ -82,7 +82,7 @@ def _carry_on(act: Actuation, lines: Mapping[str, Mapping[str, Any]],
         return finish(act, Outcome.ROLLED_BACK, "rolled back" + _AFTER_CRASH)
     if Phase.APPLIED.value in phases and Phase.OBSERVED_BEFORE.value in phases:
         before = Observation.from_dict(lines[Phase.OBSERVED_BEFORE.value]["observation"])
-        after = steps.observe(act, Phase.OBSERVED_AFTER)
+        after = observe_after(act, before, steps)
         done = decide_and_finish(act, before, after,
                                  float(lines[Phase.APPLIED.value]["applied_at"]), steps)
         return done
