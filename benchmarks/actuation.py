@@ -4,22 +4,23 @@ time from the apply to the decision.
     python benchmarks/actuation.py --target redis --applies 20 --windows 5 --window-s 2
 
 Starts one instance of ``--target`` with its background load (``targets.live_daemon``), then
-alternates, ``--applies`` times each: a config equal in effect to the current one (a knob the
-workload does not feel, moved between two values) and a regressing one (the issue's: Redis an
-fsync on every write, PostgreSQL a long commit delay, synthetic a config far from the optimum).
-Each is one actuation as ``knobflow apply`` runs it (``tasks.actuate``: windows before, apply,
-windows after, the test and the trigger rules, keep or roll back), without the Prefect flow
-around it. A rollback of the neutral config is a false rollback; a kept regressing config is a
-missed regression. A rolled-back config becomes a learned rule of the service, which would refuse
-it the next time: the benchmark forgets the learned rules before each apply, and waits one
-observation's length after a rollback (a system recovering from a slow spell runs fast for a
-while: PostgreSQL after a long commit delay). Prints a table,
-saves a plot (``--plot``) of each apply's after/before ratio.
+alternates, ``--applies`` times each (after ``--warmup`` seconds of load): a config equal in
+effect to the current one (a knob the workload does not feel, moved to the other of two values)
+and a regressing one (the issue's: Redis an fsync on every write, PostgreSQL a long commit delay,
+synthetic a config far from the optimum). Each is one actuation as ``knobflow apply`` runs it
+(``tasks.actuate``: windows before, apply, windows after, the test and the trigger rules, keep or
+roll back), without the Prefect flow around it. A rollback of the neutral config is a false
+rollback; a kept regressing config is a missed regression. A rolled-back config becomes a learned
+rule of the service, which would refuse it the next time: the benchmark forgets the learned rules
+before each apply, and waits one observation's length after a rollback (a system recovering from
+a slow spell runs fast for a while: PostgreSQL after a long commit delay). Prints a table, saves
+a plot (``--plot``) of each apply's after/before ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -53,6 +54,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--applies", type=int, default=20, help="applies of each kind")
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=2.0)
+    parser.add_argument("--warmup", type=float, default=30.0,
+                        help="seconds of load before the first apply")
     parser.add_argument("--home", help="knobflow home (default: a temporary directory)")
     parser.add_argument("--plot", default=str(REPO / "benchmarks" / "actuation.png"))
     args = parser.parse_args(argv)
@@ -84,6 +87,7 @@ def _one(home: Path, name: str, changes: dict[str, Any], args: argparse.Namespac
 
 
 def run(args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
+    from targets.live import live_system
     from targets.live_daemon import launch, stop_launched
     from tasks.instances import Instance, InstanceStore
 
@@ -98,10 +102,14 @@ def run(args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
                        data_dir=system, workload=case["workload"]))
     rows: list[dict[str, Any]] = []
     try:
-        time.sleep(2 * args.window_s)  # the load settles
+        console.print(f"warming up for {args.warmup:g} s (the load fills the data set)")
+        time.sleep(args.warmup)
+        live = live_system(conn)
         for i in range(args.applies):
             for kind in ("neutral", "regress"):
-                changes = case["neutral"][i % 2] if kind == "neutral" else case["regress"]
+                current = live.read_config()
+                changes = case["regress"] if kind == "regress" else next(
+                    c for c in case["neutral"] if any(current.get(k) != v for k, v in c.items()))
                 row = _one(home, name, dict(changes), args, kind)
                 rows.append(row)
                 if row["outcome"] == "rolled_back":  # the system recovers from the slow spell
@@ -159,8 +167,13 @@ def _plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the instance is stopped on the way out (``run``'s finally)
+
+
 def main(argv: list[str]) -> int:
     args = _args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
     from targets.common.settings import quiet_environment
 
     quiet_environment()

@@ -123,8 +123,9 @@ def _changes_for(act: Actuation, config: Mapping[str, Any] | None, source: str
     if config is not None:
         return dict(config), source, {}
     from flows.recommend import recommend_for
+    from model_registry.recommend import recommend_task
 
-    rec = recommend_for(act)
+    rec = recommend_for(act, compute=recommend_task)
     for line in rec.lines():
         act.say(line)
     if not rec.changes:

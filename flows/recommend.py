@@ -7,13 +7,14 @@ its provenance) is returned, printed by ``knobflow recommend`` and applied by ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows.apply import acting_on
 from flows.trials import service_table
-from model_registry.recommend import Recommendation, recommend
+from model_registry.recommend import Recommendation, recommend, recommend_task
 from targets.common.settings import knobflow_home, tracking_uri
 from tasks.actuate import Actuation
 from tasks.observe import Observation, observe, observe_task
@@ -22,9 +23,10 @@ from tuners.space import SearchSpace
 __all__ = ["recommend_flow", "recommend_for"]
 
 
-def recommend_for(act: Actuation, seen: Observation | None = None,
-                  seed: int = 0) -> Recommendation:
-    """The recommendation for the instance ``act`` is open on (observed now unless ``seen``)."""
+def recommend_for(act: Actuation, seen: Observation | None = None, seed: int = 0,
+                  compute: Callable[..., Recommendation] = recommend) -> Recommendation:
+    """The recommendation for the instance ``act`` is open on (observed now unless ``seen``);
+    ``compute``: ``recommend``, or ``recommend_task`` inside a flow."""
     if seen is None:
         act.say(f"observing {act.policy.windows} windows of {act.policy.window_s:g} s for the "
                 "workload's fingerprint")
@@ -32,7 +34,7 @@ def recommend_for(act: Actuation, seen: Observation | None = None,
                        objective=act.objective)
     target_cls = act.live.target_cls
     features = target_cls.workload_features(target_cls.workload_defaults)
-    return recommend(
+    return compute(
         target_cls=target_cls, service=act.instance.service, objective=act.objective,
         current=seen.config,
         # the features models know; a live driver may observe more (counted, not modelled)
@@ -51,7 +53,7 @@ def recommend_flow(instance: str, home: str | None = None, windows: int | None =
                    on_progress=logger.info) as act:
         seen = observe_task(act.live, windows=act.policy.windows,
                             window_s=act.policy.window_s, objective=act.objective)
-        rec = recommend_for(act, seen, seed)
+        rec = recommend_for(act, seen, seed, compute=recommend_task)
     for line in rec.lines():
         logger.info("%s", line)
     return {"instance": instance, "observation": seen.to_dict(),

@@ -10,12 +10,16 @@ back good changes (a threshold close to 1) or keeps bad ones (a threshold far fr
   ``equal_var=False``): a change of a system's speed is multiplicative and its noise roughly
   proportional to it, so on the log scale the test is scale-free and the difference of the
   means is the log of a ratio; the spread may differ before and after (Welch);
-* the p-value is one-sided, "after is worse" (lower for ``maximize``, higher for ``minimize``),
-  and a second one-sided p-value is kept for "after is better";
+* the p-value is one-sided against the minimum effect: "after is worse by more than
+  ``min_effect``" (the ratio below 1 - ``min_effect`` for ``maximize``, above 1 + ``min_effect``
+  for ``minimize``), the t statistic taken against that margin; a second one-sided p-value is kept
+  for "after is better by more than ``min_effect``", and ``p_change`` is the plain one (worse at
+  all). A tiny but real change (1 % on a quiet machine) is not a reason to roll back, and neither
+  is a slow drift of a few percent between the windows before and the windows after (a shared
+  machine's load moves): a rollback needs the loss itself shown beyond the margin, not a point
+  estimate past it (measured: ``benchmarks/actuation.py``);
 * the 95 % interval is the ratio of the geometric means (from the log-scale Welch interval);
-* ``worse`` needs both a p-value below ``alpha`` *and* a ratio beyond the minimum effect
-  (1 - ``min_effect`` for maximize, 1 + ``min_effect`` for minimize): a tiny but real change
-  (1 % on a quiet machine) is not a reason to roll back. ``better`` is symmetric.
+* ``worse`` is a p-value below ``alpha``; ``better`` is symmetric.
 
 ``decide`` joins the test with the trigger rules that fired (``RuleSet.fired_triggers``, whose
 messages start with their action): ``rollback:`` rolls back, ``alert:`` and ``retune:`` are
@@ -56,8 +60,9 @@ class ChangeTest:
     ratio: float  # mean after / mean before
     interval: tuple[float, float]  # 95 %, of the ratio of the geometric means
     statistic: float  # Welch's t of log(after) - log(before)
-    p_value: float  # one-sided: after is worse
-    p_better: float  # one-sided: after is better
+    p_value: float  # one-sided: after is worse by more than min_effect
+    p_better: float  # one-sided: after is better by more than min_effect
+    p_change: float  # one-sided: after is worse at all
     method: str
     alpha: float
     min_effect: float
@@ -80,8 +85,8 @@ class ChangeTest:
         if self.better:
             return (f"{self.metric} got better: {figures}, p = {self.p_better:.2g} "
                     f"< {self.alpha:g}")
-        if self.p_value < self.alpha:
-            return f"{self.metric} worse but within the {margin}: {figures}"
+        if self.p_change < self.alpha:
+            return f"{self.metric} worse, not shown beyond the {margin}: {figures}"
         return (f"{self.metric} not significantly worse: {figures}, p = {self.p_value:.2g} "
                 f">= {self.alpha:g}")
 
@@ -123,32 +128,35 @@ def test_change(
     diff = float(la.mean() - lb.mean())
     var = la.var(ddof=1) / len(la) + lb.var(ddof=1) / len(lb)
     sign = 1.0 if direction == "maximize" else -1.0  # worse = sign * diff < 0
+    # the margins on the log scale, in "worse" and "better" terms: sign * diff below -worse_at
+    # is worse beyond the minimum effect, above better_at better beyond it
+    worse_at = -sign * math.log(1 - min_effect if sign > 0 else 1 + min_effect)
+    better_at = sign * math.log(1 + min_effect if sign > 0 else 1 - min_effect)
     if var == 0:  # every window alike on both sides: the difference is exact
         statistic = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-        p_worse = 0.5 if diff == 0 else float(sign * diff > 0)  # 0: surely worse
-        p_better = 0.5 if diff == 0 else 1.0 - p_worse
+        p_change = 0.5 if diff == 0 else float(sign * diff > 0)  # 0: surely worse
+        p_worse = float(not sign * diff < -worse_at)
+        p_better = float(not sign * diff > better_at)
         interval = (math.exp(diff), math.exp(diff))
     else:
-        test = stats.ttest_ind(la, lb, equal_var=False,
-                               alternative="less" if sign > 0 else "greater")
-        statistic, p_worse = float(test.statistic), float(test.pvalue)
-        p_better = float(stats.ttest_ind(la, lb, equal_var=False,
-                                         alternative="greater" if sign > 0 else "less").pvalue)
+        se = math.sqrt(var)
         df = var**2 / ((la.var(ddof=1) / len(la))**2 / (len(la) - 1)
                        + (lb.var(ddof=1) / len(lb))**2 / (len(lb) - 1))
-        half = float(stats.t.ppf(0.975, df)) * math.sqrt(var)
+        statistic = diff / se
+        p_change = float(stats.t.cdf(sign * diff / se, df))
+        p_worse = float(stats.t.cdf((sign * diff + worse_at) / se, df))
+        p_better = float(stats.t.sf((sign * diff - better_at) / se, df))
+        half = float(stats.t.ppf(0.975, df)) * se
         interval = (math.exp(diff - half), math.exp(diff + half))
     mean_before, mean_after = math.fsum(raw_before) / len(lb), math.fsum(raw_after) / len(la)
-    ratio = mean_after / mean_before
-    beyond_worse = ratio < 1 - min_effect if sign > 0 else ratio > 1 + min_effect
-    beyond_better = ratio > 1 + min_effect if sign > 0 else ratio < 1 - min_effect
     return ChangeTest(
         metric=metric, direction=direction, n_before=len(lb), n_after=len(la),
-        mean_before=mean_before, mean_after=mean_after, ratio=ratio, interval=interval,
-        statistic=statistic, p_value=p_worse, p_better=p_better,
-        method="Welch t-test on log values, one-sided; 95 % interval of the geometric-mean ratio",
-        alpha=alpha, min_effect=min_effect,
-        worse=p_worse < alpha and beyond_worse, better=p_better < alpha and beyond_better)
+        mean_before=mean_before, mean_after=mean_after, ratio=mean_after / mean_before,
+        interval=interval, statistic=statistic, p_value=p_worse, p_better=p_better,
+        p_change=p_change,
+        method=("Welch t-test on log values, one-sided against the minimum effect; 95 % "
+                "interval of the geometric-mean ratio"),
+        alpha=alpha, min_effect=min_effect, worse=p_worse < alpha, better=p_better < alpha)
 
 
 test_change.__test__ = False  # type: ignore[attr-defined]  # not a pytest test where imported

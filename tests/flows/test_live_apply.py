@@ -70,6 +70,17 @@ def test_a_regressing_config_is_rolled_back_read_back_and_learned(
                for r in learned)
     rows = history(home, "syn-1")
     assert rows[-1]["outcome"] == "rolled_back"
+    # the actuation's MLflow run: the diff, the windows, the test, the decision
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("knobflow/synthetic/actuations")
+    run = client.search_runs([exp.experiment_id])[0]
+    assert run.data.tags["knobflow.outcome"] == "rolled_back"
+    assert run.data.tags["knobflow.decision"] == "rollback"
+    assert run.data.params["change.x"] == "0.0" and run.data.params["before.x"] == "0.7"
+    assert run.data.metrics["test.ratio"] < 0.9
+    assert len(client.get_metric_history(run.info.run_id, "after.throughput")) >= 3
     # the learned rule now refuses the same config before anything is changed (exit 3)
     again = invoke_cli(["apply", "syn-1", str(bad), *WINDOWS, "--home", str(home)])
     assert again.returncode == 3, again.stdout
