@@ -82,7 +82,18 @@ def apply_flow(instance: str | None = None, service: str | None = None,
                dry_run: bool = False, home: str | None = None, windows: int | None = None,
                window_s: float | None = None) -> dict[str, Any]:
     """Apply ``config`` (knob: value; None: each instance's recommendation) to ``instance``, or
-    as a canary to the instances of ``service``; the result of each instance reached."""
+    as a canary to the instances of ``service``; the result of each instance reached.
+
+    Args:
+        instance: The live instance to apply to (or give service).
+        service: Canary: the service whose instances get the config one after another.
+        config: The knobs to change (knob: value); none: the recommendation.
+        source: What proposed the config, for the actuation's record.
+        dry_run: Show the diff and the rules' verdict only; change nothing.
+        home: State directory (default ./.knobflow, or $KNOBFLOW_HOME).
+        windows: Windows before and after the change (default: the instance's policy).
+        window_s: Seconds per window (default: the instance's policy).
+    """
     logger = get_run_logger()
     root = knobflow_home(home)
     store = InstanceStore(root)

@@ -47,7 +47,15 @@ def recommend_for(act: Actuation, seen: Observation | None = None, seed: int = 0
 @flow(name="recommend", log_prints=False)
 def recommend_flow(instance: str, home: str | None = None, windows: int | None = None,
                    window_s: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Observe ``instance`` and recommend a config for its workload; nothing is applied."""
+    """Observe ``instance`` and recommend a config for its workload; nothing is applied.
+
+    Args:
+        instance: The live instance to observe and recommend for.
+        home: State directory (default ./.knobflow, or $KNOBFLOW_HOME).
+        windows: Windows to observe (default: the instance's policy).
+        window_s: Seconds per window (default: the instance's policy).
+        seed: Seed of the candidates the champion ranks.
+    """
     logger = get_run_logger()
     with acting_on(knobflow_home(home), instance, windows=windows, window_s=window_s,
                    on_progress=logger.info) as act:

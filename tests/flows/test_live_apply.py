@@ -191,3 +191,24 @@ def test_tune_then_recommend_then_apply_the_recommendation(
     config = show(home, "syn-1")["config"]
     assert {k: config[k] for k in result["changes"]} == result["changes"]
     assert result["changes"] == {k: c["to"] for k, c in rec["changes"].items()}
+
+
+@pytest.mark.parametrize(("entrypoint", "params"), [
+    ("flows/apply.py:apply_flow", {"instance": "kv-1", "config": {"hz": 20}, "dry_run": True}),
+    ("flows/recommend.py:recommend_flow", {"instance": "kv-1", "windows": 5}),
+])
+def test_recommend_and_apply_are_flows_ready_for_deployments(
+        entrypoint: str, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.exceptions import SignatureMismatchError
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    flow = load_flow_from_entrypoint(entrypoint)
+    assert flow.validate_parameters(params) is not None
+    with pytest.raises(SignatureMismatchError):
+        flow.validate_parameters({**params, "instnace": "kv-2"})
+    schema = parameter_schema(flow).model_dump()
+    assert [n for n, p in schema["properties"].items() if not p.get("description")] == []
