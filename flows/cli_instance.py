@@ -175,6 +175,31 @@ def instance_workload(
     _out.print(f"{name}: load now {json.dumps(load, sort_keys=True)}", markup=False)
 
 
+@instance_app.command("policy", cls=PlainCommand)
+def instance_policy(
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    assignments: Annotated[list[str] | None, typer.Argument(
+        metavar="KEY=VALUE...", help="max_knobs, windows, window_s, alpha, min_effect.")] = None,
+    home: Annotated[str | None, HOME_OPTION] = None,
+) -> None:
+    """Show or change how an instance is actuated (knobs per actuation, windows, the test)."""
+    from flows.inputs import parse_assignments
+    from tasks.instances import Instance, InstanceStore, check_policy
+
+    store = InstanceStore(_root(home))
+    instance = store.get(name)
+    policy = dict(instance.policy)
+    for key, text in parse_assignments(assignments or [], "policy").items():
+        try:
+            policy[key] = json.loads(text)
+        except ValueError:
+            policy[key] = text
+    policy = check_policy(policy, f"instance {name}")
+    if assignments:
+        store.update(Instance(**{**instance.__dict__, "policy": policy}))
+    _out.print(" ".join(f"{k}={v}" for k, v in policy.items()), markup=False)
+
+
 def _state(instance: Any) -> str:
     from targets.live_daemon import daemon_pid
 

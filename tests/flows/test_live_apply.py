@@ -212,3 +212,19 @@ def test_recommend_and_apply_are_flows_ready_for_deployments(
         flow.validate_parameters({**params, "instnace": "kv-2"})
     schema = parameter_schema(flow).model_dump()
     assert [n for n, p in schema["properties"].items() if not p.get("description")] == []
+
+
+def test_instance_policy_is_shown_changed_and_checked(home: Path) -> None:
+    InstanceStore(home).add(Instance(name="kv-9", service="kv", target="redis",
+                                     url="unix:///nowhere/redis.sock"))
+    shown = invoke_cli(["instance", "policy", "kv-9", "--home", str(home)])
+    assert shown.stdout.strip() == ("max_knobs=3 windows=5 window_s=5.0 alpha=0.01 "
+                                    "min_effect=0.05")
+    changed = invoke_cli(["instance", "policy", "kv-9", "max_knobs=1", "windows=8",
+                          "--home", str(home)])
+    assert changed.returncode == 0, changed.stderr
+    assert InstanceStore(home).get("kv-9").policy["max_knobs"] == 1
+    bad = invoke_cli(["instance", "policy", "kv-9", "windows=1", "--home", str(home)])
+    assert bad.returncode == 2
+    assert "policy 'windows' must be an integer >= 2" in bad.stderr
+    assert InstanceStore(home).get("kv-9").policy["windows"] == 8  # nothing stored
