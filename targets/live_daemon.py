@@ -34,7 +34,7 @@ import psutil
 from targets.common.errors import EnvironmentFault
 from targets.common.files import write_text_atomic
 from targets.live import Connection, LiveError, live_class
-from targets.process import die_with_parent, last_lines, private_dir
+from targets.process import Server, die_with_parent, last_lines, private_dir
 
 __all__ = ["daemon_pid", "launch", "launched_connection", "set_workload", "stop_launched"]
 
@@ -142,6 +142,9 @@ class _Daemon:
         (self.data_dir / PID).write_text(f"{os.getpid()}\n")
         workload = self._workload()
         target = self.live.launch_target(self.data_dir / SERVER_DIR, workload)
+        for held in vars(target).values():  # no trial measures it: no memory sampling
+            if isinstance(held, Server):
+                held.stop_sampling()
         try:
             connection = self.live.connection_for(target, self.data_dir / SERVER_DIR)
             write_text_atomic(self.data_dir / CONNECTION, json.dumps(connection.to_dict()))

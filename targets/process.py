@@ -243,6 +243,11 @@ class Server:
                 self._peak_rss = max(self._peak_rss, pss / 2**20)
             time.sleep(0.1)
 
+    def stop_sampling(self) -> None:
+        """Stop sampling the tree's memory (10 times a second): a long-running server that no
+        trial measures (a launched live instance) should not pay for it."""
+        self._sampling.clear()
+
     def usage(self) -> Usage:
         """CPU time of the server's tree so far (children it reaped included) and peak memory."""
         if self.proc is None:
