@@ -123,7 +123,7 @@ def instance_start(
 def instance_stop(name: Annotated[str, typer.Argument(help="Instance name.")],
                   home: Annotated[str | None, HOME_OPTION] = None) -> None:
     """Stop a started instance and its load; its system's files are removed, its record and
-    actuation history are kept (``instance remove`` forgets it)."""
+    actuation history are kept ('instance remove' forgets it)."""
     from flows.apply import acting_on
     from targets.live_daemon import stop_launched
 

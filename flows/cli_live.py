@@ -93,6 +93,9 @@ def recommend_command(
 ) -> None:
     """Observe an instance and recommend a config for its workload (nothing is applied)."""
     root = _root(home)
+    from tasks.instances import InstanceStore
+
+    InstanceStore(root).get(name)  # an unknown name answers at once, before Prefect starts
     from flows.cli_tune import start_embedded_prefect_server
     from flows.recommend import recommend_flow
 
@@ -130,6 +133,10 @@ def apply_command(
         raise typer.BadParameter("give an instance NAME or --service S (one of them)",
                                  param_hint="NAME")
     root = _root(home)
+    from tasks.instances import InstanceStore
+
+    if name is not None:
+        InstanceStore(root).get(name)  # an unknown name answers at once, before Prefect starts
     changes = _read_changes(root, name, service, config)
     from flows.apply import apply_flow
     from flows.cli_tune import start_embedded_prefect_server

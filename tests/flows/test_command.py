@@ -118,8 +118,22 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
         ("export", "sqlite", "--out", str(tmp_path / "t.parquet")): 0,
         ("rules", "accept", "sqlite", "no-such-rule"): 2,
         ("rules", "drop", "sqlite", "no-such-rule"): 2,
+        ("instance", "list"): 0,
+        ("instance", "add", "nope", "--service", "s", "--target", "redis", "--connect",
+         f"unix://{tmp_path}/no.sock"): 1,
+        ("instance", "start", "nope", "--target", "rocksdb"): 2,  # no live driver
+        ("instance", "show", "nope"): 2,
+        ("instance", "stop", "nope"): 2,
+        ("instance", "remove", "nope"): 2,
+        ("instance", "workload", "nope", "clients=2"): 2,
+        ("instance", "policy", "nope"): 2,
+        ("observe", "nope"): 2,
+        ("recommend", "nope"): 2,
+        ("apply", "nope"): 2,
+        ("history", "nope"): 2,
     }
-    assert {words[:2] if words[0] == "rules" else words[:1] for words in runs} | {
+    grouped = ("rules", "instance")
+    assert {words[:2] if words[0] in grouped else words[:1] for words in runs} | {
         ("tune",), ("check-target",)} == set(LEAVES)
     for args, code in runs.items():
         result = invoke_cli([*args, "--home", str(home)])

@@ -112,13 +112,13 @@ def test_dry_run_and_refusals_change_nothing(prefect_api: str, home: Path, synth
     assert history(home, "syn-1") == []
 
 
-@pytest.mark.parametrize("phase", ["begin", "applied"])  # then windows of 6 s
+@pytest.mark.parametrize("phase", ["begin", "applied"])  # then windows of 4.5 s
 def test_a_kill_mid_apply_is_finished_by_the_next_command(
         prefect_api: str, home: Path, synthetic: Instance, tmp_path: Path, phase: str) -> None:
     before = show(home, "syn-1")["config"]
     bad = write_config(tmp_path / "bad.yaml", {"x": 0.0, "threads": 64})
     log = InstanceStore(home).dir("syn-1") / "actuations.jsonl"
-    proc = start_cli(["apply", "syn-1", str(bad), "--windows", "4", "--window-s", "1.5",
+    proc = start_cli(["apply", "syn-1", str(bad), "--windows", "3", "--window-s", "1.5",
                       "--home", str(home)], prefect_api)
     try:
         wait_for(lambda: log.exists() and f'"phase": "{phase}"' in log.read_text(),

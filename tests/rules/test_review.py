@@ -75,7 +75,8 @@ def test_triggers_fire_on_measurements_before_and_after(tmp_path: Path) -> None:
          "when": "after.throughput < 0.8 * before.throughput"},
     ]}))
     rules = RuleSet.for_target(SyntheticTarget, files=[str(path)])
-    assert [r.id for r in rules.triggers] == ["slower", "throughput-drop"]
+    # the shipped trigger first, then the file's
+    assert [r.id for r in rules.triggers] == ["throughput-halved", "slower", "throughput-drop"]
     fired = rules.fired_triggers({"latency_ms": 1.0, "throughput": 100.0},
                                  {"latency_ms": 1.2, "throughput": 95.0})
     assert [f.rule for f in fired] == ["slower"]
@@ -87,7 +88,7 @@ def test_triggers_fire_on_measurements_before_and_after(tmp_path: Path) -> None:
     assert rules.fired_triggers({"latency_ms": 1.0, "throughput": 100.0},
                                 {"latency_ms": 1.05, "throughput": 99.0}) == []
     # a metric this actuation did not measure: the trigger is skipped, not an error
-    assert [f.rule for f in rules.fired_triggers({"throughput": 100.0},
-                                                 {"throughput": 10.0})] == ["throughput-drop"]
+    assert [f.rule for f in rules.fired_triggers({"throughput": 100.0}, {"throughput": 10.0})
+            ] == ["throughput-halved", "throughput-drop"]
     # triggers are not config rules: a config never fails them
     assert not rules.check({}).failures
