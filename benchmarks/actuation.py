@@ -77,9 +77,8 @@ def _one(home: Path, name: str, changes: dict[str, Any], args: argparse.Namespac
     with acting_on(home, name, windows=args.windows, window_s=args.window_s) as act:
         result = apply_to(act, changes, source=source, tasks=False)
         log: ActuationLog = act.log
-    decided = next((e for e in reversed(log.entries())
-                    if e.get("phase") == "decided" and result.get("id")
-                    and e.get("id") == result["id"]), {})
+    decided = log.actuation(result["id"]).by_phase().get("decided", {}) \
+        if result.get("id") else {}
     test = decided.get("test") or {}
     return {"kind": source, "outcome": result["outcome"], "ratio": test.get("ratio"),
             "p": test.get("p_value"), "decision_s": decided.get("seconds_to_decision"),

@@ -22,7 +22,7 @@ from targets.common.errors import KnobflowError
 from targets.common.settings import knobflow_home
 from targets.live import ActuationRefused, live_system
 from tasks.actlog import ActuationLog, Outcome
-from tasks.actuate import TASKS, Actuation, Policy, actuate, check, rules_for
+from tasks.actuate import STEPS, TASKS, Actuation, Policy, actuate, check, rules_for
 from tasks.instances import InstanceStore, instance_lock
 from tasks.recover import recover
 
@@ -72,7 +72,7 @@ def apply_to(act: Actuation, changes: Mapping[str, Any], *, source: str,
                 "note": "dry run: nothing was changed" if plan["changes"] else
                 "dry run: the instance already has this config"}
     done = actuate(act, changes, source=source, provenance=provenance,
-                   **({"steps": TASKS} if tasks else {}))
+                   steps=TASKS if tasks else STEPS)
     return {**result, **done}
 
 

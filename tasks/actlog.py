@@ -102,6 +102,10 @@ class Actuation:
             merged.update({k: v for k, v in entry.items() if k not in RESERVED})
         return merged
 
+    def by_phase(self) -> dict[str, dict[str, Any]]:
+        """Its lines by phase (the last line of each phase)."""
+        return {entry["phase"]: entry for entry in self.entries}
+
     @property
     def phase(self) -> Phase:
         """The last phase it reached."""
@@ -206,6 +210,11 @@ class ActuationLog:
         for entry in self.entries():
             by_id.setdefault(entry["id"], Actuation(entry["id"])).entries.append(entry)
         return list(by_id.values())
+
+    def actuation(self, actuation_id: str) -> Actuation:
+        """The actuation ``actuation_id`` (no lines: an empty one)."""
+        return next((a for a in self.actuations() if a.id == actuation_id),
+                    Actuation(actuation_id))
 
     def unfinished(self) -> Actuation | None:
         """The latest actuation without ``done`` (a command died during it), or None."""

@@ -34,19 +34,6 @@ from tasks.instances import Instance
 __all__ = ["log_actuation_run"]
 
 
-def _lines(log: ActuationLog, actuation_id: str) -> list[dict[str, Any]]:
-    return [dict(e) for e in log.entries()
-            if str(e.get("id", e.get("actuation_id", ""))) == actuation_id]
-
-
-def _phase(lines: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for line in lines:
-        if str(getattr(line.get("phase"), "value", line.get("phase"))) == name:
-            found = line
-    return found
-
-
 def _window_metrics(observation: dict[str, Any], prefix: str, objective: str,
                     now_ms: int) -> list[Metric]:
     out = []
@@ -60,8 +47,9 @@ def _window_metrics(observation: dict[str, Any], prefix: str, objective: str,
 def log_actuation_run(home: Path, instance: Instance, log: ActuationLog,
                       actuation_id: str) -> str:
     """Write the actuation's MLflow run; its id."""
-    lines = _lines(log, actuation_id)
-    begin, decided, done = (_phase(lines, p) for p in ("begin", "decided", "done"))
+    actuation = log.actuation(actuation_id)
+    lines, phases = actuation.entries, actuation.by_phase()
+    begin, decided, done = (phases.get(p, {}) for p in ("begin", "decided", "done"))
     objective = str(begin.get("objective", ""))
     uri = tracking_uri(home)
     client = client_for(uri)
@@ -74,7 +62,7 @@ def log_actuation_run(home: Path, instance: Instance, log: ActuationLog,
         "knobflow.service": instance.service, "knobflow.target": instance.target,
         "knobflow.actuation": actuation_id, "knobflow.outcome": str(done.get("outcome", "")),
         "knobflow.fired": "; ".join(decided.get("fired", [])) or "none",
-        "knobflow.learned_rule": str(_phase(lines, "learned").get("rule", "none")),
+        "knobflow.learned_rule": str(phases.get("learned", {}).get("rule", "none")),
         "mlflow.note.content": str(done.get("note", ""))})
     now = int(time.time() * 1000)
     params = [param(f"change.{k}", v) for k, v in begin.get("changes", {}).items()]
@@ -82,9 +70,9 @@ def log_actuation_run(home: Path, instance: Instance, log: ActuationLog,
                for k in begin.get("changes", {})]
     params += [param(f"policy.{k}", v) for k, v in begin.get("policy", {}).items()]
     params += [param("source", begin.get("source", "")), param("objective", objective)]
-    metrics = [*_window_metrics(_phase(lines, "observed_before").get("observation", {}),
+    metrics = [*_window_metrics(phases.get("observed_before", {}).get("observation", {}),
                                 "before", objective, now),
-               *_window_metrics(_phase(lines, "observed_after").get("observation", {}),
+               *_window_metrics(phases.get("observed_after", {}).get("observation", {}),
                                 "after", objective, now)]
     test = decided.get("test") or {}
     for key in ("ratio", "p_value", "statistic", "mean_before", "mean_after"):

@@ -32,30 +32,17 @@ __all__ = ["recover"]
 _AFTER_CRASH = " (finished by recovery after a crash)"
 
 
-def _value(phase: Any) -> str:
-    return str(getattr(phase, "value", phase))
-
-
-def _by_phase(act: Actuation, actuation_id: str) -> dict[str, dict[str, Any]]:
-    """The log's lines of one actuation, by phase (the last line of each phase)."""
-    found: dict[str, dict[str, Any]] = {}
-    for entry in act.log.entries():
-        if str(entry.get("id", entry.get("actuation_id", ""))) == actuation_id:
-            found[_value(entry.get("phase"))] = dict(entry)
-    return found
-
-
 def recover(act: Actuation, steps: Steps = STEPS) -> dict[str, Any] | None:
     """Finish the instance's unfinished actuation, if there is one; its ``done`` fields."""
     unfinished = act.log.unfinished()
     if unfinished is None:
         return None
     act.id = str(unfinished.id)
-    lines = _by_phase(act, act.id)
+    lines = unfinished.by_phase()
     begin = lines.get(Phase.BEGIN.value, {})
     act.before = dict(begin.get("before_config", {}))
     act.changes = dict(begin.get("changes", {}))
-    last = _value(unfinished.phase)
+    last = unfinished.phase.value
     act.record(Phase.RECOVERED, found=last, crashed_pid=unfinished.entries[-1].get("pid"),
                action=_action(lines))
     act.say(f"found actuation {act.id} unfinished at '{last}' (knobflow was stopped); "
