@@ -1,0 +1,157 @@
+"""knobflow's own Prefect server: the API that deployments, automations, paused runs and events
+need when no ``PREFECT_API_URL`` is given (a flow alone runs on Prefect's temporary server).
+
+``PrefectServer(home)`` owns ``HOME/prefect-server/``: the server's ``PREFECT_HOME`` (its SQLite
+database), its log, its pid and ``server.json`` (URL, pid). The server listens on 127.0.0.1 on a
+free port and admits only clients with the per-instance secret (Prefect's basic auth,
+``PREFECT_SERVER_API_AUTH_STRING``), which is kept in ``auth`` (0600) and reaches the server and
+knobflow's clients through their environment, never a command line or a log. ``env()`` is what a
+client process needs (``PREFECT_API_URL`` and ``PREFECT_API_AUTH_STRING``). Prefect's events
+websocket does not check the secret (Prefect issue 17687): the server is reachable from this host
+only.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from targets.common.errors import EnvironmentFault
+from targets.process import free_port, last_lines, new_secret, private_dir, write_private
+
+__all__ = ["PrefectServer", "ServerFault", "api_answers"]
+
+USER = "knobflow"
+
+
+class ServerFault(EnvironmentFault):
+    """knobflow's Prefect server did not start, or does not answer."""
+
+
+def api_answers(url: str, auth: str | None, timeout: float = 2.0) -> bool:
+    """Whether the Prefect API at ``url`` (ending in ``/api``) answers its health check."""
+    request = urllib.request.Request(f"{url}/health")
+    if auth:
+        token = base64.b64encode(auth.encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class PrefectServer:
+    """A Prefect server under ``home/prefect-server`` on 127.0.0.1, admitting knobflow only."""
+
+    def __init__(self, home: Path, host: str = "127.0.0.1") -> None:
+        self.dir = home / "prefect-server"
+        self.host = host
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "server.log"
+
+    @property
+    def _record(self) -> Path:
+        return self.dir / "server.json"
+
+    def auth(self) -> str:
+        """``knobflow:SECRET`` from the 0600 file (made on first use)."""
+        path = self.dir / "auth"
+        if not path.exists():
+            private_dir(self.dir)
+            write_private(path, f"{USER}:{new_secret()}\n")
+        return path.read_text().strip()
+
+    def record(self) -> dict[str, Any] | None:
+        """The running server's URL and pid, or None when none runs."""
+        try:
+            data = json.loads(self._record.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(int(data["pid"]), 0)
+        except (OSError, KeyError, ValueError):
+            return None
+        return dict(data)
+
+    def env(self) -> dict[str, str]:
+        """What a client process needs to reach the running server."""
+        data = self.record()
+        if data is None:
+            raise ServerFault(f"knobflow's Prefect server under {self.dir} is not running")
+        return {"PREFECT_API_URL": str(data["url"]), "PREFECT_API_AUTH_STRING": self.auth()}
+
+    def start(self, timeout: float = 120.0) -> dict[str, str]:
+        """Start the server (or find it running) and wait until it answers; the client env."""
+        running = self.record()
+        if running is not None:
+            return self.env()
+        private_dir(self.dir)
+        auth = self.auth()
+        port = free_port()
+        url = f"http://{self.host}:{port}/api"
+        env = {**os.environ, "PREFECT_HOME": str(self.dir / "home"),
+               "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth,
+               "PREFECT_SERVER_API_HOST": self.host, "PREFECT_SERVER_API_PORT": str(port),
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
+               "PREFECT_UI_API_URL": url}
+        env.pop("PREFECT_API_URL", None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
+                 "--port", str(port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)
+        write_private(self._record, json.dumps({"url": url, "pid": self.proc.pid}) + "\n")
+        deadline = time.monotonic() + timeout
+        while not api_answers(url, auth):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                why = ("exited" if self.proc.returncode is not None
+                       else f"did not answer within {timeout:g} s")
+                raise ServerFault(f"knobflow's Prefect server {why}; its log "
+                                  f"({self.log_path}) ends: "
+                                  f"{last_lines(self.log_path.read_text(errors='replace'))}")
+            time.sleep(0.25)
+        return {"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": auth}
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server and every process it started (its process group)."""
+        data = self.record()
+        pid = self.proc.pid if self.proc is not None else (data or {}).get("pid")
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid), signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _group_alive(int(pid)) and time.monotonic() < deadline:
+                if self.proc is not None:
+                    self.proc.poll()
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid), signal.SIGKILL)
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+        self._record.unlink(missing_ok=True)
+        self.proc = None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
