@@ -126,6 +126,22 @@ def prefect_api() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """knobflow's own Prefect server (``flows.server``: 127.0.0.1, basic auth from a 0600 file)
+    for the session, with its event and automation services: what deployments, triggers and
+    paused runs need. Yields the client environment (``PREFECT_API_URL``,
+    ``PREFECT_API_AUTH_STRING``) to pass to the processes a test starts."""
+    from flows.server import PrefectServer
+
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"))
+    env = server.start()
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     """An empty knobflow state directory (Optuna journals, MLflow store, instances)."""
