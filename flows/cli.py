@@ -24,6 +24,7 @@ from flows.cli_help import EXIT_CODES, HOME_OPTION, UNUSED_HOME_OPTION, PlainCom
 from flows.cli_instance import instance_app
 from flows.cli_live import apply_command, history_command, observe_command, recommend_command
 from flows.cli_rules import rules_app, validate_command
+from flows.cli_serve import serve_command
 from flows.cli_tune import tune_command
 from targets.common.errors import EnvironmentFault, KnobflowError, fmt_value
 from targets.common.settings import quiet_environment
@@ -110,6 +111,7 @@ app.add_typer(instance_app, name="instance")
 for _name, _command in (("observe", observe_command), ("recommend", recommend_command),
                         ("apply", apply_command), ("history", history_command)):
     app.command(_name, cls=PlainCommand)(_command)
+app.command("serve", cls=PlainCommand)(serve_command)
 
 
 def _print_version(value: bool) -> None:

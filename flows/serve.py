@@ -1,0 +1,165 @@
+"""``knobflow serve``: the deployments of ``prefect.yaml`` served from this process, no work pool.
+
+``prefect.yaml`` is the one declaration of knobflow's deployments (``prefect deploy --all`` puts
+them on a work pool); ``serve`` reads the same file and gives each deployment to Prefect's own
+``serve`` (a ``Runner``: its schedules, its triggers as automations, each flow run in a process of
+its own). With no ``PREFECT_API_URL``, it starts knobflow's own Prefect server under the home
+(``flows.server``) and stops it on the way out: Ctrl-C (or SIGTERM) stops the runner, its runs and
+the server, and leaves nothing running. The schedules of served deployments are paused when the
+runner stops (Prefect's default): nothing fires while nothing serves them.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from targets.common.errors import KnobflowError
+
+__all__ = ["PREFECT_YAML", "describe", "read_deployments", "runner_deployments", "serve"]
+
+#: The repository's deployments.
+PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
+
+
+def read_deployments(path: Path, targets: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The deployments declared in ``path`` (those tagged with one of ``targets``, if given)."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KnobflowError(f"{path}: cannot be read ({exc.strerror}); give the prefect.yaml "
+                            "to serve with --file") from None
+    except yaml.YAMLError as exc:
+        raise KnobflowError(f"{path}: not valid YAML ({exc})") from None
+    deployments = (doc or {}).get("deployments") if isinstance(doc, Mapping) else None
+    if not isinstance(deployments, list) or not deployments:
+        raise KnobflowError(f"{path}: no 'deployments' list; see the repository's prefect.yaml")
+    wanted = set(targets)
+    chosen = [d for d in deployments if not wanted or wanted & set(d.get("tags") or [])]
+    if not chosen:
+        known = sorted({t for d in deployments for t in d.get("tags") or []} - {"knobflow"})
+        raise KnobflowError(f"{path}: no deployment is tagged {', '.join(sorted(wanted))}; "
+                            f"tags: {', '.join(known)}")
+    return chosen
+
+
+def _schedule_text(schedule: Mapping[str, Any]) -> str:
+    if "cron" in schedule:
+        return f"cron {schedule['cron']} {schedule.get('timezone', 'UTC')}"
+    if "interval" in schedule:
+        return f"every {float(schedule['interval']):g} s"
+    return str(dict(schedule))
+
+
+def _trigger_text(trigger: Mapping[str, Any]) -> str:
+    expect = ", ".join(trigger.get("expect") or [])
+    match = ", ".join(f"{k}={v}" for k, v in (trigger.get("match") or {}).items())
+    return f"on {expect} ({match})" if match else f"on {expect}"
+
+
+def describe(deployments: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """One row per deployment: its full name (flow/deployment), schedules and triggers."""
+    rows = []
+    for d in deployments:
+        flow_name = _flow_name(str(d["entrypoint"]))
+        rows.append({
+            "deployment": f"{flow_name}/{d['name']}",
+            "schedules": "; ".join(_schedule_text(s) for s in d.get("schedules") or []) or "-",
+            "triggers": "; ".join(_trigger_text(t) for t in d.get("triggers") or []) or "-",
+        })
+    return rows
+
+
+def _flow_name(entrypoint: str) -> str:
+    """The Prefect name of the flow at ``entrypoint`` (``path.py:function``), read from its
+    ``@flow(name=...)`` without importing it (Prefect's default: the function's name, dashed)."""
+    path, _, function = entrypoint.partition(":")
+    try:
+        tree = ast.parse((PREFECT_YAML.parent / path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError) as exc:
+        raise KnobflowError(f"prefect.yaml: entrypoint {entrypoint} cannot be read ({exc})"
+                            ) from None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call):
+                    for kw in deco.keywords:
+                        if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                            return str(kw.value.value)
+            return function.replace("_", "-")
+    raise KnobflowError(f"prefect.yaml: entrypoint {entrypoint}: {path} has no function "
+                        f"{function}")
+
+
+def _schedules(specs: Iterable[Mapping[str, Any]]) -> list[Any]:
+    from prefect.schedules import Cron, Interval
+
+    schedules: list[Any] = []
+    for spec in specs:
+        if "cron" in spec:
+            schedules.append(Cron(spec["cron"], timezone=spec.get("timezone", "UTC")))
+        elif "interval" in spec:
+            schedules.append(Interval(timedelta(seconds=float(spec["interval"]))))
+        else:
+            raise KnobflowError(f"prefect.yaml: schedule {dict(spec)} has neither cron nor "
+                                "interval")
+    return schedules
+
+
+def runner_deployments(deployments: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """Prefect ``RunnerDeployment``s for ``deployments`` (entrypoints relative to the
+    repository, which must be the working directory)."""
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from prefect.flows import load_flow_from_entrypoint
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+
+    runners = []
+    for d in deployments:
+        flow = load_flow_from_entrypoint(str(d["entrypoint"]))
+        triggers = [adapter.validate_python(
+            {"name": f"{d['name']}__automation_{i}", **t})
+            for i, t in enumerate(d.get("triggers") or [], start=1)]
+        runners.append(flow.to_deployment(
+            name=str(d["name"]), description=d.get("description"), tags=d.get("tags"),
+            parameters=d.get("parameters") or {}, schedules=_schedules(d.get("schedules") or []),
+            triggers=triggers, concurrency_limit=d.get("concurrency_limit")))
+    return runners
+
+
+def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None = None,
+          say: Any = print) -> None:
+    """Serve ``deployments`` until Ctrl-C or SIGTERM; knobflow's own Prefect server when no
+    ``PREFECT_API_URL`` is set (started first: Prefect reads its settings when imported)."""
+    from flows.server import PrefectServer
+
+    # Ctrl-C stops serving even where the shell started this process with SIGINT ignored (a
+    # background job of a script): Python then installs no handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        server = PrefectServer(home)
+        say(f"starting knobflow's Prefect server under {server.dir} ...")
+        os.environ.update(server.start())
+        say(f"Prefect server: {os.environ['PREFECT_API_URL']} (UI without /api; user and "
+            f"password: {server.dir / 'auth'})")
+    os.environ["KNOBFLOW_HOME"] = str(home)  # the flow runs' state directory
+    try:
+        os.chdir(PREFECT_YAML.parent)  # entrypoints are relative to the repository
+        from prefect import serve as prefect_serve
+
+        runners = runner_deployments(deployments)
+        say(f"serving {len(runners)} deployments; Ctrl-C stops them")
+        prefect_serve(*runners, limit=limit, print_starting_message=False)
+    finally:
+        if server is not None:
+            say("stopping knobflow's Prefect server")
+            server.stop()
