@@ -5,16 +5,20 @@ file's comments name only files that exist; a deployment's parameters run a real
 
 from __future__ import annotations
 
+import inspect
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
 from prefect.exceptions import ParameterTypeError, SignatureMismatchError
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
+from pydantic import TypeAdapter
 
 from targets.registry import available_targets
 
@@ -22,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEXT = (REPO / "prefect.yaml").read_text(encoding="utf-8")
 CONFIG = yaml.safe_load(TEXT)
 DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
+DeploymentTriggerAdapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
 
 
 def test_the_file_declares_deployments() -> None:
@@ -29,25 +34,80 @@ def test_the_file_declares_deployments() -> None:
     assert len(DEPLOYMENTS) == len(CONFIG["deployments"]), "two deployments share a name"
 
 
+TUNE = sorted(n for n, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/tune.py:tune")
+LIVE_TARGETS = ("postgres", "redis", "synthetic")  # the targets with a live driver
+
+
+def _sample(annotation: Any) -> Any:
+    """A value of a required parameter's type, to check the rest of a deployment's parameters."""
+    text = str(annotation)
+    return {} if "dict" in text else 1 if text in ("int", "<class 'int'>") else "x"
+
+
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
-def test_deployment_is_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_deployment_loads_and_takes_its_parameters(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its flow loads, its parameters (and its triggers' templated ones) are the flow's, its work
+    pool is defined, its schedules parse, its tags name knobflow and one target."""
     deployment = DEPLOYMENTS[name]
     monkeypatch.chdir(REPO)  # entrypoints are relative to the repository root
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
-    params = deployment.get("parameters") or {}
-    assert flow.validate_parameters(params) is not None
+    params = dict(deployment.get("parameters") or {})
+    templated = {k for t in deployment.get("triggers") or [] for k in t.get("parameters") or {}}
+    signature = inspect.signature(flow.fn)
+    assert templated <= set(signature.parameters), templated - set(signature.parameters)
+    required = {p.name: _sample(p.annotation) for p in signature.parameters.values()
+                if p.default is inspect.Parameter.empty and p.name not in params}
+    assert flow.validate_parameters({**required, **params}) is not None
+    with pytest.raises(SignatureMismatchError):  # a misspelt parameter is caught
+        flow.validate_parameters({**required, **params, "budgett": 3})
     pools = {p["name"] for p in CONFIG["definitions"]["work_pools"].values()}
     assert deployment["work_pool"]["name"] in pools
     for schedule in deployment.get("schedules") or []:
-        CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
-    # a misspelt or mistyped parameter is caught by the same check
-    with pytest.raises(SignatureMismatchError):
-        flow.validate_parameters({**params, "budgett": 3})
+        if "cron" in schedule:
+            CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+        else:
+            IntervalSchedule(interval=timedelta(seconds=schedule["interval"]))
+    targets = [t for t in deployment["tags"] if t in available_targets()]
+    assert "knobflow" in deployment["tags"] and len(targets) == 1
+    assert name.startswith(f"{targets[0]}-")
+
+
+@pytest.mark.parametrize("name", TUNE)
+def test_a_tune_deployment_names_a_target_and_checks_its_parameters(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    deployment = DEPLOYMENTS[name]
+    monkeypatch.chdir(REPO)
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    params = deployment.get("parameters") or {}
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({**params, "budget": "forty"})
     with pytest.raises(ParameterTypeError):  # a target that is not installed
         flow.validate_parameters({**params, "target": "mysql"})
-    assert "knobflow" in deployment["tags"] and params["target"] in deployment["tags"]
+    assert params["target"] in deployment["tags"] and "nightly" in deployment["tags"]
+
+
+def test_every_target_is_tuned_nightly_and_every_live_one_watched_retuned_and_applied() -> None:
+    """Per shipped target a nightly tune; per target with a live driver the watch, the re-tune
+    its drift event triggers, recommend and apply."""
+    from flows.watch import DRIFT_EVENT
+
+    from targets.live import live_targets
+
+    assert set(live_targets()) == set(LIVE_TARGETS)
+    for target in ("sqlite", "rocksdb", *LIVE_TARGETS):
+        assert f"{target}-nightly" in TUNE
+    for target in LIVE_TARGETS:
+        kinds = {n.removeprefix(f"{target}-") for n in DEPLOYMENTS if n.startswith(target)}
+        assert {"watch", "on-drift", "recommend", "apply"} <= kinds, kinds
+        watch = DEPLOYMENTS[f"{target}-watch"]
+        assert watch["parameters"]["target"] == target and watch["schedules"][0]["interval"] > 0
+        (trigger,) = DEPLOYMENTS[f"{target}-on-drift"]["triggers"]
+        DeploymentTriggerAdapter.validate_python(trigger)  # what prefect deploy does
+        assert trigger["expect"] == [DRIFT_EVENT]
+        assert trigger["match"] == {"prefect.resource.id": "knobflow.instance.*",
+                                    "knobflow.target": target}
+        assert trigger["parameters"]["workload"] == "{{ event.payload.workload }}"
 
 
 def test_the_schema_describes_every_parameter_and_offers_the_installed_targets(

@@ -1,0 +1,172 @@
+"""Continual tuning end to end, through a real Prefect server: ``knobflow serve`` serves the
+deployments of prefect.yaml, a watch run sees a live synthetic instance's workload change and emits
+the drift event, the re-tune deployment's trigger (a Prefect automation) starts the re-tune, which
+tunes the service for the observed workload, registers a model and applies the recommendation;
+the instance ends on an applied, verified (kept) config. ``knobflow serve`` stops on SIGINT with
+nothing left running."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks.instances import InstanceStore
+from tests.conftest import REPO, invoke_cli, wait_for
+from tests.flows.test_live_apply import history, start_instance
+
+
+@contextlib.contextmanager
+def client(env: dict[str, str]) -> Iterator[Any]:
+    """A Prefect client of the server ``env`` names."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"],
+                             PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}), \
+            get_client(sync_client=True) as api:
+        yield api
+
+
+def flow_runs(env: dict[str, str], deployment: str) -> list[Any]:
+    """The flow runs of ``deployment`` (flow/name), newest first."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with client(env) as api:
+        runs = api.read_flow_runs(deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=[deployment.split("/")[1]])))
+    return sorted(runs, key=lambda r: r.created, reverse=True)
+
+
+def start_serve(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--home", str(home), *args], cwd=REPO,
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    return proc
+
+
+def wait_serving(proc: subprocess.Popen[str], timeout: float = 180) -> str:
+    """The serve process's output up to its 'serving' line."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail("knobflow serve exited:\n" + "".join(seen))
+        seen.append(line)
+        if line.startswith("serving "):
+            return "".join(seen)
+    pytest.fail("knobflow serve did not start serving:\n" + "".join(seen))
+
+
+def stop_serve(proc: subprocess.Popen[str]) -> tuple[int, str, list[psutil.Process]]:
+    """SIGINT, as Ctrl-C; its exit code, the rest of its output, and what it left running."""
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    psutil.wait_procs(tree, timeout=20)
+    return proc.returncode, rest, [p for p in tree if p.is_running()
+                                   and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def prefect(env: dict[str, str], *args: str, timeout: float = 600
+            ) -> subprocess.CompletedProcess[str]:
+    """The Prefect CLI, as an operator or CI would run it."""
+    return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO,
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_serve_lists_serves_and_stops_on_sigint_with_nothing_left(home: Path) -> None:
+    """Its own Prefect server (no PREFECT_API_URL): the deployments with schedules and
+    triggers on the server, automations for the triggers; SIGINT stops runner and server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--target", "synthetic", "--home",
+         str(home)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    try:
+        shown = wait_serving(proc)
+        for name in ("tune/synthetic-nightly", "watch/synthetic-watch",
+                     "retune/synthetic-on-drift", "recommend/synthetic-recommend",
+                     "apply/synthetic-apply"):
+            assert name in shown
+        assert "every 300 s" in shown and "cron 30 4 * * * UTC" in shown
+        assert "on knobflow.drift.detected" in shown
+        server = json.loads((home / "prefect-server" / "server.json").read_text())
+        auth = (home / "prefect-server" / "auth").read_text().strip()
+        assert (home / "prefect-server" / "auth").stat().st_mode & 0o777 == 0o600
+        api_env = {"PREFECT_API_URL": server["url"], "PREFECT_API_AUTH_STRING": auth}
+        assert server["url"].startswith("http://127.0.0.1:")
+        with client(api_env) as api:
+            names = wait_for(lambda: {d.name for d in api.read_deployments()} or None,
+                             "the served deployments on the server")
+            automations = api.read_automations()
+        assert {"synthetic-nightly", "synthetic-watch", "synthetic-on-drift"} <= names
+        assert any("synthetic-on-drift" in a.name for a in automations)
+        outsider = prefect({"PREFECT_API_URL": server["url"], "PREFECT_API_AUTH_STRING": "x:y"},
+                           "deployment", "ls", timeout=120)
+        assert outsider.returncode != 0  # the server admits knobflow only
+    finally:
+        code, rest, left = stop_serve(proc)
+    assert code == 0, rest
+    assert "knobflow serve: stopped" in rest
+    assert not left, [p.cmdline() for p in left]
+    assert not (home / "prefect-server" / "server.json").exists()
+
+
+def test_a_workload_change_is_detected_retuned_and_applied_through_prefect(
+        prefect_server: dict[str, str], home: Path) -> None:
+    """The loop closes through Prefect's automations, not a loop of knobflow's own."""
+    instance = start_instance(home, "syn-1", service="syn", workload={"shift": 0.1})
+    env = {**prefect_server, "KNOBFLOW_HOME": str(home)}
+    try:
+        policy = invoke_cli(["instance", "policy", "syn-1", "windows=3", "window_s=0.6",
+                             "--home", str(home)])
+        assert policy.returncode == 0, policy.stderr
+        serve = start_serve(home, env, "--target", "synthetic")
+        try:
+            wait_serving(serve)
+            first = prefect(env, "deployment", "run", "watch/synthetic-watch", "--watch")
+            assert first.returncode == 0, first.stdout + first.stderr
+            changed = invoke_cli(["instance", "workload", "syn-1", "shift=0.9",
+                                  "--home", str(home)])
+            assert changed.returncode == 0, changed.stderr
+            began = time.monotonic()
+            second = prefect(env, "deployment", "run", "watch/synthetic-watch", "--watch")
+            assert second.returncode == 0, second.stdout + second.stderr
+            drift = [json.loads(line) for line in
+                     (InstanceStore(home).dir("syn-1") / "drift.jsonl").read_text().splitlines()]
+            assert drift[-1]["drifted"] and drift[-1]["event"], drift[-1]
+            retune = wait_for(lambda: [r for r in flow_runs(env, "retune/synthetic-on-drift")
+                                       if r.state and r.state.is_final()],
+                              "the re-tune the drift event triggers", timeout=600, interval=2)
+            elapsed = time.monotonic() - began
+        finally:
+            code, rest, left = stop_serve(serve)
+        assert retune[0].state.is_completed(), retune[0].state
+        assert retune[0].parameters["instance"] == "syn-1"
+        assert abs(retune[0].parameters["workload"]["shift"] - 0.9) < 0.1
+        print(f"workload change to applied config: {elapsed:.0f} s")
+        acts = history(home, "syn-1")
+        assert acts[-1]["outcome"] == "kept" and acts[-1]["changes"], acts[-1]
+        models = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_model_versions()
+        assert models, "the re-tune registered no model"
+        assert code == 0 and not left, rest
+    finally:
+        from targets.live_daemon import stop_launched
+
+        stop_launched(Path(str(instance.data_dir)))
