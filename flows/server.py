@@ -23,13 +23,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from targets.common.errors import EnvironmentFault
 from targets.process import free_port, last_lines, new_secret, private_dir, write_private
 
-__all__ = ["PrefectServer", "ServerFault", "api_answers"]
+__all__ = ["PrefectServer", "ServerFault", "api_answers", "api_client"]
 
 USER = "knobflow"
 
@@ -49,6 +50,20 @@ def api_answers(url: str, auth: str | None, timeout: float = 2.0) -> bool:
             return bool(answer.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def api_client(env: Mapping[str, str]) -> Iterator[Any]:
+    """A synchronous Prefect client of the server that ``env`` (``PREFECT_API_URL``, and
+    ``PREFECT_API_AUTH_STRING`` if it asks for one) names, whatever this process's settings."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    settings: dict[Any, Any] = {PREFECT_API_URL: env["PREFECT_API_URL"]}
+    if env.get("PREFECT_API_AUTH_STRING"):
+        settings[PREFECT_API_AUTH_STRING] = env["PREFECT_API_AUTH_STRING"]
+    with temporary_settings(settings), get_client(sync_client=True) as client:
+        yield client
 
 
 class PrefectServer:

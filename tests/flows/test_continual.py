@@ -7,14 +7,12 @@ nothing left running."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +20,17 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.server import api_client
 from tasks.instances import InstanceStore
 from tests.conftest import REPO, invoke_cli, wait_for
 from tests.flows.test_live_apply import history, start_instance
-
-
-@contextlib.contextmanager
-def client(env: dict[str, str]) -> Iterator[Any]:
-    """A Prefect client of the server ``env`` names."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"],
-                             PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}), \
-            get_client(sync_client=True) as api:
-        yield api
 
 
 def flow_runs(env: dict[str, str], deployment: str) -> list[Any]:
     """The flow runs of ``deployment`` (flow/name), newest first."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    with client(env) as api:
+    with api_client(env) as api:
         runs = api.read_flow_runs(deployment_filter=DeploymentFilter(
             name=DeploymentFilterName(any_=[deployment.split("/")[1]])))
     return sorted(runs, key=lambda r: r.created, reverse=True)
@@ -111,7 +98,7 @@ def test_serve_lists_serves_and_stops_on_sigint_with_nothing_left(home: Path) ->
         assert (home / "prefect-server" / "auth").stat().st_mode & 0o777 == 0o600
         api_env = {"PREFECT_API_URL": server["url"], "PREFECT_API_AUTH_STRING": auth}
         assert server["url"].startswith("http://127.0.0.1:")
-        with client(api_env) as api:
+        with api_client(api_env) as api:
             names = wait_for(lambda: {d.name for d in api.read_deployments()} or None,
                              "the served deployments on the server")
             automations = api.read_automations()
