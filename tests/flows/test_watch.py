@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,15 +147,16 @@ def test_the_watch_flow_emits_the_drift_event_to_the_server(
     assert any(e["name"] == "shift" and e["drifted"] for e in event.payload["evidence"])
 
 
-def _find_event(env: dict[str, str], event_id: str):  # noqa: ANN202 - a prefect Event
+def _find_event(env: dict[str, str], event_id: str) -> Any:
+    """The event ``event_id`` as the server has it (None while it has not stored it)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"],
-                                     PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
-        with get_client(sync_client=True) as client:
-            page = client.read_events(EventFilter(
-                event=EventNameFilter(name=["knobflow.drift.detected"]),
-                resource=EventResourceFilter(id=["knobflow.instance.syn-w"])), limit=50)
+    settings = {PREFECT_API_URL: env["PREFECT_API_URL"],
+                PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}
+    with temporary_settings(updates=settings), get_client(sync_client=True) as client:
+        page = client.read_events(EventFilter(
+            event=EventNameFilter(name=["knobflow.drift.detected"]),
+            resource=EventResourceFilter(id=["knobflow.instance.syn-w"])), limit=50)
     return next((e for e in page.events if str(e.id) == event_id), None)

@@ -13,7 +13,7 @@ import pytest
 from targets.common.errors import KnobflowError
 from targets.live import Window
 from tasks.actlog import ActuationLog, Outcome, Phase
-from tasks.drift import DriftConfig, compare, observed_workload, psi
+from tasks.drift import DriftConfig, DriftReport, Evidence, compare, observed_workload, psi
 from tasks.instances import DEFAULT_POLICY, Instance, InstanceStore, check_policy
 from tasks.reference import (
     Reference,
@@ -39,7 +39,7 @@ def noisy(mean: float, sd: float, n: int, seed: int) -> list[float]:
     return [rng.gauss(mean, sd) for _ in range(n)]
 
 
-def evidence(report, name: str):  # noqa: ANN001, ANN201 - a test helper
+def evidence(report: DriftReport, name: str) -> Evidence:
     return next(e for e in report.evidence if e.name == name)
 
 
