@@ -26,6 +26,7 @@ from flows.cli_live import apply_command, history_command, observe_command, reco
 from flows.cli_rules import rules_app, validate_command
 from flows.cli_serve import serve_command
 from flows.cli_tune import tune_command
+from flows.cli_watch import watch_command
 from targets.common.errors import EnvironmentFault, KnobflowError, fmt_value
 from targets.common.settings import quiet_environment
 
@@ -109,7 +110,8 @@ app.command("validate", cls=PlainCommand)(validate_command)
 app.command("tune", cls=TuneCommand)(tune_command)
 app.add_typer(instance_app, name="instance")
 for _name, _command in (("observe", observe_command), ("recommend", recommend_command),
-                        ("apply", apply_command), ("history", history_command)):
+                        ("apply", apply_command), ("history", history_command),
+                        ("watch", watch_command)):
     app.command(_name, cls=PlainCommand)(_command)
 app.command("serve", cls=PlainCommand)(serve_command)
 

@@ -179,10 +179,13 @@ def instance_workload(
 def instance_policy(
     name: Annotated[str, typer.Argument(help="Instance name.")],
     assignments: Annotated[list[str] | None, typer.Argument(
-        metavar="KEY=VALUE...", help="max_knobs, windows, window_s, alpha, min_effect.")] = None,
+        metavar="KEY=VALUE...", help="max_knobs, windows, window_s, alpha, min_effect; the "
+        "watch's drift_test (ks or psi), drift_alpha, drift_psi, drift_rel, drift_perf_rel, "
+        "drift_scale_rel, drift_cooldown_s.")] = None,
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
-    """Show or change how an instance is actuated (knobs per actuation, windows, the test)."""
+    """Show or change how an instance is actuated (knobs per actuation, windows, the test) and
+    when its watch calls a change drift."""
     from flows.inputs import parse_assignments
     from tasks.instances import Instance, InstanceStore, check_policy
 

@@ -134,6 +134,10 @@ class LiveSystem(ABC):
     #: The target's metrics a window reports (the others cannot be read from this system's
     #: counters); the measurement gate expects exactly these.
     observed_metrics: ClassVar[tuple[str, ...]]
+    #: The window values (counters or fingerprint) that measure the system's scale: its data
+    #: size, the memory its data takes. The watch counts a change of these as a scale change
+    #: (``tasks.drift``), with the host's cores and memory beside them.
+    scale_features: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection

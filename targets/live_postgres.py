@@ -72,6 +72,7 @@ class PostgresLive(LiveSystem):
 
     target: ClassVar[str] = "postgres"
     observed_metrics: ClassVar[tuple[str, ...]] = ("tps",)
+    scale_features: ClassVar[tuple[str, ...]] = ("db_size_mb", "scale")
 
     def __init__(self, connection: Connection) -> None:
         super().__init__(connection)

@@ -93,6 +93,7 @@ class RedisLive(LiveSystem):
     #: Redis times a command inside the server (~0.001 ms), not what a client waits (the trials'
     #: latency_*_ms, ~0.3 ms): those are counters (server_latency_*), not metrics.
     observed_metrics: ClassVar[tuple[str, ...]] = ("rps",)
+    scale_features: ClassVar[tuple[str, ...]] = ("used_memory_bytes", "keys")
 
     def __init__(self, connection: Connection) -> None:
         super().__init__(connection)

@@ -17,7 +17,8 @@ next one starts, so a crash at any point leaves a record the next command finish
 7. Keep; or ``rolling_back`` -> ``rolled_back`` (the recorded values applied again and read back)
    -> ``learned`` (the config becomes a proposed forbid rule of the service, with the actuation as
    its provenance; only when the config was found worse, never for a failed measurement).
-8. ``done``: the outcome; the actuation's MLflow run is written from the log.
+8. ``done``: the outcome; the actuation's MLflow run is written from the log; the watch's
+   reference of the instance (``tasks.reference``) becomes the windows of the config it is on.
 
 The steps are plain functions; ``STEPS`` (plain) and ``TASKS`` (Prefect tasks) hold them so the
 apply flow and a recovery outside any flow run the same sequence.
@@ -41,7 +42,7 @@ from targets.live import ActuationRefused, LiveSystem
 from targets.registry import load_target
 from tasks.actlog import ActuationLog, Outcome, Phase
 from tasks.decide import decide, test_change
-from tasks.instances import DEFAULT_POLICY, Instance
+from tasks.instances import ACTUATION_POLICY, Instance
 from tasks.observe import Observation, observe, summarize
 
 __all__ = ["STEPS", "TASKS", "Actuation", "Policy", "Steps", "actuate", "check", "rules_for"]
@@ -49,8 +50,8 @@ __all__ = ["STEPS", "TASKS", "Actuation", "Policy", "Steps", "actuate", "check",
 #: How many times the windows after a change are observed again while the decision is open.
 EXTEND = 2
 #: Defaults of an actuation's policy: the instance's record (``Instance.policy``, defaults in
-#: ``tasks.instances.DEFAULT_POLICY``) and the command's options override them.
-POLICY_DEFAULTS: dict[str, Any] = {**DEFAULT_POLICY, "objective": None, "policies": []}
+#: ``tasks.instances.ACTUATION_POLICY``) and the command's options override them.
+POLICY_DEFAULTS: dict[str, Any] = {**ACTUATION_POLICY, "objective": None, "policies": []}
 
 
 @dataclass(frozen=True)
@@ -305,11 +306,28 @@ def decide_and_finish(act: Actuation, before: Observation, after: Observation,
 def finish(act: Actuation, outcome: Outcome, note: str) -> dict[str, Any]:
     """The ``done`` line, and the actuation's MLflow run written from the log."""
     act.record(Phase.DONE, outcome=outcome.value, note=note)
+    if outcome in (Outcome.KEPT, Outcome.ROLLED_BACK):
+        new_reference(act)
     from tasks.actuation_run import log_actuation_run
 
     run_id = log_actuation_run(act.home, act.instance, act.log, act.id)
     return {"outcome": outcome.value, "note": note, "id": act.id, "run_id": run_id,
             "changes": act.changes}
+
+
+def new_reference(act: Actuation) -> None:
+    """The watch's reference of the instance becomes the windows of the config it is on now:
+    after the change when kept, before it when rolled back (``tasks.reference``)."""
+    from tasks.reference import instance_host, reference_from_actuation, save_reference
+
+    try:
+        reference = reference_from_actuation(act.log.actuation(act.id),
+                                              instance_host(act.instance))
+        if reference is not None:
+            save_reference(act.home, act.instance.name, reference)
+    except (OSError, KnobflowError) as exc:  # the actuation itself is done and recorded
+        act.say(f"the watch's reference was not updated ({exc}); record it with "
+                f"`knobflow watch {act.instance.name} --reset`")
 
 
 def _unverifiable(seen: Observation) -> str:

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from targets.live import Connection
 
 __all__ = [
-    "DEFAULT_POLICY", "NAME_RULE", "SCHEMES", "Instance", "InstanceStore", "instance_lock",
+    "ACTUATION_POLICY", "DEFAULT_POLICY", "DRIFT_POLICY", "DRIFT_TESTS", "NAME_RULE", "SCHEMES",
+    "Instance", "InstanceStore", "instance_lock",
     "lock_holder", "redact", "split_secret",
 ]
 
@@ -49,8 +50,21 @@ NAME_TEXT = ("an instance name is 1-63 characters: lower-case letters, digits, '
 #: The URL schemes an instance may be reached by (``unix``: a Redis socket, no password).
 SCHEMES = ("postgresql", "postgres", "redis", "rediss", "unix", "synthetic")
 #: What an actuation may do unless the instance's policy says otherwise.
-DEFAULT_POLICY: dict[str, Any] = {"max_knobs": 3, "windows": 5, "window_s": 5.0, "alpha": 0.01,
-                                  "min_effect": 0.05}
+ACTUATION_POLICY: dict[str, Any] = {"max_knobs": 3, "windows": 5, "window_s": 5.0, "alpha": 0.01,
+                                    "min_effect": 0.05}
+#: When the watch calls a change drift (``tasks.drift``): the test per feature (``ks`` or
+#: ``psi``), its level or PSI threshold, the smallest relative change of a fingerprint feature's
+#: mean, of the objective and of a scale value, and the seconds between two drift events.
+DRIFT_POLICY: dict[str, Any] = {"drift_test": "ks", "drift_alpha": 0.01, "drift_psi": 0.2,
+                                "drift_rel": 0.25, "drift_perf_rel": 0.3, "drift_scale_rel": 0.2,
+                                "drift_cooldown_s": 1800.0}
+DEFAULT_POLICY: dict[str, Any] = {**ACTUATION_POLICY, **DRIFT_POLICY}
+#: Numeric policy keys and their open ranges (cooldown: from 0 inclusive).
+_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("window_s", 0.0, float("inf")), ("alpha", 0.0, 0.5), ("min_effect", 0.0, 1.0),
+    ("drift_alpha", 0.0, 0.5), ("drift_psi", 0.0, float("inf")), ("drift_rel", 0.0, 100.0),
+    ("drift_perf_rel", 0.0, 100.0), ("drift_scale_rel", 0.0, 100.0))
+DRIFT_TESTS = ("ks", "psi")
 FIELDS = ("name", "service", "target", "url", "secret_file", "restart_command", "launched",
           "data_dir", "workload", "created", "policy")
 
@@ -183,12 +197,20 @@ def check_policy(policy: Mapping[str, Any], where: str) -> dict[str, Any]:
         value = full[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise KnobflowError(f"{where}: policy '{key}' must be an integer >= {least}")
-    for key, low, high in (("window_s", 0.0, float("inf")), ("alpha", 0.0, 0.5),
-                           ("min_effect", 0.0, 1.0)):
+    for key, low, high in _RANGES:
         value = full[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low < value < high:
             raise KnobflowError(f"{where}: policy '{key}' must be a number in ({low}, {high})")
         full[key] = float(value)
+    cooldown = full["drift_cooldown_s"]
+    if isinstance(cooldown, bool) or not isinstance(cooldown, int | float) or not (
+            0 <= cooldown < float("inf")):
+        raise KnobflowError(f"{where}: policy 'drift_cooldown_s' must be a number of seconds "
+                            ">= 0")
+    full["drift_cooldown_s"] = float(cooldown)
+    if full["drift_test"] not in DRIFT_TESTS:
+        raise KnobflowError(f"{where}: policy 'drift_test' must be one of "
+                            f"{', '.join(DRIFT_TESTS)} (got {full['drift_test']!r})")
     return full
 
 

@@ -218,8 +218,10 @@ def test_instance_policy_is_shown_changed_and_checked(home: Path) -> None:
     InstanceStore(home).add(Instance(name="kv-9", service="kv", target="redis",
                                      url="unix:///nowhere/redis.sock"))
     shown = invoke_cli(["instance", "policy", "kv-9", "--home", str(home)])
-    assert shown.stdout.strip() == ("max_knobs=3 windows=5 window_s=5.0 alpha=0.01 "
-                                    "min_effect=0.05")
+    assert " ".join(shown.stdout.split()) == (
+        "max_knobs=3 windows=5 window_s=5.0 alpha=0.01 min_effect=0.05 drift_test=ks "
+        "drift_alpha=0.01 drift_psi=0.2 drift_rel=0.25 drift_perf_rel=0.3 drift_scale_rel=0.2 "
+        "drift_cooldown_s=1800.0")
     changed = invoke_cli(["instance", "policy", "kv-9", "max_knobs=1", "windows=8",
                           "--home", str(home)])
     assert changed.returncode == 0, changed.stderr
@@ -228,3 +230,10 @@ def test_instance_policy_is_shown_changed_and_checked(home: Path) -> None:
     assert bad.returncode == 2
     assert "policy 'windows' must be an integer >= 2" in bad.stderr
     assert InstanceStore(home).get("kv-9").policy["windows"] == 8  # nothing stored
+    drift = invoke_cli(["instance", "policy", "kv-9", "drift_test=psi", "drift_rel=0.5",
+                        "--home", str(home)])
+    assert drift.returncode == 0, drift.stderr
+    assert InstanceStore(home).get("kv-9").policy["drift_test"] == "psi"
+    bad = invoke_cli(["instance", "policy", "kv-9", "drift_alpha=0.9", "--home", str(home)])
+    assert bad.returncode == 2
+    assert "policy 'drift_alpha' must be a number in (0.0, 0.5)" in bad.stderr
