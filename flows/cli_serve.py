@@ -40,11 +40,14 @@ def serve_command(
     quiet_environment()
     deployments = read_deployments(Path(file).resolve() if file else PREFECT_YAML, target or [])
     table = Table(title=f"knobflow deployments ({len(deployments)})", title_justify="left")
-    for col in ("deployment", "schedules", "triggers"):
+    table.add_column("deployment", no_wrap=True)
+    for col in ("schedules", "triggers"):
         table.add_column(col, overflow="fold")
     for row in describe(deployments):
         table.add_row(row["deployment"], row["schedules"], row["triggers"])
     out = Console()
+    if not out.is_terminal:  # a log or a pipe: one line per deployment, not folded at 80
+        out = Console(width=160)
     out.print(table)
     if list_only:
         return

@@ -204,15 +204,16 @@ def _judge(home: Path, instance: Instance, seen: Observation, config: DriftConfi
 
 
 def instances_to_watch(store: InstanceStore, instance: str | None = None,
-                       service: str | None = None) -> list[str]:
-    """The named instance; or the instances of ``service``; or every instance."""
+                       service: str | None = None, target: str | None = None) -> list[str]:
+    """The named instance; or the instances of ``service``; or every instance (of ``target``,
+    if given: a deployment per target watches that target's instances, maybe none)."""
     if instance is not None:
         return [store.get(instance).name]
     found = store.of_service(service) if service else store.list()
     if service and not found:
         raise KnobflowError(f"service '{service}' has no instances; see `knobflow instance "
                             "list`")
-    return [i.name for i in found]
+    return [i.name for i in found if target is None or i.target == target]
 
 
 def watch_instances(home: Path, names: Sequence[str], **options: Any) -> dict[str, Any]:
@@ -235,8 +236,8 @@ def watch_instances(home: Path, names: Sequence[str], **options: Any) -> dict[st
 
 @flow(name="watch", log_prints=False)
 def watch_flow(instance: str | None = None, service: str | None = None,
-               home: str | None = None, windows: int | None = None,
-               window_s: float | None = None) -> dict[str, Any]:
+               target: str | None = None, home: str | None = None,
+               windows: int | None = None, window_s: float | None = None) -> dict[str, Any]:
     """Observe live instances, compare each with its reference, and emit the Prefect event
     knobflow.drift.detected for each that drifted (the evidence and the observed workload in
     its payload).
@@ -244,12 +245,13 @@ def watch_flow(instance: str | None = None, service: str | None = None,
     Args:
         instance: The instance to watch (default: those of service, or every instance).
         service: Watch the instances of this service.
+        target: Watch only instances of this target (prefect.yaml: one watch per target).
         home: State directory (default ./.knobflow, or $KNOBFLOW_HOME).
         windows: Windows per observation (default: each instance's policy).
         window_s: Seconds per window (default: each instance's policy).
     """
     logger = get_run_logger()
     root = knobflow_home(home)
-    names = instances_to_watch(InstanceStore(root), instance, service)
+    names = instances_to_watch(InstanceStore(root), instance, service, target)
     return watch_instances(root, names, windows=windows, window_s=window_s, emit=True,
                            observe_fn=observe_task, say=logger.info)
