@@ -77,56 +77,51 @@ def prefect(env: dict[str, str], *args: str, timeout: float = 600
                           timeout=timeout, check=False)
 
 
-def test_serve_lists_serves_and_stops_on_sigint_with_nothing_left(home: Path) -> None:
-    """Its own Prefect server (no PREFECT_API_URL): the deployments with schedules and
-    triggers on the server, automations for the triggers; SIGINT stops runner and server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--target", "synthetic", "--home",
-         str(home)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True)
-    try:
-        shown = wait_serving(proc)
-        for name in ("tune/synthetic-nightly", "watch/synthetic-watch",
-                     "retune/synthetic-on-drift", "recommend/synthetic-recommend",
-                     "apply/synthetic-apply"):
-            assert name in shown
-        assert "every 300 s" in shown and "cron 30 4 * * * UTC" in shown
-        assert "on knobflow.drift.detected" in shown
-        server = json.loads((home / "prefect-server" / "server.json").read_text())
-        auth = (home / "prefect-server" / "auth").read_text().strip()
-        assert (home / "prefect-server" / "auth").stat().st_mode & 0o777 == 0o600
-        api_env = {"PREFECT_API_URL": server["url"], "PREFECT_API_AUTH_STRING": auth}
-        assert server["url"].startswith("http://127.0.0.1:")
-        with api_client(api_env) as api:
-            names = wait_for(lambda: {d.name for d in api.read_deployments()} or None,
-                             "the served deployments on the server")
-            automations = api.read_automations()
-        assert {"synthetic-nightly", "synthetic-watch", "synthetic-on-drift"} <= names
-        assert any("synthetic-on-drift" in a.name for a in automations)
-        outsider = prefect({"PREFECT_API_URL": server["url"], "PREFECT_API_AUTH_STRING": "x:y"},
-                           "deployment", "ls", timeout=120)
-        assert outsider.returncode != 0  # the server admits knobflow only
-    finally:
-        code, rest, left = stop_serve(proc)
-    assert code == 0, rest
-    assert "knobflow serve: stopped" in rest
-    assert not left, [p.cmdline() for p in left]
-    assert not (home / "prefect-server" / "server.json").exists()
+def own_server_env(home: Path) -> dict[str, str]:
+    """The client environment of the Prefect server ``knobflow serve`` started under ``home``."""
+    server = json.loads((home / "prefect-server" / "server.json").read_text())
+    assert server["url"].startswith("http://127.0.0.1:")
+    auth = home / "prefect-server" / "auth"
+    assert auth.stat().st_mode & 0o777 == 0o600
+    return {"PREFECT_API_URL": server["url"], "PREFECT_API_AUTH_STRING": auth.read_text().strip()}
 
 
-def test_a_workload_change_is_detected_retuned_and_applied_through_prefect(
-        prefect_server: dict[str, str], home: Path) -> None:
-    """The loop closes through Prefect's automations, not a loop of knobflow's own."""
+def check_served(shown: str, env: dict[str, str]) -> None:
+    """What ``knobflow serve`` listed, and what it put on the server: the synthetic target's
+    deployments with their schedules, the re-tune's trigger as an automation; the server
+    admits knobflow only."""
+    for name in ("tune/synthetic-nightly", "watch/synthetic-watch", "retune/synthetic-on-drift",
+                 "recommend/synthetic-recommend", "apply/synthetic-apply"):
+        assert name in shown
+    assert "every 300 s" in shown and "cron 30 4 * * * UTC" in shown
+    assert "on knobflow.drift.detected" in shown
+    with api_client(env) as api:
+        deployments = {d.name: d for d in api.read_deployments()}
+        automations = api.read_automations()
+    assert {"synthetic-nightly", "synthetic-watch", "synthetic-on-drift"} <= set(deployments)
+    assert deployments["synthetic-watch"].schedules[0].schedule.interval.total_seconds() == 300
+    assert any("synthetic-on-drift" in a.name for a in automations)
+    outsider = prefect({**env, "PREFECT_API_AUTH_STRING": "knobflow:wrong"}, "deployment",
+                       "ls", timeout=120)
+    assert outsider.returncode != 0
+
+
+def test_a_workload_change_is_detected_retuned_and_applied_through_prefect(home: Path) -> None:
+    """The loop closes through Prefect's automations, not a loop of knobflow's own: ``knobflow
+    serve`` (its own server: no PREFECT_API_URL), a watch run that records the reference, the
+    workload change, a watch run that emits the drift event, the re-tune its trigger starts
+    (tune, then the canary apply); SIGINT stops the runner and the server, nothing is left."""
     instance = start_instance(home, "syn-1", service="syn", workload={"shift": 0.1})
-    env = {**prefect_server, "KNOBFLOW_HOME": str(home)}
     try:
         policy = invoke_cli(["instance", "policy", "syn-1", "windows=3", "window_s=0.6",
                              "--home", str(home)])
         assert policy.returncode == 0, policy.stderr
-        serve = start_serve(home, env, "--target", "synthetic")
+        serve = start_serve(home, {k: v for k, v in os.environ.items()
+                                   if not k.startswith("PREFECT_API")}, "--target", "synthetic")
         try:
-            wait_serving(serve)
+            shown = wait_serving(serve)
+            env = own_server_env(home)
+            check_served(shown, env)
             first = prefect(env, "deployment", "run", "watch/synthetic-watch", "--watch")
             assert first.returncode == 0, first.stdout + first.stderr
             changed = invoke_cli(["instance", "workload", "syn-1", "shift=0.9",
@@ -141,18 +136,21 @@ def test_a_workload_change_is_detected_retuned_and_applied_through_prefect(
             retune = wait_for(lambda: [r for r in flow_runs(env, "retune/synthetic-on-drift")
                                        if r.state and r.state.is_final()],
                               "the re-tune the drift event triggers", timeout=600, interval=2)
-            elapsed = time.monotonic() - began
+            print(f"workload change to applied config: {time.monotonic() - began:.0f} s")
         finally:
             code, rest, left = stop_serve(serve)
+        assert code == 0 and "knobflow serve: stopped" in rest, rest
+        assert not left, [p.cmdline() for p in left]
+        assert not (home / "prefect-server" / "server.json").exists()
         assert retune[0].state.is_completed(), retune[0].state
         assert retune[0].parameters["instance"] == "syn-1"
         assert abs(retune[0].parameters["workload"]["shift"] - 0.9) < 0.1
-        print(f"workload change to applied config: {elapsed:.0f} s")
         acts = history(home, "syn-1")
-        assert acts[-1]["outcome"] == "kept" and acts[-1]["changes"], acts[-1]
+        assert acts[-1]["outcome"] == "kept" and acts[-1]["knobs"] != "0", acts[-1]
+        assert "kept" in json.loads(
+            (InstanceStore(home).dir("syn-1") / "reference.json").read_text())["source"]
         models = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_model_versions()
         assert models, "the re-tune registered no model"
-        assert code == 0 and not left, rest
     finally:
         from targets.live_daemon import stop_launched
 
