@@ -181,11 +181,17 @@ def predicted_figure(measured: Sequence[float], predicted: Sequence[float], obje
 @dataclass(frozen=True)
 class TimelineEvent:
     """A point on an instance's timeline: an actuation (``kind`` its outcome) or a drift check
-    (``kind`` "drift" when it found drift, "no drift" when not)."""
+    (``kind`` "drift", "no drift", "reference": it recorded the reference, "invalid": its
+    windows failed the gate)."""
 
     time: datetime
     kind: str
     label: str = ""
+
+
+#: The colour of each kind of drift check (``flows.report_instance.DriftEvent.kind``).
+_CHECKS = {"drift": "#cc3311", "no drift": "#bbbbbb", "reference": "#4477aa",
+           "invalid": "#ddaa33"}
 
 
 def timeline_figure(windows: Sequence[tuple[datetime, float, str]],
@@ -205,13 +211,12 @@ def timeline_figure(windows: Sequence[tuple[datetime, float, str]],
     rows = {"actuation": 1.0, "drift check": 0.0}
     for kind in dict.fromkeys(e.kind for e in events):
         mine = [e for e in events if e.kind == kind]
-        drift = kind in ("drift", "no drift")
-        colour = {"drift": "#cc3311", "no drift": "#bbbbbb"}.get(kind) or OUTCOME_COLOURS.get(
-            kind, "#000000")
+        drift = kind in _CHECKS
+        colour = _CHECKS.get(kind) or OUTCOME_COLOURS.get(kind, "#000000")
         strip.scatter([e.time for e in mine], [rows["drift check" if drift else "actuation"]]
                       * len(mine), marker="v" if kind == "drift" else "o", s=60 if drift else 70,
                       color=colour, label=kind.replace("_", " "), zorder=3)
-        if kind != "no drift":  # a check that found nothing is not worth a line
+        if kind not in _CHECKS or kind == "drift":  # a check that found nothing: no line
             for e in mine:
                 top.axvline(e.time, color=colour, alpha=0.6, linestyle=":" if drift else "-")
     strip.set_yticks(list(rows.values()), list(rows))

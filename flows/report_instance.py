@@ -6,8 +6,11 @@ Actuations come from the instance's actuation log (``tasks.actlog``: a row per a
 ``history_table``, the windows from its ``observed_before`` and ``observed_after`` lines). Drift
 events come from ``instances/<name>/drift.jsonl``, which the watch appends to: one JSON object a
 line with ``time`` (ISO, UTC), ``drifted`` (bool), ``summary``, ``evidence`` (a list of objects
-with ``name``, ``kind``, ``drifted``), ``workload`` and ``event`` (whether a Prefect event was
-emitted). A missing file is no events; a line that cannot be read is skipped, and the page says so.
+with ``name``, ``kind``, ``drifted``), ``workload``, ``event`` (whether a Prefect event was
+emitted), and where the watch gives them ``status`` (``compared``, ``reference``: the check that
+recorded the reference, ``invalid``: windows that failed the gate, not compared) and ``note`` (why
+no event was emitted). A missing file is no events; a line that cannot be read is skipped, and
+the page says so.
 
 The page is logged as ``report.html`` to the run named after the instance in experiment
 ``knobflow/<target>/actuations`` (tag ``knobflow.report`` = ``instance``), made on first use.
@@ -46,6 +49,15 @@ class DriftEvent:
     summary: str
     evidence: list[dict[str, Any]] = field(default_factory=list)
     event: bool = False
+    status: str = "compared"
+    note: str = ""
+
+    @property
+    def kind(self) -> str:
+        """What the check found: "drift", "no drift", or its status when it compared nothing."""
+        if self.drifted:
+            return "drift"
+        return "no drift" if self.status == "compared" else self.status
 
     @property
     def drifted_evidence(self) -> str:
@@ -77,7 +89,8 @@ def read_drift(path: Path) -> tuple[list[DriftEvent], list[str]]:
                 time=_when(doc["time"]), drifted=bool(doc.get("drifted")),
                 summary=str(doc.get("summary", "")),
                 evidence=evidence if isinstance(evidence, list) else [],
-                event=bool(doc.get("event"))))
+                event=bool(doc.get("event")), status=str(doc.get("status") or "compared"),
+                note=str(doc.get("note") or "")))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             problems.append(f"{display_path(path)}: line {number} skipped: "
                             f"{type(exc).__name__}: {exc}")
@@ -104,9 +117,12 @@ def _windows(actuations: list[Actuation]) -> tuple[list[tuple[datetime, float, s
 def _events(actuations: list[Actuation], drifts: list[DriftEvent]) -> list[TimelineEvent]:
     events = [TimelineEvent(_when(a.started), a.outcome.value if a.outcome else "unfinished",
                             a.id) for a in actuations]
-    events += [TimelineEvent(d.time, "drift" if d.drifted else "no drift", d.summary)
-               for d in drifts]
+    events += [TimelineEvent(d.time, d.kind, d.summary) for d in drifts]
     return sorted(events, key=lambda e: e.time)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def instance_page(home: Path, instance: Instance) -> str:
@@ -123,14 +139,15 @@ def instance_page(home: Path, instance: Instance) -> str:
     events = _events(actuations, drifts)
     if windows or events:
         fig = timeline_figure(windows, events, objective or "objective",
-                              f"{instance.name}: {len(actuations)} actuations, "
-                              f"{sum(d.drifted for d in drifts)} drift events")
+                              f"{instance.name}: {_count(len(actuations), 'actuation')}, "
+                              f"{_count(sum(d.drifted for d in drifts), 'drift event')}")
         page.figure("timeline", png(fig), (
             f"Above: the {objective or 'objective'} of each observation window, before (blue) and "
             "after (orange) each actuation; a vertical line marks each actuation, coloured by "
             "its outcome (kept green, rolled back orange, refused purple, failed red), and each "
             "drift event (red, dotted). Below: the actuations and the watch's drift checks "
-            "(a red triangle found drift, a grey dot did not)."))
+            "(a red triangle found drift, a grey dot did not, a blue one recorded the reference, a "
+            "yellow one was not compared: its windows failed the measurement gate)."))
     else:
         page.not_drawn("timeline", "Timeline", "No actuation and no drift check recorded yet "
                        "(knobflow apply acts, knobflow watch checks for drift).")
@@ -174,10 +191,10 @@ def _drift_table(page: Page, drifts: list[DriftEvent]) -> None:
     if not drifts:
         page.text(f"No drift checks recorded ({DRIFT_FILE} is written by knobflow watch).")
         return
-    page.table(["time", "drifted", "summary", "evidence that drifted", "event emitted"],
-               [(d.time.isoformat(timespec="seconds"), "yes" if d.drifted else "no", d.summary,
-                 d.drifted_evidence, "yes" if d.event else "no") for d in drifts],
-               table_id="drift-events", colours={"yes": "#cc3311"})
+    page.table(["time", "found", "summary", "evidence that drifted", "event emitted"],
+               [(d.time.isoformat(timespec="seconds"), d.kind, d.summary, d.drifted_evidence,
+                 "yes" if d.event else f"no: {d.note}" if d.note else "no") for d in drifts],
+               table_id="drift-events", colours={"drift": "#cc3311", "yes": "#cc3311"})
 
 
 def log_instance_page(home: Path, instance: Instance, page: str) -> str:

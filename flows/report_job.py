@@ -107,10 +107,12 @@ def _summary(job: Job, result: dict[str, Any]) -> dict[str, Any]:
     runs = result.get("verify_repeats") or 0
     facts["trials"] = (f"{result.get('n_trials')} ({result.get('n_failed', 0)} failed; "
                        f"{result.get('n_blocked', 0)} candidates blocked by rules, never run)")
-    facts["best"] = (f"{_num(result.get('best_value'))} (verified mean of {runs} runs); search's "
-                     f"best trial {result.get('best_trial')}: "
-                     f"{_num(result.get('best_observed_value'))}")
-    facts["default"] = f"{_num(result.get('default_value'))} (verified mean of {runs} runs)"
+    searched = (f"trial {result['best_trial']}: {_num(result.get('best_observed_value'))} in "
+                "the search" if result.get("best_trial") is not None else "no trial completed")
+    facts["best"] = (f"{_num(result.get('best_value'))} (verified mean of {runs} runs); "
+                     f"{searched}" if runs else f"{searched} (not verified)")
+    facts["default"] = (f"{_num(result.get('default_value'))} (verified mean of {runs} runs)"
+                        if runs else "-")
     gain = result.get("gain")
     facts["verified gain"] = (f"{gain:.3f}x (95% interval {result['gain_low']:.3f}-"
                               f"{result['gain_high']:.3f})" if gain is not None

@@ -159,20 +159,23 @@ def test_the_instance_page_shows_actuations_and_drift_on_a_timeline(
     assert done.returncode == 0, done.stdout + done.stderr
     drift = InstanceStore(home).dir(live) / "drift.jsonl"
     now = datetime.now(UTC)  # the watch's checks after the actuation
-    checks = [((now + timedelta(seconds=s)).isoformat(), d, text) for s, d, text in (
-        (5, False, "no drift"), (65, True, "read_ratio moved 0.5 -> 0.9 (KS p=0.001)"))]
+    checks = [((now + timedelta(seconds=s)).isoformat(), status, d, text)
+              for s, status, d, text in (
+                  (1, "reference", False, "reference recorded"), (5, "compared", False, "no drift"),
+                  (65, "compared", True, "read_ratio moved 0.5 -> 0.9 (KS p=0.001)"))]
     drift.write_text("".join(json.dumps({
-        "time": t, "drifted": d, "summary": s, "workload": {"read_ratio": 0.9}, "event": d,
-        "evidence": [{"name": "read_ratio", "kind": "ks", "drifted": d}]}) + "\n"
-        for t, d, s in checks) + "{torn\n")
+        "time": t, "status": status, "drifted": d, "summary": s, "event": d,
+        "workload": {"read_ratio": 0.9}, "evidence": [
+            {"name": "read_ratio", "kind": "ks", "drifted": d}]}) + "\n"
+        for t, status, d, s in checks) + "{torn\n")
     page, path, run_id = report(home, live)
     assert path == InstanceStore(home).dir(live) / "report.html"
     assert_png(page, "timeline")
     assert {"summary", "actuations", "drift-events"} <= page.tables
     words = page.words
     assert "kept" in words and "read_ratio moved 0.5 -> 0.9 (KS p=0.001)" in words
-    assert "read_ratio (ks)" in words and "line 3 skipped" in words
-    assert "2, 1 found drift" in words
+    assert "read_ratio (ks)" in words and "line 4 skipped" in words
+    assert "3, 1 found drift" in words and "reference recorded" in words
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     run = client.get_run(run_id)
     assert run.info.run_name == live and run.data.tags["knobflow.report"] == "instance"
