@@ -13,8 +13,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "priors": ("prior_trials",),
     "recommend": ("recommend_task",),  # not "recommend": that name is the submodule
     "recommendation": ("Recommendation",),
-    "registry": ("Champion", "Decision", "champion_table", "load_champion", "model_name",
-                 "promote", "refusal", "register"),
+    "registry": ("Champion", "Decision", "champion_table", "load_champion", "load_version",
+                 "model_name", "promote", "refusal", "register"),
     "store": ("client_for", "experiment_id", "process_tracking_uri"),
     "transfer": ("TransferPlan", "TransferRequest", "plan_transfer", "transfer_from_siblings"),
 })

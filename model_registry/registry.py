@@ -5,10 +5,9 @@ Owns the MLflow registry side of knobflow: the registered-model name of a servic
 champion policy (``promote``: the alias ``champion`` moves only to a model that validates better
 on the same held-out trials, or when there is none, or when the workload moved, and never to one
 validated on too few held-out trials or ranking them no better than chance; one decision at a time
-per store), loading the
-champion strictly by ``models:/<name>@champion`` in any process (``load_champion``), and the trial
-table stored beside the champion's run so a service's replicas reuse its data
-(``champion_table``).
+per store), loading the champion strictly by ``models:/<name>@champion`` in any process
+(``load_champion``) or any version (``load_version``), and the trial table stored beside the
+champion's run so a service's replicas reuse its data (``champion_table``).
 
 Every MLflow call goes through an explicit ``MlflowClient(tracking_uri, registry_uri)`` or passes
 the URIs explicitly: nothing here sets MLflow's process-wide tracking URI.
@@ -217,6 +216,17 @@ def load_champion(tracking_uri: str, service: str, objective: str) -> Champion |
         name=name, version=int(version.version), run_id=version.run_id or "",
         tags=dict(version.tags or {}), model=model, features=model_features(model), uri=uri,
     )
+
+
+def load_version(tracking_uri: str, name: str, version: int | str) -> Champion:
+    """Version ``version`` of registered model ``name``, loaded as the champion is, whether or
+    not it is champion (the model a job trained); MLflow's error when there is no such one."""
+    client = client_for(tracking_uri)
+    found = client.get_model_version(name, str(version))
+    model, _ = _load_sklearn(client, f"models:/{name}/{version}")
+    return Champion(name=name, version=int(found.version), run_id=found.run_id or "",
+                    tags=dict(found.tags or {}), model=model, features=model_features(model),
+                    uri=f"models:/{name}/{version}")
 
 
 def champion_table(tracking_uri: str, service: str, objective: str) -> pd.DataFrame:

@@ -132,6 +132,8 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
         ("apply", "nope"): 2,
         ("history", "nope"): 2,
         ("watch", "nope", "--once"): 2,
+        ("report", "nope"): 2,
+        ("serve", "--list", "--target", "nope"): 2,
     }
     grouped = ("rules", "instance")
     assert {words[:2] if words[0] in grouped else words[:1] for words in runs} | {
