@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from flows.cli_help import EXIT_CODES, HOME_OPTION, UNUSED_HOME_OPTION, PlainCommand, TuneCommand
 from flows.cli_instance import instance_app
 from flows.cli_live import apply_command, history_command, observe_command, recommend_command
+from flows.cli_regression import check_regression_command
 from flows.cli_rules import rules_app, validate_command
 from flows.cli_tune import tune_command
 from targets.common.errors import EnvironmentFault, KnobflowError, fmt_value
@@ -108,7 +109,8 @@ app.command("validate", cls=PlainCommand)(validate_command)
 app.command("tune", cls=TuneCommand)(tune_command)
 app.add_typer(instance_app, name="instance")
 for _name, _command in (("observe", observe_command), ("recommend", recommend_command),
-                        ("apply", apply_command), ("history", history_command)):
+                        ("apply", apply_command), ("history", history_command),
+                        ("check-regression", check_regression_command)):
     app.command(_name, cls=PlainCommand)(_command)
 
 

@@ -79,7 +79,8 @@ def test_tune_help_lists_the_choices_examples_and_exit_codes() -> None:
     assert "\n    knobflow tune sqlite --budget 20\n" in text  # a command is never wrapped
     assert words.endswith(
         "Exit codes: 0 done 1 failed: no usable result (no trial completed, no config found and "
-        "verified), or knobflow itself crashed 2 bad input: one line on stderr names the file or "
+        "verified), a regression (check-regression, tune --fail-on-regression), or knobflow "
+        "itself crashed 2 bad input: one line on stderr names the file or "
         "option, what is wrong and the fix; nothing is stored 130 interrupted (Ctrl-C, SIGTERM); "
         "finished trials are kept, continue with --resume")
 
