@@ -132,6 +132,7 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
         ("recommend", "nope"): 2,
         ("apply", "nope"): 2,
         ("history", "nope"): 2,
+        ("check-regression", "nope"): 2,
     }
     grouped = ("rules", "instance")
     assert {words[:2] if words[0] in grouped else words[:1] for words in runs} | {

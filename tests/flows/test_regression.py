@@ -107,10 +107,14 @@ def test_a_job_records_its_reference_and_fails_on_a_regression(recorded: Recorde
 
 
 def test_check_regression_of_a_recorded_job(recorded: Recorded) -> None:
+    """The command alone on a recorded job: exit 1 on a regression (0 is in the CI path's
+    test), 2 without a reference or for an unknown name."""
     home = ["--home", str(recorded.home)]
     done = invoke_cli(["check-regression", recorded.second["study_name"], "--json", *home])
     assert done.returncode == 1, done.stderr
-    assert json.loads(done.stdout)["verdict"] == REGRESSION
+    check = json.loads(done.stdout)
+    assert check["verdict"] == REGRESSION and check["high"] < 1
+    assert check["new_values"] == recorded.second["regression"]["new_values"]
     done = invoke_cli(["check-regression", recorded.first["study_name"], *home])
     assert done.returncode == 2 and "no reference for service 'ci'" in done.stderr
     assert "record one with `knobflow tune synthetic --service ci" in done.stderr
@@ -118,14 +122,20 @@ def test_check_regression_of_a_recorded_job(recorded: Recorded) -> None:
     assert done.returncode == 2 and recorded.first["study_name"] in done.stderr
 
 
-def _deployment_exists(env: dict[str, str], name: str) -> bool:
+def _api(env: dict[str, str], path: str, body: dict[str, Any] | None = None) -> Any:
+    """The answer of knobflow's Prefect server to GET (or POST ``body``) ``path``."""
     request = urllib.request.Request(
-        f"{env['PREFECT_API_URL']}/deployments/name/check-regression/{name}")
-    token = b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
+        f"{env['PREFECT_API_URL']}{path}", method="POST" if body is not None else "GET",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", "Authorization": "Basic " + b64encode(
+            env["PREFECT_API_AUTH_STRING"].encode()).decode()})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def _deployment_exists(env: dict[str, str], name: str) -> bool:
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            return bool(answer.status == 200)
+        return bool(_api(env, f"/deployments/name/check-regression/{name}"))
     except OSError:
         return False
 
@@ -184,12 +194,20 @@ def test_the_ci_path_a_deployment_run_and_the_command_exit_0_or_1(
         codes[case] = done.returncode
         assert done.returncode in (0, 1), done.stdout + done.stderr
     assert codes == {"pass": 0, "slow": 1}
-    for case, config, expected in (("pass", good, 0), ("slow", SLOW, 1)):
-        path = tmp_path / f"{case}.yaml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        done = run_cli(["check-regression", recorded.first["study_name"], "--config", str(path),
-                        "--runs", "2", "--json", "--home", str(recorded.home)], env=recorded.env)
-        assert done.returncode == expected, done.stderr
-        check = json.loads(done.stdout)
-        assert check["regression"] is (expected == 1) and len(check["new_values"]) == 2
-    assert check["high"] < 1 and check["ratio"] < 0.01  # the slow config: 0.003x
+    deployment = _api(env, f"/deployments/name/check-regression/{served}")["id"]
+    runs = _api(env, "/flow_runs/filter", {"sort": "EXPECTED_START_TIME_ASC", "deployments": {
+        "id": {"any_": [deployment]}}})
+    states = [(r["parameters"]["config"], r["state"]["type"], r["state"]["message"])
+              for r in runs]
+    assert [s[:2] for s in states] == [(good, "COMPLETED"), (SLOW, "FAILED")], states
+    assert "RegressionFound" in states[1][2] and "entirely below 1" in states[1][2]
+    # the command alone, as CI runs it: the passing config measured now (its exit 1 on a
+    # recorded regression is test_check_regression_of_a_recorded_job's)
+    path = tmp_path / "pass.yaml"
+    path.write_text(yaml.safe_dump(good), encoding="utf-8")
+    done = run_cli(["check-regression", recorded.first["study_name"], "--config", str(path),
+                    "--runs", "2", "--json", "--home", str(recorded.home)], env=recorded.env)
+    assert done.returncode == 0, done.stderr
+    check = json.loads(done.stdout)
+    assert not check["regression"] and len(check["new_values"]) == 2
+    assert check["low"] < 1.05 and check["high"] > 0.95  # the same config, measured again
