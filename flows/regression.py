@@ -299,8 +299,8 @@ def check_regression(name: str, config: dict[str, Any] | str | None = None,
 
     Args:
         name: A recorded job (its study name) or a live instance.
-        config: A config to measure now against the reference's (knob: value, or a YAML
-            file's path); only with a job.
+        config: A config to measure now against the reference's (knob: value, or the path
+            of a YAML file on the machine running the flow); only with a job.
         runs: Most interleaved pairs of runs of a config (it stops after 3 once decisive).
         home: State directory (default ./.knobflow, or $KNOBFLOW_HOME).
     """
