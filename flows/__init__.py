@@ -8,6 +8,7 @@ from targets.common.exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "cli": ("app", "main"),
     "job": ("Job", "prepare_job"),
+    "regression": ("RegressionCheck", "check_regression", "regression_check"),
     "report": ("RunSummary", "TuneListener"),
     "spec": ("JobSpec",),
     "tune": ("tune",),

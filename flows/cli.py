@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from flows.cli_help import EXIT_CODES, HOME_OPTION, UNUSED_HOME_OPTION, PlainCommand, TuneCommand
 from flows.cli_instance import instance_app
 from flows.cli_live import apply_command, history_command, observe_command, recommend_command
+from flows.cli_regression import check_regression_command
 from flows.cli_report import report_command
 from flows.cli_rules import rules_app, validate_command
 from flows.cli_serve import serve_command
@@ -112,7 +113,8 @@ app.command("tune", cls=TuneCommand)(tune_command)
 app.add_typer(instance_app, name="instance")
 for _name, _command in (("observe", observe_command), ("recommend", recommend_command),
                         ("apply", apply_command), ("history", history_command),
-                        ("watch", watch_command), ("report", report_command)):
+                        ("watch", watch_command), ("report", report_command),
+                        ("check-regression", check_regression_command)):
     app.command(_name, cls=PlainCommand)(_command)
 app.command("serve", cls=PlainCommand)(serve_command)
 

@@ -22,8 +22,9 @@ __all__ = ["EXIT_CODES", "HOME_OPTION", "UNUSED_HOME_OPTION", "PlainCommand", "T
 #: What the exit code of a command means (``knobflow validate`` adds 3: a rule blocks the config).
 EXIT_CODES = [
     ("0", "done"),
-    ("1", "failed: no usable result (no trial completed, no config found and verified), or "
-          "knobflow itself crashed"),
+    ("1", "failed: no usable result (no trial completed, no config found and verified), a "
+          "regression (check-regression, tune --fail-on-regression), or knobflow itself "
+          "crashed"),
     ("2", "bad input: one line on stderr names the file or option, what is wrong and the fix; "
           "nothing is stored"),
     ("130", "interrupted (Ctrl-C, SIGTERM); finished trials are kept, continue with --resume"),

@@ -138,7 +138,10 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
         out.print_json(text) if out.is_terminal else print(text)
     else:
         print_summary(out, summary)
-    if not summary.succeeded:
+        if summary.regression:  # --fail-on-regression: against the reference before the job
+            out.print(f"regression check: {summary.regression['message']}", markup=False,
+                      highlight=False, soft_wrap=True)
+    if not summary.succeeded or summary.regressed:
         raise typer.Exit(1)
 
 

@@ -84,6 +84,7 @@ class Job:
     transfer: bool = True  # start from what sibling instances of the service learned
     transfer_priors: bool = False  # also tell the tuner siblings' trials with close workloads
     train: bool = True  # train the service's models after the job
+    fail_on_regression: bool = False  # fail when the result is slower than the reference before
     status: JobStatus = JobStatus.RUNNING
     mlflow_run_id: str | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
@@ -125,6 +126,7 @@ class Job:
             rule_files=[str(Path(f).resolve()) for f in spec.rule_files],
             policies=list(spec.policies), learn_rules=spec.learn_rules, service=service,
             transfer=spec.transfer, transfer_priors=spec.transfer_priors, train=spec.train,
+            fail_on_regression=spec.fail_on_regression,
             home=home,
         )
         check_space(job.rule_set(), job.search_space(), f"search space of {spec.target}")

@@ -124,11 +124,20 @@ class RunSummary:
     #: Why verification stopped (decisive interval, or the cap), and the noise check's finding.
     verify_stop: str = ""
     noise: dict[str, Any] | None = None
+    #: With --fail-on-regression: the result against the reference recorded before the job
+    #: (``flows.regression.RegressionCheck.to_dict``, or a verdict "no reference" and a message).
+    regression: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
         """A best config was found and verified, or the default was best (the command exits 0)."""
         return self.best_config is not None and (self.gain is not None or self.best_is_default)
+
+    @property
+    def regressed(self) -> bool:
+        """The result is slower than the reference before the job, beyond the noise (only
+        checked with --fail-on-regression; the command exits 1)."""
+        return bool(self.regression and self.regression.get("regression"))
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-able data (keys a job did not produce are left out)."""

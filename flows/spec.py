@@ -125,6 +125,10 @@ class JobSpec(BaseModel):
                                     cli=Cli.ON_FLAG)
     train: bool = _option(True, "Do not train the service's models after the job.",
                           cli=Cli.OFF_FLAG)
+    fail_on_regression: bool = _option(
+        False, "Fail (exit 1) when the job's result is slower than the reference recorded "
+        "before it for its service and workload, beyond the noise (the 95% interval of the "
+        "ratio lies below 1).", cli=Cli.ON_FLAG)
 
     @model_validator(mode="after")
     def _check_together(self) -> JobSpec:

@@ -11,11 +11,15 @@ knobflow tune sqlite --budget 20
                                                when the best is the default: nothing to verify)
   train_service_models    tasks/train.py       surrogate models; the champion moves if better
   report                  flows/report.py      best.yaml, result.json, history.png
+  settle_reference        flows/job_reference  the result's measured values: the reference of
+                                               the service's workload (--fail-on-regression:
+                                               checked against the one before)
   publish_result          flows/publish.py     the result as an artifact of the flow run
 
 A job without a usable result (no trial completed, no config found or verified) ends Failed
-(``flows.publish.no_result``) after everything it kept is written; a direct call then raises
-``JobFailed``, which carries the summary.
+(``flows.publish.no_result``) after everything it kept is written, and so does one whose result
+regressed (``--fail-on-regression``, ``flows.job_reference.regression_failed``); a direct call then
+raises ``JobFailed``, which carries the summary.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.job import Job, JobStatus, hold_instance, prepare_job
+from flows.job_reference import regression_failed, settle_reference
 from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
@@ -150,10 +155,11 @@ def tune(target: str, **options: Any) -> RunSummary:
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
                 noise=job.noise,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
+            files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
                                         trial_table], plan, logger)
         _publish(job, summary, logger)
-        return no_result(summary) or summary
+        return no_result(summary) or regression_failed(summary) or summary
 
 
 @contextlib.contextmanager

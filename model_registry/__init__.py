@@ -13,6 +13,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "priors": ("prior_trials",),
     "recommend": ("recommend_task",),  # not "recommend": that name is the submodule
     "recommendation": ("Recommendation",),
+    "references": ("JobReference", "find_reference"),
     "registry": ("Champion", "Decision", "champion_table", "load_champion", "load_version",
                  "model_name", "promote", "refusal", "register"),
     "store": ("client_for", "experiment_id", "process_tracking_uri"),

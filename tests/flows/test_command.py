@@ -79,7 +79,8 @@ def test_tune_help_lists_the_choices_examples_and_exit_codes() -> None:
     assert "\n    knobflow tune sqlite --budget 20\n" in text  # a command is never wrapped
     assert words.endswith(
         "Exit codes: 0 done 1 failed: no usable result (no trial completed, no config found and "
-        "verified), or knobflow itself crashed 2 bad input: one line on stderr names the file or "
+        "verified), a regression (check-regression, tune --fail-on-regression), or knobflow "
+        "itself crashed 2 bad input: one line on stderr names the file or "
         "option, what is wrong and the fix; nothing is stored 130 interrupted (Ctrl-C, SIGTERM); "
         "finished trials are kept, continue with --resume")
 
@@ -134,6 +135,7 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
         ("watch", "nope", "--once"): 2,
         ("report", "nope"): 2,
         ("serve", "--list", "--target", "nope"): 2,
+        ("check-regression", "nope"): 2,
     }
     grouped = ("rules", "instance")
     assert {words[:2] if words[0] in grouped else words[:1] for words in runs} | {

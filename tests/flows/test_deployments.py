@@ -88,7 +88,7 @@ def test_a_tune_deployment_names_a_target_and_checks_its_parameters(
 
 
 def test_every_target_is_tuned_nightly_and_every_live_one_watched_retuned_and_applied() -> None:
-    """Per shipped target a nightly tune; per target with a live driver the watch, the re-tune
+    """Per shipped target a nightly tune and a regression check for CI; per target with a live driver the watch, the re-tune
     its drift event triggers, recommend and apply."""
     from flows.watch import DRIFT_EVENT
 
@@ -97,6 +97,8 @@ def test_every_target_is_tuned_nightly_and_every_live_one_watched_retuned_and_ap
     assert set(live_targets()) == set(LIVE_TARGETS)
     for target in ("sqlite", "rocksdb", *LIVE_TARGETS):
         assert f"{target}-nightly" in TUNE
+        assert DEPLOYMENTS[f"{target}-check"]["entrypoint"] == (
+            "flows/regression.py:check_regression")
     for target in LIVE_TARGETS:
         kinds = {n.removeprefix(f"{target}-") for n in DEPLOYMENTS if n.startswith(target)}
         assert {"watch", "on-drift", "recommend", "apply"} <= kinds, kinds
