@@ -36,6 +36,12 @@ def check_regression_command(
         "once the 95% interval is decisive (10).")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the check as one JSON "
                                           "object.")] = False,
+    windows: Annotated[int | None, typer.Option(
+        "--windows", min=2, help="A live instance: windows to observe (default: its policy).")
+    ] = None,
+    window_s: Annotated[float | None, typer.Option(
+        "--window-s", min=0.1, help="A live instance: seconds per window (default: its "
+        "policy).")] = None,
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Compare a job's result, a config or a live instance with the reference recorded for its
@@ -48,7 +54,8 @@ def check_regression_command(
 
     job = find_job(root, name)
     if config is None or job is None:  # nothing to run: no Prefect
-        check = regression_check(root, name, config=str(config) if config else None)
+        check = regression_check(root, name, config=str(config) if config else None,
+                                 windows=windows, window_s=window_s)
     else:
         from flows.cli_live import _flow_progress
         from flows.cli_tune import start_embedded_prefect_server

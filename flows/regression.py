@@ -235,11 +235,10 @@ def instance_regression(home: Path, name: str, *, windows: int | None = None,
     from flows.apply import acting_on
     from tasks.instances import InstanceStore
     from tasks.observe import observe
+    from tasks.reference import load_reference
 
-    store = InstanceStore(home)
-    from tasks.reference import load_reference  # the instance's reference (the watch's module)
-
-    reference = load_reference(store, name)
+    InstanceStore(home).get(name)  # an unknown name: the error says so
+    reference = load_reference(home, name)
     if reference is None:
         raise KnobflowError(f"instance '{name}' has no reference yet: its last tuning or "
                             f"actuation records one (`knobflow apply {name}`)")

@@ -100,6 +100,15 @@ def test_a_kept_actuation_becomes_the_reference(home: Path, synthetic: Instance,
     assert reference.source == f"actuation {done['id']} kept"
     assert (reference.config["x"], reference.config["threads"]) == (0.25, 16)
     assert len(reference.windows) >= 3 and reference.host["cpu_count"] == os.cpu_count()
+    # from CI: the instance now against that reference (the same config: no regression), then
+    # after a change made behind knobflow's back (a config far from the optimum: a regression)
+    check = ["check-regression", "syn-w", *WATCH, "--home", str(home)]
+    done = invoke_cli(check)
+    assert done.returncode == 0, done.stdout + done.stderr
+    live_system(synthetic.connection()).apply({"x": 0.8})
+    done = invoke_cli(check)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "instance syn-w's reference (actuation" in done.stdout
 
 
 def test_the_cooldown_holds_back_a_second_event(home: Path) -> None:
