@@ -12,4 +12,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "report": ("RunSummary", "TuneListener"),
     "spec": ("JobSpec",),
     "tune": ("tune",),
+    "watch": ("watch_flow",),
 })

@@ -24,7 +24,7 @@ from flows.cli_instance import _root, progress_printer
 
 __all__ = ["print_watch", "watch_command"]
 
-_out, _err = Console(), Console(stderr=True)
+_out = Console()
 
 
 def watch_command(
@@ -62,17 +62,10 @@ def watch_command(
         if line["status"] == "invalid" or line["drifted"]:
             raise typer.Exit(1)
         return
-    rounds = 0
-    try:
-        while True:
-            started = time.monotonic()
-            _round(root, name, as_json, **options)
-            rounds += 1
-            time.sleep(max(0.0, started + every - time.monotonic()))
-    except KeyboardInterrupt:
-        _err.print(f"knobflow watch: stopped after {rounds} observations of {name}",
-                   markup=False)
-        raise typer.Exit(130) from None
+    while True:  # until Ctrl-C or SIGTERM: "knobflow: interrupted", exit 130 (flows.cli)
+        started = time.monotonic()
+        _round(root, name, as_json, **options)
+        time.sleep(max(0.0, started + every - time.monotonic()))
 
 
 def _round(root: Path, name: str, as_json: bool, **options: Any) -> dict[str, Any]:

@@ -217,19 +217,20 @@ def instances_to_watch(store: InstanceStore, instance: str | None = None,
 
 
 def watch_instances(home: Path, names: Sequence[str], **options: Any) -> dict[str, Any]:
-    """``watch_instance`` for each of ``names`` (``options``: its keywords); an instance that
-    cannot be reached does not stop the others, and is raised (``EnvironmentFault``) at the
-    end. The lines, the instances that drifted, those an event was emitted for."""
+    """``watch_instance`` for each of ``names`` (``options``: its keywords). An instance that
+    cannot be reached (``EnvironmentFault``) or whose reference is unreadable (``KnobflowError``)
+    does not stop the others; the error is raised at the end (several: an ``EnvironmentFault``
+    naming each). The lines, the instances that drifted, those an event was emitted for."""
     results, faults = [], []
     for name in names:
         try:
             results.append(watch_instance(home, name, **options))
-        except EnvironmentFault as exc:
-            faults.append(f"{name}: {exc}")
-            results.append({"instance": name, "status": "error", "drifted": False,
-                            "event": False, "summary": str(exc), "note": str(exc)})
+        except (EnvironmentFault, KnobflowError) as exc:
+            faults.append((name, exc))
+    if len(faults) == 1 and len(names) == 1:
+        raise faults[0][1]
     if faults:
-        raise EnvironmentFault("the watch could not observe " + "; ".join(faults))
+        raise EnvironmentFault("the watch failed on " + "; ".join(f"{n}: {e}" for n, e in faults))
     return {"instances": results, "drifted": [r["instance"] for r in results if r["drifted"]],
             "events": [r["instance"] for r in results if r["event"]]}
 

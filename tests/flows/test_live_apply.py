@@ -65,6 +65,8 @@ def test_a_regressing_config_is_rolled_back_read_back_and_learned(
     assert "syn-1: rolled_back" in done.stdout
     after = show(home, "syn-1")["config"]
     assert after == before  # read back from the system
+    reference = json.loads((InstanceStore(home).dir("syn-1") / "reference.json").read_text())
+    assert reference["source"].endswith(" rolled back") and reference["config"] == before
     learned = yaml.safe_load((home / "rules" / "svc.learned.yaml").read_text())["rules"]
     assert any("x == 0.0" in r["when"] and r["provenance"]["instance"] == "syn-1"
                for r in learned)
@@ -95,6 +97,11 @@ def test_an_improving_config_is_kept(prefect_api: str, home: Path, synthetic: In
     assert "syn-1: kept" in done.stdout
     config = show(home, "syn-1")["config"]
     assert (config["x"], config["threads"]) == (0.25, 16)
+    # the watch's reference is now the windows after the change, on the kept config
+    reference = json.loads((InstanceStore(home).dir("syn-1") / "reference.json").read_text())
+    assert reference["source"] == f"actuation {history(home, 'syn-1')[-1]['id']} kept"
+    assert (reference["config"]["x"], reference["config"]["threads"]) == (0.25, 16)
+    assert len(reference["windows"]) >= 3 and reference["host"]["cpu_count"] >= 1
 
 
 def test_dry_run_and_refusals_change_nothing(prefect_api: str, home: Path, synthetic: Instance,

@@ -1,7 +1,8 @@
 """The watch on a live synthetic instance: the first watch records the reference, a watch without
 a change finds none, a workload change is drift (exit 1, naming the feature), an instance an
-actuation holds is skipped, a kept actuation becomes the reference, the cooldown holds back a
-second event, and the watch flow's event reaches a real Prefect server."""
+actuation holds is skipped, the cooldown holds back a second event, and the watch flow's event
+reaches a real Prefect server. (That a kept actuation becomes the reference is checked in
+tests/flows/test_live_apply.py, on the apply it runs anyway.)"""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ WATCH = ["--windows", "3", "--window-s", "0.5"]
 @pytest.fixture
 def synthetic(home: Path) -> Iterator[Instance]:
     instance = start_instance(home, "syn-w")
+    live = live_system(instance.connection())
+    wait_for(lambda: live.snapshot().values["ops"] > 0, "the load on the instance")
     yield instance
     stop_launched(Path(str(instance.data_dir)))
 
@@ -88,8 +91,9 @@ def test_the_watch_records_a_reference_then_sees_a_workload_change(
     assert code == 0 and "recorded as the reference (reset)" in out, out
 
 
-def test_a_kept_actuation_becomes_the_reference(home: Path, synthetic: Instance,
-                                                no_prefect_api: None) -> None:
+def test_check_regression_of_an_instance_against_its_reference(
+        home: Path, synthetic: Instance, no_prefect_api: None) -> None:
+    """From CI: the instance now against the reference its kept actuation recorded."""
     from flows.apply import acting_on, apply_to
 
     save_reference(home, "syn-w", Reference([], {}, source="first watch"))
@@ -98,10 +102,8 @@ def test_a_kept_actuation_becomes_the_reference(home: Path, synthetic: Instance,
     assert done["outcome"] == "kept", done
     reference = load_reference(home, "syn-w")
     assert reference.source == f"actuation {done['id']} kept"
-    assert (reference.config["x"], reference.config["threads"]) == (0.25, 16)
-    assert len(reference.windows) >= 3 and reference.host["cpu_count"] == os.cpu_count()
-    # from CI: the instance now against that reference (the same config: no regression), then
-    # after a change made behind knobflow's back (a config far from the optimum: a regression)
+    # the same config: no regression; then a change made behind knobflow's back (a config far
+    # from the optimum): a regression
     check = ["check-regression", "syn-w", *WATCH, "--home", str(home)]
     done = invoke_cli(check)
     assert done.returncode == 0, done.stdout + done.stderr
