@@ -19,6 +19,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "noise": ("NoiseCheck", "RepeatPolicy", "check_noise", "t_interval"),
     "probe": ("probe_noise",),
     "runner": ("TrialRunner", "run_trial"),
+    "services": ("ServiceSettings", "service_settings", "set_service_settings"),
     "model_runs": ("KindResult", "log_model_run"),
     "track": ("JobTracker", "start_tracking", "tag_flow_run"),
     "train": ("TrainReport", "train_models", "train_service_models"),
