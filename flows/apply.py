@@ -7,17 +7,24 @@ Prefect tasks; without a config it applies the instance's recommendation (``flow
 one at a time, the next only after the previous one kept the config; a rollback (or a refusal,
 or a failure) stops the rollout and the instances not reached are listed. Before acting on an
 instance, an actuation a killed knobflow left unfinished there is finished (``tasks.recover``).
+
+When the service requires approval (``approval: required``, ``tasks.services``), the run pauses
+after the plan is known and before anything changes, with the instance's lock released, until an
+operator approves or rejects (``flows.approval``); a canary asks once, for its first instance's
+plan. A rejection is recorded as ``rejected`` and changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.approval import approval_gate, approval_plan, ask_approval, settle
 from targets.common.errors import KnobflowError
 from targets.common.settings import knobflow_home
 from targets.live import ActuationRefused, live_system
@@ -25,6 +32,7 @@ from tasks.actlog import ActuationLog, Outcome
 from tasks.actuate import STEPS, TASKS, Actuation, Policy, actuate, check, rules_for
 from tasks.instances import InstanceStore, instance_lock
 from tasks.recover import recover
+from tasks.services import ServiceSettings
 
 __all__ = ["acting_on", "apply_flow", "apply_to", "log_path"]
 
@@ -82,7 +90,8 @@ def apply_flow(instance: str | None = None, service: str | None = None,
                dry_run: bool = False, home: str | None = None, windows: int | None = None,
                window_s: float | None = None) -> dict[str, Any]:
     """Apply ``config`` (knob: value; None: each instance's recommendation) to ``instance``, or
-    as a canary to the instances of ``service``; the result of each instance reached.
+    as a canary to the instances of ``service``; the result of each instance reached. A service
+    with ``approval: required`` pauses the run for an operator's answer before the change.
 
     Args:
         instance: The live instance to apply to (or give service).
@@ -103,28 +112,56 @@ def apply_flow(instance: str | None = None, service: str | None = None,
     if not names:
         raise KnobflowError(f"service '{service}' has no instances; add them with "
                             "`knobflow instance add` or `knobflow instance start`")
+    gate = approval_gate(root, store.get(names[0]).service, dry_run)
     results: list[dict[str, Any]] = []
-    for name in names:
-        with acting_on(root, name, windows=windows, window_s=window_s,
-                       on_progress=logger.info) as act:
-            changes, why, provenance = _changes_for(act, config, source)
-            if changes is None:  # the recommendation is to keep, or there is none
-                result = {"instance": name, "source": why, "outcome": Outcome.KEPT.value,
-                          "note": provenance["note"], "changes": {}}
-            else:
-                result = apply_to(act, changes, source=why, provenance=provenance,
-                                  dry_run=dry_run)
+    for index, name in enumerate(names):
+        opener = functools.partial(acting_on, root, name, windows=windows, window_s=window_s,
+                                   on_progress=logger.info)
+        result, changes = _apply_one(opener, config, source, dry_run=dry_run, gate=gate,
+                                     rollout=names[index:] if service is not None else [name])
+        if result.get("approval"):  # one approval for the whole rollout
+            gate = None
         results.append(result)
         logger.info("%s: %s (%s)", name, result["outcome"], result.get("note", ""))
         if result["outcome"] not in (Outcome.KEPT.value, Outcome.DRY_RUN.value):
             break
         if config is None and service is not None:  # the canary's config goes to the rest
-            config, source = dict(result.get("changes") or changes), f"canary of {name}"
+            config, source = dict(result.get("changes") or changes or {}), f"canary of {name}"
     reached = {r["instance"] for r in results}
     return {"service": service, "results": results,
             "not_reached": [n for n in names if n not in reached],
             "stopped": any(r["outcome"] not in (Outcome.KEPT.value, Outcome.DRY_RUN.value)
                            for r in results)}
+
+
+def _apply_one(opener: Callable[[], contextlib.AbstractContextManager[Actuation]],
+               config: Mapping[str, Any] | None, source: str, *, dry_run: bool,
+               gate: ServiceSettings | None, rollout: list[str]
+               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One instance's actuation (asking for approval first when ``gate`` says so, with no lock
+    held while the run waits); its result and the changes asked for."""
+    with opener() as act:
+        changes, why, provenance = _changes_for(act, config, source)
+        if changes is None:  # the recommendation is to keep, or there is none
+            return {"instance": act.instance.name, "source": why,
+                    "outcome": Outcome.KEPT.value, "note": provenance["note"],
+                    "changes": {}}, None
+        if gate is None:
+            return apply_to(act, changes, source=why, provenance=provenance,
+                            dry_run=dry_run), changes
+        preview = apply_to(act, changes, source=why, provenance=provenance, dry_run=True)
+        if preview["outcome"] != Outcome.DRY_RUN.value or not preview["diff"]:
+            return (preview if preview["outcome"] != Outcome.DRY_RUN.value else
+                    apply_to(act, changes, source=why, provenance=provenance)), changes
+        plan = approval_plan(act, preview, provenance, gate, rollout)
+    answer = ask_approval(plan, act.say)
+    with opener() as act:
+        done = settle(act, plan, answer, provenance)
+        if done is None:
+            done = {**apply_to(act, changes, source=why,
+                               provenance={**provenance, "approval": answer}),
+                    "approval": answer}
+    return done, changes
 
 
 def _changes_for(act: Actuation, config: Mapping[str, Any] | None, source: str

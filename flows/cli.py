@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from flows.cli_approval import approvals_command, approve_command, reject_command
 from flows.cli_help import EXIT_CODES, HOME_OPTION, UNUSED_HOME_OPTION, PlainCommand, TuneCommand
 from flows.cli_instance import instance_app
 from flows.cli_live import apply_command, history_command, observe_command, recommend_command
@@ -27,6 +28,7 @@ from flows.cli_regression import check_regression_command
 from flows.cli_report import report_command
 from flows.cli_rules import rules_app, validate_command
 from flows.cli_serve import serve_command
+from flows.cli_service import service_app
 from flows.cli_tune import tune_command
 from flows.cli_watch import watch_command
 from targets.common.errors import EnvironmentFault, KnobflowError, fmt_value
@@ -52,7 +54,8 @@ class KnobflowCommand(TyperGroup):
     def format_epilog(self, ctx: Any, formatter: Any) -> None:
         with formatter.section("Exit codes"):
             blocked = ("3", "knobflow validate: a rule blocks the config; knobflow apply: the "
-                       "change was refused (a rule, the policy, the system), nothing changed")
+                       "change was refused (a rule, the policy, the system) or rejected by an "
+                       "operator, nothing changed")
             formatter.write_dl([*EXIT_CODES[:3], blocked, *EXIT_CODES[3:]])
 
 
@@ -111,10 +114,13 @@ app.add_typer(rules_app, name="rules")
 app.command("validate", cls=PlainCommand)(validate_command)
 app.command("tune", cls=TuneCommand)(tune_command)
 app.add_typer(instance_app, name="instance")
+app.add_typer(service_app, name="service")
 for _name, _command in (("observe", observe_command), ("recommend", recommend_command),
                         ("apply", apply_command), ("history", history_command),
                         ("watch", watch_command), ("report", report_command),
-                        ("check-regression", check_regression_command)):
+                        ("check-regression", check_regression_command),
+                        ("approve", approve_command), ("reject", reject_command),
+                        ("approvals", approvals_command)):
     app.command(_name, cls=PlainCommand)(_command)
 app.command("serve", cls=PlainCommand)(serve_command)
 

@@ -4,7 +4,7 @@
 ``flows.recommend`` and ``flows.apply`` (on the temporary API unless ``PREFECT_API_URL`` names a
 server); ``history`` prints an instance's actuation log. Exit codes of ``apply``: 0 the config was
 kept (or nothing to change, or a dry run), 1 it was rolled back or the actuation failed, 3 it was
-refused (a rule, the policy or the system: nothing was changed).
+refused (a rule, the policy or the system) or rejected by an operator: nothing was changed.
 """
 
 from __future__ import annotations
@@ -125,8 +125,9 @@ def apply_command(
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Apply a config to a live instance, verify it against the windows before, keep it or roll
-    it back; with --service, a canary over the service's instances. Exit 0 kept, 1 rolled back
-    or failed, 3 refused (nothing changed)."""
+    it back; with --service, a canary over the service's instances. A service with approval
+    required waits for knobflow approve or reject first. Exit 0 kept, 1 rolled back or failed,
+    3 refused or rejected (nothing changed)."""
     if service is not None and name is not None and config is None:
         name, config = None, Path(name)  # `apply --service S CONFIG`: the one argument is CONFIG
     if (name is None) == (service is None):
@@ -138,6 +139,7 @@ def apply_command(
     if name is not None:
         InstanceStore(root).get(name)  # an unknown name answers at once, before Prefect starts
     changes = _read_changes(root, name, service, config)
+    _check_approval(root, service or InstanceStore(root).get(str(name)).service, dry_run)
     from flows.apply import apply_flow
     from flows.cli_tune import start_embedded_prefect_server
 
@@ -148,10 +150,20 @@ def apply_command(
                             dry_run=dry_run, home=str(root), windows=windows, window_s=window_s)
     _print_apply(result, as_json)
     outcomes = [r["outcome"] for r in result["results"]]
-    if any(o == "refused" for o in outcomes):
+    if any(o in ("refused", "rejected") for o in outcomes):
         raise typer.Exit(3)
     if any(o not in ("kept", "dry_run") for o in outcomes):
         raise typer.Exit(1)
+
+
+def _check_approval(root: Path, service: str, dry_run: bool) -> None:
+    """A service that requires approval needs a Prefect server: said before any flow starts."""
+    from tasks.services import service_settings
+
+    if not dry_run and service_settings(root, service).approval == "required":
+        from flows.approval import require_server
+
+        require_server(f"service {service} requires approval (approval: required): apply")
 
 
 def _read_changes(root: Path, name: str | None, service: str | None,

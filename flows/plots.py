@@ -29,7 +29,8 @@ __all__ = [
 
 #: The colour of each way an actuation can end (``tasks.actlog.Outcome``), and of one unfinished.
 OUTCOME_COLOURS = {"kept": "#228833", "rolled_back": "#ee7733", "refused": "#aa3377",
-                   "failed": "#cc3311", "dry_run": "#999999", "unfinished": "#000000"}
+                   "failed": "#cc3311", "dry_run": "#999999", "rejected": "#0077bb",
+                   "unfinished": "#000000"}
 
 
 def _num(value: float) -> str:

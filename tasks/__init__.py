@@ -21,6 +21,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "probe": ("probe_noise",),
     "reference": ("Reference", "load_reference", "read_drift", "save_reference"),
     "runner": ("TrialRunner", "run_trial"),
+    "services": ("ServiceSettings", "service_settings", "set_service_settings"),
     "model_runs": ("KindResult", "log_model_run"),
     "track": ("JobTracker", "start_tracking", "tag_flow_run"),
     "train": ("TrainReport", "train_models", "train_service_models"),

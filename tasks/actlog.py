@@ -13,7 +13,8 @@ The fields each phase carries (the actuation task writes them; ``history_table``
 
 =================  ==================================================================
 begin              ``source`` (what proposed the config), ``changes`` {knob: value},
-                   ``before_config`` {knob: value} (the effective config, read back)
+                   ``before_config`` {knob: value} (the effective config, read back),
+                   ``provenance`` (a recommendation's; ``approval``: the operator's answer)
 observed_before    ``values`` (the windows' metric), ``metric``, ``direction``
 applied            ``applied`` {knob: value} (read back after the change)
 observed_after     ``values``
@@ -21,7 +22,8 @@ decided            ``keep`` (bool), ``reasons`` [text], ``test`` (``ChangeTest.t
 rolled_back        ``restored`` {knob: value} (read back)
 learned            ``rule`` (the learned rule's id)
 recovered          ``action`` ("completed" | "rolled_back"), ``crashed_pid``
-done               ``outcome`` (``Outcome``), ``note`` (why it ended so, for refused/failed)
+done               ``outcome`` (``Outcome``), ``note`` (why it ended so, for refused/failed;
+                   for rejected: by whom, when, the reason)
 =================  ==================================================================
 """
 
@@ -63,6 +65,7 @@ class Outcome(enum.StrEnum):
     REFUSED = "refused"
     FAILED = "failed"
     DRY_RUN = "dry_run"
+    REJECTED = "rejected"  # an operator (or the approval's timeout) said no: nothing changed
 
 
 #: Keys every line has; a phase's fields may not use them.
@@ -253,7 +256,8 @@ def _ended(actuation: Actuation) -> str:
     outcome = actuation.outcome
     words = {Outcome.KEPT: "kept", Outcome.ROLLED_BACK: "rolled back",
              Outcome.REFUSED: "refused", Outcome.FAILED: "failed",
-             Outcome.DRY_RUN: "dry run: nothing applied", None: "done"}[outcome]
+             Outcome.DRY_RUN: "dry run: nothing applied",
+             Outcome.REJECTED: "rejected, nothing changed", None: "done"}[outcome]
     if Phase.RECOVERED in actuation.phases:
         return f"{words} by recovery after a crash (pid {fields.get('crashed_pid', '?')})"
     if outcome in (Outcome.KEPT, Outcome.ROLLED_BACK):

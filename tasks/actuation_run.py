@@ -85,6 +85,7 @@ def log_actuation_run(home: Path, instance: Instance, log: ActuationLog,
                      tags=[RunTag("knobflow.decision", "keep" if decided.get("keep")
                                   else "rollback" if decided else "none")])
     client.log_text(run.info.run_id, json.dumps(lines, indent=2, default=str), "actuation.json")
-    status = "FINISHED" if done.get("outcome") in ("kept", "rolled_back", "dry_run") else "FAILED"
+    ended = ("kept", "rolled_back", "dry_run", "rejected")  # as asked; else FAILED
+    status = "FINISHED" if done.get("outcome") in ended else "FAILED"
     client.set_terminated(run.info.run_id, status)
     return str(run.info.run_id)

@@ -136,14 +136,22 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
         ("report", "nope"): 2,
         ("serve", "--list", "--target", "nope"): 2,
         ("check-regression", "nope"): 2,
+        ("service", "show", "nope"): 0,  # a service never set has the defaults
+        ("service", "set", "nope", "approval=maybe"): 2,
+        ("approve", "nope"): 2,  # no Prefect server here
+        ("reject", "nope"): 2,
+        ("approvals",): 2,
     }
-    grouped = ("rules", "instance")
+    grouped = ("rules", "instance", "service")
     assert {words[:2] if words[0] in grouped else words[:1] for words in runs} | {
         ("tune",), ("check-target",)} == set(LEAVES)
-    for args, code in runs.items():
-        result = invoke_cli([*args, "--home", str(home)])
-        assert result.returncode == code, (args, result.stderr)
-        assert "No such option" not in result.stderr
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # whatever ran before
+        for args, code in runs.items():
+            result = invoke_cli([*args, "--home", str(home)])
+            assert result.returncode == code, (args, result.stderr)
+            assert "No such option" not in result.stderr
     assert expert_path(home, "sqlite").exists()  # import stored under --home
 
 
