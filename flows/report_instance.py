@@ -200,19 +200,12 @@ def _drift_table(page: Page, drifts: list[DriftEvent]) -> None:
 def log_instance_page(home: Path, instance: Instance, page: str) -> str:
     """Log ``page`` as ``report.html`` of the instance's report run (made on first use, then
     reused); its id."""
-    from model_registry.store import (
-        client_for,
-        default_artifact_root,
-        experiment_id,
-        source_tags,
-    )
+    from model_registry.store import client_for, source_tags
+    from tasks.actuation_run import actuations_experiment
 
     uri = tracking_uri(home)
     client = client_for(uri)
-    exp = experiment_id(client, f"knobflow/{instance.target}/actuations",
-                        default_artifact_root(uri),
-                        "knobflow apply: one run per actuation of a live instance; knobflow "
-                        "report: one run per instance holding its report.html")
+    exp = actuations_experiment(client, uri, instance.target)
     found = client.search_runs(
         [exp], filter_string=f"tags.`knobflow.instance` = '{instance.name}' and "
         f"tags.`{REPORT_TAG}` = 'instance'", max_results=1,

@@ -31,7 +31,15 @@ from targets.common.settings import tracking_uri
 from tasks.actlog import ActuationLog
 from tasks.instances import Instance
 
-__all__ = ["log_actuation_run"]
+__all__ = ["actuations_experiment", "log_actuation_run"]
+
+
+def actuations_experiment(client: Any, uri: str, target: str) -> str:
+    """The id of the experiment ``knobflow/<target>/actuations`` (made on first use)."""
+    return experiment_id(client, f"knobflow/{target}/actuations", default_artifact_root(uri),
+                         "knobflow apply: one run per actuation of a live instance (config "
+                         "diff, windows before and after, test, rules fired, decision); "
+                         "knobflow report: one run per instance holding its report.html")
 
 
 def _window_metrics(observation: dict[str, Any], prefix: str, objective: str,
@@ -53,10 +61,7 @@ def log_actuation_run(home: Path, instance: Instance, log: ActuationLog,
     objective = str(begin.get("objective", ""))
     uri = tracking_uri(home)
     client = client_for(uri)
-    exp = experiment_id(client, f"knobflow/{instance.target}/actuations",
-                        default_artifact_root(uri),
-                        "knobflow apply: one run per actuation of a live instance (config "
-                        "diff, windows before and after, test, rules fired, decision)")
+    exp = actuations_experiment(client, uri, instance.target)
     run = client.create_run(exp, run_name=f"{instance.name}/apply-{actuation_id}", tags={
         **source_tags("flows/apply.py"), "knobflow.instance": instance.name,
         "knobflow.service": instance.service, "knobflow.target": instance.target,
