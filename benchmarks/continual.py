@@ -69,6 +69,18 @@ def _runs(env: dict[str, str], flow: str, after: float) -> list[Any]:
     return sorted((r for r in runs if r.created.timestamp() >= after), key=lambda r: r.created)
 
 
+def _logs(env: dict[str, str], runs: list[Any]) -> list[str]:
+    """The log lines of flow ``runs``."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flows.server import api_client
+
+    with api_client(env) as api:
+        logs = api.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[r.id for r in runs])), limit=200)
+    return [entry.message for entry in logs]
+
+
 def _case(name: str, home: Path, env: dict[str, str], args: argparse.Namespace
           ) -> dict[str, Any]:
     from targets.live_daemon import launch, stop_launched
@@ -104,8 +116,12 @@ def _case(name: str, home: Path, env: dict[str, str], args: argparse.Namespace
             time.sleep(2)
         retune = done[0]
         tune = _runs(env, "tune", t0)[0]
-        acts = [json.loads(line) for line in
-                (InstanceStore(home).dir(inst) / "actuations.jsonl").read_text().splitlines()]
+        log = InstanceStore(home).dir(inst) / "actuations.jsonl"
+        acts = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        if not acts:  # nothing was actuated: say what the apply said
+            print(f"{name}: re-tune {retune.state.name} ({retune.state.message}); apply said:")
+            for line in _logs(env, _runs(env, "apply", t0)):
+                print("   ", line)
         ratio = next((a.get("test", {}).get("ratio") for a in reversed(acts)
                       if a.get("test")), None)
         return {"case": name, "state": retune.state.name, "detect_s": detected - t0,
@@ -151,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(r["case"], r["state"], f"{r['detect_s']:.0f}", f"{r['event_to_run_s']:.0f}",
                       f"{r['tune_s']:.0f}", f"{r['apply_s']:.0f}", f"{r['total_s']:.0f}",
                       str(r["outcome"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}")
-    Console().print(table)
+    Console(width=150).print(table)
     return 0
 
 
