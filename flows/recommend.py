@@ -18,9 +18,19 @@ from model_registry.recommend import Recommendation, recommend, recommend_task
 from targets.common.settings import knobflow_home, tracking_uri
 from tasks.actuate import Actuation
 from tasks.observe import Observation, observe, observe_task
-from tuners.space import SearchSpace
+from tuners.space import SearchSpace, space_for_knobs
 
-__all__ = ["recommend_flow", "recommend_for"]
+__all__ = ["recommend_flow", "recommend_for", "runtime_space"]
+
+
+def runtime_space(act: Actuation) -> SearchSpace:
+    """The knobs a recommendation for ``act``'s instance may change: all of them with a restart
+    command, otherwise those that need no restart (the rest keep their live values)."""
+    spec = act.live.spec
+    if act.live.connection.restart_command:
+        return SearchSpace.full(spec)
+    return space_for_knobs(spec, [k.name for k in spec if not k.restart],
+                           source=f"instance {act.instance.name} (no restart command)")
 
 
 def recommend_for(act: Actuation, seen: Observation | None = None, seed: int = 0,
@@ -40,7 +50,7 @@ def recommend_for(act: Actuation, seen: Observation | None = None, seed: int = 0
         # the features models know; a live driver may observe more (counted, not modelled)
         fingerprint={k: v for k, v in seen.fingerprint.items() if k in features},
         table=service_table(act.home, act.instance.service),
-        tracking_uri=tracking_uri(act.home), space=SearchSpace.full(act.live.spec),
+        tracking_uri=tracking_uri(act.home), space=runtime_space(act),
         rules=act.rules, instance=act.instance.name, max_knobs=act.policy.max_knobs, seed=seed)
 
 

@@ -244,3 +244,21 @@ def test_instance_policy_is_shown_changed_and_checked(home: Path) -> None:
     bad = invoke_cli(["instance", "policy", "kv-9", "drift_alpha=0.9", "--home", str(home)])
     assert bad.returncode == 2
     assert "policy 'drift_alpha' must be a number in (0.0, 0.5)" in bad.stderr
+
+
+def test_a_recommendation_changes_no_restart_knob_of_an_instance_without_restart(
+        home: Path, synthetic: Instance) -> None:
+    """Found by benchmarks/continual.py: a recommended buffer_kb (restart: true) was refused on
+    an instance with no restart command, so the re-tune applied nothing."""
+    import dataclasses
+
+    from flows.apply import acting_on
+    from flows.recommend import runtime_space
+
+    with acting_on(home, "syn-1") as act:
+        spec = act.live.spec
+        restart_knobs = {k.name for k in spec if k.restart}
+        assert restart_knobs and not act.live.connection.restart_command
+        assert not restart_knobs & set(runtime_space(act).names)
+        act.live.connection = dataclasses.replace(act.live.connection, restart_command="true")
+        assert restart_knobs <= set(runtime_space(act).names)
