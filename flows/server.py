@@ -109,7 +109,7 @@ class PrefectServer:
             raise ServerFault(f"knobflow's Prefect server under {self.dir} is not running")
         return {"PREFECT_API_URL": str(data["url"]), "PREFECT_API_AUTH_STRING": self.auth()}
 
-    def start(self, timeout: float = 120.0) -> dict[str, str]:
+    def start(self, timeout: float = 300.0) -> dict[str, str]:
         """Start the server (or find it running) and wait until it answers; the client env."""
         running = self.record()
         if running is not None:

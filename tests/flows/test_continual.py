@@ -37,14 +37,15 @@ def flow_runs(env: dict[str, str], deployment: str) -> list[Any]:
 
 
 def start_serve(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``knobflow serve`` in the background with exactly the environment ``env``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "serve", "--home", str(home), *args], cwd=REPO,
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     return proc
 
 
-def wait_serving(proc: subprocess.Popen[str], timeout: float = 180) -> str:
+def wait_serving(proc: subprocess.Popen[str], timeout: float = 480) -> str:
     """The serve process's output up to its 'serving' line."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout
@@ -135,7 +136,7 @@ def test_a_workload_change_is_detected_retuned_and_applied_through_prefect(home:
             assert drift[-1]["drifted"] and drift[-1]["event"], drift[-1]
             retune = wait_for(lambda: [r for r in flow_runs(env, "retune/synthetic-on-drift")
                                        if r.state and r.state.is_final()],
-                              "the re-tune the drift event triggers", timeout=600, interval=2)
+                              "the re-tune the drift event triggers", timeout=900, interval=2)
             print(f"workload change to applied config: {time.monotonic() - began:.0f} s")
         finally:
             code, rest, left = stop_serve(serve)
