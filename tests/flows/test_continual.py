@@ -96,9 +96,18 @@ def check_served(shown: str, env: dict[str, str]) -> None:
         assert name in shown
     assert "every 300 s" in shown and "cron 30 4 * * * UTC" in shown
     assert "on knobflow.drift.detected" in shown
-    with api_client(env) as api:
-        deployments = {d.name: d for d in api.read_deployments()}
-        automations = api.read_automations()
+    wanted = {"synthetic-nightly", "synthetic-watch", "synthetic-on-drift"}
+
+    def served() -> tuple[dict[str, Any], list[Any]] | None:
+        with api_client(env) as api:  # the runner registers them after serve says "serving"
+            deployments = {d.name: d for d in api.read_deployments()}
+            automations = api.read_automations()
+        done = wanted <= set(deployments) and any("synthetic-on-drift" in a.name
+                                                  for a in automations)
+        return (deployments, automations) if done else None
+
+    deployments, automations = wait_for(served, "the served deployments and the re-tune's "
+                                        "automation on the server", timeout=120, interval=1)
     assert {"synthetic-nightly", "synthetic-watch", "synthetic-on-drift"} <= set(deployments)
     assert deployments["synthetic-watch"].schedules[0].schedule.interval.total_seconds() == 300
     assert any("synthetic-on-drift" in a.name for a in automations)
