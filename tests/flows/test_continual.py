@@ -64,8 +64,8 @@ def stop_serve(proc: subprocess.Popen[str]) -> tuple[int, str, list[psutil.Proce
     """SIGINT, as Ctrl-C; its exit code, the rest of its output, and what it left running."""
     tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
-    psutil.wait_procs(tree, timeout=20)
+    rest, _ = proc.communicate(timeout=300)  # the runner pauses its deployments first
+    psutil.wait_procs(tree, timeout=60)
     return proc.returncode, rest, [p for p in tree if p.is_running()
                                    and p.status() != psutil.STATUS_ZOMBIE]
 

@@ -162,11 +162,11 @@ def served(recorded: Recorded) -> Iterator[str]:
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C stops `prefect ... serve`
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=240)  # the runner pauses its deployment first: slow when loaded
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("the served process did not stop on SIGINT")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while _group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not _group_alive(proc.pid), "a process of the served deployment is left"
