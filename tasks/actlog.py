@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from targets.common.errors import KnobflowError
-from targets.common.files import display_path
+from targets.common.files import display_path, write_all_synced
 
 __all__ = ["Actuation", "ActuationLog", "Outcome", "Phase", "history_table"]
 
@@ -164,10 +164,7 @@ class ActuationLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # writers of one log take turns
             self._cut_torn_tail(fd)
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            write_all_synced(fd, line)
         finally:
             os.close(fd)
         if not existed:  # the new file's name is on disk too

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from targets.common.errors import KnobflowError
-from targets.common.files import display_path, write_text_atomic
+from targets.common.files import display_path, write_all_synced, write_text_atomic
 from targets.live import Window
 from tasks.actlog import Actuation, Outcome, Phase
 from tasks.instances import Instance, InstanceStore
@@ -156,10 +156,7 @@ def append_drift(home: str | os.PathLike[str], name: str, line: Mapping[str, Any
     data = (json.dumps(dict(line), default=str, ensure_ascii=False) + "\n").encode("utf-8")
     fd = os.open(_drift_path(home, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        write_all_synced(fd, data)
     finally:
         os.close(fd)
 

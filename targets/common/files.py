@@ -40,10 +40,19 @@ from targets.common.errors import KnobflowError, fmt_value
 __all__ = [
     "CONFIG_FILE", "IMPORT_FILE", "SPACE_FILE", "SPEC_FILE", "WORKLOAD_FILE", "UserFile",
     "atomic_path", "display_path", "env_limit", "excerpt", "file_lock", "read_user_file",
-    "write_text_atomic",
+    "write_all_synced", "write_text_atomic",
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_all_synced(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (short writes continued) and fsync it: on disk when this
+    returns (append-only logs: the actuation log, the drift log)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
