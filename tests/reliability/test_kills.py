@@ -87,8 +87,13 @@ def test_ten_random_kills_of_a_sqlite_job_lose_nothing_and_leave_nothing(
     kept: dict[int, tuple[dict, float | None]] = {}
     for kill in range(10):
         resume = ["tune", "sqlite", "--resume", "--home", str(home)]
-        proc = start_cli(resume if _job(home) else base, prefect_api)
+        fresh = _job(home) is None
+        proc = start_cli(base if fresh else resume, prefect_api)
         seen = JobProcesses(proc.pid, home)
+        if fresh:  # a loaded machine can take longer than 9 s to record the job: the first
+            # kill comes after the record, or no kill would leave anything to resume
+            wait_for(lambda p=proc: _job(home) is not None or p.poll() is not None,
+                     "the job's record", timeout=180)
         moment = time.monotonic() + rng.uniform(0.5, 9.0)
         while time.monotonic() < moment and proc.poll() is None:
             seen.record()
