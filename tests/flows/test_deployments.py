@@ -88,10 +88,9 @@ def test_a_tune_deployment_names_a_target_and_checks_its_parameters(
 
 
 def test_every_target_is_tuned_nightly_and_every_live_one_watched_retuned_and_applied() -> None:
-    """Per shipped target a nightly tune and a regression check for CI; per target with a live driver the watch, the re-tune
-    its drift event triggers, recommend and apply."""
+    """Per shipped target a nightly tune and a regression check for CI; per target with a live
+    driver the watch, the re-tune its drift event triggers, recommend and apply."""
     from flows.watch import DRIFT_EVENT
-
     from targets.live import live_targets
 
     assert set(live_targets()) == set(LIVE_TARGETS)
