@@ -26,7 +26,7 @@ import psutil
 from filelock import FileLock
 
 from flows import stack_services as svc
-from flows.server import PrefectServer, api_answers
+from flows.server import PrefectServer
 from flows.stack_postgres import LOOPBACK, StackPostgres, answers, pgpass_line
 from targets.common.errors import EnvironmentFault
 from targets.process import free_port, private_dir, write_private
@@ -131,7 +131,7 @@ class Stack:
         components["prefect"] = {
             "url": data["prefect"]["url"], "pid": data["prefect"]["server"]["pid"],
             "running": svc.alive(data["prefect"]["server"]),
-            "answers": api_answers(data["prefect"]["url"], f"{USER}:{secret}")}
+            "answers": svc.prefect_answers(data["prefect"]["url"], secret)}
         components["mlflow"] = {
             "url": data["mlflow"]["url"], "pid": data["mlflow"]["server"]["pid"],
             "running": svc.alive(data["mlflow"]["server"]),
@@ -215,6 +215,9 @@ class Stack:
                 self._write_record(data)
         self.progress(f"prefect    {client['PREFECT_API_URL']}  "
                       f"({time.monotonic() - step:.1f} s)")
+        if svc.http_status(f"{client['PREFECT_API_URL']}/admin/version") != 401:
+            raise svc.ComponentFault("the Prefect server answers a request without the "
+                                     "password: its basic auth is not on")
         svc.wait_mlflow(ml_proc, ml_url, secret, self.dir / "logs" / "mlflow.log")
         self.progress(f"mlflow     {ml_url}  ({time.monotonic() - step:.1f} s)")
 

@@ -111,6 +111,7 @@ class StackPostgres:
         password), or, for an existing server, the password the operator put in DIR/secret."""
         secret_file = self.dir / "secret"
         if self.external:
+            self.address(0)  # the URL is checked first
             try:
                 secret = secret_file.read_text(encoding="utf-8").strip()
             except OSError:

@@ -30,7 +30,7 @@ from targets.process import last_lines, new_secret, write_private
 
 __all__ = [
     "QUEUES", "ComponentFault", "alive", "end_group", "ensure_work_pool", "http_status",
-    "identity", "mlflow_answers", "start_mlflow", "start_worker", "wait_workers",
+    "identity", "mlflow_answers", "prefect_answers", "start_mlflow", "start_worker", "wait_workers",
 ]
 
 USER = "knobflow"
@@ -135,6 +135,12 @@ def mlflow_answers(url: str, secret: str | None) -> bool:
     """Whether the tracking server at ``url`` answers knobflow (with the secret) and only it."""
     probe = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
     return bool(secret) and http_status(probe, (USER, secret or "")) == 200
+
+
+def prefect_answers(url: str, secret: str | None) -> bool:
+    """Whether the Prefect API at ``url`` answers knobflow (``/health`` answers anyone: this
+    asks something that needs the secret)."""
+    return bool(secret) and http_status(f"{url}/admin/version", (USER, secret or "")) == 200
 
 
 def start_mlflow(dir: Path, *, backend_uri: str, host: str, port: int, secret: str,
