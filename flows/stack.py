@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -168,6 +170,10 @@ class Stack:
                 self._stop_record(data, pg)
                 self.record_path.unlink(missing_ok=True)
                 raise StackError(str(exc)) from None
+            except BaseException:  # Ctrl-C: nothing started may be left running
+                self._stop_record(data, pg)
+                self.record_path.unlink(missing_ok=True)
+                raise
             self.progress(f"stack up in {time.monotonic() - began:.1f} s: {self.dir}")
         if workers:
             self.start_workers(workers, pool)
@@ -175,6 +181,7 @@ class Stack:
 
     def _start_all(self, data: dict[str, Any], previous: Mapping[str, Any],
                    pg: StackPostgres) -> None:
+        threading.Thread(target=_import_prefect_client, daemon=True).start()  # while waiting
         host = data["host"]
         client_host = "127.0.0.1" if host in ("0.0.0.0", "*") else host
         step = time.monotonic()
@@ -328,6 +335,13 @@ def _processes(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return found
 
 
+def _import_prefect_client() -> None:
+    """Import what the work pool's creation needs (seconds), while the servers start."""
+    with contextlib.suppress(Exception):
+        import prefect.client.orchestration
+        import prefect.workers.process  # noqa: F401
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")))
@@ -339,10 +353,11 @@ def _sweep(dir: Path) -> None:
     """SIGKILL what is left whose command line names the stack's directory (a flow run a killed
     worker left, say): nothing of the stack may outlive ``stop``."""
     mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    names = re.compile(re.escape(str(dir)) + r"(?=/|\s|$)")  # not /tmp/st10 for /tmp/st1
     left = []
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if proc.pid not in mine and str(dir) in " ".join(proc.info["cmdline"] or []):
+            if proc.pid not in mine and names.search(" ".join(proc.info["cmdline"] or [])):
                 proc.kill()
                 left.append(proc)
     psutil.wait_procs(left, timeout=5)

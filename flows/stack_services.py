@@ -152,7 +152,7 @@ def start_mlflow(dir: Path, *, backend_uri: str, host: str, port: int, secret: s
     config = dir / "mlflow-auth.ini"
     write_private(config, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                   f"database_uri = sqlite:///{dir / 'mlflow-auth.db'}\n"
-                  f"admin_username = {USER}\nadmin_password = {secret}\n"
+                  f"admin_username = {USER}\nadmin_password = {secret.replace('%', '%%')}\n"
                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     (dir / "artifacts").mkdir(mode=0o700, exist_ok=True)
     flask_key = dir / "mlflow-flask.key"  # signs its CSRF tokens: kept across restarts
@@ -167,6 +167,8 @@ def start_mlflow(dir: Path, *, backend_uri: str, host: str, port: int, secret: s
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
            "--serve-artifacts", "--artifacts-destination", str(dir / "artifacts"),
            "--host", host, "--port", str(port), "--workers", "1", "--app-name", "basic-auth"]
+    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):  # clients name it by address
+        cmd += ["--allowed-hosts", f"{host},{host}:{port},localhost,127.0.0.1"]
     log_path = dir / "logs" / "mlflow.log"
     proc = _popen(cmd, log_path, env, cwd=dir)
     return proc
