@@ -71,14 +71,14 @@ def status(
     elif not report["components"]:
         print(f"no stack in {report['dir']}")
     else:
-        print(f"stack {report['dir']}: {'up' if report['running'] else 'NOT all up'}")
+        print(f"stack {report['dir']}: {'up' if report['up'] else 'NOT all up'}")
         for name, c in report["components"].items():
             state = "answers" if c["answers"] else ("runs, no answer" if c["running"]
                                                     else "DOWN")
             print(f"  {name:<24} {state:<16} pid {c['pid']!s:<8} {c['url']}")
     if not report["components"]:
         raise typer.Exit(3)
-    if not report["running"]:
+    if not report["up"]:
         raise typer.Exit(1)
 
 

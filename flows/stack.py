@@ -122,7 +122,7 @@ class Stack:
         """Each component: its URL, pid, whether it runs and whether it answers knobflow."""
         data = self.record()
         if data is None:
-            return {"dir": str(self.dir), "running": False, "components": {}}
+            return {"dir": str(self.dir), "up": False, "components": {}}
         secret = self.secret() if self.secret_file.exists() else ""
         pg, components = data["postgres"], {}
         pg_host = pg["client_host"]
@@ -145,7 +145,7 @@ class Stack:
                                                    if worker.get("queue") else ""),
                 "pid": worker["pid"], "running": up, "answers": up}
         every = all(c["running"] and c["answers"] for c in components.values())
-        return {"dir": str(self.dir), "running": every, "pool": data.get("pool"),
+        return {"dir": str(self.dir), "up": every, "pool": data.get("pool"),
                 "components": components}
 
     # -- start -------------------------------------------------------------------------------
@@ -369,6 +369,7 @@ def _port(previous: int | None, host: str) -> int:
         import socket
 
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
             try:
                 sock.bind(("127.0.0.1" if host in LOOPBACK else host, int(previous)))
                 return int(previous)
