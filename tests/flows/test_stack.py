@@ -76,7 +76,7 @@ def test_start_records_the_stack_and_env_points_at_it_without_the_secret(started
     status = stack_cli("status", "--dir", str(started), "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     report = json.loads(status.stdout)
-    assert set(report["components"]) == {"postgres", "prefect", "mlflow"}
+    assert report["up"] and set(report["components"]) == {"postgres", "prefect", "mlflow"}
     assert all(c["answers"] and c["pid"] for c in report["components"].values()), report
     env = stack_cli("env", "--dir", str(started))
     assert env.returncode == 0, env.stderr
