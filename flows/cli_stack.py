@@ -8,8 +8,11 @@ component and ends with the tail of its log).
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +49,8 @@ def start(
         "firewall it).")] = "127.0.0.1",
 ) -> None:
     """Start the stack (nothing is done if it already runs)."""
-    quiet_environment()
+    os.environ.update(DO_NOT_TRACK="true", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                      MLFLOW_DISABLE_TELEMETRY="true")  # not a stack KNOBFLOW_CONFIG names
     stack = Stack(dir)
     try:
         started = stack.start(workers=workers, pool=pool, postgres_url=postgres_url, host=host)
@@ -100,6 +104,54 @@ def env(dir: Annotated[Path, DIR_OPTION] = DEFAULT_DIR) -> None:
         raise typer.Exit(1) from None
     for key, value in values.items():
         print(f"export {key}={shlex.quote(value)}")
+
+
+@app.command()
+def workers(
+    n: Annotated[int, typer.Option("--workers", min=1, help="Workers to run.")] = 1,
+    pool: Annotated[str | None, typer.Option(
+        "--pool", help="The work pool (default: work_pool of the settings).")] = None,
+    queue: Annotated[str | None, typer.Option(
+        "--queue", help="Poll this work queue only (default: every queue of the pool).")] = None,
+    dir: Annotated[Path, typer.Option(
+        "--dir", help="Where the workers' logs go (DIR/logs).")] = Path(".knobflow-workers"),
+) -> None:
+    """Run Prefect workers on this host (a test-bed host) for the stack that KNOBFLOW_CONFIG
+    names, until Ctrl-C or SIGTERM; their API URL and secret go through their environment."""
+    from flows.stack import WORKER_SIGNALS
+    from flows.stack_services import end_group, identity, start_worker, worker_name
+    from targets.common.errors import KnobflowError
+    from targets.common.settings import current_settings
+    from targets.process import private_dir
+
+    try:
+        quiet_environment()
+        settings = current_settings()
+    except KnobflowError as exc:
+        _err(f"infra/stack workers: {exc}")
+        raise typer.Exit(1) from None
+    if not settings.prefect_api_url or "PREFECT_API_AUTH_STRING" not in os.environ:
+        _err("infra/stack workers: KNOBFLOW_CONFIG must name a knobflow.toml with "
+             "prefect_api_url and secret_file (what `infra/stack start` writes)")
+        raise typer.Exit(1)
+    chosen = pool or settings.work_pool
+    base = private_dir(dir.resolve())
+    procs = [start_worker(base, worker_name(i), chosen, queue, os.environ) for i in range(n)]
+    _err(f"infra/stack workers: {n} on pool {chosen} of {settings.prefect_api_url} "
+         f"(pids {' '.join(str(p.pid) for p in procs)}; logs in {base / 'logs'})")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: stop as Ctrl-C does
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        _err("infra/stack workers: a worker exited; stopping the others")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for proc in procs:
+            end_group(identity(proc.pid), WORKER_SIGNALS, proc)
+    raise typer.Exit(1 if any(p.returncode not in (0, -2, 130) for p in procs) else 0)
 
 
 def main() -> None:

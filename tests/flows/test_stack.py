@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO, needs, run_cli, stack_missing
+from tests.conftest import REPO, needs, run_cli, running, stack_missing, wait_for
 
 pytestmark = needs("the shared stack", stack_missing(), "install postgresql")
 
@@ -118,6 +118,34 @@ def test_doctor_is_green_on_the_stack(started: Path, tmp_path: Path) -> None:
     values = exports(stack_cli("env", "--dir", str(started)).stdout)
     done = run_cli(["doctor", "--home", str(tmp_path / "kf")], env=values)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_workers_of_a_test_bed_host_reach_the_stack_and_stop(started: Path, tmp_path: Path
+                                                               ) -> None:
+    from flows.server import api_client
+
+    values = exports(stack_cli("env", "--dir", str(started)).stdout)
+    env = {**os.environ, **values, "KNOBFLOW_PYTHON": sys.executable}
+    env.pop("PREFECT_API_AUTH_STRING", None)  # from the secret_file the config names
+    proc = subprocess.Popen([str(SCRIPT), "workers", "--workers", "1", "--queue", "production",
+                             "--dir", str(tmp_path / "w")], env=env, cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    secret = (started / "secret").read_text().strip()
+    client_env = {"PREFECT_API_URL": values["PREFECT_API_URL"],
+                  "PREFECT_API_AUTH_STRING": f"knobflow:{secret}"}
+    try:
+        with api_client(client_env) as client:
+            wait_for(lambda: client.read_workers_for_work_pool("knobflow"),
+                     "the test-bed host's worker in the pool", timeout=120, interval=0.5)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        for worker in workers:
+            assert secret not in " ".join(worker.cmdline())
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not [w for w in workers if running(w)]
 
 
 def test_stop_leaves_no_process(started: Path, tmp_path: Path) -> None:
