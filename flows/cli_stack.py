@@ -87,10 +87,17 @@ def status(
 
 
 @app.command()
-def stop(dir: Annotated[Path, DIR_OPTION] = DEFAULT_DIR) -> None:
+def stop(
+    dir: Annotated[Path, DIR_OPTION] = DEFAULT_DIR,
+    purge: Annotated[bool, typer.Option(
+        "--purge", help="Also delete the stack's data: its cluster and DIR.")] = False,
+) -> None:
     """Stop every process of the stack (workers, servers, PostgreSQL); data are kept."""
     stack = Stack(dir)
-    if not stack.stop():
+    if purge:
+        stack.purge()
+        _err(f"infra/stack: {stack.dir} and its cluster deleted")
+    elif not stack.stop():
         _err(f"infra/stack: no stack running in {stack.dir}")
 
 

@@ -311,6 +311,17 @@ class Stack:
                 self.progress(f"stack stopped in {time.monotonic() - began:.1f} s")
             return was
 
+    def purge(self) -> None:
+        """Stop the stack and delete its data: the cluster (wherever it was placed) and DIR."""
+        import shutil
+
+        from targets import postgres_cluster as pgc
+
+        self.stop()
+        if (self.dir / pgc.LOCATION_FILE).exists():
+            pgc.forget_instance(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def _postgres(self, data: Mapping[str, Any]) -> StackPostgres:
         pg = data.get("postgres") or {}
         url = pg.get("url") if pg.get("external") else None

@@ -175,7 +175,7 @@ def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSta
     try:
         yield SharedStack(stack)
     finally:
-        stack.stop()
+        stack.purge()  # its cluster may be under /var/tmp: no disk left behind either
 
 
 @pytest.fixture

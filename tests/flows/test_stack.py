@@ -66,7 +66,7 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert done.returncode == 0, done.stderr
         yield dir
     finally:
-        stack_cli("stop", "--dir", str(dir))
+        stack_cli("stop", "--purge", "--dir", str(dir))
 
 
 def test_start_records_the_stack_and_env_points_at_it_without_the_secret(started: Path) -> None:
@@ -158,6 +158,12 @@ def test_stop_leaves_no_process(started: Path, tmp_path: Path) -> None:
     assert stack_cli("stop", "--dir", str(started)).returncode == 0
     doctor = run_cli(["doctor", "--home", str(tmp_path / "kf")], env=values)
     assert doctor.returncode != 0
+    from targets import postgres_cluster as pgc
+
+    cluster = pgc.locate(started)
+    assert cluster is not None and cluster.root.exists()
+    assert stack_cli("stop", "--purge", "--dir", str(started)).returncode == 0
+    assert not started.exists() and not cluster.root.exists()
 
 
 def test_bad_input_is_named(tmp_path: Path) -> None:
