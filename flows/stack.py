@@ -11,10 +11,8 @@ otherwise. ``stop`` ends every process group the stack started and every process
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,15 +21,15 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-import psutil
 from filelock import FileLock
 
 from flows import stack_services as svc
 from flows.server import PrefectServer
-from flows.stack_postgres import LOOPBACK, StackPostgres, answers, pgpass_line
+from flows.stack_postgres import StackPostgres, answers, pgpass_line
 from targets.common.errors import EnvironmentFault
-from targets.process import free_port, private_dir, write_private
+from targets.process import private_dir, write_private
 
 __all__ = ["DEFAULT_DIR", "Stack", "StackError"]
 
@@ -158,14 +156,16 @@ class Stack:
                 return False
             private_dir(self.dir)
             private_dir(self.dir / "logs")
-            previous = _read_json(self.dir / "ports.json")
+            previous = svc.read_json(self.dir / "ports.json")
             pg = StackPostgres(self.dir, host, postgres_url)
             data: dict[str, Any] = {"dir": str(self.dir), "host": host, "pool": pool,
                                     "workers": []}
             began = time.monotonic()
             try:
                 self._start_all(data, previous, pg)
-            except (EnvironmentFault, OSError) as exc:
+            except Exception as exc:  # any: what was started is stopped, and it is named
+                if not isinstance(exc, EnvironmentFault | OSError):
+                    exc = StackError(f"{type(exc).__name__}: {exc}")
                 self.progress(f"start failed: {exc}")
                 self._stop_record(data, pg)
                 self.record_path.unlink(missing_ok=True)
@@ -181,13 +181,14 @@ class Stack:
 
     def _start_all(self, data: dict[str, Any], previous: Mapping[str, Any],
                    pg: StackPostgres) -> None:
-        threading.Thread(target=_import_prefect_client, daemon=True).start()  # while waiting
+        threading.Thread(target=svc.import_prefect_client, daemon=True).start()  # while waiting
         host = data["host"]
         client_host = "127.0.0.1" if host in ("0.0.0.0", "*") else host
         step = time.monotonic()
         secret = pg.prepare()
         pgpass = self.dir / "pgpass"
-        port = _port(previous.get("postgres", {}).get("port"), host) if not pg.external else 0
+        port = 0 if pg.external else svc.reuse_port(previous.get("postgres", {}).get("port"),
+                                                    host)
         pg_host, pg_port, pg_user = pg.address(port)
         write_private(pgpass, pgpass_line(pg_user, secret))
         pg_at = f"{pg_user}@{_url_host(pg_host)}:{pg_port}"
@@ -201,16 +202,17 @@ class Stack:
                       f"({time.monotonic() - step:.1f} s)")
 
         step = time.monotonic()
-        ml_port = _port(previous.get("mlflow", {}).get("port"), host)
+        ml_port = svc.reuse_port(previous.get("mlflow", {}).get("port"), host)
         ml_url = f"http://{_url_host(client_host)}:{ml_port}"
         ml_proc = svc.start_mlflow(self.dir, backend_uri=f"postgresql+psycopg2://{pg_at}/mlflow",
                                    host=host, port=ml_port, secret=secret, pgpass=pgpass)
         data["mlflow"] = {"url": ml_url, "port": ml_port, "server": svc.identity(ml_proc.pid)}
         self._write_record(data)
-        pf_port = _port(previous.get("prefect", {}).get("port"), host)
+        pf_port = svc.reuse_port(previous.get("prefect", {}).get("port"), host)
         prefect = PrefectServer(
             self.dir, host, auth=f"{USER}:{secret}", port=pf_port,
-            database_url=f"postgresql+asyncpg://{pg_user}:{secret}@{_url_host(pg_host)}:"
+            database_url=f"postgresql+asyncpg://{quote(pg_user, safe='')}:"
+                         f"{quote(secret, safe='')}@{_url_host(pg_host)}:"
                          f"{pg_port}/prefect",
             log_path=self.dir / "logs" / "prefect.log")
         try:
@@ -299,6 +301,8 @@ class Stack:
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> bool:
         """Stop everything the stack runs; False if nothing ran."""
+        if not self.dir.is_dir():
+            return False
         with self._lock():
             data = self.record()
             if data is None:
@@ -334,7 +338,7 @@ class Stack:
             svc.end_group((data.get(name) or {}).get("server"), ((signal.SIGTERM, 20.0),))
         server = (data.get("postgres") or {}).get("server")
         pg.stop(int(server["pid"]) if svc.alive(server) else None)
-        _sweep(self.dir)
+        svc.sweep(self.dir)
 
 
 def _processes(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -344,49 +348,6 @@ def _processes(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         if rec:
             found.append(rec)
     return found
-
-
-def _import_prefect_client() -> None:
-    """Import what the work pool's creation needs (seconds), while the servers start."""
-    with contextlib.suppress(Exception):
-        import prefect.client.orchestration
-        import prefect.workers.process  # noqa: F401
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return {}
-
-
-def _sweep(dir: Path) -> None:
-    """SIGKILL what is left whose command line names the stack's directory (a flow run a killed
-    worker left, say): nothing of the stack may outlive ``stop``."""
-    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    names = re.compile(re.escape(str(dir)) + r"(?=/|\s|$)")  # not /tmp/st10 for /tmp/st1
-    left = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.pid not in mine and names.search(" ".join(proc.info["cmdline"] or [])):
-                proc.kill()
-                left.append(proc)
-    psutil.wait_procs(left, timeout=5)
-
-
-def _port(previous: int | None, host: str) -> int:
-    """The port used before when it is free again (clients' settings stay right), else a new."""
-    if previous:
-        import socket
-
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
-            try:
-                sock.bind(("127.0.0.1" if host in LOOPBACK else host, int(previous)))
-                return int(previous)
-            except OSError:
-                pass
-    return free_port()
 
 
 def _url_host(host: str) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,11 +28,25 @@ from typing import Any
 import psutil
 
 from targets.common.errors import EnvironmentFault
-from targets.process import last_lines, new_secret, write_private
+from targets.process import free_port, last_lines, new_secret, write_private
 
 __all__ = [
-    "QUEUES", "ComponentFault", "alive", "end_group", "ensure_work_pool", "http_status",
-    "identity", "mlflow_answers", "prefect_answers", "start_mlflow", "start_worker", "wait_workers",
+    "QUEUES",
+    "ComponentFault",
+    "alive",
+    "end_group",
+    "ensure_work_pool",
+    "http_status",
+    "identity",
+    "import_prefect_client",
+    "mlflow_answers",
+    "prefect_answers",
+    "read_json",
+    "reuse_port",
+    "start_mlflow",
+    "start_worker",
+    "sweep",
+    "wait_workers",
 ]
 
 USER = "knobflow"
@@ -251,3 +267,45 @@ def wait_workers(client_env: Mapping[str, str], pool: str,
                 raise ComponentFault(f"workers {', '.join(missing)} did not reach the Prefect "
                                      f"server within {timeout:g} s (logs in {log_dir})")
             time.sleep(0.5)
+
+
+# -- small helpers of flows.stack ---------------------------------------------------------
+def import_prefect_client() -> None:
+    """Import what the work pool's creation needs (seconds), while the servers start."""
+    with contextlib.suppress(Exception):
+        import prefect.client.orchestration
+        import prefect.workers.process  # noqa: F401
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def sweep(dir: Path) -> None:
+    """SIGKILL what is left whose command line names the stack's directory (a flow run a killed
+    worker left, say): nothing of the stack may outlive ``stop``."""
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    names = re.compile(re.escape(str(dir)) + r"(?=/|\s|$)")  # not /tmp/st10 for /tmp/st1
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid not in mine and names.search(" ".join(proc.info["cmdline"] or [])):
+                proc.kill()
+                left.append(proc)
+    psutil.wait_procs(left, timeout=5)
+
+
+def reuse_port(previous: int | None, host: str) -> int:
+    """The port used before when it is free again (clients' settings stay right), else a new."""
+    if previous:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                sock.bind(("127.0.0.1" if host in ("localhost", "::1") else host, int(previous)))
+                return int(previous)
+            except OSError:
+                pass
+    return free_port()
