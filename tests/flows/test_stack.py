@@ -175,19 +175,16 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
     assert none.returncode == 1 and "no stack" in none.stderr
 
 
-def test_shared_stack_fixture_serves_clients_and_workers(shared_stack: dict[str, str]) -> None:
+def test_shared_stack_fixture_serves_clients_and_workers(
+        shared_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
     from flows.server import api_client
 
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, shared_stack[key])
     client = mlflow.MlflowClient(tracking_uri=shared_stack["MLFLOW_TRACKING_URI"])
-    os.environ.update(MLFLOW_TRACKING_USERNAME=shared_stack["MLFLOW_TRACKING_USERNAME"],
-                      MLFLOW_TRACKING_PASSWORD=shared_stack["MLFLOW_TRACKING_PASSWORD"])
-    try:
-        assert client.create_experiment("stack-fixture")
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME")
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+    assert client.create_experiment("stack-fixture")
     stack = shared_stack.stack  # type: ignore[attr-defined]
     procs = stack.start_workers(1)
     with api_client(shared_stack) as prefect:
