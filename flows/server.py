@@ -8,7 +8,8 @@ free port and admits only clients with the per-instance secret (Prefect's basic 
 knobflow's clients through their environment, never a command line or a log. ``env()`` is what a
 client process needs (``PREFECT_API_URL`` and ``PREFECT_API_AUTH_STRING``). Prefect's events
 websocket does not check the secret (Prefect issue 17687): the server is reachable from this host
-only.
+only. The shared stack (``flows.stack``) runs one on PostgreSQL: ``database_url``, ``auth``,
+``port`` and ``log_path`` replace the SQLite database, the ``auth`` file, the free port and the log.
 """
 
 from __future__ import annotations
