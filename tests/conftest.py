@@ -259,3 +259,13 @@ def running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+@pytest.fixture(scope="session")
+def records_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A PostgreSQL server for knobflow's shared records, for the session: the environment that
+    points the records at it (``KNOBFLOW_RECORDS_URL``, ``KNOBFLOW_SECRET_FILE``)."""
+    from tests.records_db import records_database
+
+    with records_database(tmp_path_factory.mktemp("records-db")) as env:
+        yield env
