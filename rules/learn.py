@@ -10,6 +10,11 @@ knobs where the failure moved farthest from the default, then the widest region.
 pairs, the failed config itself is forbidden. Proposed rules apply at once, to the rest of the
 job and to later jobs of the service, and are stored with their provenance (trial, failure class,
 time) for an operator to list, accept or drop.
+
+The rules of a service are one YAML document, ``rules/<service>.learned.yaml`` in the home; with
+shared records (``records_url``) it is read from and written to the shared store, the
+read-modify-write under the store's lock (``rules:<service>``), so hosts learning at once lose
+nothing; the home keeps a copy (what a job logs to MLflow).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from rules.parse import rule_from_dict
 from rules.rule import Rule
 from rules.ruleset import RuleSet
 from targets.common.files import display_path, file_lock, write_text_atomic
+from targets.common.records import Records, records
 from targets.spec import Knob, KnobSpec
 from tuners.space import SearchSpace
 
@@ -224,20 +230,45 @@ def _matches_any(text: str, frame: pd.DataFrame, rules: RuleSet) -> bool:
     return bool(probe.matches(rules.columns(frame), len(frame)).any())
 
 
+def learned_key(service: str) -> str:
+    """The learned rules of ``service`` as a record: their path under the home."""
+    return f"rules/{service}.learned.yaml"
+
+
 def learned_path(home: Path, service: str) -> Path:
-    return home / "rules" / f"{service}.learned.yaml"
+    return home / learned_key(service)
 
 
 class LearnedRules:
-    """The learned-rules file of one service: proposals with provenance, and their status."""
+    """The learned-rules file of one service: proposals with provenance, and their status.
+    With ``store`` (shared records) the document is the store's record ``key``; ``path`` keeps
+    a copy of it."""
 
-    def __init__(self, path: Path, spec: KnobSpec) -> None:
+    def __init__(self, path: Path, spec: KnobSpec, store: Records | None = None,
+                 key: str = "") -> None:
         self.path, self.spec = path, spec
+        self.store = store if store is not None and store.shared else None
+        self.key = key or f"rules/{path.name}"
+
+    @classmethod
+    def of(cls, home: Path, service: str, spec: KnobSpec) -> LearnedRules:
+        """The learned rules of ``service``: in the shared records when the settings have them,
+        else the file under ``home``."""
+        return cls(learned_path(home, service), spec, records(home=home), learned_key(service))
+
+    def _text(self) -> str | None:
+        if self.store is not None:
+            data = self.store.read(self.key)
+            if data is not None:
+                return data.decode("utf-8")
+            # not shared yet: what this home learned before its records were shared
+        return self.path.read_text(encoding="utf-8") if self.path.exists() else None
 
     def documents(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        text = self._text()
+        if text is None:
             return []
-        data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
         if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
             raise RuleError(f"{display_path(self.path)}: a learned-rules file has a 'rules:' list")
         return list(data.get("rules", []))
@@ -249,14 +280,17 @@ class LearnedRules:
                 if doc.get("status") != "dropped"]
 
     def _write(self, docs: list[dict[str, Any]]) -> None:
-        write_text_atomic(
-            self.path,
-            "# Rules knobflow learned from crashed and hung trials; review them with\n"
-            "# `knobflow rules list|accept|drop`.\n"
-            + yaml.safe_dump({"rules": docs}, sort_keys=False))
+        text = ("# Rules knobflow learned from crashed and hung trials; review them with\n"
+                "# `knobflow rules list|accept|drop`.\n"
+                + yaml.safe_dump({"rules": docs}, sort_keys=False))
+        if self.store is not None:
+            self.store.write(self.key, text.encode("utf-8"))
+        write_text_atomic(self.path, text)
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
-        """The file's lock: jobs of one service may learn at the same time."""
+        """The document's lock: jobs of one service (on any host) may learn at the same time."""
+        if self.store is not None:
+            return self.store.lock(f"rules:{self.key}")
         return file_lock(self.path.with_suffix(".lock"))
 
     def add(self, expression: str, *, rules: RuleSet, study: str, trial: int,

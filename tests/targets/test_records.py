@@ -28,9 +28,9 @@ def test_files_in_the_home_by_default(home: Path, monkeypatch: pytest.MonkeyPatc
     assert (home / "tables" / "s" / "a.parquet").read_bytes() == b"one"  # the layout as it was
     assert store.read("rules/s.learned.yaml") == b"two" and store.read("nothing") is None
     assert store.keys("tables/s/") == ["tables/s/a.parquet"]
-    with store.lock("champion:x"), pytest.raises(TimeoutError):
-        with records(home=home).lock("champion:x", timeout=0):
-            pass
+    with store.lock("champion:x"), pytest.raises(TimeoutError), \
+            records(home=home).lock("champion:x", timeout=0):
+        pass
     for bad in ("/etc/passwd", "../x", "a/../../b", ""):
         with pytest.raises(KnobflowError, match="relative path"):
             store.write(bad, b"")
@@ -70,9 +70,9 @@ def test_the_shared_lock_holds_across_processes(records_db: dict[str, str]) -> N
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         store = _pg(records_db)
-        with pytest.raises(TimeoutError, match="champion:test-lock"):
-            with store.lock("champion:test-lock", timeout=0.5):
-                pass
+        with pytest.raises(TimeoutError, match="champion:test-lock"), \
+                store.lock("champion:test-lock", timeout=0.5):
+            pass
         with store.lock("champion:another", timeout=0.5):
             pass  # another name: not held
         holder.kill()  # dies holding it: its session ends, the lock with it
