@@ -11,16 +11,12 @@ pairs, the failed config itself is forbidden. Proposed rules apply at once, to t
 job and to later jobs of the service, and are stored with their provenance (trial, failure class,
 time) for an operator to list, accept or drop.
 
-The rules of a service are one YAML document, ``rules/<service>.learned.yaml`` in the home; with
-shared records (``records_url``) it is read from and written to the shared store, the
-read-modify-write under the store's lock (``rules:<service>``), so hosts learning at once lose
-nothing; the home keeps a copy (what a job logs to MLflow).
+Where they are kept (the home, or the shared records every host reads): ``rules.learned_doc``.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import itertools
 import math
 import re
@@ -34,11 +30,13 @@ import pandas as pd
 import yaml
 
 from rules.language import RuleError
+from rules.learned_doc import LearnedDocument
+from rules.learned_doc import learned_path as learned_path  # re-exported
 from rules.parse import rule_from_dict
 from rules.rule import Rule
 from rules.ruleset import RuleSet
-from targets.common.files import display_path, file_lock, write_text_atomic
-from targets.common.records import Records, records
+from targets.common.files import display_path
+from targets.common.records import Records
 from targets.spec import Knob, KnobSpec
 from tuners.space import SearchSpace
 
@@ -230,42 +228,22 @@ def _matches_any(text: str, frame: pd.DataFrame, rules: RuleSet) -> bool:
     return bool(probe.matches(rules.columns(frame), len(frame)).any())
 
 
-def learned_key(service: str) -> str:
-    """The learned rules of ``service`` as a record: their path under the home."""
-    return f"rules/{service}.learned.yaml"
-
-
-def learned_path(home: Path, service: str) -> Path:
-    return home / learned_key(service)
-
-
 class LearnedRules:
-    """The learned-rules file of one service: proposals with provenance, and their status.
-    With ``store`` (shared records) the document is the store's record ``key``; ``path`` keeps
-    a copy of it."""
+    """The learned rules of one service: proposals with provenance, and their status."""
 
     def __init__(self, path: Path, spec: KnobSpec, store: Records | None = None,
                  key: str = "") -> None:
-        self.path, self.spec = path, spec
-        self.store = store if store is not None and store.shared else None
-        self.key = key or f"rules/{path.name}"
+        self.doc, self.spec = LearnedDocument(path, store, key), spec
+        self.path, self.store = self.doc.path, self.doc.store
 
     @classmethod
     def of(cls, home: Path, service: str, spec: KnobSpec) -> LearnedRules:
-        """The learned rules of ``service``: in the shared records when the settings have them,
-        else the file under ``home``."""
-        return cls(learned_path(home, service), spec, records(home=home), learned_key(service))
-
-    def _text(self) -> str | None:
-        if self.store is not None:
-            data = self.store.read(self.key)
-            if data is not None:
-                return data.decode("utf-8")
-            # not shared yet: what this home learned before its records were shared
-        return self.path.read_text(encoding="utf-8") if self.path.exists() else None
+        """``service``'s rules: in the shared records when the settings have them, else home."""
+        doc = LearnedDocument.of(home, service)
+        return cls(doc.path, spec, doc.store, doc.key)
 
     def documents(self) -> list[dict[str, Any]]:
-        text = self._text()
+        text = self.doc.text()
         if text is None:
             return []
         data = yaml.safe_load(text) or {}
@@ -280,18 +258,9 @@ class LearnedRules:
                 if doc.get("status") != "dropped"]
 
     def _write(self, docs: list[dict[str, Any]]) -> None:
-        text = ("# Rules knobflow learned from crashed and hung trials; review them with\n"
-                "# `knobflow rules list|accept|drop`.\n"
-                + yaml.safe_dump({"rules": docs}, sort_keys=False))
-        if self.store is not None:
-            self.store.write(self.key, text.encode("utf-8"))
-        write_text_atomic(self.path, text)
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        """The document's lock: jobs of one service (on any host) may learn at the same time."""
-        if self.store is not None:
-            return self.store.lock(f"rules:{self.key}")
-        return file_lock(self.path.with_suffix(".lock"))
+        self.doc.write("# Rules knobflow learned from crashed and hung trials; review them with\n"
+                       "# `knobflow rules list|accept|drop`.\n"
+                       + yaml.safe_dump({"rules": docs}, sort_keys=False))
 
     def add(self, expression: str, *, rules: RuleSet, study: str, trial: int,
             failure_class: str, message: str) -> Rule:
@@ -303,7 +272,7 @@ class LearnedRules:
         condition under its id, the trial kept in its provenance's ``widened_by``; one already
         held by a rule that applies changes nothing and returns that rule. An accepted rule is
         never changed: a wider proposal beside it is a new rule."""
-        with self._locked():
+        with self.doc.lock():
             docs = self.documents()
             wanted = _conditions(expression)
             for doc in docs if wanted is not None else []:
@@ -338,7 +307,7 @@ class LearnedRules:
         if not config:
             raise RuleError(f"actuation {actuation} changed no knob: there is nothing to forbid")
         expression = " and ".join(f"{k} == {_literal(v)}" for k, v in sorted(config.items()))
-        with self._locked():
+        with self.doc.lock():
             for held in self.rules():
                 if (held.kind == "forbid" and held.expression.names <= set(config)
                         and forbids(held.expression.text, config, rules)):
@@ -355,7 +324,7 @@ class LearnedRules:
         return rule
 
     def set_status(self, rule_id: str, status: str) -> dict[str, Any]:
-        with self._locked():
+        with self.doc.lock():
             docs = self.documents()
             for doc in docs:
                 if doc.get("id") == rule_id:

@@ -186,10 +186,7 @@ def train_models(
         "data_hash": data_hash(data.x, y), "knob_spec_hash": spec.fingerprint(),
         "workload_fingerprint": fingerprint_hash(workload_fp), "log_target": log_target,
         "holdout_fraction": holdout_fraction, "seed": seed, "service": service,
-        "instance": instance,
-        # what it learned from: every host's trials of the service when the records are shared
-        "trained_on_instances": _distinct(rows, "instance"),
-        "trained_on_studies": _distinct(rows, "study"),
+        "instance": instance, **_trained_on(rows),
     }
     client = client_for(tracking_uri)
     exp = _models_experiment(client, service, artifact_root or default_artifact_root(tracking_uri))
@@ -291,11 +288,12 @@ def _rank_key(result: KindResult) -> tuple[float, float]:
 TAG_MAX = 5000
 
 
-def _distinct(rows: pd.DataFrame, column: str) -> str:
-    """The distinct values of ``column`` in the training rows, sorted, comma-separated."""
-    if column not in rows.columns:
-        return ""
-    return ",".join(sorted({str(v) for v in rows[column].dropna()}))
+def _trained_on(rows: pd.DataFrame) -> dict[str, str]:
+    """What a model learned from (params ``trained_on_instances``, ``trained_on_studies``):
+    the distinct instances and studies of its rows, sorted, comma-separated; every host's
+    trials of the service when the records are shared."""
+    return {f"trained_on_{column}s": ",".join(sorted({str(v) for v in rows[column].dropna()}))
+            if column in rows.columns else "" for column in ("instance", "study")}
 
 
 def _training_workloads(rows: pd.DataFrame, limit: int = 100) -> list[dict[str, float]]:

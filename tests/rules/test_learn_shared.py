@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rules.learn import LearnedRules, learned_key, learned_path
+from rules.learn import LearnedRules
+from rules.learned_doc import learned_key, learned_path
 from rules.ruleset import RuleSet
 from targets.common.records import records
 from targets.synthetic import SyntheticTarget
