@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -151,10 +151,15 @@ def _with_password(url: str, secret_file: Path | None) -> str:
     if secret_file is None or parts.password is not None:
         return url
     try:
+        mode = Path(secret_file).stat().st_mode
         password = Path(secret_file).read_text(encoding="utf-8").strip().splitlines()[0].strip()
     except (OSError, UnicodeError, IndexError):
         raise KnobflowError(f"the secret file {secret_file} cannot be read: the records at "
-                            f"{shown_url(url)} need its password (KNOBFLOW_SECRET_FILE)") from None
+                            f"{shown_url(url)} need its password (secret_file, "
+                            "KNOBFLOW_SECRET_FILE)") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KnobflowError(f"secret_file {secret_file}: readable by others (mode "
+                            f"{mode & 0o777:o}); run chmod 600 {secret_file}")
     user = parts.username or "knobflow"
     host = parts.hostname or ""
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (
@@ -285,29 +290,16 @@ class PgRecords(Records):
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
-def _settings(home: Path | None) -> _Settings:
-    """The process's settings: ``targets.common.settings.current_settings`` where it exists,
-    else the environment (``KNOBFLOW_RECORDS_URL``, ``KNOBFLOW_SECRET_FILE``)."""
-    from targets.common import settings as module
-
-    current = getattr(module, "current_settings", None)
-    if current is not None:
-        return current(home)  # type: ignore[no-any-return]
-
-    class _FromEnv:
-        def __init__(self) -> None:
-            self.home = module.knobflow_home(home)
-            self.records_url = os.environ.get("KNOBFLOW_RECORDS_URL") or None
-            secret = os.environ.get("KNOBFLOW_SECRET_FILE")
-            self.secret_file = Path(secret) if secret else None
-
-    return _FromEnv()
-
-
 def records(settings: _Settings | None = None, *, home: Path | str | None = None) -> Records:
-    """The records store ``settings`` point at (default: the process's settings for ``home``):
-    PostgreSQL when ``records_url`` is set, else files in the home."""
-    chosen = settings if settings is not None else _settings(Path(home) if home else None)
-    if chosen.records_url:
-        return PgRecords(chosen.records_url, chosen.secret_file)
-    return FileRecords(Path(home) if home is not None else chosen.home)
+    """The records store ``settings`` point at (default: the settings in force, for ``home``):
+    PostgreSQL when ``records_url`` is set, else files in the home (``home`` when given).
+    Without any setting beyond the defaults no settings object is loaded."""
+    from targets.common import settings as config
+
+    if settings is None:
+        if not config.configured():  # the embedded default: no settings object to load
+            return FileRecords(config.knobflow_home(home))
+        settings = config.current_settings(home)
+    if settings.records_url:
+        return PgRecords(settings.records_url, settings.secret_file)
+    return FileRecords(Path(home if home is not None else settings.home).expanduser().resolve())
