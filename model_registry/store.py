@@ -118,10 +118,13 @@ def default_artifact_root(tracking_uri: str) -> Path | None:
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None,
                   description: str = "") -> str:
-    """The id of experiment ``name``, created (artifacts under ``artifact_root`` when given) if
+    """The id of experiment ``name``, created (artifacts under ``artifact_root`` when given and
+    the store is embedded; a tracking server's own artifact store otherwise) if
     it does not exist; two processes creating it at once both get the same one. An experiment
     without a description gets ``description`` (one an operator wrote in the UI is kept)."""
     found = client.get_experiment_by_name(name)
+    if client.tracking_uri.startswith(("http://", "https://")):
+        artifact_root = None  # a tracking server keeps (serves) the artifacts every host reads
     if found is None:
         try:
             if artifact_root is None:

@@ -298,10 +298,11 @@ def running(proc: psutil.Process) -> bool:
 
 
 @pytest.fixture(scope="session")
-def records_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A PostgreSQL server for knobflow's shared records, for the session: the environment that
-    points the records at it (``KNOBFLOW_RECORDS_URL``, ``KNOBFLOW_SECRET_FILE``)."""
-    from tests.records_db import records_database
+def records_db(shared_stack: SharedStack) -> dict[str, str]:
+    """knobflow's shared records on the session's stack: the settings' environment that points
+    the records alone at it (``KNOBFLOW_RECORDS_URL``, ``KNOBFLOW_SECRET_FILE``)."""
+    import tomllib
 
-    with records_database(tmp_path_factory.mktemp("records-db")) as env:
-        yield env
+    config = tomllib.loads((shared_stack.dir / "knobflow.toml").read_text(encoding="utf-8"))
+    return {"KNOBFLOW_RECORDS_URL": config["records_url"],
+            "KNOBFLOW_SECRET_FILE": str(config["secret_file"])}

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from flows.trials import service_table
 from flows.tune import tune
 
-SERVICE = "orders-sim"
+SERVICE = "orders-sim"  # a service no other test of the session's stack tunes
 NAME = f"knobflow-{SERVICE}-throughput"
 #: lean jobs: no noise check, the fewest verification repeats, no wait in a trial
 LEAN = {"service": SERVICE, "noise_runs": 0, "verify_repeats": 2}
@@ -22,8 +22,8 @@ FAST = {"duration": 0.0, "noise": 0.02}
 
 
 def test_an_instance_on_a_second_host_starts_from_the_first_hosts_configs_and_champion(
-    prefect_api: str, records_db: dict[str, str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    prefect_api: str, shared_stack: dict[str, str], records_db: dict[str, str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
     workload_b = {**FAST, "shift": 0.5}  # the second host's replicas serve another workload
@@ -34,11 +34,14 @@ def test_an_instance_on_a_second_host_starts_from_the_first_hosts_configs_and_ch
                   train=False, home=str(host_b), **LEAN)
     assert before.n_trials == 4
 
-    # both hosts on the shared stack: records in PostgreSQL, one tracking store
-    for key, value in records_db.items():
+    # both hosts on the shared stack: records in PostgreSQL, its MLflow tracking server (the
+    # Prefect API stays the session's test harness)
+    uri = shared_stack["MLFLOW_TRACKING_URI"]
+    for key, value in {**records_db, "KNOBFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_URI": uri,
+                       "MLFLOW_TRACKING_USERNAME": shared_stack["MLFLOW_TRACKING_USERNAME"],
+                       "MLFLOW_TRACKING_PASSWORD": shared_stack["MLFLOW_TRACKING_PASSWORD"]
+                       }.items():
         monkeypatch.setenv(key, value)
-    uri = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     # host A tunes a-1: its trials reach the shared records, its model is the champion
