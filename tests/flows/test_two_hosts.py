@@ -28,8 +28,9 @@ def test_an_instance_on_a_second_host_starts_from_the_first_hosts_configs_and_ch
     host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
     workload_b = {**FAST, "shift": 0.5}  # the second host's replicas serve another workload
     # host B's history from before it joined the stack: a job of its own instance, its store
-    monkeypatch.delenv("KNOBFLOW_RECORDS_URL", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key in ("KNOBFLOW_CONFIG", "KNOBFLOW_RECORDS_URL", "KNOBFLOW_TRACKING_URI",
+                "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)
     before = tune("synthetic", instance="b-1", budget=4, seed=3, workload=workload_b,
                   train=False, home=str(host_b), **LEAN)
     assert before.n_trials == 4
