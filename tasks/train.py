@@ -292,8 +292,9 @@ def _trained_on(rows: pd.DataFrame) -> dict[str, str]:
     """What a model learned from (params ``trained_on_instances``, ``trained_on_studies``):
     the distinct instances and studies of its rows, sorted, comma-separated; every host's
     trials of the service when the records are shared."""
-    return {f"trained_on_{column}s": ",".join(sorted({str(v) for v in rows[column].dropna()}))
-            if column in rows.columns else "" for column in ("instance", "study")}
+    return {f"trained_on_{name}": ",".join(sorted({str(v) for v in rows[column].dropna()}))
+            if column in rows.columns else ""
+            for column, name in (("instance", "instances"), ("study", "studies"))}
 
 
 def _training_workloads(rows: pd.DataFrame, limit: int = 100) -> list[dict[str, float]]:

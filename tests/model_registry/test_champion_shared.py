@@ -60,7 +60,8 @@ def test_two_processes_promoting_at_once_decide_one_after_the_other(
         here.start()
         try:
             # both register their version, then wait to decide: no champion meanwhile
-            wait_for(lambda: len(client.search_model_versions(f"name = '{NAME}'")) == 2,
+            wait_for(lambda: len(client.search_model_versions(f"name = '{NAME}'")) == 2
+                     or not here.is_alive() or proc.poll() is not None,
                      timeout=180, what="both processes to register a version")
             time.sleep(1.0)
             assert proc.poll() is None and here.is_alive()
