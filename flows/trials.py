@@ -10,18 +10,22 @@ With shared records (``records_url``: every host's records in one PostgreSQL tab
 are also written there under the same key (``tables/<service>/<study>.parquet``), and
 ``service_table`` adds every other home's rows of the service from it (by study: a study of this
 home is read here, never twice), so transfer and training use the whole service whichever host
-ran the trials.
+ran the trials. Imported expert rows are shared the same way (``expert/<service>.parquet``,
+``updating_expert`` under a lock every host takes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
 from flows.job import Job, JobStatus, recorded_jobs
+from targets.common.files import file_lock
 from targets.common.records import Records, records
 from tuners.study import open_study, study_names
 from tuners.trials import as_table, read_parquet, study_rows, write_parquet
@@ -38,6 +42,32 @@ def job_table_path(job: Job) -> Path:
 
 def expert_path(home: Path, service: str) -> Path:
     return home / "expert" / f"{service}.parquet"
+
+
+def read_expert(home: Path, service: str, store: Records | None = None) -> pd.DataFrame:
+    """``service``'s imported expert rows: the shared records' when shared (this home's file
+    while none were shared), else the home's file."""
+    store = store or records(home=home)
+    data = store.read(f"expert/{service}.parquet") if store.shared else None
+    return pd.read_parquet(io.BytesIO(data)) if data else read_parquet(expert_path(home, service))
+
+
+@contextlib.contextmanager
+def updating_expert(home: Path, service: str) -> Iterator[tuple[pd.DataFrame, Callable[
+        [pd.DataFrame], None]]]:
+    """The expert rows of ``service`` and a function that stores new ones, under a lock every
+    importer takes (every host's, when the records are shared): imports keep each other's rows."""
+    store, path = records(home=home), expert_path(home, service)
+
+    def write(table: pd.DataFrame) -> None:
+        write_parquet(table, path)
+        if store.shared:
+            store.write(f"expert/{service}.parquet", path.read_bytes())
+
+    lock = store.lock(f"expert:{service}") if store.shared else file_lock(
+        path.with_name(path.name + ".lock"))
+    with lock:
+        yield read_expert(home, service, store), write
 
 
 def jobs_of(home: Path, service: str) -> list[Job]:
@@ -76,8 +106,9 @@ def service_table(home: Path, service: str, store: Records | None = None) -> pd.
         stale = job.status != JobStatus.FINISHED or not path.exists()
         parts.append(job_rows(job) if stale else pd.read_parquet(path))
         studies.add(job.study_name)
-    parts.extend(shared_rows(store or records(home=home), service, studies))
-    parts.append(read_parquet(expert_path(home, service)))
+    store = store or records(home=home)
+    parts.extend(shared_rows(store, service, studies))
+    parts.append(read_expert(home, service, store))
     rows = [r for part in parts if not part.empty for r in part.to_dict(orient="records")]
     return as_table(rows)
 

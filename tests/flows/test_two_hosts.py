@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.trials import service_table
+from flows.trials import service_table, updating_expert
 from flows.tune import tune
+from tests.synthetic_rows import trial_table
 
 SERVICE = "orders-sim"  # a service no other test of the session's stack tunes
 NAME = f"knobflow-{SERVICE}-throughput"
@@ -81,3 +82,18 @@ def test_an_instance_on_a_second_host_starts_from_the_first_hosts_configs_and_ch
     table_a = service_table(host_a, SERVICE)
     assert set(table_a["study"]) == {a.study_name, b.study_name}  # B's old job was local only
     assert not (host_a / "tables" / SERVICE / f"{b.study_name}.parquet").exists()
+
+
+def test_expert_rows_imported_on_one_host_are_in_every_hosts_table(
+    records_db: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in records_db.items():
+        monkeypatch.setenv(key, value)
+    service = f"expert-{tmp_path.name}"
+    rows = trial_table(6, seed=1).assign(source="expert", service=service, instance="",
+                                         study="expert:tuned.csv")
+    with updating_expert(tmp_path / "host-a", service) as (held, write):
+        assert held.empty
+        write(rows)
+    table = service_table(tmp_path / "host-b", service)
+    assert len(table) == 6 and set(table["source"]) == {"expert"}
