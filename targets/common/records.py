@@ -210,11 +210,7 @@ class PgRecords(Records):
         try:
             conn = engine.connect()
         except OperationalError as exc:
-            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            raise RecordsUnavailable(
-                f"the records database {self.where} does not answer ({first}); start the "
-                "shared stack (infra/stack start), or unset KNOBFLOW_RECORDS_URL (records_url) "
-                "to keep the records as files in the home") from None
+            raise self._unavailable(exc) from None
         try:
             if self.url not in _CREATED:
                 self._create_table(conn)
@@ -223,6 +219,24 @@ class PgRecords(Records):
             yield conn
         finally:
             conn.close()
+
+    def _unavailable(self, exc: Any) -> RecordsUnavailable:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        return RecordsUnavailable(
+            f"the records database {self.where} does not answer ({first}); start the shared "
+            "stack (infra/stack start), or unset KNOBFLOW_RECORDS_URL (records_url) to keep the "
+            "records as files in the home")
+
+    @contextlib.contextmanager
+    def _query(self) -> Iterator[Any]:
+        """A connection for one read or write; a database lost on the way is unavailable."""
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            with self._connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise self._unavailable(exc) from None
 
     def _create_table(self, conn: Any) -> None:
         """The table, created if missing (hosts creating it at once take turns)."""
@@ -238,7 +252,7 @@ class PgRecords(Records):
     def read(self, key: str) -> bytes | None:
         from sqlalchemy import text
 
-        with self._connect() as conn:
+        with self._query() as conn:
             row = conn.execute(text(f"SELECT body FROM {TABLE} WHERE key = :k"),
                                {"k": check_key(key)}).first()
             conn.rollback()
@@ -247,7 +261,7 @@ class PgRecords(Records):
     def write(self, key: str, data: bytes) -> None:
         from sqlalchemy import text
 
-        with self._connect() as conn, conn.begin():
+        with self._query() as conn, conn.begin():
             conn.execute(text(
                 f"INSERT INTO {TABLE} (key, body, host, updated_at) "
                 "VALUES (:k, :b, :h, now()) ON CONFLICT (key) DO UPDATE SET "
@@ -257,7 +271,7 @@ class PgRecords(Records):
     def keys(self, prefix: str = "") -> list[str]:
         from sqlalchemy import text
 
-        with self._connect() as conn:
+        with self._query() as conn:
             rows = conn.execute(text(
                 f"SELECT key FROM {TABLE} WHERE starts_with(key, :p) ORDER BY key"),
                 {"p": prefix}).all()
