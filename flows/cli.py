@@ -214,12 +214,11 @@ def import_command(
     a lock, so imports running together keep each other's rows."""
     from pathlib import Path
 
-    from flows.trials import expert_path
-    from targets.common.files import display_path, file_lock
+    from flows.trials import updating_expert
+    from targets.common.files import display_path
     from targets.common.settings import knobflow_home
     from targets.registry import load_target
     from tasks.expert import check_rows, merge_expert_rows
-    from tuners.trials import read_parquet, write_parquet
 
     target_cls = load_target(target)
     result = check_rows(file, target_cls)
@@ -232,11 +231,8 @@ def import_command(
             table.add_row(str(line), "\n".join(reasons))
         out.print(table)
     if result.kept:
-        store = expert_path(root, service or target)
-        with file_lock(store.with_name(store.name + ".lock")):
-            merged = merge_expert_rows(read_parquet(store), result.kept,
-                                       f"expert:{Path(file).name}")
-            write_parquet(merged, store)
+        with updating_expert(root, service or target) as (rows, write):
+            write(merge_expert_rows(rows, result.kept, f"expert:{Path(file).name}"))
     out.print(
         f"{len(result.kept)} rows kept (source=expert), {len(result.rejected)} rejected; expert "
         "rows stay out of model training unless --use-expert-data is given"

@@ -104,13 +104,13 @@ def rules_list(
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """List the rules learned from failures (and, with --shipped, the shipped ones)."""
-    from rules.learn import LearnedRules, learned_path
+    from rules.learn import LearnedRules
     from rules.ruleset import RuleSet
     from targets.common.settings import knobflow_home
     from targets.registry import load_target
 
     target_cls = load_target(target)
-    store = LearnedRules(learned_path(knobflow_home(home), service or target),
+    store = LearnedRules.of(knobflow_home(home), service or target,
                          target_cls.knob_spec())
     table = Table(title=f"rules of {target}")
     for col in ("id", "status", "kind", "rule", "why"):
@@ -136,11 +136,11 @@ def rules_list(
 
 def _set_status(target: str, rule_id: str, status: str, home: str | None,
                 service: str | None) -> None:
-    from rules.learn import LearnedRules, learned_path
+    from rules.learn import LearnedRules
     from targets.common.settings import knobflow_home
     from targets.registry import load_target
 
-    store = LearnedRules(learned_path(knobflow_home(home), service or target),
+    store = LearnedRules.of(knobflow_home(home), service or target,
                          load_target(target).knob_spec())
     doc = store.set_status(rule_id, status)
     out.print(f"{rule_id}: {status} ({doc.get('when')})")
@@ -181,7 +181,7 @@ def validate_command(
     service: Annotated[str | None, typer.Option(help=SERVICE_HELP)] = None,
 ) -> None:
     """Check a config against the rules: exit 0 if it passes, 3 if a rule blocks it."""
-    from rules.learn import LearnedRules, learned_path
+    from rules.learn import LearnedRules
     from rules.ruleset import RuleSet
     from targets.common.errors import fmt_value
     from targets.common.files import display_path
@@ -191,7 +191,7 @@ def validate_command(
     target_cls = load_target(target)
     spec = target_cls.knob_spec()
     values = _read_config(config, spec)
-    learned = LearnedRules(learned_path(knobflow_home(home), service or target), spec).rules()
+    learned = LearnedRules.of(knobflow_home(home), service or target, spec).rules()
     ruleset = RuleSet.for_target(target_cls, rules or [], policy or [], learned)
     verdict = ruleset.check(values)
     if verdict.failures:

@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.inputs import objective_of, parse_assignments, resolve_workload
 from flows.spec import JobSpec, Resume, option_error
-from rules.learn import LearnedRules, learned_path
+from rules.learn import LearnedRules
 from rules.review import check_space
 from rules.ruleset import RuleSet
 from targets.base import Target
@@ -191,7 +191,7 @@ class Job:
                                   self.workload)
 
     def learned_rules(self) -> LearnedRules:
-        return LearnedRules(learned_path(self.home, self.service), self.target_cls.knob_spec())
+        return LearnedRules.of(self.home, self.service, self.target_cls.knob_spec())
 
     def save(self) -> None:
         data = {k: v for k, v in asdict(self).items() if k != "home"}

@@ -316,12 +316,13 @@ def promote(
     than ``FLOOR_MIN_ROWS`` held-out rows or whose held-out Spearman is below ``SPEARMAN_FLOOR``:
     such a version is refused, and says why in its tag ``champion_refused`` (e.g. ``too few
     held-out rows (3 < 5)``). The reason is kept as the version's tag ``champion_reason``, and the
-    champion it replaced as ``previous_champion``. The decision holds the store's ``champion_lock``.
+    champion it replaced as ``previous_champion``. The decision holds the model's
+    ``champion_lock`` (held across hosts when the records are shared).
 
     ``direction`` does not change the comparison (ranking and fit are symmetric in it); it is
     recorded with the decision."""
     version = str(version)
-    with champion_lock(client.tracking_uri):
+    with champion_lock(client.tracking_uri, name):
         return _promote(client, name, version, holdout_x, holdout_y, direction, workload_fp,
                         limits)
 

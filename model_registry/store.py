@@ -5,7 +5,9 @@
   artifacts beside an embedded SQLite store (``default_artifact_root``);
 * ``param``: a parameter cut to the length every store accepts;
 * ``process_tracking_uri``: MLflow's process-wide URI for the calls that ignore a client's;
-* ``champion_lock``: the lock file beside a local store that serialises champion decisions;
+* ``champion_lock``: what serialises champion decisions: the shared records' lock (a PostgreSQL
+  advisory lock, held across hosts) when the records are shared, else the lock file beside a
+  local store;
 * ``source_tags``: MLflow's system tags saying what made a run (user, source, git commit), and
   ``NOTE`` (``mlflow.note.content``), the description the UI shows for experiments and runs.
 
@@ -33,6 +35,7 @@ from mlflow.utils import mlflow_tags
 
 from targets.common.errors import KnobflowError
 from targets.common.files import file_lock
+from targets.common.records import records
 
 __all__ = [
     "NOTE", "PARAM_MAX", "champion_lock", "champion_lock_path", "check_reachable", "client_for",
@@ -115,10 +118,13 @@ def default_artifact_root(tracking_uri: str) -> Path | None:
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None,
                   description: str = "") -> str:
-    """The id of experiment ``name``, created (artifacts under ``artifact_root`` when given) if
+    """The id of experiment ``name``, created (artifacts under ``artifact_root`` when given and
+    the store is embedded; a tracking server's own artifact store otherwise) if
     it does not exist; two processes creating it at once both get the same one. An experiment
     without a description gets ``description`` (one an operator wrote in the UI is kept)."""
     found = client.get_experiment_by_name(name)
+    if client.tracking_uri.startswith(("http://", "https://")):
+        artifact_root = None  # a tracking server keeps (serves) the artifacts every host reads
     if found is None:
         try:
             if artifact_root is None:
@@ -235,10 +241,18 @@ def champion_lock_path(tracking_uri: str) -> Path | None:
 
 
 @contextmanager
-def champion_lock(tracking_uri: str) -> Iterator[None]:
-    """Hold the store's champion lock: two processes training models of one service at once
-    (replicas finishing together) decide one after the other, each against the champion the
-    other left. A tracking server gets no lock (its clients share no file system)."""
+def champion_lock(tracking_uri: str, name: str = "") -> Iterator[None]:
+    """Hold the champion lock of registered model ``name``: two processes training models of
+    one service at once (replicas finishing together, on one host or many) decide one after the
+    other, each against the champion the other left. With shared records (``records_url``) it is
+    their lock ``champion:<name>``, a PostgreSQL advisory lock every host takes; else the file
+    beside a local store. A tracking server without shared records gets no lock (its clients
+    share no file system)."""
+    store = records()
+    if name and store.shared:
+        with store.lock(f"champion:{name}"):
+            yield
+        return
     path = champion_lock_path(tracking_uri)
     if path is None:
         yield

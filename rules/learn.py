@@ -10,12 +10,13 @@ knobs where the failure moved farthest from the default, then the widest region.
 pairs, the failed config itself is forbidden. Proposed rules apply at once, to the rest of the
 job and to later jobs of the service, and are stored with their provenance (trial, failure class,
 time) for an operator to list, accept or drop.
+
+Where they are kept (the home, or the shared records every host reads): ``rules.learned_doc``.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import itertools
 import math
 import re
@@ -29,10 +30,13 @@ import pandas as pd
 import yaml
 
 from rules.language import RuleError
+from rules.learned_doc import LearnedDocument
+from rules.learned_doc import learned_path as learned_path  # re-exported
 from rules.parse import rule_from_dict
 from rules.rule import Rule
 from rules.ruleset import RuleSet
-from targets.common.files import display_path, file_lock, write_text_atomic
+from targets.common.files import display_path
+from targets.common.records import Records
 from targets.spec import Knob, KnobSpec
 from tuners.space import SearchSpace
 
@@ -224,20 +228,25 @@ def _matches_any(text: str, frame: pd.DataFrame, rules: RuleSet) -> bool:
     return bool(probe.matches(rules.columns(frame), len(frame)).any())
 
 
-def learned_path(home: Path, service: str) -> Path:
-    return home / "rules" / f"{service}.learned.yaml"
-
-
 class LearnedRules:
-    """The learned-rules file of one service: proposals with provenance, and their status."""
+    """The learned rules of one service: proposals with provenance, and their status."""
 
-    def __init__(self, path: Path, spec: KnobSpec) -> None:
-        self.path, self.spec = path, spec
+    def __init__(self, path: Path, spec: KnobSpec, store: Records | None = None,
+                 key: str = "") -> None:
+        self.doc, self.spec = LearnedDocument(path, store, key), spec
+        self.path, self.store = self.doc.path, self.doc.store
+
+    @classmethod
+    def of(cls, home: Path, service: str, spec: KnobSpec) -> LearnedRules:
+        """``service``'s rules: in the shared records when the settings have them, else home."""
+        doc = LearnedDocument.of(home, service)
+        return cls(doc.path, spec, doc.store, doc.key)
 
     def documents(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        text = self.doc.text()
+        if text is None:
             return []
-        data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
         if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
             raise RuleError(f"{display_path(self.path)}: a learned-rules file has a 'rules:' list")
         return list(data.get("rules", []))
@@ -249,15 +258,9 @@ class LearnedRules:
                 if doc.get("status") != "dropped"]
 
     def _write(self, docs: list[dict[str, Any]]) -> None:
-        write_text_atomic(
-            self.path,
-            "# Rules knobflow learned from crashed and hung trials; review them with\n"
-            "# `knobflow rules list|accept|drop`.\n"
-            + yaml.safe_dump({"rules": docs}, sort_keys=False))
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        """The file's lock: jobs of one service may learn at the same time."""
-        return file_lock(self.path.with_suffix(".lock"))
+        self.doc.write("# Rules knobflow learned from crashed and hung trials; review them with\n"
+                       "# `knobflow rules list|accept|drop`.\n"
+                       + yaml.safe_dump({"rules": docs}, sort_keys=False))
 
     def add(self, expression: str, *, rules: RuleSet, study: str, trial: int,
             failure_class: str, message: str) -> Rule:
@@ -269,7 +272,7 @@ class LearnedRules:
         condition under its id, the trial kept in its provenance's ``widened_by``; one already
         held by a rule that applies changes nothing and returns that rule. An accepted rule is
         never changed: a wider proposal beside it is a new rule."""
-        with self._locked():
+        with self.doc.lock():
             docs = self.documents()
             wanted = _conditions(expression)
             for doc in docs if wanted is not None else []:
@@ -304,7 +307,7 @@ class LearnedRules:
         if not config:
             raise RuleError(f"actuation {actuation} changed no knob: there is nothing to forbid")
         expression = " and ".join(f"{k} == {_literal(v)}" for k, v in sorted(config.items()))
-        with self._locked():
+        with self.doc.lock():
             for held in self.rules():
                 if (held.kind == "forbid" and held.expression.names <= set(config)
                         and forbids(held.expression.text, config, rules)):
@@ -321,7 +324,7 @@ class LearnedRules:
         return rule
 
     def set_status(self, rule_id: str, status: str) -> dict[str, Any]:
-        with self._locked():
+        with self.doc.lock():
             docs = self.documents()
             for doc in docs:
                 if doc.get("id") == rule_id:

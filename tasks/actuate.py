@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from rules.learn import LearnedRules, learned_path
+from rules.learn import LearnedRules
 from rules.ruleset import RuleSet
 from targets.common.errors import KnobflowError
 from targets.live import ActuationRefused, LiveSystem
@@ -107,7 +107,7 @@ class Actuation:
 def rules_for(home: Path, instance: Instance, policy: Policy) -> RuleSet:
     """The shipped rules of the instance's target, its service's learned ones, the policies."""
     target_cls = load_target(instance.target)
-    learned = LearnedRules(learned_path(home, instance.service), target_cls.knob_spec()).rules()
+    learned = LearnedRules.of(home, instance.service, target_cls.knob_spec()).rules()
     return RuleSet.for_target(target_cls, policies=policy.policies, learned=learned,
                               workload=instance.workload or None)
 
@@ -209,7 +209,7 @@ def rollback_step(act: Actuation, reason: str) -> dict[str, Any]:
 
 def learn_step(act: Actuation, reason: str) -> str:
     """The rolled-back config as a proposed forbid rule of the service."""
-    store = LearnedRules(learned_path(act.home, act.instance.service), act.live.spec)
+    store = LearnedRules.of(act.home, act.instance.service, act.live.spec)
     rule = store.add_actuation(act.changes, rules=act.rules, instance=act.instance.name,
                                actuation=act.id, reason=reason)
     act.record(Phase.LEARNED, rule=rule.id, when=rule.to_dict().get("when", ""))

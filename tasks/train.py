@@ -186,7 +186,7 @@ def train_models(
         "data_hash": data_hash(data.x, y), "knob_spec_hash": spec.fingerprint(),
         "workload_fingerprint": fingerprint_hash(workload_fp), "log_target": log_target,
         "holdout_fraction": holdout_fraction, "seed": seed, "service": service,
-        "instance": instance,
+        "instance": instance, **_trained_on(rows),
     }
     client = client_for(tracking_uri)
     exp = _models_experiment(client, service, artifact_root or default_artifact_root(tracking_uri))
@@ -271,6 +271,8 @@ def _register(client: MlflowClient, name: str, best: KindResult, data: _Data,
         "holdout_r2": best.metrics["holdout_r2"], "cv_r2": best.metrics["cv_r2"],
         "data_hash": params["data_hash"], "target_column": data.target_column,
         "target_min": float(np.min(y_fit)), "target_max": float(np.max(y_fit)),
+        "trained_on_instances": params["trained_on_instances"][:TAG_MAX],
+        "trained_on_studies": params["trained_on_studies"][:TAG_MAX],
     }, model_uri=best.model_uri)
     return int(mv.version)
 
@@ -280,6 +282,19 @@ def _rank_key(result: KindResult) -> tuple[float, float]:
         return v if math.isfinite(v) else -math.inf
 
     return finite(result.metrics["holdout_spearman"]), finite(result.metrics["cv_r2"])
+
+
+#: The longest model-version tag written (MLflow's stores accept 5000 characters).
+TAG_MAX = 5000
+
+
+def _trained_on(rows: pd.DataFrame) -> dict[str, str]:
+    """What a model learned from (params ``trained_on_instances``, ``trained_on_studies``):
+    the distinct instances and studies of its rows, sorted, comma-separated; every host's
+    trials of the service when the records are shared."""
+    return {f"trained_on_{name}": ",".join(sorted({str(v) for v in rows[column].dropna()}))
+            if column in rows.columns else ""
+            for column, name in (("instance", "instances"), ("study", "studies"))}
 
 
 def _training_workloads(rows: pd.DataFrame, limit: int = 100) -> list[dict[str, float]]:

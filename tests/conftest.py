@@ -295,3 +295,14 @@ def running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+@pytest.fixture(scope="session")
+def records_db(shared_stack: SharedStack) -> dict[str, str]:
+    """knobflow's shared records on the session's stack: the settings' environment that points
+    the records alone at it (``KNOBFLOW_RECORDS_URL``, ``KNOBFLOW_SECRET_FILE``)."""
+    import tomllib
+
+    config = tomllib.loads((shared_stack.dir / "knobflow.toml").read_text(encoding="utf-8"))
+    return {"KNOBFLOW_RECORDS_URL": config["records_url"],
+            "KNOBFLOW_SECRET_FILE": str(config["secret_file"])}
