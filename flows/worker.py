@@ -36,7 +36,7 @@ from tasks.explore import Exploration, ExploreStats
 from tasks.guard import CandidateGuard
 from tasks.track import JobTracker
 from tuners.samplers import make_sampler
-from tuners.study import is_shared, shared_storage_url, storage_for
+from tuners.study import is_shared, shared_storage_url, storage_for, stored_trials
 from tuners.trials import TrialOutcome, finished_trials
 
 __all__ = [
@@ -167,13 +167,13 @@ def deploy_worker(work_pool: str) -> str:
 
 
 def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any,
-            poll_s: float = 1.0, settle_s: float = 120.0) -> dict[str, int]:
+            poll_s: float = 1.0, settle_s: float = 120.0) -> optuna.Study:
     """Run ``job.workers`` flow runs of ``tune-worker`` through the work pool on the job's
     shared study (created, default config queued, by the job) and wait until it holds the
     job's budget of finished trials, logging progress; then give the workers ``settle_s`` to
     end. A worker that crashed or failed does not stop the job while the others reach the
     budget; if every worker ends first, the job goes on with the trials there are. The flow
-    runs' final states, counted."""
+    study, read afresh when they are done."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -191,7 +191,7 @@ def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any,
     done, shown, reached_at = 0, -1, None
     with get_client(sync_client=True) as client:
         while True:
-            done = len(finished_trials(study))
+            done = len(finished_trials(study, stored_trials(study)))
             if done != shown:
                 logger.info("trials done: %d/%d", done, job.budget)
                 shown = done
@@ -211,4 +211,6 @@ def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any,
         counts[name] = counts.get(name, 0) + 1
     if counts.get("COMPLETED", 0) < len(runs):
         logger.warning("worker flow runs: %s", counts)
-    return counts
+    # a fresh cache: this process's own cache still holds the default it queued as waiting
+    return optuna.load_study(study_name=job.study_name, storage=storage_for(job.home),
+                             sampler=study.sampler)

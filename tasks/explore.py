@@ -11,6 +11,7 @@ class and the tail of their log; the job goes on.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,8 +31,10 @@ from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tuners.space import SearchSpace
-from tuners.study import study_lock
+from tuners.study import stored_trials, study_lock
 from tuners.trials import ATTR, TrialOutcome, finished_trials
+
+log = logging.getLogger("knobflow.explore")
 
 __all__ = ["Exploration", "ExploreStats", "TrialListener", "explore"]
 
@@ -162,8 +165,9 @@ class Exploration:
                 return None
             with study_lock(self.study):
                 fail_stale_trials(self.study)  # dead workers' trials: failed, queued again
-                done = len(finished_trials(self.study))
-                running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                trials = stored_trials(self.study)
+                done = len(finished_trials(self.study, trials))
+                running = sum(1 for t in trials if t.state == TrialState.RUNNING)
                 if done >= self.budget:
                     return None
                 if done + running < self.budget:
@@ -173,7 +177,7 @@ class Exploration:
                     with self._lock:
                         self._beating[trial._trial_id] = trial
                     return trial
-            self.runner.processes.stopping.wait(min(self._beat_every, 2.0))
+            self.runner.processes.stopping.wait(min(self._beat_every, 0.5))
 
     def _beat_all(self) -> None:
         """Record a heartbeat for every trial this process runs, every heartbeat interval."""
@@ -274,6 +278,9 @@ class Exploration:
             # candidate; at a job's start the backlog is several trials long
             wait([self._clean_later(trial, outcome, baseline)])
             return self._ask()
+        if self.shared:  # its own untold trial would hold a place in the budget the ask waits on
+            self._clean_later(trial, outcome, baseline)
+            return self._ask()
         # ask first: sampling and cleaning would take turns on the GIL, and the next trial's
         # run, in its own process, is what cleaning should overlap
         following = self._ask()
@@ -296,11 +303,20 @@ class Exploration:
         if self.guard is not None and outcome.failure_class in LEARN_FROM:
             rule = self.guard.failed(trial.number, outcome)
             outcome.learned_rule = rule.id if rule is not None else None
-        trial.set_user_attr(ATTR, outcome.record())
-        if outcome.ok:
-            self.study.tell(trial, outcome.value)
-        else:
-            self.study.tell(trial, state=TrialState.FAIL)
+        try:
+            trial.set_user_attr(ATTR, outcome.record())
+            if outcome.ok:
+                self.study.tell(trial, outcome.value)
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # a shared study's other worker found no heartbeat in time and failed the trial:
+            # its config is queued again (run once more there); this result is dropped
+            self._told(trial)
+            log.warning("trial %d was given up as dead (no heartbeat within the grace period) "
+                        "while it ran here; its config runs again, this result is dropped",
+                        trial.number)
+            return
         self._told(trial)
         with self._lock:
             self._count(trial.number, outcome)

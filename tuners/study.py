@@ -46,12 +46,14 @@ from tuners.trials import finished_trials, requeue_interrupted
 __all__ = [
     "GRACE_ENV", "HEARTBEAT_ENV", "JOURNAL", "MAX_RETRY", "is_shared", "journal_path",
     "metric_name", "name_metric", "open_job_study", "open_study", "shared_storage_url",
-    "storage_for", "storage_of", "study_lock", "study_names",
+    "storage_for", "storage_of", "stored_trials", "study_lock", "study_names",
 ]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # knobflow asks and tells (tasks/explore.py) and beats for its running trials itself
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental",
+                        category=optuna.exceptions.ExperimentalWarning)
 
 JOURNAL = "optuna.journal"  # the home's Optuna storage, beside mlflow.db
 
@@ -124,6 +126,15 @@ def storage_for(home: Path, study_name: str | None = None) -> BaseStorage:
 def is_shared(storage: BaseStorage) -> bool:
     """Whether ``storage`` (or the storage it caches) is shared between hosts (RDB)."""
     return isinstance(getattr(storage, "_backend", storage), RDBStorage)
+
+
+def stored_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every trial of ``study`` as its storage holds it now, past Optuna's cache of an RDB
+    storage: the cache keeps a trial this process created (a queued config, a retry) in the
+    state it was created in once a later trial has finished, so it would count a trial another
+    worker runs as still waiting."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    return storage.get_all_trials(study._study_id, deepcopy=False)
 
 
 _local_locks: dict[str, threading.Lock] = {}
