@@ -69,21 +69,32 @@ def api_client(env: Mapping[str, str]) -> Iterator[Any]:
 class PrefectServer:
     """A Prefect server under ``home/prefect-server`` on 127.0.0.1, admitting knobflow only."""
 
-    def __init__(self, home: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, home: Path, host: str = "127.0.0.1", *, database_url: str | None = None,
+                 auth: str | None = None, log_path: Path | None = None,
+                 port: int | None = None) -> None:
+        """``database_url`` (an SQLAlchemy URL with its password: it reaches the server through
+        its environment only) replaces the SQLite database; ``auth`` (``knobflow:SECRET``)
+        replaces the ``auth`` file; ``port`` is the port to listen on (default: a free one)."""
         self.dir = home / "prefect-server"
         self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
+        self._database_url = database_url
+        self._auth = auth
+        self._log_path = log_path
+        self._port = port
 
     @property
     def log_path(self) -> Path:
-        return self.dir / "server.log"
+        return self._log_path or self.dir / "server.log"
 
     @property
     def _record(self) -> Path:
         return self.dir / "server.json"
 
     def auth(self) -> str:
-        """``knobflow:SECRET`` from the 0600 file (made on first use)."""
+        """``knobflow:SECRET``: the one given, or from the 0600 file (made on first use)."""
+        if self._auth is not None:
+            return self._auth
         path = self.dir / "auth"
         if not path.exists():
             private_dir(self.dir)
@@ -116,14 +127,17 @@ class PrefectServer:
             return self.env()
         private_dir(self.dir)
         auth = self.auth()
-        port = free_port()
-        url = f"http://{self.host}:{port}/api"
+        port = self._port or free_port()
+        url = f"http://{_client_host(self.host)}:{port}/api"
         env = {**os.environ, "PREFECT_HOME": str(self.dir / "home"),
                "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth,
                "PREFECT_SERVER_API_HOST": self.host, "PREFECT_SERVER_API_PORT": str(port),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
                "PREFECT_UI_API_URL": url}
         env.pop("PREFECT_API_URL", None)
+        if self._database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self._database_url
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
@@ -162,6 +176,11 @@ class PrefectServer:
                     self.proc.wait(timeout=5)
         self._record.unlink(missing_ok=True)
         self.proc = None
+
+
+def _client_host(host: str) -> str:
+    """The address clients use for a server bound to ``host`` (all addresses: this host's)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
 
 
 def _group_alive(pgid: int) -> bool:

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -140,6 +140,42 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         yield env
     finally:
         server.stop()
+
+
+class SharedStack(dict[str, str]):
+    """The session's shared stack (``flows.stack``): the dict is the client environment
+    (KNOBFLOW_CONFIG, PREFECT_API_URL, PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_URI,
+    MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD) to pass to the processes a test starts;
+    ``.dir`` is the stack's directory and ``.stack`` the ``Stack`` (``start_workers``...)."""
+
+    def __init__(self, stack: Any) -> None:
+        super().__init__(stack.client_env())
+        self.stack = stack
+        self.dir: Path = stack.dir
+
+
+def stack_missing() -> list[str]:
+    """What the shared stack needs and this machine lacks (PostgreSQL's programs)."""
+    from targets.postgres_cluster import find_bindir
+
+    return [] if find_bindir() is not None else ["postgres", "initdb"]
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStack]:
+    """One shared stack for the session (``infra/stack``'s: PostgreSQL, a Prefect server and an
+    MLflow server on it, the ``knobflow`` work pool, no worker: start them with
+    ``shared_stack.stack.start_workers(n)``), stopped at the end with everything it ran.
+    Skipped without PostgreSQL (failed under KNOBFLOW_REQUIRE_ALL_TARGETS)."""
+    require("the shared stack", stack_missing(), "install postgresql")
+    from flows.stack import Stack
+
+    stack = Stack(tmp_path_factory.mktemp("stack"))
+    stack.start(workers=0)
+    try:
+        yield SharedStack(stack)
+    finally:
+        stack.stop()
 
 
 @pytest.fixture
