@@ -51,19 +51,21 @@ DEPLOYMENT = "knobflow-worker"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def work_pool(home: Path | None = None) -> str:
-    """The work pool a job's workers take flow runs from: ``Settings.work_pool`` (or
-    ``$KNOBFLOW_WORK_POOL``), default ``knobflow``."""
-    try:
-        from targets.common.settings import current_settings  # type: ignore[attr-defined]
-    except ImportError:
-        return os.environ.get("KNOBFLOW_WORK_POOL") or "knobflow"
-    return str(current_settings(home).work_pool)
+def work_pool() -> str:
+    """The work pool a job's workers take flow runs from: ``Settings.work_pool`` (default
+    ``knobflow``)."""
+    from targets.common.settings import configured, current_settings
+
+    return current_settings().work_pool if configured() else "knobflow"
 
 
 def _prefect_api_url() -> str | None:
     from prefect.settings import get_current_settings
 
+    from targets.common.settings import configured, current_settings
+
+    if configured() and current_settings().prefect_api_url:
+        return current_settings().prefect_api_url
     return str(get_current_settings().api.url or "") or os.environ.get("PREFECT_API_URL") or None
 
 
@@ -177,7 +179,7 @@ def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any,
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    deploy_worker(work_pool(job.home))
+    deploy_worker(work_pool())
     record = json.loads(json.dumps({k: v for k, v in asdict(job).items() if k != "home"},
                                    default=str))
     runs = [run_deployment(
@@ -185,7 +187,7 @@ def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any,
         parameters={"job": record, "study_name": job.study_name, "parent_run_id": parent_run_id,
                     "instance": f"{job.instance}-w{k}", "home": None},
         flow_run_name=f"{job.study_name}-w{k}") for k in range(1, job.workers + 1)]
-    logger.info("%d workers started on pool %s: %s", len(runs), work_pool(job.home),
+    logger.info("%d workers started on pool %s: %s", len(runs), work_pool(),
                 ", ".join(str(r.id) for r in runs))
     study = optuna.load_study(study_name=job.study_name, storage=storage_for(job.home))
     done, shown, reached_at = 0, -1, None

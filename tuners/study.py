@@ -5,12 +5,12 @@ jobs of different instances run at the same time and append to it under Optuna's
 Homes from before keep each study in ``<home>/studies/<study>.journal``: such a study is still
 read (and resumed) from its own file; new jobs go to the shared journal.
 
-With a shared stack (``Settings.optuna_storage``, or ``$KNOBFLOW_OPTUNA_STORAGE`` before the
-settings object), every study lives in Optuna's ``RDBStorage`` on PostgreSQL instead
-(``storage_for``): one storage per process, with heartbeats, so a trial whose worker died is marked
-failed by the next ``fail_stale_trials`` and queued again by ``RetryFailedTrialCallback``.
-``study_lock`` serialises what must not interleave between the workers of one study (counting
-its trials and asking for the next one) with a PostgreSQL advisory lock.
+With a shared stack (``Settings.optuna_storage``) every study lives in Optuna's ``RDBStorage`` on
+PostgreSQL instead (``storage_for``): one storage per process, with heartbeats, so a trial whose
+worker died is marked failed by the next ``fail_stale_trials`` and queued again by
+``RetryHeartbeatStaleTrialCallback``. ``study_lock`` serialises what must not interleave between
+the workers of one study (counting its trials and asking for the next) with a PostgreSQL
+advisory lock; ``stored_trials`` reads them past Optuna's cache.
 
 ``open_job_study`` is the step of a tuning job that opens its study (a Prefect task): a new one
 with the default config queued first and its metric named, or the study of a job to resume with
@@ -70,33 +70,15 @@ MAX_RETRY = 3
 
 
 def shared_storage_url(home: Path | None = None) -> str | None:
-    """The URL of the shared Optuna storage with the stack's password put in (for SQLAlchemy
-    only: never print or log it), or None when studies stay in the home's journal.
+    """The URL of the shared Optuna storage (``Settings.optuna_storage``) with the stack's
+    password put in (for SQLAlchemy only: never print or log it), or None when studies stay in
+    the home's journal."""
+    from targets.common.settings import configured, current_settings, database_url
 
-    From ``Settings.optuna_storage`` (``targets/common/settings.py``) when that exists; else
-    from ``$KNOBFLOW_OPTUNA_STORAGE``, with the password read from ``$KNOBFLOW_SECRET_FILE``."""
-    try:
-        from targets.common.settings import (  # type: ignore[attr-defined]
-            current_settings,
-            database_url,
-        )
-    except ImportError:
-        url = os.environ.get("KNOBFLOW_OPTUNA_STORAGE") or None
-        return _with_secret(url) if url else None
-    url = current_settings(home).optuna_storage
-    return database_url(url) if url else None
-
-
-def _with_secret(url: str) -> str:
-    """``url`` with the password of ``$KNOBFLOW_SECRET_FILE`` (first line) put in."""
-    import sqlalchemy
-
-    secret_file = os.environ.get("KNOBFLOW_SECRET_FILE")
-    parsed = sqlalchemy.engine.make_url(url)
-    if not secret_file or parsed.password:
-        return url
-    secret = Path(secret_file).read_text(encoding="utf-8").strip().splitlines()[0]
-    return parsed.set(password=secret).render_as_string(hide_password=False)
+    if not configured():  # the settings object loads in ~0.3 s: only when something is set
+        return None
+    settings = current_settings()
+    return database_url(settings.optuna_storage, settings) if settings.optuna_storage else None
 
 
 def _rdb_storage(url: str) -> RDBStorage:
