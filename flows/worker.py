@@ -16,6 +16,7 @@ needs the same knobflow checkout at the same path (``infra/README.md``).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -160,11 +161,12 @@ def deploy_worker(work_pool: str) -> str:
             with contextlib.suppress(ObjectAlreadyExists):  # another job made it meanwhile
                 client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
     source = tune_worker.from_source(source=str(REPO), entrypoint="flows/worker.py:tune_worker")
-    deployment_id = source.deploy(  # type: ignore[union-attr]
-        name=DEPLOYMENT, work_pool_name=work_pool, build=False, push=False,
-        print_next_steps=False, ignore_warnings=True,
-        description="One worker of a `knobflow tune --workers N` job: explores the job's "
-                    "shared study on one test instance of its host (flows/worker.py).")
+    with contextlib.redirect_stdout(io.StringIO()):  # Prefect prints a table of deployments
+        deployment_id = source.deploy(  # type: ignore[union-attr]
+            name=DEPLOYMENT, work_pool_name=work_pool, build=False, push=False,
+            print_next_steps=False, ignore_warnings=True,
+            description="One worker of a `knobflow tune --workers N` job: explores the job's "
+                        "shared study on one test instance of its host (flows/worker.py).")
     return str(deployment_id)
 
 

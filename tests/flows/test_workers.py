@@ -68,6 +68,7 @@ def test_three_workers_one_study_one_killed(shared_stack: SharedStack, tmp_path:
     env = {**HEARTBEAT, "PYTHONPATH": str(REPO), "KNOBFLOW_HOME": str(worker_home),
            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
     workers = shared_stack.stack.start_workers(3, env_extra=env, cwd=REPO)
+    print(f"workers up: {time.monotonic() - began:.0f} s", file=sys.stderr)
     job = None
     try:
         job = subprocess.Popen(
@@ -78,6 +79,7 @@ def test_three_workers_one_study_one_killed(shared_stack: SharedStack, tmp_path:
             cwd=REPO, env={**os.environ, **shared_stack, **HEARTBEAT}, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         killed = _killed_trial(worker_home)
+        print(f"trial {killed} killed: {time.monotonic() - began:.0f} s", file=sys.stderr)
         out, err = job.communicate(timeout=240)
         assert job.returncode == 0, err[-3000:]
     finally:
