@@ -53,7 +53,6 @@ from model_registry.transfer import TransferPlan, TransferRequest, transfer_from
 from rules.learn import learned_path
 from rules.review import check_space
 from rules.ruleset import RuleSet, shipped_rules_path
-from targets.common.errors import KnobflowError
 from targets.common.settings import (
     knobflow_home,
     quiet_environment,
@@ -125,11 +124,9 @@ def tune(target: str, **options: Any) -> RunSummary:
     spec, root = JobSpec.of(target=target, **options), writable_home(knobflow_home(home))
     check_reachable(tracking_uri(root))
     check_fleet(root, spec.workers or 0)
-    if resume and (spec.workers or 0) > 1:
-        raise KnobflowError("--resume of a job with --workers is not supported yet; start a "
-                            "new job")
     with hold_instance(root, spec):  # one job per instance at a time
         job = prepare_job(spec, root, resume)
+        check_fleet(root, job.workers)  # a resumed job's workers continue its shared study
         listener.job_started(job, resume)
         space, rules = job.search_space(), job.rule_set()
         warnings = check_space(rules, space, f"search space of {job.target}")
@@ -147,7 +144,7 @@ def tune(target: str, **options: Any) -> RunSummary:
         runner = job.trial_runner()
         with _interrupted_on_error(job, tracker):
             first_baseline = _probe_noise(job, study, runner, tracker, logger)
-            if job.workers > 1:  # the work pool's workers explore; the job waits for them
+            if job.workers:  # the work pool's workers explore; the job waits for them
                 study = fan_out(job, tracker.run_id, logger)
             else:
                 _explore(job, study, space, runner, guard, tracker, listener, logger,

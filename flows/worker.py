@@ -71,9 +71,9 @@ def _prefect_api_url() -> str | None:
 
 
 def check_fleet(home: Path, workers: int) -> None:
-    """Refuse ``--workers N`` (N > 1) when the shared stack it needs is not configured: a shared
-    Optuna storage for the study, a Prefect API with a work pool for the workers."""
-    if workers <= 1:
+    """Refuse ``--workers N`` when the shared stack it needs is not configured: a shared Optuna
+    storage for the study, a Prefect API with a work pool for the workers."""
+    if not workers:
         return
     missing = [what for what, there in (
         ("a shared Optuna storage (optuna_storage)", shared_storage_url(home) is not None),

@@ -87,7 +87,7 @@ def test_three_workers_one_study_one_killed(shared_stack: SharedStack, tmp_path:
             job.kill()
             job.communicate()
         shared_stack.stack.stop_workers([w.pid for w in workers])
-    summary = json.loads(out)
+    summary = json.loads(out.strip().splitlines()[-1])
 
     monkeypatch.setenv("KNOBFLOW_CONFIG", shared_stack["KNOBFLOW_CONFIG"])
     from tuners.study import shared_storage_url
