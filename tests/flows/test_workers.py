@@ -61,6 +61,7 @@ def _killed_trial(worker_home: Path) -> int:
     return number
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_three_workers_one_study_one_killed(shared_stack: SharedStack, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     began = time.monotonic()
