@@ -145,7 +145,7 @@ def tune(target: str, **options: Any) -> RunSummary:
         with _interrupted_on_error(job, tracker):
             first_baseline = _probe_noise(job, study, runner, tracker, logger)
             if job.workers:  # the work pool's workers explore; the job waits for them
-                study = fan_out(job, tracker.run_id, logger)
+                study = fan_out(job, tracker.run_id, logger, listener)
             else:
                 _explore(job, study, space, runner, guard, tracker, listener, logger,
                          first_baseline)

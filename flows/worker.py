@@ -38,7 +38,7 @@ from tasks.guard import CandidateGuard
 from tasks.track import JobTracker
 from tuners.samplers import make_sampler
 from tuners.study import is_shared, shared_storage_url, storage_for, stored_trials
-from tuners.trials import TrialOutcome, finished_trials
+from tuners.trials import ATTR, TrialOutcome, TrialStatus, finished_trials
 
 __all__ = [
     "DEPLOYMENT", "FLOW_NAME", "REPO", "check_fleet", "deploy_worker", "fan_out", "tune_worker",
@@ -170,14 +170,39 @@ def deploy_worker(work_pool: str) -> str:
     return str(deployment_id)
 
 
-def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any,
+def _heard(study: optuna.Study, finished: list[optuna.trial.FrozenTrial], seen: set[int],
+           budget: int, listener: Any) -> None:
+    """Tell ``listener`` (the CLI's bar: ``trial_done``) of the finished trials not yet told."""
+    stats = ExploreStats(budget=budget, done=len(finished))
+    stats.failed = sum(1 for t in finished if t.state == optuna.trial.TrialState.FAIL)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for t in sorted(finished, key=lambda t: t.number):
+        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and (
+                stats.best_value is None
+                or (t.value > stats.best_value if maximize else t.value < stats.best_value)):
+            stats.best_value, stats.best_number = t.value, t.number
+    for t in finished:
+        if t.number in seen:
+            continue
+        seen.add(t.number)
+        record = t.user_attrs.get(ATTR, {})
+        outcome = TrialOutcome(config=dict(record.get("config", {})),
+                               instance=str(record.get("instance", "")),
+                               status=TrialStatus(record.get("status", TrialStatus.FAILED)),
+                               value=record.get("value"),
+                               baseline_value=record.get("baseline_value"))
+        listener.trial_done(str(t.number), outcome, stats)
+
+
+def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any, listener: Any = None,
             poll_s: float = 1.0, settle_s: float = 120.0) -> optuna.Study:
     """Run ``job.workers`` flow runs of ``tune-worker`` through the work pool on the job's
     shared study (created, default config queued, by the job) and wait until it holds the
     job's budget of finished trials, logging progress; then give the workers ``settle_s`` to
     end. A worker that crashed or failed does not stop the job while the others reach the
-    budget; if every worker ends first, the job goes on with the trials there are. The flow
-    study, read afresh when they are done."""
+    budget; if every worker ends first, the job goes on with the trials there are.
+    ``listener`` (``trial_done``) hears of every finished trial, whoever ran it. The study,
+    read afresh when they are done."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -192,10 +217,13 @@ def fan_out(job: Job, parent_run_id: str, logger: logging.Logger | Any,
     logger.info("%d workers started on pool %s: %s", len(runs), work_pool(),
                 ", ".join(str(r.id) for r in runs))
     study = optuna.load_study(study_name=job.study_name, storage=storage_for(job.home))
-    done, shown, reached_at = 0, -1, None
+    done, shown, reached_at, seen = 0, -1, None, set[int]()
     with get_client(sync_client=True) as client:
         while True:
-            done = len(finished_trials(study, stored_trials(study)))
+            finished = finished_trials(study, stored_trials(study))
+            done = len(finished)
+            if listener is not None:
+                _heard(study, finished, seen, job.budget, listener)
             if done != shown:
                 logger.info("trials done: %d/%d", done, job.budget)
                 shown = done
