@@ -123,6 +123,10 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
 
     check_spec(spec, root, resume)  # before Prefect's server starts: bad input answers at once
     check_reachable(tracking_uri(root))
+    if spec.workers:  # the shared stack, before an embedded server is started
+        from flows.worker import check_fleet
+
+        check_fleet(root, spec.workers or 0)
     from flows.progress import TuneProgress, print_summary
     from flows.tune import JobFailed, tune
 

@@ -85,6 +85,7 @@ class Job:
     transfer_priors: bool = False  # also tell the tuner siblings' trials with close workloads
     train: bool = True  # train the service's models after the job
     fail_on_regression: bool = False  # fail when the result is slower than the reference before
+    workers: int = 0  # Prefect workers exploring the shared study (flows/worker.py); 0: none
     status: JobStatus = JobStatus.RUNNING
     mlflow_run_id: str | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
@@ -126,7 +127,7 @@ class Job:
             rule_files=[str(Path(f).resolve()) for f in spec.rule_files],
             policies=list(spec.policies), learn_rules=spec.learn_rules, service=service,
             transfer=spec.transfer, transfer_priors=spec.transfer_priors, train=spec.train,
-            fail_on_regression=spec.fail_on_regression,
+            fail_on_regression=spec.fail_on_regression, workers=spec.workers or 0,
             home=home,
         )
         check_space(job.rule_set(), job.search_space(), f"search space of {spec.target}")

@@ -81,6 +81,10 @@ class JobSpec(BaseModel):
                          must=f"one of {', '.join(TUNERS)}")
     parallel: int | None = _option(None, "Instances running trials at once (default 1).",
                                    ge=1, le=64, resume=Resume.MAY_CHANGE)
+    workers: int | None = _option(
+        None, "Prefect workers running trials at once on one shared study, each on a test "
+        "instance of its host (needs the shared stack: infra/stack; default: none, trials run "
+        "here).", ge=1, le=256)
     workload_file: str | None = _option(None, "Workload YAML file.", flag="--workload")
     workload: dict[str, Any] | None = _option(None, "KEY=VALUE workload parameter.",
                                               cli=Cli.ASSIGNMENTS, flag="--set-workload")

@@ -7,6 +7,8 @@ knobflow tune sqlite --budget 20
   start_tracking          tasks/track.py       the job's MLflow run
   probe_noise             tasks/probe.py       the default run 3x; a noisy machine: repeats on
   explore                 tasks/explore.py     ask -> rules -> run (own process) -> clean -> tell
+                          (--workers N: flows/worker.py, N flow runs of tune-worker through
+                          the work pool on the shared study, until it holds the budget)
   verify_best             tasks/verify.py      best vs default, interleaved, until decisive (not
                                                when the best is the default: nothing to verify)
   train_service_models    tasks/train.py       surrogate models; the champion moves if better
@@ -44,6 +46,7 @@ from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.trials import service_table, write_job_table
+from flows.worker import check_fleet, fan_out
 from model_registry import fingerprint
 from model_registry.store import check_reachable
 from model_registry.transfer import TransferPlan, TransferRequest, transfer_from_siblings
@@ -120,8 +123,10 @@ def tune(target: str, **options: Any) -> RunSummary:
     listener: TuneListener = options.pop("progress", None) or TuneListener()
     spec, root = JobSpec.of(target=target, **options), writable_home(knobflow_home(home))
     check_reachable(tracking_uri(root))
+    check_fleet(root, spec.workers or 0)
     with hold_instance(root, spec):  # one job per instance at a time
         job = prepare_job(spec, root, resume)
+        check_fleet(root, job.workers)  # a resumed job's workers continue its shared study
         listener.job_started(job, resume)
         space, rules = job.search_space(), job.rule_set()
         warnings = check_space(rules, space, f"search space of {job.target}")
@@ -139,7 +144,11 @@ def tune(target: str, **options: Any) -> RunSummary:
         runner = job.trial_runner()
         with _interrupted_on_error(job, tracker):
             first_baseline = _probe_noise(job, study, runner, tracker, logger)
-            _explore(job, study, space, runner, guard, tracker, listener, logger, first_baseline)
+            if job.workers:  # the work pool's workers explore; the job waits for them
+                study = fan_out(job, tracker.run_id, logger, listener)
+            else:
+                _explore(job, study, space, runner, guard, tracker, listener, logger,
+                         first_baseline)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
             verification = None
             if best is not None and best_is_default(job, best):  # against itself: proves nothing

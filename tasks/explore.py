@@ -11,6 +11,7 @@ class and the tail of their log; the job goes on.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from rules.learn import LEARN_FROM
@@ -29,7 +31,10 @@ from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tuners.space import SearchSpace
+from tuners.study import stored_trials, study_lock
 from tuners.trials import ATTR, TrialOutcome, finished_trials
+
+log = logging.getLogger("knobflow.explore")
 
 __all__ = ["Exploration", "ExploreStats", "TrialListener", "explore"]
 
@@ -70,6 +75,7 @@ class Exploration:
         on_baseline: BaselineListener | None = None,
         guard: CandidateGuard | None = None,
         first_baseline: dict[str, float] | None = None,
+        shared: bool = False,
     ) -> None:
         self.study, self.space, self.runner, self.guard = study, space, runner, guard
         self.budget, self.time_budget_s, self.baseline_every = budget, time_budget_s, baseline_every
@@ -89,6 +95,13 @@ class Exploration:
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
+        # a shared study: the trials this process runs, and what beats for them
+        self.shared = shared
+        self._beating: dict[int, optuna.trial.Trial] = {}
+        self._done_beating = threading.Event()
+        interval = getattr(getattr(study._storage, "_backend", study._storage),
+                           "heartbeat_interval", None)
+        self._beat_every: float = float(interval or 5)
 
     def _stats_so_far(self) -> ExploreStats:
         """The stats of the trials a resumed study already holds."""
@@ -104,6 +117,9 @@ class Exploration:
         """One worker thread per instance until a stop condition holds; the stats at the end."""
         self._started = time.monotonic()
         instances = list(self.runner.instance_dirs)
+        beater = threading.Thread(target=self._beat_all, name="heartbeat", daemon=True)
+        if self.shared:
+            beater.start()
         try:
             with ThreadPoolExecutor(len(instances), thread_name_prefix="trial") as pool:
                 # each thread gets its own copy of the flow's context: its task runs belong to it
@@ -116,6 +132,9 @@ class Exploration:
                     raise
         finally:
             self._cleaner.shutdown(wait=True)  # finished trials are cleaned and told, even now
+            self._done_beating.set()
+            if beater.is_alive():
+                beater.join()
         for cleaning in self._cleanings:
             cleaning.result()  # a cleaning that failed (e.g. a broken suite file) fails the job
         if self._fault is not None:
@@ -124,6 +143,8 @@ class Exploration:
 
     def _ask(self) -> optuna.trial.Trial | None:
         """The next candidate, or None when the budget, the time budget or a stop says so."""
+        if self.shared:
+            return self._ask_shared()
         with self._lock:
             if self.runner.stopping or self._launched >= self.budget:
                 return None
@@ -132,6 +153,57 @@ class Exploration:
                 return None
             self._launched += 1
         return self.study.ask(self.distributions)
+
+    def _ask_shared(self) -> optuna.trial.Trial | None:
+        """The next candidate of a shared study, or None when the study holds its budget of
+        finished trials (or the time budget or a stop says so); waits while the trials other
+        workers run would fill it (one may die, and its config comes back)."""
+        while True:
+            if self.runner.stopping or (
+                    self.time_budget_s is not None
+                    and time.monotonic() - self._started >= self.time_budget_s):
+                return None
+            with study_lock(self.study):
+                fail_stale_trials(self.study)  # dead workers' trials: failed, queued again
+                trials = stored_trials(self.study)
+                done = len(finished_trials(self.study, trials))
+                running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+                if done >= self.budget:
+                    return None
+                if done + running < self.budget:
+                    trial = self.study.ask(self.distributions)
+                    # its first beat before the lock is let go: a trial with none is never stale
+                    self.study._storage.record_heartbeat(trial._trial_id)
+                    with self._lock:
+                        self._beating[trial._trial_id] = trial
+                    return trial
+            self.runner.processes.stopping.wait(min(self._beat_every, 0.5))
+
+    def _beat_all(self) -> None:
+        """Record a heartbeat for every trial this process runs, every heartbeat interval."""
+        while not self._done_beating.wait(self._beat_every):
+            with self._lock:
+                ids = list(self._beating)
+            for trial_id in ids:
+                try:
+                    self.study._storage.record_heartbeat(trial_id)
+                except Exception:  # the database hiccuped: the next beat may get through
+                    continue
+
+    def _told(self, trial: optuna.trial.Trial) -> None:
+        """``trial`` is finished (told): its heartbeats stop."""
+        with self._lock:
+            self._beating.pop(trial._trial_id, None)
+
+    def _interrupted(self, trial: optuna.trial.Trial) -> None:
+        """``trial`` was stopped with the job: failed; in a shared study another worker runs its
+        config again (the storage's retry callback, as for a dead worker's trial)."""
+        self.study.tell(trial, state=TrialState.FAIL)
+        self._told(trial)
+        retry = getattr(self.study._storage, "get_heartbeat_stale_trial_callback", None)
+        callback = retry() if self.shared and retry is not None else None
+        if callback is not None:
+            callback(self.study, self.study._storage.get_trial(trial._trial_id))
 
     def _work(self, instance: str) -> None:
         """One instance's loop: baseline when due, check, run, tell, ask again."""
@@ -151,7 +223,7 @@ class Exploration:
             count += 1
             outcome = self._run_one(trial, config, instance)
             if outcome.failure_class == FailureClass.INTERRUPTED:
-                self.study.tell(trial, state=TrialState.FAIL)
+                self._interrupted(trial)
                 return
             if outcome.disk_full:  # the machine's fault: told as failed, and the job stops
                 self._tell(trial, outcome, baseline)
@@ -182,6 +254,7 @@ class Exploration:
             key = blocked_as([f.rule for f in verdict.errors])  # once, so the counts add up
             self.stats.blocked_by[key] = self.stats.blocked_by.get(key, 0) + 1
         self.guard.block(self.study, trial, config, verdict)  # infeasible, with no value
+        self._told(trial)
         return None
 
     def _run_one(self, trial: optuna.trial.Trial, config: dict[str, Any],
@@ -205,6 +278,9 @@ class Exploration:
             # candidate; at a job's start the backlog is several trials long
             wait([self._clean_later(trial, outcome, baseline)])
             return self._ask()
+        if self.shared:  # its own untold trial would hold a place in the budget the ask waits on
+            self._clean_later(trial, outcome, baseline)
+            return self._ask()
         # ask first: sampling and cleaning would take turns on the GIL, and the next trial's
         # run, in its own process, is what cleaning should overlap
         following = self._ask()
@@ -227,11 +303,21 @@ class Exploration:
         if self.guard is not None and outcome.failure_class in LEARN_FROM:
             rule = self.guard.failed(trial.number, outcome)
             outcome.learned_rule = rule.id if rule is not None else None
-        trial.set_user_attr(ATTR, outcome.record())
-        if outcome.ok:
-            self.study.tell(trial, outcome.value)
-        else:
-            self.study.tell(trial, state=TrialState.FAIL)
+        try:
+            trial.set_user_attr(ATTR, outcome.record())
+            if outcome.ok:
+                self.study.tell(trial, outcome.value)
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # a shared study's other worker found no heartbeat in time and failed the trial:
+            # its config is queued again (run once more there); this result is dropped
+            self._told(trial)
+            log.warning("trial %d was given up as dead (no heartbeat within the grace period) "
+                        "while it ran here; its config runs again, this result is dropped",
+                        trial.number)
+            return
+        self._told(trial)
         with self._lock:
             self._count(trial.number, outcome)
             if self.on_trial is not None:

@@ -1,4 +1,5 @@
-"""benchmarks/transfer.py refuses bad arguments with the exact error, before running any job."""
+"""benchmarks/transfer.py and scaling.py refuse bad arguments with the exact error, before running
+anything."""
 
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ REPO = Path(__file__).resolve().parent.parent
 ])
 def test_bad_arguments_exit_2_with_the_error(args: list[str], error: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "transfer.py"), *args,
+                           "--plot", str(tmp_path / "p.png")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == error
+    assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--workers", "2,4"], "scaling.py: error: --workers: the first count must be 1 (the "
+     "speed-up's base)"),
+    (["--clients", "0,2"], "scaling.py: error: argument --clients: '0,2': a comma list of "
+     "whole numbers >= 1"),
+])
+def test_scaling_refuses_bad_counts(args: list[str], error: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling.py"), *args,
                            "--plot", str(tmp_path / "p.png")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2

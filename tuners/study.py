@@ -5,6 +5,13 @@ jobs of different instances run at the same time and append to it under Optuna's
 Homes from before keep each study in ``<home>/studies/<study>.journal``: such a study is still
 read (and resumed) from its own file; new jobs go to the shared journal.
 
+With a shared stack (``Settings.optuna_storage``) every study lives in Optuna's ``RDBStorage`` on
+PostgreSQL instead (``storage_for``): one storage per process, with heartbeats, so a trial whose
+worker died is marked failed by the next ``fail_stale_trials`` and queued again by
+``RetryHeartbeatStaleTrialCallback``. ``study_lock`` serialises what must not interleave between
+the workers of one study (counting its trials and asking for the next) with a PostgreSQL
+advisory lock; ``stored_trials`` reads them past Optuna's cache.
+
 ``open_job_study`` is the step of a tuning job that opens its study (a Prefect task): a new one
 with the default config queued first and its metric named, or the study of a job to resume with
 its interrupted trials queued again.
@@ -12,14 +19,23 @@ its interrupted trials queued again.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.samplers import BaseSampler
-from optuna.storages import JournalStorage
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -28,16 +44,108 @@ from tuners.samplers import make_sampler
 from tuners.trials import finished_trials, requeue_interrupted
 
 __all__ = [
-    "JOURNAL", "journal_path", "metric_name", "name_metric", "open_job_study", "open_study",
-    "storage_of", "study_names",
+    "GRACE_ENV", "HEARTBEAT_ENV", "JOURNAL", "MAX_RETRY", "is_shared", "journal_path",
+    "metric_name", "name_metric", "open_job_study", "open_study", "shared_storage_url",
+    "storage_for", "storage_of", "stored_trials", "study_lock", "study_names",
 ]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# knobflow asks and tells (tasks/explore.py) and beats for its running trials itself
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental",
+                        category=optuna.exceptions.ExperimentalWarning)
 
 JOURNAL = "optuna.journal"  # the home's Optuna storage, beside mlflow.db
 
 _storages: dict[tuple[str, int], JournalStorage] = {}
 _storages_lock = threading.Lock()
+_rdb: dict[str, RDBStorage] = {}
+
+#: Seconds between a running trial's heartbeats, and without one before it counts as dead
+#: (the worker running it was killed, or its host is gone): environment overrides for a fleet's
+#: operator (and tests); defaults 10 s and 60 s.
+HEARTBEAT_ENV, GRACE_ENV = "KNOBFLOW_OPTUNA_HEARTBEAT_S", "KNOBFLOW_OPTUNA_GRACE_S"
+#: How often one config is retried after its worker died running it.
+MAX_RETRY = 3
+
+
+def shared_storage_url(home: Path | None = None) -> str | None:
+    """The URL of the shared Optuna storage (``Settings.optuna_storage``) with the stack's
+    password put in (for SQLAlchemy only: never print or log it), or None when studies stay in
+    the home's journal."""
+    from targets.common.settings import configured, current_settings, database_url
+
+    if not configured():  # the settings object loads in ~0.3 s: only when something is set
+        return None
+    settings = current_settings()
+    return database_url(settings.optuna_storage, settings) if settings.optuna_storage else None
+
+
+def _rdb_storage(url: str) -> RDBStorage:
+    """The process's ``RDBStorage`` of ``url``: heartbeats on, dead workers' trials retried."""
+    with _storages_lock:
+        if url not in _rdb:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                _rdb[url] = RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=int(os.environ.get(HEARTBEAT_ENV) or 10),
+                    grace_period=int(os.environ.get(GRACE_ENV) or 60),
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY))
+        return _rdb[url]
+
+
+def storage_for(home: Path, study_name: str | None = None) -> BaseStorage:
+    """Where the studies of ``home`` live: the shared ``RDBStorage`` when a stack is
+    configured, else the home's journal (or a study's own file from before)."""
+    url = shared_storage_url(home)
+    if url is not None:
+        return _rdb_storage(url)
+    return storage_of(journal_path(home, study_name))
+
+
+def is_shared(storage: BaseStorage) -> bool:
+    """Whether ``storage`` (or the storage it caches) is shared between hosts (RDB)."""
+    return isinstance(getattr(storage, "_backend", storage), RDBStorage)
+
+
+def stored_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every trial of ``study`` as its storage holds it now, past Optuna's cache of an RDB
+    storage: the cache keeps a trial this process created (a queued config, a retry) in the
+    state it was created in once a later trial has finished, so it would count a trial another
+    worker runs as still waiting."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    return storage.get_all_trials(study._study_id, deepcopy=False)
+
+
+_local_locks: dict[str, threading.Lock] = {}
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold the study's lock: a PostgreSQL advisory lock (held on a connection of the storage's
+    own engine, so across processes and hosts) for a shared storage, a process-wide lock else."""
+    storage = study._storage
+    inner = getattr(storage, "_backend", storage)  # Optuna may wrap it in a cache
+    if isinstance(inner, RDBStorage) and inner.engine.dialect.name == "postgresql":
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(f"optuna:{study.study_name}".encode()).digest()[:8],
+                             "big", signed=True)
+        with inner.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        return
+    with _storages_lock:
+        lock = _local_locks.setdefault(study.study_name, threading.Lock())
+    with lock:
+        yield
 
 
 def _legacy_path(home: Path, study_name: str) -> Path:
@@ -71,6 +179,9 @@ def storage_of(path: Path) -> JournalStorage:
 
 def study_names(home: Path) -> list[str]:
     """The names of every study under ``home``: the shared journal's and older files' own."""
+    url = shared_storage_url(home)
+    if url is not None:
+        return optuna.get_all_study_names(_rdb_storage(url))
     names = []
     if (home / JOURNAL).exists():
         names = optuna.get_all_study_names(storage_of(home / JOURNAL))
@@ -96,8 +207,9 @@ def name_metric(study: optuna.Study, name: str) -> None:
 def open_study(
     home: Path, study_name: str, direction: str, sampler: BaseSampler, *, create: bool
 ) -> optuna.Study:
-    """Create (``create=True``) or load the study of a job from the home's storage."""
-    storage = storage_of(journal_path(home, study_name))
+    """Create (``create=True``) or load the study of a job from the home's storage (the shared
+    one when a stack is configured)."""
+    storage = storage_for(home, study_name)
     if create:
         return optuna.create_study(
             study_name=study_name, storage=storage, direction=direction, sampler=sampler

@@ -158,11 +158,13 @@ def is_blocked(trial: FrozenTrial) -> bool:
     return _record(trial).get("status") == TrialStatus.BLOCKED
 
 
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+def finished_trials(study: optuna.Study,
+                    trials: Iterable[FrozenTrial] | None = None) -> list[FrozenTrial]:
     """Trials that count against the budget: complete, or failed for a reason of their own
-    (not blocked, not interrupted, not a sibling's trial told as a prior observation)."""
+    (not blocked, not interrupted, not a sibling's trial told as a prior observation); of
+    ``trials`` when given (the study's as read some other way), else of the study's."""
     return [
-        t for t in study.get_trials(deepcopy=False)
+        t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
         if (t.state == TrialState.COMPLETE and not is_blocked(t) and not is_prior(t))
         or (t.state == TrialState.FAIL
             and _record(t).get("failure_class") not in (None, FailureClass.INTERRUPTED))

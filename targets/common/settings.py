@@ -44,6 +44,8 @@ _QUIET_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "GIT_PYTHON_REFRESH": "quiet",  # MLflow probes git; there may be none
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # with a tracking server MLflow prints "View run ... at" to stdout (into --json's output)
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 

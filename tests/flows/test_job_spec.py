@@ -32,7 +32,7 @@ EXAMPLE: dict[str, Any] = {
     "repeat_until": 0.05, "max_repeats": 6, "baseline_every": 3, "noise_runs": 5,
     "noise_threshold": 0.2, "rule_files": ["a.yaml"],
     "policies": ["durability", "small-disk"], "learn_rules": False, "transfer": False,
-    "transfer_priors": True, "train": False, "fail_on_regression": True,
+    "transfer_priors": True, "train": False, "fail_on_regression": True, "workers": 3,
 }
 
 
