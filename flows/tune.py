@@ -30,6 +30,7 @@ import logging
 import statistics
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -188,7 +189,9 @@ def _on_testbed(job: Job, runner: TrialRunner, tracker: JobTracker, resume: bool
     try:
         with hold_testbed(testbed_of(job), job.testbed_slots, logger) as held:
             job.isolation = {"testbed": held["testbed"], "limit": held["limit"],
-                             "slots": held["slots"], **runner.isolation.record()}
+                             "slots": held["slots"], "waited_s": held.get("waited_s"),
+                             "held_since": datetime.now(UTC).isoformat(),
+                             **runner.isolation.record()}
             job.save()
             cpus = ";".join(f"{k}={v}" for k, v in job.isolation["cpus"].items())
             tags = {"knobflow.testbed": held["testbed"], "knobflow.isolation.cpus": cpus,
