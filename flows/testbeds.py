@@ -46,8 +46,6 @@ __all__ = [
 QUEUES: dict[str, int] = {"production": 1, "default": 10}
 #: Seconds a test-bed slot outlives a job that died holding it (the flow renews its lease).
 LEASE_S = 60.0
-#: Seconds a job tries for a slot before it says it is waiting.
-_PATIENCE_S = 1.0
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -141,31 +139,21 @@ def hold_testbed(testbed: str, slots: int | None, logger: Logger) -> Iterator[di
     from prefect.concurrency.sync import concurrency
 
     name = limit_name(testbed)
-    limit = _ensure_limit(name, slots)
-    held = False
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=_PATIENCE_S, strict=True,
-                         lease_duration=LEASE_S):
-            held = True
-            logger.info("test-bed %s: holding a slot of %s (limit %d)", testbed, name, limit)
-            yield {"limit": name, "slots": limit, "testbed": testbed, "waited_s": 0.0}
-            return
-    except TimeoutError:
-        if held:  # the job's own, not the wait's
-            raise
-    logger.info("test-bed %s is busy (all %d slots of %s are held by other jobs): waiting",
-                testbed, limit, name)
+    limit, busy = _ensure_limit(name, slots)
+    if busy:
+        logger.info("test-bed %s is busy (all %d slots of %s are held by other jobs): waiting",
+                    testbed, limit, name)
     began = time.monotonic()
     with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
         waited = time.monotonic() - began
-        logger.info("test-bed %s: holding a slot of %s after waiting %.1f s", testbed, name,
-                    waited)
-        yield {"limit": name, "slots": limit, "testbed": testbed, "waited_s": round(waited, 1)}
+        logger.info("test-bed %s: holding a slot of %s (limit %d)%s", testbed, name, limit,
+                    f" after waiting {waited:.1f} s" if busy else "")
+        yield {"limit": name, "slots": limit, "testbed": testbed, "waited_s": round(waited, 2)}
 
 
-def _ensure_limit(name: str, slots: int | None) -> int:
+def _ensure_limit(name: str, slots: int | None) -> tuple[int, bool]:
     """Create the limit ``name`` with ``slots`` (default 1) if it is missing, or set it to
-    ``slots`` if given; its limit."""
+    ``slots`` if given; its limit, and whether all its slots are held now."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import (
         GlobalConcurrencyLimitCreate,
@@ -181,15 +169,16 @@ def _ensure_limit(name: str, slots: int | None) -> int:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=slots or 1))
             existing = client.read_global_concurrency_limit_by_name(name)
-        if slots is not None and existing.limit != slots:
-            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(
-                limit=slots))
-            return slots
         if not existing.active:
             raise KnobflowError(f"the Prefect concurrency limit {name} is turned off (inactive); "
-                                f"turn it on (prefect gcl update {name} --enable) or give "
-                                "another --testbed")
-        return int(existing.limit)
+                                f"turn it on (prefect gcl enable {name}) or give another "
+                                "--testbed")
+        limit = int(existing.limit)
+        if slots is not None and limit != slots:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(
+                limit=slots))
+            limit = slots
+        return limit, int(existing.active_slots) >= limit
 
 
 # -- isolation ----------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def two_jobs(client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     assert ensure_queues(POOL) == QUEUES
     assert ensure_queues(POOL) == QUEUES  # idempotent
     os.chdir(REPO)  # the deployment's entrypoint is relative to the repository
-    tune.to_deployment(name="testbeds", work_pool_name=POOL).apply()
+    tune.to_deployment(name="testbeds", work_pool_name=POOL,
+                       job_variables={"working_dir": str(REPO)}).apply()
     common = {**JOB, "testbed": testbed, "testbed_slots": 1}
     low = submit_tune("tune/testbeds", {**common, "service": "batch", "instance": "b"},
                       home=home)
@@ -98,25 +99,34 @@ def two_jobs(client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     with get_client(sync_client=True) as client:  # the test holds the test-bed for a while
         lease = client.increment_concurrency_slots_with_lease(
             names=[limit_name(testbed)], slots=1, mode="concurrency",
-            lease_duration=60).json()["lease_id"]
+            lease_duration=600).json()["lease_id"]
+    worker_log = home.parent / "worker.log"
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "1",
          "--type", "process"],
         cwd=REPO, env={**os.environ, **client_env, "PREFECT_WORKER_QUERY_SECONDS": "1",
-                       "PREFECT_WORKER_PREFETCH_SECONDS": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                       "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+                       "PREFECT_LOGGING_LEVEL": "INFO"},  # the waiting job's line reaches the API
+        stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def said() -> str:
+        with get_client(sync_client=True) as client:
+            states = [client.read_flow_run(r.id).state for r in (low, high)]
+        return f"{states}; the worker's log ends: {worker_log.read_text()[-3000:]}"
+
     try:
         with get_client(sync_client=True) as client:
-            wait_for(lambda: list((home / "jobs").glob("orders-*/job.json")),
-                     "the production job to start", timeout=90)
-            time.sleep(2)  # it waits for the test-bed now
+            wait_for(lambda: waiting(client, high.id), lambda: "the production job to wait "
+                     f"for the test-bed ({said()})", timeout=120, interval=1)
+            time.sleep(1)
             client.release_concurrency_slots_with_lease(lease_id=lease)
 
             def finished() -> list[Any]:
                 runs = [client.read_flow_run(r.id) for r in (low, high)]
                 return runs if all(r.state.is_final() for r in runs) else []
 
-            runs = wait_for(finished, "both jobs to end", timeout=180, interval=1)
+            runs = wait_for(finished, lambda: f"both jobs to end ({said()})", timeout=180,
+                            interval=1)
     finally:
         _stop(worker)
     jobs = {}
@@ -124,8 +134,18 @@ def two_jobs(client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         (path,) = (home / "jobs").glob(f"{service}-*/job.json")
         jobs[service] = json.loads(path.read_text())
         jobs[service]["dir"] = path.parent
+    for run in runs:
+        print(f"{run.name}: {run.start_time:%H:%M:%S} - {run.end_time:%H:%M:%S}")
     return {"runs": dict(zip(("low", "high"), runs, strict=True)), "jobs": jobs,
             "testbed": testbed, "home": home}
+
+
+def waiting(client: Any, flow_run: Any) -> bool:
+    """Whether the flow run's log says it waits for its test-bed."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run])))
+    return any("busy" in log.message and "waiting" in log.message for log in logs)
 
 
 def test_the_production_job_runs_first_and_never_beside_the_other(
@@ -146,7 +166,8 @@ def test_the_production_job_runs_first_and_never_beside_the_other(
         assert job["isolation"]["limit"] == f"testbed-{two_jobs['testbed']}"
         assert job["isolation"]["slots"] == 1
     # the test held the test-bed when the production job came: it waited, and said so
-    assert jobs["orders"]["isolation"]["waited_s"] > 0
+    assert jobs["orders"]["isolation"]["waited_s"] >= 0.5
+    assert jobs["batch"]["isolation"]["waited_s"] < 30  # it had the test-bed once it was free
 
 
 def test_the_instance_is_pinned_and_limited_as_the_record_says(
