@@ -94,11 +94,11 @@ class JobSpec(BaseModel):
     cpus: str | None = _option(
         None, "CPU set of each instance: auto (its own CPUs for every parallel instance) or a "
         "CPU list such as 0,1 or 0-3 split among them (default: not pinned).",
-        pattern=_CPUS, must=_CPUS_MUST, resume=Resume.MAY_CHANGE)
+        pattern=_CPUS, must=_CPUS_MUST)  # kept: it changes what a trial measures
     memory_mb: int | None = _option(
         None, "Memory limit of each instance's trial, MiB: a cgroup v2 where the host delegates "
         "one, else an rlimit on each process's address space (default: none).", ge=64,
-        le=2**22, resume=Resume.MAY_CHANGE)
+        le=2**22)
     workload_file: str | None = _option(None, "Workload YAML file.", flag="--workload")
     workload: dict[str, Any] | None = _option(None, "KEY=VALUE workload parameter.",
                                               cli=Cli.ASSIGNMENTS, flag="--set-workload")
