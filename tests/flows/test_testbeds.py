@@ -31,6 +31,7 @@ from flows.job import make_home
 from flows.testbeds import QUEUES, ensure_queues, limit_name, queue_for, submit_tune
 from targets.base import FailureClass
 from tasks.isolation import (
+    CGROUP_ENV,
     IsolationError,
     check_cpus,
     cpu_list_text,
@@ -226,9 +227,10 @@ def test_a_trial_over_its_memory_limit_fails_as_out_of_memory(tmp_path: Path) ->
 def test_cpu_lists() -> None:
     assert parse_cpu_list("0-2,5") == [0, 1, 2, 5]
     assert cpu_list_text([0, 1, 2, 5]) == "0-2,5"
-    assert check_cpus(["a", "b"], "auto") == dict(zip("ab", (
-        HOST_CPUS[:(len(HOST_CPUS) + 1) // 2], HOST_CPUS[(len(HOST_CPUS) + 1) // 2:]),
-        strict=True)) if len(HOST_CPUS) >= 2 else True
+    assert check_cpus(["a"], None) == {"a": None}
+    half = (len(HOST_CPUS) + 1) // 2
+    if len(HOST_CPUS) >= 2:  # auto: distinct sets that cover the CPUs this process may use
+        assert check_cpus(["a", "b"], "auto") == {"a": HOST_CPUS[:half], "b": HOST_CPUS[half:]}
 
 
 def test_more_cpus_than_the_host_has_names_the_option_and_the_fix() -> None:
@@ -244,3 +246,27 @@ def test_more_cpus_than_the_host_has_names_the_option_and_the_fix() -> None:
         JobSpec.of(target="synthetic", cpus="some")
     with pytest.raises(KnobflowError, match=r"'memory_mb' option of tune must be an int in"):
         JobSpec.of(target="synthetic", memory_mb=1)
+
+
+def test_a_delegated_cgroup_gets_each_instance_s_limits(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where KNOBFLOW_CGROUP names a cgroup v2 with the memory controller, each instance gets a
+    cgroup with its limits (a directory that imitates one here: this host delegates none)."""
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    monkeypatch.setenv(CGROUP_ENV, str(tmp_path))
+    plan = plan_isolation(["a"], str(HOST_CPUS[0]), 512, "job-1")
+    assert plan.memory == "cgroup 512 MiB" and "why_not_cgroup" not in plan.record()
+    leaf = tmp_path / "knobflow-job-1" / "a"
+    assert plan.limits("a").cgroup == str(leaf)
+    assert (leaf / "memory.max").read_text() == str(512 * 2**20)
+    assert (leaf / "memory.oom.group").read_text() == "1"
+    assert (leaf / "cpuset.cpus").read_text() == str(HOST_CPUS[0])
+    assert "+memory" in (tmp_path / "cgroup.subtree_control").read_text()
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert plan.limits("a").oom_kills() == 1
+    # without the memory controller: the rlimit, and why
+    (tmp_path / "cgroup.controllers").write_text("cpu pids\n")
+    plan = plan_isolation(["a"], None, 512, "job-2")
+    assert plan.memory == "rlimit 512 MiB"
+    assert "memory controller is not delegated" in plan.record()["why_not_cgroup"]
