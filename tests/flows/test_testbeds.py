@@ -79,6 +79,7 @@ def two_jobs(client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
              ) -> dict[str, Any]:
     """The two jobs, run through the pool; what the API and their records say."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     from flows.tune import tune
 
@@ -98,9 +99,12 @@ def two_jobs(client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
                                          "cpus": str(HOST_CPUS[-1]), "memory_mb": 512},
                        home=home)
     with get_client(sync_client=True) as client:  # the test holds the test-bed for a while
-        lease = client.increment_concurrency_slots_with_lease(
-            names=[limit_name(testbed)], slots=1, mode="concurrency",
-            lease_duration=600).json()["lease_id"]
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+            name=limit_name(testbed), limit=1))
+        held = client.increment_concurrency_slots_with_lease(
+            names=[limit_name(testbed)], slots=1, mode="concurrency", lease_duration=600).json()
+        assert held["limits"], held
+        lease = held["lease_id"]
     worker_log = home.parent / "worker.log"
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "1",
