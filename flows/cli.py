@@ -21,6 +21,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from flows.cli_approval import approvals_command, approve_command, reject_command
+from flows.cli_doctor import doctor_command
 from flows.cli_help import EXIT_CODES, HOME_OPTION, UNUSED_HOME_OPTION, PlainCommand, TuneCommand
 from flows.cli_instance import instance_app
 from flows.cli_live import apply_command, history_command, observe_command, recommend_command
@@ -123,6 +124,7 @@ for _name, _command in (("observe", observe_command), ("recommend", recommend_co
                         ("approvals", approvals_command)):
     app.command(_name, cls=PlainCommand)(_command)
 app.command("serve", cls=PlainCommand)(serve_command)
+app.command("doctor", cls=PlainCommand)(doctor_command)
 
 
 def _print_version(value: bool) -> None:
@@ -331,7 +333,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    quiet_environment()
+    try:
+        quiet_environment()  # bad settings (KNOBFLOW_CONFIG, a secret file) stop every command
+    except KnobflowError as exc:
+        Console(stderr=True).print(f"knobflow: error: {exc}", markup=False, highlight=False,
+                                   soft_wrap=True)
+        return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop trials and keep the study on SIGTERM
     return typer.main.get_command(app).main(args=argv, prog_name="knobflow",
                                             standalone_mode=False)

@@ -135,6 +135,7 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
         ("watch", "nope", "--once"): 2,
         ("report", "nope"): 2,
         ("serve", "--list", "--target", "nope"): 2,
+        ("doctor",): 0,
         ("check-regression", "nope"): 2,
         ("service", "show", "nope"): 0,  # a service never set has the defaults
         ("service", "set", "nope", "approval=maybe"): 2,
