@@ -92,11 +92,16 @@ def ensure_queues(pool: str | None = None) -> dict[str, int]:
 def submit_tune(deployment: str, parameters: dict[str, Any], *, home: str | Path,
                 service: str | None = None) -> Any:
     """Start a run of tune ``deployment`` (``flow/deployment``) with ``parameters`` on the work
-    pool queue of its service (``parameters['service']``, else its target); the flow run, not
-    waited for."""
+    pool queue of its service (``parameters['service']``, else its target), the pool's queues
+    made first (``ensure_queues``); the flow run, not waited for."""
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     service = service or parameters.get("service") or parameters["target"]
+    with get_client(sync_client=True) as client:
+        pool = client.read_deployment_by_name(deployment).work_pool_name
+    if pool:  # a queue named in a run but missing would be made with the lowest priority
+        ensure_queues(pool)
     return run_deployment(deployment, parameters={**parameters, "home": str(home)}, timeout=0,
                           work_queue_name=queue_for(home, service), as_subflow=False)
 
