@@ -274,3 +274,17 @@ def test_a_delegated_cgroup_gets_each_instance_s_limits(tmp_path: Path,
     plan = plan_isolation(["a"], None, 512, "job-2")
     assert plan.memory == "rlimit 512 MiB"
     assert "memory controller is not delegated" in plan.record()["why_not_cgroup"]
+
+
+def test_without_a_prefect_server_the_test_bed_is_not_guarded_and_the_log_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.testbeds import hold_testbed
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), caplog.at_level(logging.INFO), \
+            hold_testbed("tb", 1, logging.getLogger("knobflow.test")) as held:
+        assert held == {"limit": None, "slots": None, "testbed": "tb"}
+    assert "test-bed tb is not guarded: no Prefect server is configured" in caplog.text
