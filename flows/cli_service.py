@@ -53,7 +53,8 @@ def service_show(
 def service_set(
     service: Annotated[str, _SERVICE],
     assignments: Annotated[list[str], typer.Argument(
-        metavar="KEY=VALUE...", help="approval=required|none, approval_timeout_s=SECONDS.")],
+        metavar="KEY=VALUE...", help="approval=required|none, approval_timeout_s=SECONDS, "
+        "priority=production|default.")],
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Change settings of a service (the others are kept), e.g. approval=required."""

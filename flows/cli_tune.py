@@ -53,6 +53,8 @@ def _metavar(name: str) -> str | None:
     choices = extra.get("choices") if isinstance(extra, Mapping) else None
     if isinstance(choices, list) and choices:
         return "[" + "|".join(choices) + "]"
+    if isinstance(extra, Mapping) and extra.get("metavar"):
+        return str(extra["metavar"])
     if "file" in name:
         return "FILE"
     return {Cli.ASSIGNMENTS: "KEY=VALUE", Cli.COMMA_LIST: "NAME,...",

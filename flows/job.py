@@ -32,6 +32,7 @@ from targets.base import Target
 from targets.common.errors import JobError, KnobflowError
 from targets.common.files import display_path, file_lock, write_text_atomic
 from targets.registry import load_target, target_ref
+from tasks.isolation import IsolationError, check_cpus
 from tasks.noise import RepeatPolicy
 from tasks.runner import TrialRunner
 from tuners.space import SearchSpace, load_space, parse_space, space_for_knobs
@@ -86,6 +87,11 @@ class Job:
     train: bool = True  # train the service's models after the job
     fail_on_regression: bool = False  # fail when the result is slower than the reference before
     workers: int = 0  # Prefect workers exploring the shared study (flows/worker.py); 0: none
+    testbed: str | None = None  # the test-bed its instances run on (None: the running host)
+    testbed_slots: int | None = None  # the test-bed's limit, when given (None: 1 if created)
+    cpus: str | None = None  # each instance's CPU set: auto, a CPU list, or None (not pinned)
+    memory_mb: int | None = None  # each instance's memory limit
+    isolation: dict[str, Any] | None = None  # what the running host gave (tasks/isolation.py)
     status: JobStatus = JobStatus.RUNNING
     mlflow_run_id: str | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
@@ -128,8 +134,11 @@ class Job:
             policies=list(spec.policies), learn_rules=spec.learn_rules, service=service,
             transfer=spec.transfer, transfer_priors=spec.transfer_priors, train=spec.train,
             fail_on_regression=spec.fail_on_regression, workers=spec.workers or 0,
+            testbed=spec.testbed, testbed_slots=spec.testbed_slots, cpus=spec.cpus,
+            memory_mb=spec.memory_mb,
             home=home,
         )
+        job.check_cpus()
         check_space(job.rule_set(), job.search_space(), f"search space of {spec.target}")
         return job
 
@@ -165,6 +174,13 @@ class Job:
             else [f"{self.instance}-{k}" for k in range(1, self.parallel + 1)]
         )
         return {name: self.home / "instances" / self.service / name for name in names}
+
+    def check_cpus(self) -> None:
+        """A ``KnobflowError`` when this host cannot give the CPUs ``--cpus`` asks for."""
+        try:
+            check_cpus(list(self.instance_dirs()), self.cpus)
+        except IsolationError as exc:
+            raise KnobflowError(str(exc)) from None
 
     def trial_runner(self) -> TrialRunner:
         """What runs this job's trials: its target, workload, objective, timeout and instances."""

@@ -29,6 +29,8 @@ __all__ = ["Cli", "JobSpec", "Resume", "option_error", "spec_parameters", "with_
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_MUST = "1-64 letters, digits, '.', '_' or '-'"
 _SECONDS_MUST = "a number of seconds > 0"
+_CPUS = r"^(auto|[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?)*)$"
+_CPUS_MUST = "auto or a CPU list such as 0,1 or 0-3"
 
 
 class Resume(enum.StrEnum):
@@ -53,10 +55,11 @@ class Cli(enum.StrEnum):
 
 def _option(default: Any, help: str, *, cli: Cli = Cli.VALUE, flag: str | None = None,
             resume: Resume = Resume.KEEPS, must: str | None = None,
-            choices: tuple[str, ...] = (), **constraints: Any) -> Any:
+            choices: tuple[str, ...] = (), metavar: str | None = None,
+            **constraints: Any) -> Any:
     """One option of the spec: a pydantic field with what the CLI and resume need to know."""
     extra = {"cli": str(cli), "flag": flag, "resume": str(resume), "must": must,
-             "choices": list(choices)}
+             "choices": list(choices), "metavar": metavar}
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
@@ -85,6 +88,23 @@ class JobSpec(BaseModel):
         None, "Prefect workers running trials at once on one shared study, each on a test "
         "instance of its host (needs the shared stack: infra/stack; default: none, trials run "
         "here).", ge=1, le=256)
+    testbed: str | None = _option(
+        None, "Test-bed (host or resource) the job's instances run on; jobs on one test-bed "
+        "hold one of its slots each, a Prefect concurrency limit named testbed-NAME (default: "
+        "this host's name).", pattern=_NAME, must=_NAME_MUST, resume=Resume.MAY_CHANGE,
+        metavar="NAME")
+    testbed_slots: int | None = _option(
+        None, "Jobs the test-bed runs at once, set when its limit is created (default 1; "
+        "an existing limit is set to this value when given).", ge=1, le=64,
+        resume=Resume.MAY_CHANGE, metavar="N")
+    cpus: str | None = _option(
+        None, "CPU set of each instance: auto (its own CPUs for every parallel instance) or a "
+        "CPU list such as 0,1 or 0-3 split among them (default: not pinned).",
+        pattern=_CPUS, must=_CPUS_MUST, metavar="auto|CPUS")  # kept: changes what is measured
+    memory_mb: int | None = _option(
+        None, "Memory limit of each instance's trial, MiB: a cgroup v2 where the host delegates "
+        "one, else an rlimit on each process's address space (default: none).", ge=64,
+        le=2**22, metavar="MIB")
     workload_file: str | None = _option(None, "Workload YAML file.", flag="--workload")
     workload: dict[str, Any] | None = _option(None, "KEY=VALUE workload parameter.",
                                               cli=Cli.ASSIGNMENTS, flag="--set-workload")

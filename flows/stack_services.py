@@ -237,9 +237,10 @@ def worker_name(index: int) -> str:
 def start_worker(dir: Path, name: str, pool: str, queue: str | None,
                  env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """A ``prefect worker start`` of the process type on ``pool`` (and ``queue``), the API's URL
-    and secret in its environment."""
+    and secret in its environment; one flow run at a time (``--limit 1``): a worker owns one
+    test instance, and a second run would measure beside the first."""
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
-           "--type", "process", "--name", name]
+           "--type", "process", "--name", name, "--limit", "1"]
     if queue:
         cmd += ["--work-queue", queue]
     return _popen(cmd, dir / "logs" / f"worker-{name}.log", env, cwd)

@@ -32,6 +32,7 @@ import logging
 import statistics
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -45,6 +46,7 @@ from flows.job_reference import regression_failed, settle_reference
 from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
+from flows.testbeds import hold_testbed, isolate, testbed_of
 from flows.trials import service_table, write_job_table
 from flows.worker import check_fleet, fan_out
 from model_registry import fingerprint
@@ -142,7 +144,8 @@ def tune(target: str, **options: Any) -> RunSummary:
             job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
         ) if job.learn_rules else None)
         runner = job.trial_runner()
-        with _interrupted_on_error(job, tracker):
+        with _interrupted_on_error(job, tracker), _on_testbed(job, runner, tracker, resume,
+                                                                 logger):
             first_baseline = _probe_noise(job, study, runner, tracker, logger)
             if job.workers:  # the work pool's workers explore; the job waits for them
                 study = fan_out(job, tracker.run_id, logger, listener)
@@ -183,6 +186,36 @@ def _interrupted_on_error(job: Job, tracker: JobTracker) -> Iterator[None]:
         tracker.finish_job({}, [], {}, status="KILLED")
         tracker.close()
         raise
+
+
+@contextlib.contextmanager
+def _on_testbed(job: Job, runner: TrialRunner, tracker: JobTracker, resume: bool,
+                logger: logging.Logger | logging.LoggerAdapter[Any]) -> Iterator[None]:
+    """Run the job's trials on its test-bed: each instance isolated as this host allows (its
+    CPU set, its memory limit), one slot of the test-bed's concurrency limit held throughout;
+    what was given is recorded in job.json and the MLflow run."""
+    runner.isolation = isolate(job)
+    try:
+        with hold_testbed(testbed_of(job), job.testbed_slots, logger) as held:
+            job.isolation = {"testbed": held["testbed"], "limit": held["limit"],
+                             "slots": held["slots"], "waited_s": held.get("waited_s"),
+                             "held_since": datetime.now(UTC).isoformat(),
+                             **runner.isolation.record()}
+            job.save()
+            cpus = ";".join(f"{k}={v}" for k, v in job.isolation["cpus"].items())
+            tags = {"knobflow.testbed": held["testbed"], "knobflow.isolation.cpus": cpus,
+                    "knobflow.isolation.memory": job.isolation["memory"]}
+            params = {} if resume else {"testbed": held["testbed"],
+                                        "isolation.memory": job.isolation["memory"],
+                                        "isolation.cpus": cpus[:500]}
+            tracker.annotate(params=params, tags=tags)
+            logger.info("isolation of the instances: cpus %s; memory %s%s", cpus,
+                        job.isolation["memory"],
+                        f" ({job.isolation['why_not_cgroup']})"
+                        if job.isolation.get("why_not_cgroup") else "")
+            yield
+    finally:
+        runner.isolation.release()
 
 
 def _transfer(job: Job, study: optuna.Study, table: pd.DataFrame, space: SearchSpace,

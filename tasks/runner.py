@@ -24,8 +24,15 @@ from prefect.cache_policies import NO_CACHE
 
 from targets.base import FailureClass, Measurement, Target
 from tasks.clean import clean_measurement
+from tasks.isolation import Isolation, looks_out_of_memory
 from tasks.noise import RepeatPolicy, run_repeated, t_interval
-from tasks.trial_process import EXIT_IO_ERROR, LOG_TAIL_LINES, ChildExit, TrialProcesses
+from tasks.trial_process import (
+    EXIT_IO_ERROR,
+    EXIT_ISOLATION,
+    LOG_TAIL_LINES,
+    ChildExit,
+    TrialProcesses,
+)
 from tuners.trials import TrialOutcome, TrialStatus
 
 __all__ = ["DISK_FULL_BYTES", "TrialRunner", "clean_trial", "execute_trial", "run_trial"]
@@ -50,6 +57,7 @@ class TrialRunner:
     instance_dirs: dict[str, Path]  # instance name -> its data directory
     seed: int = 0
     policy: RepeatPolicy = field(default_factory=RepeatPolicy)
+    isolation: Isolation = field(default_factory=Isolation)  # CPU sets and memory limits
     processes: TrialProcesses = field(default_factory=TrialProcesses, repr=False)
 
     @property
@@ -101,20 +109,41 @@ class TrialRunner:
         trial_dir.mkdir(parents=True, exist_ok=True)
         data_dir = self.instance_dirs[instance]
         started, wall = time.monotonic(), time.time()
-        exit_ = self.processes.run({
+        limits = self.isolation.limits(instance)
+        oom_kills = limits.oom_kills()
+        request = {
             "target_ref": self.target_ref, "data_dir": str(data_dir), "workload": self.workload,
             "config": dict(config), "seed": seed, "result_path": str(trial_dir / "result.json"),
-        }, trial_dir, self.timeout_s)
+        }
+        if limits.cpus or limits.memory_bytes:
+            request["isolation"] = limits.request()
+        exit_ = self.processes.run(request, trial_dir, self.timeout_s)
         outcome = TrialOutcome(
             config=dict(config), instance=instance, status=TrialStatus.OK,
             log_tail=exit_.log_tail,
             workload_features=self.target_cls.workload_features(self.workload),
         )
         self._classify(exit_, outcome, data_dir)
+        self._blame_the_memory_limit(outcome, limits.oom_kills() > oom_kills)
         self._blame_a_full_disk(outcome, data_dir)
         outcome.elapsed_s = time.monotonic() - started
         outcome.started_at, outcome.finished_at = wall, time.time()
         return outcome
+
+    def _blame_the_memory_limit(self, outcome: TrialOutcome, oom_killed: bool) -> None:
+        """A trial that failed over its memory limit (the OOM killer ended its cgroup, or an
+        allocation failed under the rlimit) is ``out_of_memory``, and says which limit."""
+        if outcome.ok or outcome.failure_class in (FailureClass.INTERRUPTED,
+                                                   FailureClass.TIMEOUT):
+            return
+        if self.isolation.memory == "none":
+            return
+        said = looks_out_of_memory("\n".join([outcome.message, *outcome.log_tail]))
+        if oom_killed or said or outcome.failure_class == FailureClass.OUT_OF_MEMORY:
+            how = "killed by the OOM killer in its cgroup" if oom_killed else "an allocation failed"
+            outcome.fail(FailureClass.OUT_OF_MEMORY,
+                         f"over its memory limit ({self.isolation.memory}): {how}; "
+                         f"{outcome.failure_class}: {outcome.message}")
 
     def _blame_a_full_disk(self, outcome: TrialOutcome, data_dir: Path) -> None:
         """A trial that failed while the disk is full (or saying so) failed for no config's
@@ -146,6 +175,9 @@ class TrialRunner:
         elif exit_.timed_out:
             outcome.fail(FailureClass.TIMEOUT,
                          f"no result within the {self.timeout_s:g} s trial timeout (hang)")
+        elif exit_.returncode == EXIT_ISOLATION:
+            outcome.fail(FailureClass.IO_ERROR, "the trial process could not apply its CPU set "
+                         "or memory limit (see the end of its log)")
         elif exit_.returncode == EXIT_IO_ERROR:
             outcome.fail(FailureClass.IO_ERROR, "the trial process could not write its result "
                          "(see the end of its log)")

@@ -8,6 +8,9 @@ model (pydantic) of every setting, so a new one is one field with its default an
 approval            none      ``required``: ``knobflow apply`` pauses before it changes an
                               instance of the service until an operator approves or rejects
 approval_timeout_s  86400     seconds a paused apply waits for the answer; none: rejected
+priority            default   ``production``: the service's tune jobs submitted through the work
+                              pool go to its ``production`` queue (priority 1), before those of
+                              ``default`` services (queue ``default``, priority 10)
 ==================  ========  =================================================================
 
 The file is written atomically under a lock (two ``service set`` at once keep each other's
@@ -47,6 +50,10 @@ class ServiceSettings(BaseModel):
     approval_timeout_s: int = Field(
         86400, ge=1, le=30 * 86400, description="seconds a paused apply waits for an answer "
         "before the change is rejected")
+    priority: Literal["production", "default"] = Field(
+        "default", description="production: the service's tune jobs submitted through the work "
+        "pool go to its production queue (priority 1), ahead of default services' (queue "
+        "default, priority 10)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -56,6 +63,7 @@ class ServiceSettings(BaseModel):
 ALLOWED: dict[str, str] = {
     "approval": "required or none",
     "approval_timeout_s": "an integer number of seconds from 1 to 2592000 (30 days)",
+    "priority": "production or default",
 }
 FIELDS = tuple(ServiceSettings.model_fields)
 

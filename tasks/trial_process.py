@@ -31,6 +31,8 @@ LOG_TAIL_LINES = 20
 EXIT_IO_ERROR = 74
 #: The exit code of a trial process whose tuner died before it started.
 EXIT_ORPHANED = 75
+#: The exit code of a trial process that could not apply its CPU set or memory limit.
+EXIT_ISOLATION = 76
 
 
 # -- the child -------------------------------------------------------------------------------------
@@ -99,6 +101,14 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent:
         return EXIT_ORPHANED  # the tuner is gone: run nothing
     request = json.loads(request_path.read_text(encoding="utf-8"))
+    if request.get("isolation"):  # before the target runs: what it starts inherits the limits
+        from tasks.isolation import apply_limits
+
+        try:
+            print(f"knobflow trial process: {apply_limits(request['isolation'])}", flush=True)
+        except OSError as exc:  # the host refused the CPU set or the cgroup: not the config's
+            print(f"knobflow trial process: cannot apply its isolation: {exc}", file=sys.stderr)
+            return EXIT_ISOLATION
     threading.Thread(target=_watch_parent, args=(parent, request), daemon=True).start()
     try:
         outcome = run_request(request)

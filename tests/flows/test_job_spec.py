@@ -33,6 +33,7 @@ EXAMPLE: dict[str, Any] = {
     "noise_threshold": 0.2, "rule_files": ["a.yaml"],
     "policies": ["durability", "small-disk"], "learn_rules": False, "transfer": False,
     "transfer_priors": True, "train": False, "fail_on_regression": True, "workers": 3,
+    "testbed": "bed-1", "testbed_slots": 2, "cpus": "auto", "memory_mb": 512,
 }
 
 
@@ -124,6 +125,12 @@ def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
                               "'_' or '-'. Got 'a b' instead."),
         ({"trial_timeout": -1.0}, "The 'trial_timeout' option of tune must be a number of "
                                   "seconds > 0. Got -1.0 instead."),
+        ({"cpus": "0;1"}, "The 'cpus' option of tune must be auto or a CPU list such as 0,1 or "
+                          "0-3. Got '0;1' instead."),
+        ({"memory_mb": 8}, "The 'memory_mb' option of tune must be an int in [64, 4194304]. "
+                           "Got 8 instead."),
+        ({"testbed_slots": 0}, "The 'testbed_slots' option of tune must be an int in [1, 64]. "
+                               "Got 0 instead."),
     ],
 )
 def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_command(
@@ -154,7 +161,8 @@ def test_resume_changes_only_what_may_change(home: Path) -> None:
     assert (resumed.study_name, resumed.budget, resumed.parallel, resumed.seed) == (
         job.study_name, 10, 2, 4)
     with pytest.raises(KnobflowError, match=r"drop --seed, --no-train \(only --budget, "
-                                            r"--time-budget and --parallel may change\)"):
+                                            r"--time-budget, --parallel, --testbed and "
+                                            r"--testbed-slots may change\)"):
         check_spec(JobSpec.of(target="synthetic", seed=5, train=False), home, True)
     may = {n for n in FIELDS if JobSpec.resume_rule(n) == Resume.MAY_CHANGE}
-    assert may == {"budget", "time_budget", "parallel"}
+    assert may == {"budget", "time_budget", "parallel", "testbed", "testbed_slots"}
