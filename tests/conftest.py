@@ -186,6 +186,28 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded MLflow store made once per session by knobflow's own ``client_for``: copy
+    it (``shutil.copyfile``) where a test needs a store but does not test making one."""
+    from model_registry.store import client_for
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client_for(f"sqlite:///{db}")
+    return db
+
+
+@pytest.fixture
+def mlflow_store(home: Path, mlflow_template: Path) -> Path:
+    """``home`` with its embedded MLflow store already made: a copy of the session's. MLflow's
+    first migration of a new store costs seconds (tens on a loaded machine) in every test that
+    tracks anything. For tests that are not about making a store: a fresh home, or a job killed
+    while it makes one, must not use it (``home`` alone is empty)."""
+    db = home / "mlflow.db"
+    shutil.copyfile(mlflow_template, db)
+    return db
+
+
 def trial_processes(marker: str) -> list[int]:
     """PIDs of live trial processes whose command line mentions ``marker`` (a path)."""
     found = []

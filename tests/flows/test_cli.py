@@ -44,6 +44,7 @@ def test_knobs_shows_the_spec_as_a_table() -> None:
         assert name in result.stdout
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_tune_json_prints_one_object_with_the_result(prefect_api: str, home: Path) -> None:
     result = invoke_cli(
         [
@@ -146,6 +147,7 @@ def test_bad_input_exits_2_with_one_clear_line(args: list[str], message: str, ho
     assert not any(home.iterdir()), "bad input must not leave state behind"
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_resume_refuses_options_that_would_change_the_job(prefect_api: str, home: Path) -> None:
     first = invoke_cli(
         [

@@ -140,6 +140,7 @@ def test_the_comments_name_the_variable_and_files_that_exist() -> None:
     assert "prefect deployment run tune/sqlite-nightly --watch" in readme
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_the_nightly_sqlite_deployment_runs_a_job(prefect_api: str, home: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Its parameters as the worker would pass them, with a smaller budget and a test home."""

@@ -18,6 +18,8 @@ from tasks.instances import Instance, InstanceStore
 from tests.conftest import invoke_cli, run_cli, start_cli, wait_for
 
 WINDOWS = ["--windows", "3", "--window-s", "0.6"]
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
 
 
 def start_instance(home: Path, name: str, target: str = "synthetic", service: str = "svc",
@@ -183,9 +185,10 @@ def test_instance_start_workload_stop_leave_nothing(home: Path) -> None:
 
 def test_tune_then_recommend_then_apply_the_recommendation(
         prefect_api: str, home: Path, synthetic: Instance) -> None:
-    tuned = run_cli(["tune", "synthetic", "--service", "svc", "--instance", "bed", "--budget",
-                     "12", "--noise-runs", "0", "--home", str(home)], api_url=prefect_api,
-                    timeout=600)
+    # in this process (the session's API; no interpreter to start), two pairs of verification
+    tuned = invoke_cli(["tune", "synthetic", "--service", "svc", "--instance", "bed", "--budget",
+                        "12", "--noise-runs", "0", "--verify-repeats", "2", "--home",
+                        str(home)])
     assert tuned.returncode == 0, tuned.stderr
     shown = invoke_cli(["recommend", "syn-1", *WINDOWS, "--home", str(home), "--json"])
     assert shown.returncode == 0, shown.stderr

@@ -17,7 +17,7 @@ from targets import postgres_cluster as pgc
 from targets.live import live_system
 from targets.live_daemon import stop_launched
 from targets.redis import RedisTarget
-from tests.conftest import invoke_cli, missing_executables, needs, run_cli
+from tests.conftest import invoke_cli, missing_executables, needs
 from tests.flows.test_live_apply import history, show, start_instance, write_config
 
 needs_redis = needs("Redis", missing_executables(RedisTarget.contract_examples()["redis"].requires),
@@ -30,6 +30,8 @@ needs_postgres = needs(
 WINDOWS = ["--windows", "4", "--window-s", "1"]
 REDIS_LOAD = {"clients": 10, "pipeline": 16, "requests": 100000}
 FSYNC_EVERY_WRITE = {"appendonly": True, "appendfsync": "always"}
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
 
 
 def apply(home: Path, name: str, config: dict[str, Any] | None, tmp_path: Path,
@@ -81,9 +83,11 @@ def test_redis_improving_config_is_kept(prefect_api: str, home: Path, redis_inst
 @needs_redis
 def test_redis_recommended_config_is_applied_and_read_back(
         prefect_api: str, home: Path, redis_instance: str, tmp_path: Path) -> None:
-    tuned = run_cli(["tune", "redis", "--service", "cache", "--instance", "bed", "--budget", "4",
-                     "--noise-runs", "0", "--no-train", "--set-workload", "requests=100000",
-                     "--home", str(home)], api_url=prefect_api, timeout=600)
+    # in this process (the session's API; no interpreter to start); at most two pairs of
+    # verification (up to ten of Redis runs by default), which nothing here looks at
+    tuned = invoke_cli(["tune", "redis", "--service", "cache", "--instance", "bed", "--budget",
+                        "4", "--noise-runs", "0", "--no-train", "--verify-repeats", "2",
+                        "--set-workload", "requests=100000", "--home", str(home)])
     assert tuned.returncode == 0, tuned.stderr
     from tasks.instances import InstanceStore
 

@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
@@ -25,6 +26,7 @@ async def _flow_name(flow_run_id: str) -> str:
         return (await client.read_flow(run.flow_id)).name
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_a_job_run_is_described_timed_and_linked_to_its_flow_run(prefect_api: str,
                                                                   home: Path) -> None:
     rules = home.parent / "mine.yaml"

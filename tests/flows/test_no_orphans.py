@@ -66,6 +66,7 @@ SERVERS = {
 
 
 @pytest.mark.parametrize("target", sorted(SERVERS))
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: the kill comes after it anyway
 def test_sigkill_of_the_tuner_leaves_no_server_behind(
     target: str, prefect_api: str, home: Path
 ) -> None:

@@ -13,6 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from tasks.noise import spread
 
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
+
 FAST = ["--set-workload", "duration=0", "--set-workload", "intervals=1", "--budget", "3",
         "--verify-repeats", "2", "--no-train", "--no-learned-rules"]
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from uuid import UUID
 
+import pytest
 import yaml
 from conftest import invoke_cli, run_cli
 from mlflow.entities import Run
@@ -61,6 +62,7 @@ def test_no_prefect_log_line_on_the_terminal_unless_verbose(prefect_api: str,
                      verbose.stderr), verbose.stderr
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_the_result_is_an_artifact_of_the_flow_run(prefect_api: str, home: Path) -> None:
     summary = tune("synthetic", budget=3, seed=2, workload=FAST, verify_repeats=2,
                    instance="Box_1", train=False, home=str(home))
@@ -100,6 +102,7 @@ def test_the_result_is_an_artifact_of_the_flow_run(prefect_api: str, home: Path)
             f"then <http://127.0.0.1:5000/{page}>.") in text
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_a_job_without_a_completed_trial_is_a_failed_flow_run(prefect_api: str, home: Path,
                                                                tmp_path: Path) -> None:
     """Every config crashes (threads > 48 with compress on): the CLI exits 1 with the summary,

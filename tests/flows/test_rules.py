@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -23,6 +24,11 @@ from targets.synthetic import SyntheticTarget
 from tuners.study import JOURNAL, open_study, storage_of
 
 FAST = {"duration": 0.0, "noise": 0.02}
+#: What these tests do not look at, left out of their jobs: the noise check, more than the two
+#: pairs of verification, training the service's models.
+LEAN: dict[str, Any] = {"noise_runs": 0, "verify_repeats": 2, "train": False}
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
 MIB = 2**20
 
 
@@ -49,9 +55,10 @@ def test_a_job_with_rules_runs_none_of_the_known_hangs(
     space.write_text(yaml.safe_dump({"knobs": {"io_threads": {"range": [1, 8]},
                                                "maxmemory": {"range": [0, 4 * MIB]}},
                                      "fixed": {"maxmemory_policy": "allkeys-lru"}}))
+    # no noise check: three Redis runs of the default that nothing here looks at
     summary = tune("redis", budget=4, tuner="random", seed=3, space_file=str(space),
                    workload={"requests": 100_000}, trial_timeout=20, verify_repeats=2,
-                   home=str(home))
+                   noise_runs=0, home=str(home))
     cores = os.cpu_count() or 1
     ran = _ran(_trials(home, summary))
     assert len(ran) == 4
@@ -67,7 +74,7 @@ def test_blocked_candidates_are_infeasible_for_the_tuner(prefect_api: str, home:
     rules.write_text(yaml.safe_dump({"target": "synthetic", "rules": [
         {"id": "no-big-x", "kind": "forbid", "when": "x > 0.5", "message": "mine"}]}))
     summary = tune("synthetic", budget=8, tuner="random", seed=4, workload=FAST,
-                   rule_files=[str(rules)], home=str(home))
+                   rule_files=[str(rules)], **LEAN, home=str(home))
     trials = _trials(home, summary)
     blocked = [t for t in trials if t.user_attrs["knobflow"]["status"] == "blocked"]
     assert blocked and summary.n_blocked == len(blocked)
@@ -97,7 +104,7 @@ def test_crashes_teach_rules_that_later_jobs_apply_and_operators_review(
                                                "x": {"range": [0.0, 1.0]}},
                                      "fixed": {"compress": True, "mode": "alpha"}}))
     first = tune("synthetic", budget=16, tuner="random", seed=7, workload=FAST,
-                 space_file=str(space), trial_timeout=2.0, home=str(home))
+                 space_file=str(space), trial_timeout=2.0, **LEAN, home=str(home))
     assert first.failure_classes.get("crash", 0) >= 1
     assert first.learned_rules
     store = LearnedRules(learned_path(home, "synthetic"), SyntheticTarget.knob_spec())
@@ -121,11 +128,12 @@ def test_crashes_teach_rules_that_later_jobs_apply_and_operators_review(
 
     # a later job of the service applies them; --no-learned-rules does not
     second = tune("synthetic", budget=10, tuner="random", seed=8, workload=FAST,
-                  space_file=str(space), trial_timeout=2.0, home=str(home))
+                  space_file=str(space), trial_timeout=2.0, **LEAN, home=str(home))
     learned_blocks = {k: v for k, v in second.blocked_by.items() if k.startswith("learned-")}
     assert learned_blocks
     plain = tune("synthetic", budget=6, tuner="random", seed=8, workload=FAST,
-                 space_file=str(space), trial_timeout=2.0, learn_rules=False, home=str(home))
+                 space_file=str(space), trial_timeout=2.0, learn_rules=False, **LEAN,
+                 home=str(home))
     assert not any(k.startswith("learned-") for k in plain.blocked_by)
     assert len(store.documents()) == len(docs) + len(second.learned_rules)
 

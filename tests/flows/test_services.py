@@ -21,6 +21,8 @@ from tuners.study import open_study
 from tuners.trials import PRIOR_ATTR, TRANSFER_ATTR
 
 FAST = {"duration": 0.0, "noise": 0.02}
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
 
 
 def _client(home: Path) -> MlflowClient:
@@ -37,7 +39,9 @@ def test_a_sibling_starts_from_what_the_first_instance_learned(prefect_api: str,
                                                                 home: Path) -> None:
     # enough trials that the held-out fifth (by a hash of each row) is 5 or more: a model checked
     # on fewer is never champion (P(< 5 of 60) is 0.3 %)
-    first = tune("synthetic", instance="a", budget=60, seed=1, workload=FAST, home=str(home))
+    # no noise check (three runs of the default per job; tests/flows/test_noise.py has its own)
+    first = tune("synthetic", instance="a", budget=60, seed=1, workload=FAST, noise_runs=0,
+                 home=str(home))
     model = first.model
     assert model["champion_refused"] == "", model["line"]
     assert model["name"] == "knobflow-synthetic-throughput" and model["version"] == 1
@@ -45,7 +49,7 @@ def test_a_sibling_starts_from_what_the_first_instance_learned(prefect_api: str,
     assert first.transfer["n_seeds"] == 0  # nobody to learn from yet
 
     second = tune("synthetic", instance="b", budget=10, seed=2, workload={**FAST, "shift": 0.5},
-                  home=str(home))
+                  noise_runs=0, home=str(home))
     transfer = second.transfer
     assert transfer["n_seeds"] >= 3 and transfer["from_instances"] == ["a"]
     assert transfer["model"] == "knobflow-synthetic-throughput" and transfer["model_version"] == "1"
@@ -69,7 +73,7 @@ def test_a_sibling_starts_from_what_the_first_instance_learned(prefect_api: str,
     assert [s["params"] for s in recorded["seeds"]] == [t.params for t in queued]
 
     cold = tune("synthetic", instance="c", budget=4, seed=3, workload=FAST, transfer=False,
-                train=False, home=str(home))
+                train=False, noise_runs=0, home=str(home))
     assert cold.transfer is None and cold.model is None
     assert not any(TRANSFER_ATTR in t.user_attrs for t in _study(home, cold).trials)
     assert _client(home).get_run(cold.mlflow_run_id).data.tags["knobflow.transfer"] == "off"
@@ -77,12 +81,12 @@ def test_a_sibling_starts_from_what_the_first_instance_learned(prefect_api: str,
 
 def test_instances_of_another_service_are_not_siblings(prefect_api: str, home: Path) -> None:
     tune("synthetic", instance="a", budget=6, seed=1, workload=FAST, train=False,
-         service="orders", home=str(home))
+         service="orders", noise_runs=0, home=str(home))
     other = tune("synthetic", instance="b", budget=4, seed=2, workload=FAST, train=False,
-                 service="billing", home=str(home))
+                 service="billing", noise_runs=0, home=str(home))
     assert other.transfer["n_seeds"] == 0 and "no sibling" in other.transfer["reason"]
     sibling = tune("synthetic", instance="b", budget=4, seed=2, workload=FAST, train=False,
-                   service="orders", home=str(home))
+                   service="orders", noise_runs=0, home=str(home))
     assert sibling.transfer["n_seeds"] >= 1 and sibling.transfer["from_instances"] == ["a"]
     assert (home / "instances" / "orders" / "b").is_dir()
     assert (home / "tables" / "billing").is_dir()
@@ -99,9 +103,9 @@ def test_a_service_belongs_to_one_target(home: Path) -> None:
 def test_priors_are_told_to_the_tuner_but_never_run_or_reported(prefect_api: str,
                                                                   home: Path) -> None:
     tune("synthetic", instance="a", budget=12, seed=1, workload=FAST, train=False,
-         home=str(home))
+         noise_runs=0, home=str(home))
     second = tune("synthetic", instance="b", budget=5, seed=2, workload={**FAST, "shift": 0.05},
-                  train=False, transfer_priors=True, home=str(home))
+                  train=False, transfer_priors=True, noise_runs=0, home=str(home))
     study = _study(home, second)
     priors = [t for t in study.trials if PRIOR_ATTR in t.user_attrs]
     assert len(priors) == second.transfer["n_priors"] >= 8
@@ -113,5 +117,5 @@ def test_priors_are_told_to_the_tuner_but_never_run_or_reported(prefect_api: str
     assert len(rows) == 5 and set(rows["instance"]) == {"b"}
     # a workload far away: no priors
     far = tune("synthetic", instance="c", budget=3, seed=3, workload={**FAST, "shift": 0.9},
-               train=False, transfer_priors=True, home=str(home))
+               train=False, transfer_priors=True, noise_runs=0, home=str(home))
     assert far.transfer["n_priors"] == 0

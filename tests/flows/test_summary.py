@@ -29,6 +29,8 @@ from tuners.study import open_study
 
 FAST = {"duration": 0.0, "noise": 0.02}
 SQLITE_SMALL = {"rows": 2000, "ops": 2000}
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
 
 
 def _client(home: Path) -> MlflowClient:
@@ -144,8 +146,9 @@ def test_blocked_counts_add_up_to_the_blocked_total(prefect_api: str, home: Path
     rules.write_text(yaml.safe_dump({"target": "synthetic", "rules": [
         {"id": "no-big-x", "kind": "forbid", "when": "x > 0.5", "message": "mine"},
         {"id": "few-threads", "kind": "forbid", "when": "threads > 16", "message": "mine"}]}))
+    # no noise check, two pairs of verification: nothing here looks at them
     summary = tune("synthetic", budget=8, tuner="random", seed=4, workload=FAST, train=False,
-                   rule_files=[str(rules)], home=str(home))
+                   rule_files=[str(rules)], noise_runs=0, verify_repeats=2, home=str(home))
     by = summary.blocked_by
     assert summary.n_blocked > 0 and sum(by.values()) == summary.n_blocked
     assert set(by) <= {"no-big-x", "few-threads", "no-big-x + few-threads"}

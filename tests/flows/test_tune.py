@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -16,6 +17,11 @@ from targets.synthetic import SyntheticTarget
 from tuners.study import open_study
 
 FAST = {"duration": 0.0, "noise": 0.02}
+#: What a test below does not look at, left out of its job: the noise check (tests/flows/
+#: test_noise.py), more than two pairs of verification, training the service's models.
+LEAN: dict[str, Any] = {"noise_runs": 0, "verify_repeats": 2, "train": False}
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
 
 
 def _client(home: Path) -> MlflowClient:
@@ -101,6 +107,7 @@ def test_crashes_and_hangs_become_failed_trials_and_the_job_goes_on(
         workload=FAST,
         space_file=str(space),
         trial_timeout=1.0,
+        **LEAN,
         home=str(home),
     )
     assert summary.n_trials == 10
@@ -119,7 +126,8 @@ def test_crashes_and_hangs_become_failed_trials_and_the_job_goes_on(
 
 def test_parallel_instances_use_their_own_data_directories(prefect_api: str, home: Path) -> None:
     summary = tune(
-        "synthetic", budget=8, parallel=2, instance="kv", seed=1, workload=FAST, home=str(home)
+        "synthetic", budget=8, parallel=2, instance="kv", seed=1, workload=FAST, **LEAN,
+        home=str(home)
     )
     assert summary.n_trials == 8
     study = open_study(
@@ -139,6 +147,7 @@ def test_time_budget_stops_new_trials(prefect_api: str, home: Path) -> None:
         time_budget=3.0,
         seed=1,
         workload={**FAST, "duration": 0.2},
+        **LEAN,
         home=str(home),
     )
     assert 3 <= summary.n_trials < 500
@@ -146,8 +155,8 @@ def test_time_budget_stops_new_trials(prefect_api: str, home: Path) -> None:
 
 @pytest.mark.parametrize("tuner", ["random", "cmaes"])
 def test_other_tuners_run_a_job(prefect_api: str, home: Path, tuner: str) -> None:
-    summary = tune("synthetic", budget=8, tuner=tuner, seed=3, workload=FAST,
-                   verify_repeats=2, home=str(home))
+    summary = tune("synthetic", budget=8, tuner=tuner, seed=3, workload=FAST, **LEAN,
+                   home=str(home))
     assert summary.tuner == tuner
     assert summary.n_trials == 8
     study = open_study(home, summary.study_name, "maximize",

@@ -5,6 +5,7 @@ known surface says whether the pick is really better."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +44,13 @@ def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 def best(uri: str) -> Recommendation:
     """The recommendation for the live instance under the shipped rules, every knob free."""
     return run(uri)
+
+
+@pytest.fixture
+def empty_store(tmp_path: Path, mlflow_template: Path) -> str:
+    """A store without a model: a copy of the one made once per session (tests/conftest.py)."""
+    shutil.copyfile(mlflow_template, tmp_path / "empty.db")
+    return f"sqlite:///{tmp_path / 'empty.db'}"
 
 
 def rules_with(tmp_path: Path, *rules: dict) -> tuple[RuleSet, list[str]]:
@@ -161,8 +169,8 @@ def test_a_current_config_already_at_the_best_is_kept(best: Recommendation, uri:
         "champion predicts of the ")
 
 
-def test_no_champion_and_no_sibling_is_nothing_to_recommend(tmp_path: Path) -> None:
-    rec = run(f"sqlite:///{tmp_path / 'empty.db'}", table=as_table([]))
+def test_no_champion_and_no_sibling_is_nothing_to_recommend(empty_store: str) -> None:
+    rec = run(empty_store, table=as_table([]))
     assert rec.decision == "nothing" and rec.changes == {} and rec.config == CURRENT
     assert rec.predicted_gain is None and rec.provenance["model_name"] is None
     assert rec.lines()[0] == (
@@ -172,11 +180,11 @@ def test_no_champion_and_no_sibling_is_nothing_to_recommend(tmp_path: Path) -> N
 
 
 def test_without_a_champion_the_closest_siblings_best_measured_config_is_the_pick(
-        tmp_path: Path) -> None:
+        empty_store: str) -> None:
     near, far = trial_table(30, seed=5, instance="kv-1"), trial_table(
         30, seed=6, shift=0.9, instance="kv-2", study="s2")
     far["value"] *= 3  # the far workload measures higher: distance comes first
-    rec = run(f"sqlite:///{tmp_path / 'empty.db'}", table=pd.concat([far, near]),
+    rec = run(empty_store, table=pd.concat([far, near]),
               fingerprint={"shift": 0.05})
     top = near.loc[near["value"].idxmax()]
     assert rec.decision == "change" and rec.source == "sibling"
@@ -210,11 +218,11 @@ def test_unobserved_features_come_from_the_champion_and_policies_given_up_are_wa
                                "training workload: shift=0") for line in rec.lines())
 
 
-def test_trials_run_under_the_live_instances_own_name_are_candidates(tmp_path: Path) -> None:
+def test_trials_run_under_the_live_instances_own_name_are_candidates(empty_store: str) -> None:
     """A tuning job run as ``kv-live`` on a test copy measured configs for exactly this
     instance: they are not left out as "not a sibling"."""
     own = trial_table(20, seed=8, instance="kv-live", study="tune-kv-live")
-    rec = run(f"sqlite:///{tmp_path / 'empty.db'}", table=own)
+    rec = run(empty_store, table=own)
     top = own.loc[own["value"].idxmax()]
     assert rec.source == "sibling" and rec.provenance["instances"] == ["kv-live"]
     assert [t["trial"] for t in rec.provenance["trials"]] == [top["trial"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -70,7 +71,9 @@ def train(table: pd.DataFrame, uri: str, shift: float = 0.0, spec=SPEC,
 
 
 @pytest.fixture
-def uri(tmp_path: Path) -> str:
+def uri(tmp_path: Path, mlflow_template: Path) -> str:
+    """A store made once per session (tests/conftest.py): these tests are not about making one."""
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 

@@ -34,6 +34,7 @@ def _default_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_a_timeout_shorter_than_the_defaults_own_trial_teaches_nothing(
     prefect_api: str, home: Path, tmp_path: Path
 ) -> None:
@@ -49,6 +50,7 @@ def test_a_timeout_shorter_than_the_defaults_own_trial_teaches_nothing(
     assert checked.returncode == 0, checked.stdout + checked.stderr  # the default still passes
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_a_failure_the_default_config_shares_teaches_nothing(
     prefect_api: str, home: Path, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import invoke_cli, start_cli, trial_processes, wait_for
 from optuna.trial import TrialState
 
@@ -17,6 +18,7 @@ from tuners.study import JOURNAL, storage_of
 FAST = ["--set-workload", "duration=0", "--verify-repeats", "2", "--no-train"]
 
 
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_a_second_job_on_a_busy_instance_is_refused_and_the_first_goes_on(
     prefect_api: str, home: Path
 ) -> None:

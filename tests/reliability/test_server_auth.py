@@ -234,6 +234,7 @@ def test_a_cluster_made_before_passwords_is_locked_by_its_next_trial(pg_instance
 
 
 @needs_postgres
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
 def test_no_mlflow_parameter_or_file_of_a_job_holds_the_password(prefect_api: str,
                                                                  home: Path) -> None:
     from mlflow.tracking import MlflowClient

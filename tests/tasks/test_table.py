@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -13,6 +14,12 @@ from flows.tune import tune
 from targets.synthetic import SyntheticTarget
 from tuners.study import open_study
 from tuners.trials import IDENTITY, training_rows
+
+# a store made once per session (tests/conftest.py): these tests are not about making one
+pytestmark = pytest.mark.usefixtures("mlflow_store")
+#: What these tests do not look at, left out of their jobs: the noise check, more than two
+#: pairs of verification, training the service's models (the training table is still read).
+LEAN: dict[str, Any] = {"noise_runs": 0, "verify_repeats": 2, "train": False}
 
 
 @pytest.fixture
@@ -26,7 +33,7 @@ def test_rejected_trials_reach_neither_the_tuner_nor_the_training_table(
     prefect_api: str, home: Path, undocumented_rounding: None
 ) -> None:
     summary = tune("synthetic", budget=12, seed=7, workload={"duration": 0.0, "noise": 0.02},
-                   home=str(home))
+                   **LEAN, home=str(home))
     table = service_table(home, "synthetic")
     assert len(table) == summary.n_trials == 12
     invalid = table[table["status"] == "invalid"]
@@ -47,9 +54,9 @@ def test_rejected_trials_reach_neither_the_tuner_nor_the_training_table(
 
 
 def test_trial_table_schema_and_parquet_round_trip(prefect_api: str, home: Path) -> None:
-    tune("synthetic", budget=5, seed=1, workload={"duration": 0.0}, home=str(home))
+    tune("synthetic", budget=5, seed=1, workload={"duration": 0.0}, **LEAN, home=str(home))
     tune("synthetic", budget=4, seed=2, instance="replica-2", workload={"duration": 0.0},
-         home=str(home))
+         **LEAN, home=str(home))
     table = service_table(home, "synthetic")
     assert list(table.columns[: len(IDENTITY)]) == IDENTITY
     assert len(table) == 9 and table["study"].nunique() == 2

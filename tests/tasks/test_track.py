@@ -5,9 +5,11 @@ MLflow store in ``tmp_path``; the Prefect test harness for the flow run)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 from prefect import flow
 
@@ -17,6 +19,13 @@ from tests.tasks.test_train import git_commit
 from tuners.trials import TrialOutcome, TrialStatus
 
 NOTE = "mlflow.note.content"
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path: Path, mlflow_template: Path) -> None:
+    """Every test here tracks into ``tmp_path``: a store made once per session (tests/
+    conftest.py) is copied there; these tests are not about making one."""
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
 
 
 def _uri(tmp_path: Path) -> str:

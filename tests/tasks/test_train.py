@@ -4,6 +4,7 @@ line up across model kinds (same metrics, importance plot, trial table, pinned r
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -136,7 +137,8 @@ def test_value_is_learned_only_from_jobs_that_tuned_the_objective() -> None:
     assert why_not_trainable(trial_table(12), "throughput") is None
 
 
-def test_runs_of_every_kind_line_up_in_mlflow(tmp_path: Path) -> None:
+def test_runs_of_every_kind_line_up_in_mlflow(tmp_path: Path, mlflow_template: Path) -> None:
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")  # made once per session
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     table = trial_table(200, seed=11)
     report = train_models(table, spec=SPEC, objective="throughput", direction="maximize",
@@ -202,10 +204,12 @@ def test_runs_of_every_kind_line_up_in_mlflow(tmp_path: Path) -> None:
     assert str(client.get_model_version_by_alias(report.registered_name, "champion").version) == "1"
 
 
-def test_a_minimize_objective_with_signed_values_is_learned_without_log(tmp_path: Path) -> None:
+def test_a_minimize_objective_with_signed_values_is_learned_without_log(
+        tmp_path: Path, mlflow_template: Path) -> None:
     table = trial_table(60, seed=2)
     # a minimized metric that crosses zero: no log transform possible
     table["metric.latency_ms"] = 500.0 - table["metric.throughput"]
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")  # made once per session
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     report = train_models(table, spec=SPEC, objective="latency_ms", direction="minimize",
                           service="orders-kv", instance="kv-1", workload_fp={"shift": 0.0},
