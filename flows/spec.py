@@ -91,8 +91,8 @@ class JobSpec(BaseModel):
     testbed: str | None = _option(
         None, "Test-bed (host or resource) the job's instances run on; jobs on one test-bed "
         "hold one of its slots each, a Prefect concurrency limit named testbed-NAME (default: "
-        "this host's name).", pattern=_NAME, must=_NAME_MUST, resume=Resume.MAY_CHANGE,
-        metavar="NAME")
+        "none held; with only --testbed-slots, this host's name).", pattern=_NAME,
+        must=_NAME_MUST, resume=Resume.MAY_CHANGE, metavar="NAME")
     testbed_slots: int | None = _option(
         None, "Jobs the test-bed runs at once, set when its limit is created (default 1; "
         "an existing limit is set to this value when given).", ge=1, le=64,

@@ -130,10 +130,19 @@ def _prefect_server() -> str | None:
 
 
 @contextlib.contextmanager
-def hold_testbed(testbed: str, slots: int | None, logger: Logger) -> Iterator[dict[str, Any]]:
+def hold_testbed(testbed: str | None, slots: int | None,
+                 logger: Logger) -> Iterator[dict[str, Any]]:
     """Hold one slot of ``testbed`` while the block runs (waiting for one, and saying so);
-    yields what was held (``{"limit": name, "slots": N}``, or ``{"limit": None, ...}`` when no
-    Prefect server is configured)."""
+    yields what was held (``{"limit": name, "slots": N}``, or ``{"limit": None, ...}`` when the
+    job names no test-bed or no Prefect server is configured). A job guards its test-bed only
+    when asked (``--testbed``/``--testbed-slots``): a default limit of one per host would queue
+    every job of a host behind the others, and a killed job's slot would hold the next for a
+    lease."""
+    if testbed is None and slots is None:
+        logger.info("test-bed not named (--testbed): no concurrency limit is held")
+        yield {"limit": None, "slots": None, "testbed": host_testbed()}
+        return
+    testbed = testbed or host_testbed()
     if _prefect_server() is None:
         logger.info("test-bed %s is not guarded: no Prefect server is configured "
                     "(PREFECT_API_URL), so no concurrency limit is shared with other jobs; "

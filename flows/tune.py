@@ -46,7 +46,7 @@ from flows.job_reference import regression_failed, settle_reference
 from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
-from flows.testbeds import hold_testbed, isolate, testbed_of
+from flows.testbeds import hold_testbed, isolate
 from flows.trials import service_table, write_job_table
 from flows.worker import check_fleet, fan_out
 from model_registry import fingerprint
@@ -196,7 +196,7 @@ def _on_testbed(job: Job, runner: TrialRunner, tracker: JobTracker, resume: bool
     what was given is recorded in job.json and the MLflow run."""
     runner.isolation = isolate(job)
     try:
-        with hold_testbed(testbed_of(job), job.testbed_slots, logger) as held:
+        with hold_testbed(job.testbed, job.testbed_slots, logger) as held:
             job.isolation = {"testbed": held["testbed"], "limit": held["limit"],
                              "slots": held["slots"], "waited_s": held.get("waited_s"),
                              "held_since": datetime.now(UTC).isoformat(),
