@@ -41,7 +41,8 @@ def test_a_service_has_defaults_and_keeps_what_is_set(home: Path) -> None:
                                                             approval_timeout_s=600)
     shown = invoke_cli(["service", "show", "svc", "--json", "--home", str(home)])
     assert json.loads(shown.stdout)["settings"] == {"approval": "required",
-                                                    "approval_timeout_s": 600}
+                                                    "approval_timeout_s": 600,
+                                                    "priority": "default"}
     path = settings_path(home, "svc")
     assert "approval: required" in path.read_text()
     assert path.parent.stat().st_mode & 0o777 == 0o700
