@@ -85,7 +85,8 @@ def test_a_launched_instance_reads_back_the_spec_defaults_and_hides_its_password
     for proc in psutil.process_iter(["cmdline"]):
         line = " ".join(proc.info["cmdline"] or ())
         assert secret not in line
-        if line.startswith(f"{BINDIR}/postgres -D"):
+        # this instance's postmaster (a session's shared stack runs a cluster of its own)
+        if line.startswith(f"{BINDIR}/postgres -D {pg.cluster.pgdata} "):
             server.append(line)
         if line.startswith(f"{BINDIR}/pgbench") and "-T 86400" in line:
             load.append(line)
