@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.server import api_answers
+from flows.stack_services import prefect_answers
 from targets.common.config import Settings, read_secret, redacted
 from targets.common.errors import KnobflowError
-from targets.common.settings import STACK_USER, database_url, writable_home
+from targets.common.settings import database_url, writable_home
 
 __all__ = ["Check", "checks"]
 
@@ -91,11 +92,8 @@ def _prefect(settings: Settings) -> Check:
     if not url:
         return Check("prefect", "temporary server", True, "started per command (no deployments)")
     secret = read_secret(settings)
-    auth = f"{STACK_USER}:{secret}" if secret else None
-    import os
-
-    auth = os.environ.get("PREFECT_API_AUTH_STRING") or auth
-    if not api_answers(url, auth, TIMEOUT_S):
+    # /health answers anyone: with a secret, ask a path that needs it (the stack's own check)
+    if not (prefect_answers(url, secret) if secret else api_answers(url, None, TIMEOUT_S)):
         return Check("prefect", url, False, "no answer (or the secret was refused)")
     return Check("prefect", url, True, "server")
 
