@@ -288,3 +288,17 @@ def test_without_a_prefect_server_the_test_bed_is_not_guarded_and_the_log_says_s
             hold_testbed("tb", 1, logging.getLogger("knobflow.test")) as held:
         assert held == {"limit": None, "slots": None, "testbed": "tb"}
     assert "test-bed tb is not guarded: no Prefect server is configured" in caplog.text
+
+
+def test_a_job_naming_no_test_bed_holds_no_limit_even_with_a_server(
+        prefect_api: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Without --testbed or --testbed-slots nothing is held (a default limit of one per host
+    would queue every job of the host, and a killed job's slot would hold the next)."""
+    import logging
+
+    from flows.testbeds import hold_testbed, host_testbed
+
+    with caplog.at_level(logging.INFO), \
+            hold_testbed(None, None, logging.getLogger("knobflow.test")) as held:
+        assert held == {"limit": None, "slots": None, "testbed": host_testbed()}
+    assert "test-bed not named (--testbed): no concurrency limit is held" in caplog.text
