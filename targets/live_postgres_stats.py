@@ -3,8 +3,9 @@
 Owns the snapshot query (psql script, one call): pg_stat_database of the connection's database
 (transactions, tuples, blocks), the next transaction id (write transactions, counted at once),
 client sessions, database size, checkpoints, WAL bytes, pg_stat_statements when it is loaded,
-pgbench's scale when its tables are there; the CPU and memory of the postmaster's process tree
-when the server runs on this machine (psutil); and turning two snapshots into a ``Window``.
+pgbench's scale when its tables are there (none while pgbench re-makes them); the CPU and
+memory of the postmaster's process tree when the server runs on this machine (psutil); and
+turning two snapshots into a ``Window``.
 
 PostgreSQL publishes a busy backend's pg_stat_database counts about once a second, so ``tps``
 over windows much shorter than 2 s is noisy; ``write_tps`` (from transaction ids) is not.
@@ -53,7 +54,9 @@ UNION ALL SELECT 'stmt_ms', coalesce(sum(total_exec_time), 0)::float8 FROM pg_st
   WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database());
 \\endif
 \\if :pgbench
+\\set ON_ERROR_STOP off
 SELECT 'scale', count(*)::float8 FROM pgbench_branches;
+\\set ON_ERROR_STOP on
 \\endif
 """.replace("{db}", ", ".join(f"('{c}', d.{c}::float8)" for c in _DB_COUNTERS))
 
