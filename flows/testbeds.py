@@ -39,7 +39,7 @@ from tasks.services import service_settings
 
 __all__ = [
     "LEASE_S", "QUEUES", "ensure_queues", "hold_testbed", "host_testbed", "isolate",
-    "limit_name", "queue_for", "submit_tune", "testbed_of",
+    "limit_name", "queue_for", "submit_tune",
 ]
 
 #: The work-pool queues of knobflow and their priorities (1 is served first).
@@ -111,10 +111,6 @@ def host_testbed() -> str:
     """This host's name as a test-bed name (its first label, letters, digits, '.', '_', '-')."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).strip("-._")
     return (name or "localhost")[:64]
-
-
-def testbed_of(job: Job) -> str:
-    return job.testbed or host_testbed()
 
 
 def limit_name(testbed: str) -> str:
