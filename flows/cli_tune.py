@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
@@ -130,15 +131,20 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
 
         check_fleet(root, spec.workers or 0)
     from flows.progress import TuneProgress, print_summary
+    from flows.timing import command_phase, settle_last
     from flows.tune import JobFailed, tune
 
+    command_phase("imports")  # the process's start-up, the imports and the checks until now
     out, err = Console(), Console(stderr=True)
+    began = time.perf_counter()
     start_embedded_prefect_server()
+    command_phase("server", time.perf_counter() - began)
     with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress, _logs_above_bar():
         try:
             summary = tune(**spec.given(), resume=resume, home=str(root), progress=progress)
         except JobFailed as failed:  # the flow run is Failed; the summary says why (exit 1)
             summary = failed.summary
+    settle_last(summary)  # the whole command's time, to the result printed
     if as_json:
         text = json.dumps(summary.to_dict(), default=str)
         out.print_json(text) if out.is_terminal else print(text)

@@ -47,6 +47,7 @@ from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.testbeds import hold_testbed, isolate
+from flows.timing import JobClock
 from flows.trials import service_table, write_job_table
 from flows.worker import check_fleet, fan_out
 from model_registry import fingerprint
@@ -118,7 +119,8 @@ def _installed_targets(fn: F) -> F:
 def tune(target: str, **options: Any) -> RunSummary:
     """Tune ``target``: explore configs, verify the best against the default, write it to a
     file; the job's summary (what ``--json`` prints)."""
-    began = time.monotonic()
+    clock = JobClock()  # from the command's start when the knobflow command runs the job
+    began = time.perf_counter()
     quiet_environment()
     logger = get_run_logger()
     resume, home = options.pop("resume", False), options.pop("home", None)
@@ -138,32 +140,43 @@ def tune(target: str, **options: Any) -> RunSummary:
                                space.default_params(), resume,
                                metric_name(job.objective, relative=job.baseline_every > 0))
         table = service_table(job.home, job.service)
-        plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
-        tracker = _start_tracking(job, space, study, resume)
+        clock.add("start", time.perf_counter() - began)
+        with clock.phase("transfer"):
+            plan = (_transfer(job, study, table, space, rules) if job.transfer and not resume
+                    else None)
+        with clock.phase("tracking"):
+            tracker = _start_tracking(job, space, study, resume)
         guard = CandidateGuard(rules, learn=RuleLearner(
             job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
         ) if job.learn_rules else None)
         runner = job.trial_runner()
         with _interrupted_on_error(job, tracker), _on_testbed(job, runner, tracker, resume,
                                                                  logger):
-            first_baseline = _probe_noise(job, study, runner, tracker, logger)
-            if job.workers:  # the work pool's workers explore; the job waits for them
-                study = fan_out(job, tracker.run_id, logger, listener)
-            else:
-                _explore(job, study, space, runner, guard, tracker, listener, logger,
-                         first_baseline)
+            with clock.phase("noise_probe"):
+                first_baseline = _probe_noise(job, study, runner, tracker, logger)
+            with clock.phase("trials"):
+                if job.workers:  # the work pool's workers explore; the job waits for them
+                    study = fan_out(job, tracker.run_id, logger, listener)
+                else:
+                    _explore(job, study, space, runner, guard, tracker, listener, logger,
+                             first_baseline)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
             verification = None
             if best is not None and best_is_default(job, best):  # against itself: proves nothing
                 logger.info("%s: the best trial (%d) ran the default config; nothing to "
                             "verify", NO_GAIN, best.number)
             elif best is not None:
-                verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
-                                       listener)
+                with clock.phase("verification"):
+                    verification = _verify(job, runner, best.user_attrs[ATTR]["config"],
+                                           tracker, listener)
             trial_table = write_job_table(job, study)
-            model = _train(job) if job.train else None  # the summary says it was turned off
+            with clock.phase("training"):
+                model = _train(job) if job.train else None  # the summary says it was off
+            duration_s, fixed_s, trials_s = clock.split()
+            began = time.perf_counter()
             summary, files = report(
-                job, study, best, verification, time.monotonic() - began, space=space,
+                job, study, best, verification, duration_s, fixed_s=fixed_s, trials_s=trials_s,
+                space=space,
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
                 noise=job.noise,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
@@ -171,6 +184,8 @@ def tune(target: str, **options: Any) -> RunSummary:
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
                                         trial_table], plan, logger)
         _publish(job, summary, logger)
+        clock.add("report", time.perf_counter() - began)
+        clock.settle(summary)  # result.json has the times until the report
         return no_result(summary) or regression_failed(summary) or summary
 
 

@@ -199,6 +199,16 @@ class Champion:
         return json.loads(self.tags.get("workloads") or "[]")
 
 
+def champion_version(tracking_uri: str, service: str, objective: str) -> ModelVersion | None:
+    """The version the champion alias of ``service``'s ``objective`` points at, without loading
+    the model; None when there is none, or when the embedded store does not exist yet (it is
+    not created for the question: a new home has no models)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(
+            tracking_uri.removeprefix("sqlite:///")).exists():
+        return None
+    return _champion_version(client_for(tracking_uri), model_name(service, objective))
+
+
 def load_champion(tracking_uri: str, service: str, objective: str) -> Champion | None:
     """The champion of ``service``'s ``objective`` loaded by ``models:/<name>@champion``; None
     when the model or the alias does not exist. Any other failure is raised."""
