@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 __all__ = ["FIXED", "JobClock", "command_phase", "command_started", "settle_last"]
 
@@ -24,6 +24,7 @@ FIXED = ("imports", "server", "start", "transfer", "tracking", "noise_probe", "v
          "training", "report", "other")
 TRIALS = "trials"
 
+T = TypeVar("T")
 _command: dict[str, float] = {}  # "started" (seconds since the epoch) and the command's parts
 _last: list[JobClock] = []  # the clock of the last job this process ran
 
@@ -62,6 +63,7 @@ class JobClock:
         _command.clear()
         self.began = taken.pop("started", None) or time.time()
         self.parts: dict[str, float] = taken
+        self._lap = time.perf_counter()
         _last[:] = [self]
 
     @contextlib.contextmanager
@@ -77,9 +79,28 @@ class JobClock:
         """Count ``seconds`` to part ``name``."""
         self.parts[name] = self.parts.get(name, 0.0) + seconds
 
-    def settle(self, summary: Any) -> None:
-        """Set ``duration_s``, ``fixed_s`` and ``trials_s`` of ``summary`` (a ``RunSummary``)."""
+    def lap(self, name: str) -> None:
+        """Count to part ``name`` the time since the clock began, its last ``lap`` or
+        ``split``, whatever other parts it held."""
+        now = time.perf_counter()
+        self.add(name, now - self._lap)
+        self._lap = now
+
+    def timed(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, its time counted to part ``name``."""
+        with self.phase(name):
+            return fn(*args, **kwargs)
+
+    def settle(self, summary: Any, lap: str | None = None) -> None:
+        """Set ``duration_s``, ``fixed_s`` and ``trials_s`` of ``summary`` (a ``RunSummary``);
+        with ``lap``, the time since the last split counts to that part first."""
+        if lap is not None:
+            self.lap(lap)
         summary.duration_s, summary.fixed_s, summary.trials_s = self.split()
+
+    def times(self) -> dict[str, Any]:
+        """``split`` as the summary's fields: ``duration_s``, ``fixed_s``, ``trials_s``."""
+        return dict(zip(("duration_s", "fixed_s", "trials_s"), self.split(), strict=True))
 
     def duration(self) -> float:
         """Seconds since the job (its command) began."""
@@ -88,6 +109,7 @@ class JobClock:
     def split(self) -> tuple[float, dict[str, float], float]:
         """(duration, the fixed parts with their ``total``, the trials' time), in seconds."""
         duration = self.duration()
+        self._lap = time.perf_counter()
         trials = self.parts.get(TRIALS, 0.0)
         fixed = {name: round(self.parts.get(name, 0.0), 3) for name in FIXED if name != "other"}
         fixed["other"] = round(max(0.0, duration - trials - sum(fixed.values())), 3)

@@ -34,7 +34,8 @@ from prefect.cache_policies import NO_CACHE
 from model_registry import fingerprint
 from model_registry.features import feature_frame
 from model_registry.priors import prior_trials
-from model_registry.registry import champion_table, champion_version, load_champion
+from model_registry.registry import champion_table, champion_version, load_champion, model_name
+from model_registry.store import client_for
 from rules.review import sample_space
 from rules.ruleset import RuleSet
 from targets.common.files import write_text_atomic
@@ -268,7 +269,11 @@ def _no_sibling(table: pd.DataFrame, request: TransferRequest, tracking_uri: str
                    & (table["objective"] == request.objective)] if not table.empty else table
     if not others.empty:
         return False
-    version = champion_version(tracking_uri, request.service, request.objective)
+    if tracking_uri.startswith("sqlite:///") and not Path(
+            tracking_uri.removeprefix("sqlite:///")).exists():
+        return True  # a new home has no models: its store is not made for the question
+    version = champion_version(client_for(tracking_uri),
+                               model_name(request.service, request.objective))
     if version is None:
         return True
     # a champion trained elsewhere (a shared store, an empty table here) brings its siblings'

@@ -5,12 +5,9 @@
 (``_ask``: the trial budget, the time budget, a stopped job), ``_run_one`` runs one trial and
 ``_tell`` tells its result.
 
-Results reach the tuner on time: a sampler that can take a pending trial (``takes_pending``: TPE
-with its constant liar, random) is asked for the next candidate while the last result is
-cleaned beside the next run, but no worker asks twice while a result is untold; any other
-sampler is told each result before it is asked again. Each trial's record keeps its
-``tell_lag`` (the candidates asked after its run ended and before it was told): at most the
-number of instances.
+Results reach the tuner on time (``tasks/tell_order.py``): a sampler that can take a pending
+trial (``takes_pending``) is asked while the last result is cleaned beside the next run; any
+other is told each result first. Each trial's record keeps its ``tell_lag``.
 
 Blocked candidates (``tasks/guard.py``) never run; with ``baseline_every`` the default config is
 re-measured on the instance and the tuner is told ratios to it. Crashes, hangs, refused configs
@@ -39,6 +36,7 @@ from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
+from tasks.tell_order import TellOrder
 from tuners.samplers import takes_pending
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
@@ -104,15 +102,7 @@ class Exploration:
         # at once, and other samplers must hear of it before the next ask: it cleans inline.
         self._pipelined = (runner.policy.repeats == 1 and runner.policy.until is None
                            and takes_pending(study.sampler))
-        # tell lag: candidates asked so far, and how many had been when each trial's run ended;
-        # the order of asks and run ends (``_seq``), the untold results by when their run ended
-        # and each worker's last ask in that order (``_on_time``)
-        self._asks = 0
-        self._ran_at: dict[int, int] = {}
-        self._seq = 0
-        self._untold: dict[int, int] = {}
-        self._told_cond = threading.Condition(self._lock)
-        self._local = threading.local()
+        self._order = TellOrder(lambda: self.runner.stopping)  # results told on time
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
@@ -164,7 +154,7 @@ class Exploration:
 
     def _ask(self) -> optuna.trial.Trial | None:
         """The next candidate, or None when the budget, the time budget or a stop says so."""
-        self._on_time()
+        self._order.wait_turn()
         if self.shared:
             return self._ask_shared()
         with self._lock:
@@ -178,30 +168,8 @@ class Exploration:
 
     def _counted(self, trial: optuna.trial.Trial) -> optuna.trial.Trial:
         """``trial``, just asked, counted for the tell lag of the trials not yet told."""
-        with self._lock:
-            self._asks += 1
-            self._seq += 1
-            self._local.asked = self._seq
+        self._order.asked()
         return trial
-
-    def _on_time(self) -> None:
-        """Wait until no result whose run ended before this worker's previous ask is untold:
-        then each worker asks at most once while a result is untold, and no result reaches the
-        tuner more candidates late than there are instances."""
-        asked = getattr(self._local, "asked", None)
-        if asked is None:
-            return
-        with self._told_cond:
-            while (any(ended < asked for ended in self._untold.values())
-                   and not self.runner.stopping):
-                self._told_cond.wait(0.5)
-
-    def _ended(self, trial: optuna.trial.Trial) -> None:
-        """``trial``'s run ended: its result is untold until ``_told``."""
-        with self._lock:
-            self._ran_at[trial.number] = self._asks
-            self._seq += 1
-            self._untold[trial.number] = self._seq
 
     def _ask_shared(self) -> optuna.trial.Trial | None:
         """The next candidate of a shared study, or None when the study holds its budget of
@@ -241,10 +209,9 @@ class Exploration:
 
     def _told(self, trial: optuna.trial.Trial) -> None:
         """``trial`` is finished (told): its heartbeats stop, the asks waiting for it go on."""
-        with self._told_cond:
+        with self._lock:
             self._beating.pop(trial._trial_id, None)
-            self._untold.pop(trial.number, None)
-            self._told_cond.notify_all()
+        self._order.told(trial.number)
 
     def _interrupted(self, trial: optuna.trial.Trial) -> None:
         """``trial`` was stopped with the job: failed; in a shared study another worker runs its
@@ -273,7 +240,7 @@ class Exploration:
                 continue
             count += 1
             outcome = self._run_one(trial, config, instance)
-            self._ended(trial)
+            self._order.ended(trial.number)
             if outcome.failure_class == FailureClass.INTERRUPTED:
                 self._interrupted(trial)
                 return
@@ -362,8 +329,7 @@ class Exploration:
         if self.guard is not None and outcome.failure_class in LEARN_FROM:
             rule = self.guard.failed(trial.number, outcome)
             outcome.learned_rule = rule.id if rule is not None else None
-        with self._lock:
-            outcome.tell_lag = self._asks - self._ran_at.pop(trial.number, self._asks)
+        outcome.tell_lag = self._order.lag(trial.number)
         try:
             trial.set_user_attr(ATTR, outcome.record())
             if outcome.ok:
