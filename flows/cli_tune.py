@@ -135,7 +135,9 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     from flows.progress import TuneProgress, print_summary
     from flows.timing import command_phase, settle_last
     from flows.tune import JobFailed, tune
+    from tasks.gate import import_now
 
+    import_now()  # every job cleans with it: loaded while the server starts, not in a trial
     command_phase("imports")  # the process's start-up, the imports and the checks until now
     out, err = Console(), Console(stderr=True)
     began = time.perf_counter()
