@@ -13,6 +13,12 @@ loop asks and tells an in-memory TPE study and calls the same target in-process,
 trial, over the same search space: its time per trial is the floor.
 
     python benchmarks/job_cost.py --trials 50 --rounds 2
+    python benchmarks/job_cost.py --trials 30 --rounds 2 --tell-modes
+
+``--tell-modes`` compares instead, in one process (one Prefect server), TPE's trials told with
+cleaning beside the next run (what a sampler that takes pending trials gets) and told before
+every ask (what any other sampler gets), alternating, with training and transfer off: the time
+of the exploration per trial and the tell lag of each.
 
 Goals (issue 17): fixed cost <= 10 s on an idle machine, per-trial overhead <= 40 ms (2 % of a
 2 s trial), tell lag <= 1. The table and ``benchmarks/job-cost.png`` show each part per round and
@@ -216,13 +222,65 @@ def plt_colours(n: int) -> list[tuple[float, ...]]:
     return [colormaps["tab20"](i / 20) for i in range(n)]
 
 
+def tell_modes(args: argparse.Namespace) -> None:
+    """TPE jobs with cleaning beside the next run and with every result told before the next
+    ask, alternating; the exploration's time per trial and the tell lag of each."""
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    import tasks.explore
+    from flows.tune import tune
+
+    pending = tasks.explore.takes_pending
+    results: dict[str, list[dict]] = {"beside the next run": [], "before every ask": []}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="knobflow-tell-") as tmp:
+        space_file = Path(tmp) / "space.yaml"
+        space_file.write_text(yaml.safe_dump(SPACE))
+        for r in range(args.rounds + 1):  # round 0 warms up (server, imports) and is not kept
+            modes = list(results) if r % 2 else list(results)[::-1]
+            for mode in modes:
+                tasks.explore.takes_pending = pending if mode == "beside the next run" \
+                    else (lambda sampler: False)
+                summary = tune("synthetic", budget=args.trials if r else 3, seed=args.seed + r,
+                               workload={"duration": 0.0}, space_file=str(space_file),
+                               train=False, transfer=False, noise_runs=0, verify_repeats=2,
+                               home=str(Path(tmp) / f"home-{r}-{len(mode)}"))
+                if r:
+                    results[mode].append({"ms": 1000 * summary.trials_s / args.trials,
+                                          "lag_max": summary.tell_lag_max,
+                                          "lag_median": summary.tell_lag_median})
+                    print(f"round {r}: {mode}: {results[mode][-1]}", flush=True)
+    tasks.explore.takes_pending = pending
+    loads.append(os.getloadavg()[0])
+    table = Table(title=f"TPE, {args.trials} instant trials: when results are told (load "
+                        f"{loads[0]:.2f} -> {loads[1]:.2f}, 2 cores)")
+    for col in ("told", "exploration per trial (ms), each round", "median", "tell lag max",
+                "tell lag median"):
+        table.add_column(col)
+    for mode, runs in results.items():
+        table.add_row(mode, ", ".join(f"{m['ms']:.0f}" for m in runs),
+                      f"{statistics.median(m['ms'] for m in runs):.0f}",
+                      str(max(m["lag_max"] for m in runs)),
+                      f"{statistics.median(m['lag_median'] for m in runs):g}")
+    Console(width=140).print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=_at_least(2), default=50)
     parser.add_argument("--rounds", type=_at_least(1), default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--tell-modes", action="store_true",
+                        help="compare results told beside the next run and before every ask")
     args = parser.parse_args()
+    if args.tell_modes:
+        tell_modes(args)
+        return
     m = measure(args)
     rows = figures(m)
     print_table(rows, m)
