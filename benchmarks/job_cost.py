@@ -41,6 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # this checkout's code, whatever the installed one is
 #: The search space of both loops: the synthetic target's crash and hang regions left out, so
 #: the bare in-process loop survives every trial (as in ``benchmarks/overhead.py``).
 SPACE = {
