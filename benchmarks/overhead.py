@@ -5,7 +5,11 @@ out, so the bare in-process loop survives) with the same sampler and seed. The b
 start/run/stop in-process with an in-memory study; knobflow runs the Prefect flow: a trial
 process with a hard timeout per trial, the Optuna journal on disk, cleaning, and MLflow child runs.
 knobflow's per-trial time is the difference between two jobs that differ only in their budget
-(after a warm-up job), so fixed costs (Prefect API, MLflow store, verification) cancel out.
+(after a warm-up job), so fixed costs (Prefect API, MLflow store, verification) cancel out. Both
+jobs neither train the service's models nor transfer (``train=False``, ``transfer=False``): a
+job trains only from a few trials on, so the larger job alone trained and its training (seconds)
+was counted as per-trial cost (657 ms per trial before, 133 ms with training off in both;
+issue 17). ``benchmarks/job_cost.py`` measures the fixed parts themselves.
 
     python benchmarks/overhead.py --trials 15 --duration 2.0
     python benchmarks/overhead.py --compare 84a6d56 --rounds 3   # this tree against a commit
@@ -68,17 +72,23 @@ def bare_loop(n: int, workload: dict, seed: int, data_dir: Path) -> list[float]:
 
 
 def knobflow_job(n: int, workload: dict, seed: int, home: Path) -> float:
-    """Wall time of one tune flow of ``n`` trials (with 2 x 2 verification runs)."""
+    """Wall time of one tune flow of ``n`` trials (with 2 x 2 verification runs), neither
+    training nor transferring (where this checkout's flow has those options)."""
+    import inspect
+
     import yaml
 
     from flows.tune import tune
+
+    given = inspect.signature(tune.fn).parameters
+    fixed_off = {k: False for k in ("train", "transfer") if k in given}
 
     home.mkdir(parents=True, exist_ok=True)
     space_file = home / "space.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
     began = time.perf_counter()
     summary = tune("synthetic", budget=n, seed=seed, workload=workload, verify_repeats=2,
-                   space_file=str(space_file), home=str(home))
+                   space_file=str(space_file), home=str(home), **fixed_off)
     failed = summary["n_failed"] if isinstance(summary, dict) else summary.n_failed
     assert failed == 0, summary
     return time.perf_counter() - began

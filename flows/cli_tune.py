@@ -20,7 +20,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any
 
 import typer
@@ -129,16 +131,24 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
         from flows.worker import check_fleet
 
         check_fleet(root, spec.workers or 0)
+    server_ready = begin_embedded_prefect_server()  # it starts while the flow's modules load
     from flows.progress import TuneProgress, print_summary
+    from flows.timing import command_phase, settle_last
     from flows.tune import JobFailed, tune
+    from tasks.gate import import_now
 
+    import_now()  # every job cleans with it: loaded while the server starts, not in a trial
+    command_phase("imports")  # the process's start-up, the imports and the checks until now
     out, err = Console(), Console(stderr=True)
-    start_embedded_prefect_server()
+    began = time.perf_counter()
+    server_ready()
+    command_phase("server", time.perf_counter() - began)  # what the imports did not hide
     with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress, _logs_above_bar():
         try:
             summary = tune(**spec.given(), resume=resume, home=str(root), progress=progress)
         except JobFailed as failed:  # the flow run is Failed; the summary says why (exit 1)
             summary = failed.summary
+    settle_last(summary)  # the whole command's time, to the result printed
     if as_json:
         text = json.dumps(summary.to_dict(), default=str)
         out.print_json(text) if out.is_terminal else print(text)
@@ -227,7 +237,15 @@ def _killed_with_us() -> None:
 
 
 def start_embedded_prefect_server() -> None:
-    """Start Prefect's ephemeral API (when no server is configured) in a session of its own.
+    """Start Prefect's ephemeral API (when no server is configured) and wait until it answers
+    (``begin_embedded_prefect_server``)."""
+    begin_embedded_prefect_server()()
+
+
+def begin_embedded_prefect_server() -> Callable[[], None]:
+    """Start Prefect's ephemeral API (when no server is configured) in a session of its own;
+    returns a function that waits until it answers (raising what its start raised), so the
+    caller can load its modules meanwhile.
 
     Prefect starts it on first use as a child in our process group, so a Ctrl-C in the terminal
     killed it together with the job, and the job then spent minutes retrying to report its crash
@@ -239,19 +257,39 @@ def start_embedded_prefect_server() -> None:
 
     if get_current_settings().api.url:
         _check_prefect_api(str(get_current_settings().api.url))
-        return
+        return lambda: None
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
     if server.running:
-        return
-    popen = subprocess.Popen
+        return lambda: None
+    popen, failed, started = subprocess.Popen, [], threading.Event()
 
-    def popen_own_session(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
-        return popen(*args, start_new_session=True, preexec_fn=_killed_with_us, **kwargs)
+    def popen_own_session(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        if "uvicorn" in list(args):  # the server: other processes started meanwhile as asked
+            kwargs.update(start_new_session=True, preexec_fn=_killed_with_us)
+        return popen(args, *rest, **kwargs)
 
-    subprocess.Popen = popen_own_session  # type: ignore[misc] - only while the server starts
-    try:
-        server.start()
-    finally:
+    def start() -> None:
+        try:
+            server.start()
+        except BaseException as exc:  # raised to the caller when it waits
+            failed.append(exc)
+            return
+        started.set()
+        # the server dies with the thread that started it (PR_SET_PDEATHSIG follows the
+        # thread): this one lives as long as the process
+        threading.Event().wait()
+
+    subprocess.Popen = popen_own_session  # type: ignore[assignment,misc] - until it answers
+    starting = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    starting.start()
+
+    def wait() -> None:
+        while not started.wait(0.1) and not failed:
+            pass
         subprocess.Popen = popen  # type: ignore[misc]
+        if failed:
+            raise failed[0]
+
+    return wait

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -127,6 +128,15 @@ class RunSummary:
     #: With --fail-on-regression: the result against the reference recorded before the job
     #: (``flows.regression.RegressionCheck.to_dict``, or a verdict "no reference" and a message).
     regression: dict[str, Any] | None = None
+    #: Where the time went (``flows/timing.py``): ``duration_s`` is the whole command's time,
+    #: ``fixed_s`` its parts that a job pays whatever its budget (with their ``total``),
+    #: ``trials_s`` the exploration's.
+    fixed_s: dict[str, float] = field(default_factory=dict)
+    trials_s: float | None = None
+    #: How late the tuner heard of results: the candidates asked after a trial's run ended and
+    #: before it was told (``tasks/explore.py``), the largest and the median over the job.
+    tell_lag_max: int | None = None
+    tell_lag_median: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -318,6 +328,10 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
         best_observed_raw=record.get("raw_value") if record.get("baseline_value") else None,
         **parts,
     )
+    lags = [t.user_attrs[ATTR]["tell_lag"] for t in done
+            if t.user_attrs.get(ATTR, {}).get("tell_lag") is not None]
+    if lags:
+        summary.tell_lag_max, summary.tell_lag_median = max(lags), statistics.median(lags)
     target_cls = job.target_cls
     if hasattr(target_cls, "known_optimum_value"):
         summary.known_optimum_value = target_cls.known_optimum_value(job.workload)

@@ -30,7 +30,6 @@ import contextlib
 import inspect
 import logging
 import statistics
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +46,7 @@ from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.testbeds import hold_testbed, isolate
+from flows.timing import JobClock
 from flows.trials import service_table, write_job_table
 from flows.worker import check_fleet, fan_out
 from model_registry import fingerprint
@@ -118,7 +118,7 @@ def _installed_targets(fn: F) -> F:
 def tune(target: str, **options: Any) -> RunSummary:
     """Tune ``target``: explore configs, verify the best against the default, write it to a
     file; the job's summary (what ``--json`` prints)."""
-    began = time.monotonic()
+    clock = JobClock()  # from the command's start when the knobflow command runs the job
     quiet_environment()
     logger = get_run_logger()
     resume, home = options.pop("resume", False), options.pop("home", None)
@@ -138,39 +138,41 @@ def tune(target: str, **options: Any) -> RunSummary:
                                space.default_params(), resume,
                                metric_name(job.objective, relative=job.baseline_every > 0))
         table = service_table(job.home, job.service)
-        plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
-        tracker = _start_tracking(job, space, study, resume)
+        clock.lap("start")
+        plan = clock.timed("transfer", _transfer, job, study, table, space, rules, resume)
+        tracker = clock.timed("tracking", _start_tracking, job, space, study, resume)
         guard = CandidateGuard(rules, learn=RuleLearner(
             job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
         ) if job.learn_rules else None)
         runner = job.trial_runner()
         with _interrupted_on_error(job, tracker), _on_testbed(job, runner, tracker, resume,
                                                                  logger):
-            first_baseline = _probe_noise(job, study, runner, tracker, logger)
+            first_baseline = clock.timed("noise_probe", _probe_noise, job, study, runner,
+                                         tracker, logger)
             if job.workers:  # the work pool's workers explore; the job waits for them
-                study = fan_out(job, tracker.run_id, logger, listener)
+                study = clock.timed("trials", fan_out, job, tracker.run_id, logger, listener)
             else:
-                _explore(job, study, space, runner, guard, tracker, listener, logger,
-                         first_baseline)
+                clock.timed("trials", _explore, job, study, space, runner, guard, tracker,
+                            listener, logger, first_baseline)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
             verification = None
             if best is not None and best_is_default(job, best):  # against itself: proves nothing
                 logger.info("%s: the best trial (%d) ran the default config; nothing to "
                             "verify", NO_GAIN, best.number)
             elif best is not None:
-                verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
-                                       listener)
+                verification = clock.timed("verification", _verify, job, runner,
+                                           best.user_attrs[ATTR]["config"], tracker, listener)
             trial_table = write_job_table(job, study)
-            model = _train(job) if job.train else None  # the summary says it was turned off
+            model = clock.timed("training", _train, job) if job.train else None  # None: off
             summary, files = report(
-                job, study, best, verification, time.monotonic() - began, space=space,
-                ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
-                noise=job.noise,
+                job, study, best, verification, **clock.times(), space=space, ruleset=rules,
+                guard=guard, rule_warnings=warnings, plan=plan, model=model, noise=job.noise,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
             files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
                                         trial_table], plan, logger)
         _publish(job, summary, logger)
+        clock.settle(summary, lap="report")  # result.json has the times until the report
         return no_result(summary) or regression_failed(summary) or summary
 
 
@@ -219,7 +221,11 @@ def _on_testbed(job: Job, runner: TrialRunner, tracker: JobTracker, resume: bool
 
 
 def _transfer(job: Job, study: optuna.Study, table: pd.DataFrame, space: SearchSpace,
-              rules: RuleSet) -> TransferPlan:
+              rules: RuleSet, resume: bool) -> TransferPlan | None:
+    """Queue the configs of the service's siblings and model first (None: transfer is off, or
+    a resumed job has had it)."""
+    if not job.transfer or resume:
+        return None
     request = TransferRequest(
         service=job.service, objective=job.objective, direction=job.direction,
         own_instances=frozenset({job.instance, *job.instance_dirs()}),

@@ -110,7 +110,7 @@ def register(
         )
 
 
-def _champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
+def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
     """The version the ``champion`` alias points at, or None (no model, or no alias)."""
     try:
         registered = client.get_registered_model(name)
@@ -206,7 +206,7 @@ def load_champion(tracking_uri: str, service: str, objective: str) -> Champion |
     name = model_name(service, objective)
     uri = f"models:/{name}@{CHAMPION}"
     for _ in range(3):  # the alias may move between reading it and downloading it
-        version = _champion_version(client, name)
+        version = champion_version(client, name)
         if version is None:
             return None
         model, model_id = _load_sklearn(client, uri)
@@ -233,7 +233,7 @@ def champion_table(tracking_uri: str, service: str, objective: str) -> pd.DataFr
     """The trial table stored beside the champion (its run's ``trial_table.parquet``): the data
     a sibling instance reuses. Empty when there is no champion."""
     client = client_for(tracking_uri)
-    version = _champion_version(client, model_name(service, objective))
+    version = champion_version(client, model_name(service, objective))
     if version is None or not version.run_id:
         return as_table([])
     with tempfile.TemporaryDirectory(prefix="knobflow-table-") as tmp:
@@ -332,7 +332,7 @@ def _promote(
     holdout_y: Sequence[float], direction: str, workload_fp: Mapping[str, float],
     limits: Mapping[str, tuple[float, float]] | None,
 ) -> Decision:
-    current = _champion_version(client, name)
+    current = champion_version(client, name)
     held = str(current.version) if current is not None else ""
     if held == version:
         return Decision(False, f"v{version} is already the champion", champion=held)

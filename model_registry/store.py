@@ -16,11 +16,14 @@ Nothing here sets MLflow's process-wide tracking URI for longer than one block.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,13 +78,48 @@ def client_for(tracking_uri: str) -> MlflowClient:
 def _create_store(db: Path) -> None:
     """Create an embedded store in a file of its own and move it into place when it is
     complete: a job killed during MLflow's first migration leaves no half-made store behind
-    (the next one would fail on it: "index ... already exists")."""
+    (the next one would fail on it: "index ... already exists"). MLflow's migrations take
+    3-15 s here, so the first new store of an MLflow version is kept as a template
+    (``_template``) and later ones are copies of it (milliseconds)."""
     for stale in db.parent.glob(f".{db.name}.*.creating"):  # left by a killed creator
         stale.unlink(missing_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.creating")
-    uri = f"sqlite:///{tmp}"
-    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
+    template = _template()
+    if template is not None and template.is_file():
+        shutil.copyfile(template, tmp)
+        # what MLflow gives the Default experiment in this process (it is never used)
+        with contextlib.closing(sqlite3.connect(tmp)) as conn, conn:
+            conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                         (os.path.join(os.path.abspath("mlruns"), "0"),))
+    else:
+        uri = f"sqlite:///{tmp}"
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
+        if template is not None:
+            _keep_template(tmp, template)
     os.replace(tmp, db)
+
+
+def _template() -> Path | None:
+    """Where the empty store of this MLflow version is kept (the user's cache folder); None
+    when ``KNOBFLOW_STORE_TEMPLATE=0`` turns templates off."""
+    if os.environ.get("KNOBFLOW_STORE_TEMPLATE", "1") == "0":
+        return None
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "knobflow" / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def _keep_template(store: Path, template: Path) -> None:
+    """Copy the new empty ``store`` to ``template`` (whole or not at all); a cache that cannot
+    be written only costs the next store its migrations."""
+    try:
+        template.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        part = template.with_name(f".{template.name}.{os.getpid()}.part")
+        shutil.copyfile(store, part)
+        os.replace(part, template)
+    except OSError as exc:
+        log.debug("the empty MLflow store was not kept as a template: %s", exc)
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:

@@ -34,7 +34,8 @@ from prefect.cache_policies import NO_CACHE
 from model_registry import fingerprint
 from model_registry.features import feature_frame
 from model_registry.priors import prior_trials
-from model_registry.registry import champion_table, load_champion
+from model_registry.registry import champion_table, champion_version, load_champion, model_name
+from model_registry.store import client_for
 from rules.review import sample_space
 from rules.ruleset import RuleSet
 from targets.common.files import write_text_atomic
@@ -80,6 +81,9 @@ class TransferPlan:
     n_blocked: int = 0
     n_priors: int = 0
     reason: str = ""
+    #: Whether the champion model was loaded (a job with no sibling and no other instance's
+    #: model loads nothing: the cheap check answers first).
+    model_loaded: bool = False
 
     @property
     def configs(self) -> list[dict[str, Any]]:
@@ -254,6 +258,29 @@ class TransferRequest:
     priors: bool = False  # also tell the tuner the siblings' close-workload trials
 
 
+NO_SIBLING = "no sibling instance of the service has run trials yet"
+
+
+def _no_sibling(table: pd.DataFrame, request: TransferRequest, tracking_uri: str) -> bool:
+    """Whether the service has no sibling to learn from, answered cheaply (no model loaded, no
+    store created): no other instance's trial in ``table`` (the service's clean rows here) and
+    no champion model, or one this job's own instance trained on this very table."""
+    others = table[~table["instance"].isin(request.own_instances)
+                   & (table["objective"] == request.objective)] if not table.empty else table
+    if not others.empty:
+        return False
+    if tracking_uri.startswith("sqlite:///") and not Path(
+            tracking_uri.removeprefix("sqlite:///")).exists():
+        return True  # a new home has no models: its store is not made for the question
+    version = champion_version(client_for(tracking_uri),
+                               model_name(request.service, request.objective))
+    if version is None:
+        return True
+    # a champion trained elsewhere (a shared store, an empty table here) brings its siblings'
+    # table along: only the own instance's champion over this table has nothing to give
+    return not table.empty and (version.tags or {}).get("instance") in request.own_instances
+
+
 @task(name="transfer-from-siblings", cache_policy=NO_CACHE)
 def transfer_from_siblings(
     study: optuna.Study, request: TransferRequest, *, table: pd.DataFrame, tracking_uri: str,
@@ -265,6 +292,11 @@ def transfer_from_siblings(
     as ``record`` (``transfer.json``)."""
     logger = get_run_logger()
     table = training_rows(table)
+    if _no_sibling(table, request, tracking_uri):
+        plan = TransferPlan(reason=NO_SIBLING)
+        write_text_atomic(record, json.dumps(plan.to_dict(), indent=2, default=str))
+        logger.info("transfer: nothing queued (%s)", plan.reason)
+        return plan
     champion = load_champion(tracking_uri, request.service, request.objective)
     if table.empty and champion is not None:
         table = training_rows(champion_table(tracking_uri, request.service, request.objective))
@@ -272,11 +304,12 @@ def transfer_from_siblings(
                      & (table["objective"] == request.objective)]
     if siblings.empty and (champion is None or champion.tags.get("instance")
                            in request.own_instances):
-        plan = TransferPlan(reason="no sibling instance of the service has run trials yet")
+        plan = TransferPlan(reason=NO_SIBLING)
     else:
         plan = plan_transfer(space=space, rules=rules, siblings=siblings,
                              workload_fp=request.workload_fp, limits=request.limits,
                              direction=request.direction, champion=champion, seed=request.seed)
+    plan.model_loaded = champion is not None
     for seed in plan.seeds:
         study.enqueue_trial(seed.params, user_attrs={TRANSFER_ATTR: seed.source},
                             skip_if_exists=True)

@@ -3,10 +3,16 @@
 ``Exploration`` is shaped like Optuna's own optimise loop: ``run`` starts one worker per instance
 (each with its own data directory), ``_work`` is one worker's loop with its stop conditions
 (``_ask``: the trial budget, the time budget, a stopped job), ``_run_one`` runs one trial and
-``_tell`` tells its result. Blocked candidates (``tasks/guard.py``) never run; with
-``baseline_every`` the default config is re-measured on the instance and the tuner is told
-ratios to it. Crashes, hangs, refused configs and non-zero exits are failed trials with a failure
-class and the tail of their log; the job goes on.
+``_tell`` tells its result.
+
+Results reach the tuner on time (``tasks/tell_order.py``): a sampler that can take a pending
+trial (``takes_pending``) is asked while the last result is cleaned beside the next run; any
+other is told each result first. Each trial's record keeps its ``tell_lag``.
+
+Blocked candidates (``tasks/guard.py``) never run; with ``baseline_every`` the default config is
+re-measured on the instance and the tuner is told ratios to it. Crashes, hangs, refused configs
+and non-zero exits are failed trials with a failure class and the tail of their log; the job
+goes on.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
+from tasks.tell_order import TellOrder
+from tuners.samplers import takes_pending
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
 from tuners.trials import ATTR, TrialOutcome, finished_trials
@@ -89,9 +97,12 @@ class Exploration:
         self._launched = self.stats.done
         self._started = time.monotonic()
         # Cleaning a single-run trial (the Great Expectations gate, ~80 ms) happens on one
-        # background thread while the instance already runs its next trial; with repeats the
-        # worker needs each run's value at once, so it cleans inline.
-        self._pipelined = runner.policy.repeats == 1 and runner.policy.until is None
+        # background thread while the instance already runs its next trial, when the sampler
+        # can be asked with that result pending; with repeats the worker needs each run's value
+        # at once, and other samplers must hear of it before the next ask: it cleans inline.
+        self._pipelined = (runner.policy.repeats == 1 and runner.policy.until is None
+                           and takes_pending(study.sampler))
+        self._order = TellOrder(lambda: self.runner.stopping)  # results told on time
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
@@ -143,6 +154,7 @@ class Exploration:
 
     def _ask(self) -> optuna.trial.Trial | None:
         """The next candidate, or None when the budget, the time budget or a stop says so."""
+        self._order.wait_turn()
         if self.shared:
             return self._ask_shared()
         with self._lock:
@@ -152,7 +164,12 @@ class Exploration:
                     and time.monotonic() - self._started >= self.time_budget_s):
                 return None
             self._launched += 1
-        return self.study.ask(self.distributions)
+        return self._counted(self.study.ask(self.distributions))
+
+    def _counted(self, trial: optuna.trial.Trial) -> optuna.trial.Trial:
+        """``trial``, just asked, counted for the tell lag of the trials not yet told."""
+        self._order.asked()
+        return trial
 
     def _ask_shared(self) -> optuna.trial.Trial | None:
         """The next candidate of a shared study, or None when the study holds its budget of
@@ -176,7 +193,7 @@ class Exploration:
                     self.study._storage.record_heartbeat(trial._trial_id)
                     with self._lock:
                         self._beating[trial._trial_id] = trial
-                    return trial
+                    return self._counted(trial)
             self.runner.processes.stopping.wait(min(self._beat_every, 0.5))
 
     def _beat_all(self) -> None:
@@ -191,9 +208,10 @@ class Exploration:
                     continue
 
     def _told(self, trial: optuna.trial.Trial) -> None:
-        """``trial`` is finished (told): its heartbeats stop."""
+        """``trial`` is finished (told): its heartbeats stop, the asks waiting for it go on."""
         with self._lock:
             self._beating.pop(trial._trial_id, None)
+        self._order.told(trial.number)
 
     def _interrupted(self, trial: optuna.trial.Trial) -> None:
         """``trial`` was stopped with the job: failed; in a shared study another worker runs its
@@ -222,6 +240,7 @@ class Exploration:
                 continue
             count += 1
             outcome = self._run_one(trial, config, instance)
+            self._order.ended(trial.number)
             if outcome.failure_class == FailureClass.INTERRUPTED:
                 self._interrupted(trial)
                 return
@@ -296,6 +315,13 @@ class Exploration:
     def _tell(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
               baseline: float | None) -> None:
         """Clean (if not yet), judge against the baseline, learn from a failure, tell, count."""
+        try:
+            self._clean_and_tell(trial, outcome, baseline)
+        finally:  # told or failed to be: the asks waiting for it go on
+            self._told(trial)
+
+    def _clean_and_tell(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
+                        baseline: float | None) -> None:
         if outcome.measurement is not None:
             outcome = clean_trial(self.runner, str(trial.number), outcome)
         if self.baseline_every and outcome.ok:
@@ -303,6 +329,7 @@ class Exploration:
         if self.guard is not None and outcome.failure_class in LEARN_FROM:
             rule = self.guard.failed(trial.number, outcome)
             outcome.learned_rule = rule.id if rule is not None else None
+        outcome.tell_lag = self._order.lag(trial.number)
         try:
             trial.set_user_attr(ATTR, outcome.record())
             if outcome.ok:

@@ -72,6 +72,12 @@ def load_suite_document(path: Path) -> dict[str, Any]:
     return doc
 
 
+def import_now() -> None:
+    """Import Great Expectations now rather than on the first validation (the command does
+    it while Prefect's temporary server starts: the two then overlap)."""
+    import great_expectations  # noqa: F401
+
+
 def _validation(path: Path) -> Any:
     """The (cached) GE validation definition of the suite at ``path``."""
     global _context

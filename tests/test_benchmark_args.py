@@ -1,5 +1,5 @@
-"""benchmarks/transfer.py and scaling.py refuse bad arguments with the exact error, before running
-anything."""
+"""benchmarks/transfer.py, scaling.py and job_cost.py refuse bad arguments with the exact error,
+before running anything."""
 
 from __future__ import annotations
 
@@ -39,3 +39,13 @@ def test_scaling_refuses_bad_counts(args: list[str], error: str, tmp_path: Path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == error
     assert not (tmp_path / "p.png").exists()
+
+
+def test_job_cost_refuses_too_few_trials() -> None:
+    """benchmarks/job_cost.py: a per-trial cost needs 2 trials at least; said before any job."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "job_cost.py"),
+                           "--trials", "1"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "job_cost.py: error: argument --trials: '1': a whole number >= 2")

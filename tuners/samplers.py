@@ -30,7 +30,7 @@ from targets.common.errors import KnobflowError, did_you_mean
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-__all__ = ["TUNERS", "make_sampler"]
+__all__ = ["TUNERS", "make_sampler", "takes_pending"]
 
 TUNERS = ("tpe", "random", "cmaes")
 
@@ -91,3 +91,17 @@ def _cmaes_class() -> type[BaseSampler]:
             return sorted(trials + seen, key=lambda t: t.number)
 
     return KnobflowCmaEs
+
+
+def takes_pending(sampler: BaseSampler) -> bool:
+    """Whether ``sampler`` may be asked for a candidate while a finished trial is still untold
+    (its cleaning runs beside the next trial): a sampler that ignores history (random, QMC) or
+    one that sees running trials (TPE with ``constant_liar``, which counts them among the bad)
+    loses little by it. Any other sampler (CMA-ES, a surrogate) is told every result before it
+    is asked again (``tasks/explore.py``)."""
+    import optuna
+
+    if isinstance(sampler, optuna.samplers.RandomSampler | optuna.samplers.QMCSampler):
+        return True
+    return isinstance(sampler, optuna.samplers.TPESampler) and bool(
+        getattr(sampler, "_constant_liar", False))

@@ -90,6 +90,9 @@ class TrialOutcome:
     #: Wall-clock start and end of the run(s), seconds since the epoch (0: not run).
     started_at: float = 0.0
     finished_at: float = 0.0
+    #: How late the tuner heard of this result: the candidates asked after its run ended and
+    #: before it was told (0: told before the next ask; None: not told by an exploration).
+    tell_lag: int | None = None
     #: The trial failed because the disk the job writes to is full (the job stops).
     disk_full: bool = field(default=False, repr=False)
     #: The raw measurement between running and cleaning (never stored).
@@ -119,6 +122,7 @@ class TrialOutcome:
             "rule_warnings": self.rule_warnings, "learned_rule": self.learned_rule,
             "instance": self.instance, "elapsed_s": round(self.elapsed_s, 4),
             "started_at": round(self.started_at, 3), "finished_at": round(self.finished_at, 3),
+            "tell_lag": self.tell_lag,
         }
 
 
