@@ -17,7 +17,9 @@ best in the database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSam
 * maximises expected improvement over thousands of random candidates and of perturbations of
   the best few trials, and takes the best one ``accept(params)`` (the rule engine) lets run.
 
-Parameters outside the intersection search space are sampled independently at random. A
+Parameters outside the intersection search space are sampled independently at random, and
+``accept`` cannot judge them: the first trial of a study (no search space known yet: a job
+queues its default config there) and a knob new to the study are not filtered. A
 multi-objective study is left to TPE. Same seed and same history: same suggestions.
 """
 
@@ -80,25 +82,25 @@ class _Encoder:
             row[i] = 0.5 if high <= low else (value - low) / (high - low)
         return row
 
-    def decode(self, row: np.ndarray) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        for i, (name, d) in enumerate(zip(self.names, self.dists, strict=True)):
+    def decode(self, points: np.ndarray) -> list[dict[str, Any]]:
+        """Points as params, all at once (thousands are decoded at every suggestion)."""
+        columns: list[list[Any]] = []
+        for i, d in enumerate(self.dists):
             if isinstance(d, CategoricalDistribution):
-                params[name] = d.choices[int(row[i])]
+                columns.append([d.choices[int(c)] for c in points[:, i]])
                 continue
             low, high = self._bounds(d)
-            value = low + float(np.clip(row[i], 0.0, 1.0)) * (high - low)
+            values = low + np.clip(points[:, i], 0.0, 1.0) * (high - low)
             if d.log:
-                value = math.exp(value)
+                values = np.exp(values)
             if isinstance(d, IntDistribution):
-                steps = round((value - d.low) / d.step)
-                params[name] = int(min(max(d.low + steps * d.step, d.low), d.high))
-            else:
-                value = min(max(value, d.low), d.high)
-                if d.step is not None:
-                    value = min(d.low + round((value - d.low) / d.step) * d.step, d.high)
-                params[name] = float(value)
-        return params
+                values = d.low + np.round((values - d.low) / d.step) * d.step
+                columns.append([int(v) for v in np.clip(values, d.low, d.high)])
+                continue
+            if d.step is not None:
+                values = d.low + np.round((values - d.low) / d.step) * d.step
+            columns.append([float(v) for v in np.clip(values, d.low, d.high)])
+        return [dict(zip(self.names, row, strict=True)) for row in zip(*columns, strict=True)]
 
     def features(self, points: np.ndarray) -> np.ndarray:
         """What the forest sees: the numeric columns, then one-hot columns per categorical."""
@@ -238,15 +240,14 @@ class SurrogateSampler(BaseSampler):
         """The first candidate (in ``ordered``) not tried yet that the rules accept; the first
         untried one if the rules refuse them all (it is then told as blocked, and learned)."""
         fallback = None
-        for row in ordered[: self._max_accept_checks]:
-            params = encoder.decode(row)
+        for params in encoder.decode(ordered[: self._max_accept_checks]):
             if encoder.key(params) in seen:
                 continue
             if fallback is None:
                 fallback = params
             if self._accept is None or self._accept(params):
                 return params
-        return fallback if fallback is not None else encoder.decode(ordered[0])
+        return fallback if fallback is not None else encoder.decode(ordered[:1])[0]
 
     def _suggest(self, study: optuna.Study, encoder: _Encoder, points: np.ndarray,
                  values: np.ndarray, seen: set[tuple[Any, ...]]) -> dict[str, Any]:
