@@ -18,8 +18,9 @@ best in the database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSam
   the best few trials, and takes the best one ``accept(params)`` (the rule engine) lets run.
 
 Parameters outside the intersection search space are sampled independently at random, and
-``accept`` cannot judge them: the first trial of a study (no search space known yet: a job
-queues its default config there) and a knob new to the study are not filtered. A
+``accept`` cannot judge them: the first trial of a study (no search space known yet, unless a
+trial is running: a job queues its default config there) and a knob new to the study are not
+filtered. A
 multi-objective study is left to TPE. Same seed and same history: same suggestions.
 """
 
@@ -46,7 +47,8 @@ from tuners.trials import is_blocked
 
 __all__ = ["Accept", "SurrogateSampler"]
 
-#: The rule engine as the sampler sees it: True if a candidate (Optuna params) may run.
+#: The rule engine as the sampler sees it: True if a candidate (Optuna params) may run. If it
+#: also has ``many(list_of_params) -> list[bool]``, candidates are judged in one batch.
 Accept = Callable[[dict[str, Any]], bool]
 
 
@@ -147,6 +149,7 @@ class SurrogateSampler(BaseSampler):
         self._min_samples_leaf = min_samples_leaf
         self._max_accept_checks = max_accept_checks
         self._random = RandomSampler(seed=seed)
+        self._sobol_seed = int(self._rng.randint(2**31 - 1))  # one sequence per sampler
         self._multi: TPESampler | None = None
         self._space = IntersectionSearchSpace(include_pruned=True)
 
@@ -160,7 +163,14 @@ class SurrogateSampler(BaseSampler):
     ) -> dict[str, BaseDistribution]:
         if study._is_multi_objective():
             return self._tpe().infer_relative_search_space(study, trial)
-        return {name: d for name, d in self._space.calculate(study).items() if not d.single()}
+        space = self._space.calculate(study)
+        if not space:  # nothing finished yet: the knobs of a running trial (the default's)
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.number != trial.number and t.distributions]
+            space = dict(running[0].distributions) if running else {}
+            for other in running[1:]:
+                space = {n: d for n, d in space.items() if other.distributions.get(n) == d}
+        return {name: d for name, d in space.items() if not d.single()}
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -229,8 +239,9 @@ class SurrogateSampler(BaseSampler):
                  ) -> dict[str, Any]:
         from scipy.stats import qmc
 
-        sobol = qmc.Sobol(len(encoder.names), scramble=True, seed=self._seed)
-        sobol.fast_forward(index)
+        sobol = qmc.Sobol(len(encoder.names), scramble=True, seed=self._sobol_seed)
+        if index:
+            sobol.fast_forward(index)
         first = encoder.from_unit(sobol.random(1))
         candidates = np.vstack([first, encoder.random(self._rng, 200)])
         return self._first_accepted(encoder, candidates, seen)
@@ -239,15 +250,17 @@ class SurrogateSampler(BaseSampler):
                         seen: set[tuple[Any, ...]]) -> dict[str, Any]:
         """The first candidate (in ``ordered``) not tried yet that the rules accept; the first
         untried one if the rules refuse them all (it is then told as blocked, and learned)."""
-        fallback = None
-        for params in encoder.decode(ordered[: self._max_accept_checks]):
-            if encoder.key(params) in seen:
-                continue
-            if fallback is None:
-                fallback = params
-            if self._accept is None or self._accept(params):
-                return params
-        return fallback if fallback is not None else encoder.decode(ordered[:1])[0]
+        candidates = [p for p in encoder.decode(ordered[: self._max_accept_checks])
+                      if encoder.key(p) not in seen]
+        if not candidates:
+            return encoder.decode(ordered[:1])[0]
+        if self._accept is None:
+            return candidates[0]
+        many = getattr(self._accept, "many", None)
+        if many is not None:  # the rule engine judges thousands at once
+            verdicts = iter(many(candidates))
+            return next((p for p in candidates if next(verdicts)), candidates[0])
+        return next((p for p in candidates if self._accept(p)), candidates[0])
 
     def _suggest(self, study: optuna.Study, encoder: _Encoder, points: np.ndarray,
                  values: np.ndarray, seen: set[tuple[Any, ...]]) -> dict[str, Any]:
