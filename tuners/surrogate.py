@@ -139,7 +139,7 @@ class SurrogateSampler(BaseSampler):
     def __init__(self, seed: int | None = None, *, accept: Accept | None = None,
                  n_startup_trials: int = 10, n_trees: int = 32, n_candidates: int = 1000,
                  n_best: int = 5, n_local: int = 300, min_samples_leaf: int = 1,
-                 max_accept_checks: int = 2000) -> None:
+                 max_accept_checks: int = 2000, xi: float = 0.01) -> None:
         self._seed = seed
         self._rng = np.random.RandomState(seed)
         self._accept = accept
@@ -148,6 +148,7 @@ class SurrogateSampler(BaseSampler):
         self._n_best, self._n_local = n_best, n_local
         self._min_samples_leaf = min_samples_leaf
         self._max_accept_checks = max_accept_checks
+        self._xi = xi
         self._random = RandomSampler(seed=seed)
         self._sobol_seed = int(self._rng.randint(2**31 - 1))  # one sequence per sampler
         self._multi: TPESampler | None = None
@@ -283,7 +284,7 @@ class SurrogateSampler(BaseSampler):
                              for tree in forest.estimators_])
         mean, std = per_tree.mean(axis=0), per_tree.std(axis=0)
         best = scores[good].min()
-        ei = _expected_improvement(mean, std, best)
+        ei = _expected_improvement(mean, std, best, self._xi)
         order = np.lexsort((mean, -ei))  # most improvement first; ties: the lower mean
         return self._first_accepted(encoder, candidates[order], seen)
 
