@@ -11,7 +11,7 @@ best in the database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSam
   turned into normal scores of its ranks (robust to outliers and to imputed failures) and the
   spread across its trees as the uncertainty;
 * learns from what did not run well: a failed trial, a candidate the rules blocked (PRUNED with
-  constraint ``rules`` > 0, ``tuners.trials.blocked_trial``) and a complete trial with a
+  constraint ``rules`` > 0, as ``tuners.trials.blocked_trial`` tells it) and a complete trial with a
   constraint above zero count as the worst value seen; a trial a pruner stopped early is left
   out (it is neither good nor failed);
 * maximises expected improvement over thousands of random candidates and of perturbations of
@@ -42,8 +42,6 @@ from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-
-from tuners.trials import is_blocked
 
 __all__ = ["Accept", "SurrogateSampler"]
 
@@ -225,7 +223,7 @@ class SurrogateSampler(BaseSampler):
                    for n, d in zip(encoder.names, encoder.dists, strict=True)):
                 continue  # outside this space (a narrowed resume, a sibling's prior)
             infeasible = any(v > 0 for v in (t.constraints or {}).values())
-            if t.state == TrialState.PRUNED and not (infeasible or is_blocked(t)):
+            if t.state == TrialState.PRUNED and not infeasible:
                 continue  # stopped early by a pruner: neither good nor a failure
             value = t.value if t.state == TrialState.COMPLETE and not infeasible else None
             if value is not None and not math.isfinite(value):
