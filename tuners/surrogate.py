@@ -160,7 +160,7 @@ class SurrogateSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             return self._tpe().infer_relative_search_space(study, trial)
         space = self._space.calculate(study)
         if not space:  # nothing finished yet: the knobs of a running trial (the default's)
@@ -174,7 +174,7 @@ class SurrogateSampler(BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             return self._tpe().sample_relative(study, trial, search_space)
         if not search_space:
             return {}
@@ -190,17 +190,17 @@ class SurrogateSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             return self._tpe().sample_independent(study, trial, param_name, param_distribution)
         return self._random.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             self._tpe().before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             self._tpe().after_trial(study, trial, state, values)
 
     # -- the model -----------------------------------------------------------------------------
