@@ -63,7 +63,7 @@ from targets.common.settings import (
 )
 from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
-from tasks.guard import CandidateGuard, RuleLearner
+from tasks.guard import CandidateGuard, RuleFilter, RuleLearner
 from tasks.probe import probe_noise
 from tasks.runner import TrialRunner
 from tasks.track import (
@@ -136,7 +136,8 @@ def tune(target: str, **options: Any) -> RunSummary:
             logger.warning("rules: %s", warning)
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
                                space.default_params(), resume,
-                               metric_name(job.objective, relative=job.baseline_every > 0))
+                               metric_name(job.objective, relative=job.baseline_every > 0),
+                               accept=RuleFilter(rules, space))
         table = service_table(job.home, job.service)
         clock.lap("start")
         plan = clock.timed("transfer", _transfer, job, study, table, space, rules, resume)

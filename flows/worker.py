@@ -34,7 +34,7 @@ from flows.spec import JobSpec
 from targets.common.errors import KnobflowError
 from targets.common.settings import knobflow_home, quiet_environment, tracking_uri, writable_home
 from tasks.explore import Exploration, ExploreStats
-from tasks.guard import CandidateGuard
+from tasks.guard import CandidateGuard, RuleFilter
 from tasks.track import JobTracker
 from tuners.samplers import make_sampler
 from tuners.study import is_shared, shared_storage_url, storage_for, stored_trials
@@ -113,9 +113,10 @@ def tune_worker(job: dict[str, Any], study_name: str, parent_run_id: str, instan
                             "point it at the stack (`eval $(infra/stack env)`) before starting "
                             "its Prefect worker")
     # a seed of its own: workers with one seed would draw the same candidates
-    sampler = make_sampler(work.tuner, (work.seed + zlib.crc32(instance.encode())) % 2**31)
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     space, rules = work.search_space(), work.rule_set()
+    sampler = make_sampler(work.tuner, (work.seed + zlib.crc32(instance.encode())) % 2**31,
+                           accept=RuleFilter(rules, space))
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     tracker = JobTracker(tracking_uri(root), f"knobflow/{work.target}", root / "artifacts")
     tracker.run_id = parent_run_id
     ran: list[int] = []

@@ -36,7 +36,8 @@ from tuners.trials import (
 )
 
 __all__ = [
-    "MAX_BLOCKED_IN_A_ROW", "TIMEOUT_MARGIN", "CandidateGuard", "RuleLearner", "blocked_as",
+    "MAX_BLOCKED_IN_A_ROW", "TIMEOUT_MARGIN", "CandidateGuard", "RuleFilter", "RuleLearner",
+    "blocked_as",
 ]
 
 #: Consecutive blocked candidates after which the job stops: the rules leave (almost) nothing.
@@ -104,6 +105,26 @@ class CandidateGuard:
                 else:
                     self.learned.append(rule)
         return rule
+
+
+class RuleFilter:
+    """The rules' say on a candidate as a sampler asks it (``make_sampler(accept=...)``):
+    ``filter(params)`` is True when the config of ``params`` passes every error rule, and
+    ``filter.many(candidates)`` judges thousands at once (``RuleSet.check_frame``, vectorised:
+    one ``check`` costs ~0.5 ms). Rules the guard learns during the job are added to the same
+    ``RuleSet``, so they apply here from then on."""
+
+    def __init__(self, rules: RuleSet, space: SearchSpace) -> None:
+        self.rules, self.space = rules, space
+
+    def __call__(self, params: Mapping[str, Any]) -> bool:
+        return not self.rules.check(self.space.config(params)).blocked
+
+    def many(self, candidates: Sequence[Mapping[str, Any]]) -> list[bool]:
+        if not candidates:
+            return []
+        frame = pd.DataFrame([self.space.config(p) for p in candidates])
+        return [not b for b in self.rules.check_frame(frame)["blocked"].tolist()]
 
 
 #: A timeout teaches a rule only when the trial timeout is at least this many times the default

@@ -15,7 +15,12 @@ What each sampler does with a candidate the rules blocked (told as a pruned tria
   its distribution moves away as it did when that value was stored. Without it a blocked draw is
   only drawn again (resampling) and half as many candidates again are blocked. Its fallback for
   categorical and bool knobs is TPE, which reads the constraints;
-* ``random`` learns from nothing.
+* ``random`` learns from nothing;
+* ``surrogate`` (``tuners/surrogate.py``) counts a blocked candidate as the worst value seen,
+  and drops candidates ``accept`` refuses before it chooses one: the rules are asked first.
+
+``accept(params)`` (optional, built by the flow from the rule guard) says whether the rules let
+a candidate run; samplers that cannot filter their candidates ignore it.
 
 ``benchmarks/blocked.py`` measures the search before and after (``benchmarks/RESULTS.md``)."""
 
@@ -23,7 +28,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from targets.common.errors import KnobflowError, did_you_mean
 
@@ -32,13 +38,19 @@ if TYPE_CHECKING:
 
 __all__ = ["TUNERS", "make_sampler", "takes_pending"]
 
-TUNERS = ("tpe", "random", "cmaes")
+TUNERS = ("tpe", "random", "cmaes", "surrogate")
 
 
-def make_sampler(name: str, seed: int | None = None) -> BaseSampler:
-    """A new sampler for tuner ``name`` (one of ``TUNERS``), seeded for reproducibility."""
+def make_sampler(name: str, seed: int | None = None, *,
+                 accept: Callable[[dict[str, Any]], bool] | None = None) -> BaseSampler:
+    """A new sampler for tuner ``name`` (one of ``TUNERS``), seeded for reproducibility;
+    ``accept(params)`` is the rule engine's say on a candidate (used by ``surrogate``)."""
     import optuna
 
+    if name == "surrogate":
+        from tuners.surrogate import SurrogateSampler
+
+        return SurrogateSampler(seed=seed, accept=accept)
     if name == "tpe":
         # multivariate TPE models interacting knobs; constant_liar spreads parallel trials apart
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)

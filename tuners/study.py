@@ -24,7 +24,7 @@ import hashlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,22 +220,26 @@ def open_study(
 @task(name="open-study", cache_policy=NO_CACHE)
 def open_job_study(home: Path, study_name: str, direction: str, tuner: str, seed: int,
                    default_params: dict[str, Any] | None, resume: bool,
-                   metric: str | None = None) -> optuna.Study:
+                   metric: str | None = None,
+                   accept: Callable[[dict[str, Any]], bool] | None = None) -> optuna.Study:
     """The job's study: new with the default config queued first (trial 0 measures the
     baseline to beat), or reloaded to resume with its interrupted trials queued again; its
-    values are named ``metric``."""
+    values are named ``metric``. ``accept(params)``, the rules' say on a candidate, goes to
+    the sampler (``make_sampler``)."""
     if not resume:
-        study = open_study(home, study_name, direction, make_sampler(tuner, seed), create=True)
+        study = open_study(home, study_name, direction, make_sampler(tuner, seed, accept=accept),
+                           create=True)
         if metric is not None:
             name_metric(study, metric)
         if default_params is not None:
             study.enqueue_trial(default_params)
         return study
-    study = open_study(home, study_name, direction, make_sampler(tuner, seed), create=False)
+    study = open_study(home, study_name, direction, make_sampler(tuner, seed, accept=accept),
+                       create=False)
     if metric is not None:
         name_metric(study, metric)  # a study of before was not named
     # a new seed, or the sampler would replay the draws the killed job already made
-    study.sampler = make_sampler(tuner, seed + len(study.trials))
+    study.sampler = make_sampler(tuner, seed + len(study.trials), accept=accept)
     requeued = requeue_interrupted(study)
     get_run_logger().info(
         "Resuming %s: %d finished trials kept, %d interrupted trials queued again",

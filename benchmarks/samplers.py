@@ -1,0 +1,354 @@
+"""The samplers side by side on problems with known optima: median simple regret after 30 and 60
+trials, and each sampler's own time per suggestion on a history of 200 trials.
+
+    nice -n 10 python benchmarks/samplers.py --seeds 10 --trials 60 [--smac] \
+        [--plot benchmarks/samplers.png]
+
+Contenders: knobflow's samplers (``tuners.samplers.make_sampler``: surrogate, tpe, random,
+cmaes) and, with ``--smac``, SMAC3's HPO facade driven through its own ask/tell loop (it is not
+wrapped as an Optuna sampler). Problems (minimised; regret is the best value found minus the
+optimum):
+
+* ``branin`` (2 floats, optimum 0.397887) and ``hartmann6`` (6 floats, optimum -3.32237);
+* ``mixed``: an int (log), a float (log), a float, a categorical and a bool knob whose best
+  values depend on each other (the best int moves with the categorical, the best log-float with
+  the float and the bool), optimum 0;
+* ``synthetic``: the synthetic target's whole space, evaluated in-process
+  (``SyntheticTarget.true_value`` with its 3 % noise), with its failures (refused, crashing and
+  hanging regions told as failed trials) and its shipped rules (a blocked candidate is told as
+  in a job, ``tuners.trials.blocked_trial``, and does not count as a trial; the surrogate gets
+  the rules as ``accept``); the default config first, as in a job. Regret: 1 - (true value of
+  the best measured config) / optimum.
+
+``mixed`` and ``synthetic`` are the problems with interacting knobs the goal is about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from rules.ruleset import RuleSet
+from targets.synthetic import SyntheticTarget, crashes, hangs, refusal
+from tasks.guard import RuleFilter
+from tuners.samplers import TUNERS, make_sampler
+from tuners.space import SearchSpace
+from tuners.trials import blocked_record, blocked_trial
+
+PROBLEMS = ("branin", "hartmann6", "mixed", "synthetic")
+INTERACTING = ("mixed", "synthetic")
+
+
+@dataclass
+class Problem:
+    name: str
+    dists: dict[str, BaseDistribution]
+    #: params -> value to minimise, or None when the trial fails
+    evaluate: Callable[[dict[str, Any], random.Random], float | None]
+    regret: Callable[[float], float]  # best measured value (or true value) -> regret
+    default: dict[str, Any] | None = None
+    accept: Any = None  # the rules, for problems that have some
+
+
+def _branin(p: dict[str, Any], _: random.Random) -> float:
+    x, y = p["x"], p["y"]
+    return ((y - 5.1 / (4 * math.pi**2) * x**2 + 5 / math.pi * x - 6) ** 2
+            + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10)
+
+
+_H_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
+                 [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
+_H_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                        [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+
+
+def _hartmann6(p: dict[str, Any], _: random.Random) -> float:
+    x = np.array([p[f"x{i}"] for i in range(6)])
+    return float(-np.sum(_H_ALPHA * np.exp(-np.sum(_H_A * (x - _H_P) ** 2, axis=1))))
+
+
+_MIXED_THREADS = {"p": 2, "q": 8, "r": 32, "s": 16}  # the best int for each category
+_MIXED_OFFSET = {"p": 0.3, "q": 0.0, "r": 0.1, "s": 0.2}
+
+
+def _mixed(p: dict[str, Any], _: random.Random) -> float:
+    """Optimum 0 at mode q, compress off, threads 8, ratio 0.7, scale 10**0.1."""
+    mode, compress, ratio = p["mode"], p["compress"], p["ratio"]
+    value = ((math.log2(p["threads"]) - math.log2(_MIXED_THREADS[mode])) / 2) ** 2
+    best_scale = 3 * ratio - 1.5 + (0.5 if compress else -0.5)  # log10: moves with two knobs
+    value += (math.log10(p["scale"]) - best_scale) ** 2
+    value += (ratio - 0.7) ** 2 * (1.0 if mode in ("p", "q") else 4.0)
+    value += _MIXED_OFFSET[mode] + (0.2 if compress and mode == "q" else 0.0)
+    return value
+
+
+SYNTHETIC_WORKLOAD = {"shift": 0.0, "noise": 0.03}
+
+
+def _synthetic(p: dict[str, Any], rng: random.Random) -> float | None:
+    config = p  # the whole space is tuned: every knob is in ``p``
+    if refusal(config) or crashes(config) or hangs(config):
+        return None
+    truth = SyntheticTarget.true_value(config, SYNTHETIC_WORKLOAD)
+    sigma = math.sqrt(math.log(1.0 + SYNTHETIC_WORKLOAD["noise"] ** 2))
+    # minimised: the negative throughput, measured with noise; the truth is kept for regret
+    _TRUTH[id(p)] = truth
+    return -truth * math.exp(rng.gauss(-(sigma**2) / 2, sigma))
+
+
+_TRUTH: dict[int, float] = {}
+
+
+def problem(name: str) -> Problem:
+    f = FloatDistribution
+    if name == "branin":
+        return Problem(name, {"x": f(-5.0, 10.0), "y": f(0.0, 15.0)}, _branin,
+                       lambda best: best - 0.397887)
+    if name == "hartmann6":
+        return Problem(name, {f"x{i}": f(0.0, 1.0) for i in range(6)}, _hartmann6,
+                       lambda best: best + 3.32237)
+    if name == "mixed":
+        return Problem(name, {
+            "threads": IntDistribution(1, 64, log=True), "scale": f(1e-3, 1e3, log=True),
+            "ratio": f(0.0, 1.0), "mode": CategoricalDistribution(["p", "q", "r", "s"]),
+            "compress": CategoricalDistribution([False, True])}, _mixed, lambda best: best)
+    space = SearchSpace.full(SyntheticTarget.knob_spec())
+    rules = RuleSet.for_target(SyntheticTarget, workload=SYNTHETIC_WORKLOAD)
+    optimum = SyntheticTarget.known_optimum_value(SYNTHETIC_WORKLOAD)
+    return Problem(name, space.distributions(), _synthetic, lambda truth: 1 - truth / optimum,
+                   default=space.default_params(), accept=RuleFilter(rules, space))
+
+
+def _regret_curve(prob: Problem, values: list[float | None], truths: list[float | None]
+                  ) -> list[float]:
+    """Simple regret after each trial: of the best measured value (synthetic: its true value)."""
+    curve, best, best_truth = [], math.inf, None
+    for value, truth in zip(values, truths, strict=True):
+        if value is not None and value < best:
+            best, best_truth = value, truth
+        if prob.name == "synthetic":
+            curve.append(prob.regret(best_truth) if best_truth is not None else 1.0)
+        else:
+            curve.append(prob.regret(best) if math.isfinite(best) else math.inf)
+    return curve
+
+
+def run_optuna(prob: Problem, tuner: str, seed: int, trials: int) -> tuple[list[float], float]:
+    """One search with a knobflow sampler: the regret curve and the seconds per suggestion."""
+    accept = prob.accept if tuner == "surrogate" else None
+    study = optuna.create_study(sampler=make_sampler(tuner, seed, accept=accept))
+    if prob.default is not None:
+        study.enqueue_trial(prob.default)
+    rng = random.Random(seed)
+    values: list[float | None] = []
+    truths: list[float | None] = []
+    asking, blocked = 0.0, 0
+    while len(values) < trials and blocked < 500:
+        began = time.perf_counter()
+        trial = study.ask(prob.dists)
+        asking += time.perf_counter() - began
+        params = dict(trial.params)
+        if prob.accept is not None and not prob.accept(params):
+            blocked += 1
+            blocked_trial(study, trial, blocked_record(params, ["rules"], "blocked"))
+            continue
+        value = prob.evaluate(params, rng)
+        truths.append(_TRUTH.pop(id(params), None))
+        values.append(value)
+        if value is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    return _regret_curve(prob, values, truths), asking / max(1, len(study.trials))
+
+
+def run_smac(prob: Problem, seed: int, trials: int, tmp: Path) -> tuple[list[float], float]:
+    """One search with SMAC3's HPO facade (its own loop; a failure is told as a crash)."""
+    from ConfigSpace import (
+        Categorical,
+        ConfigurationSpace,
+        Float,
+        Integer,
+    )
+    from smac import HyperparameterOptimizationFacade, Scenario
+    from smac.runhistory import StatusType, TrialValue
+
+    cs = ConfigurationSpace(seed=seed)
+    for name, d in prob.dists.items():
+        if isinstance(d, FloatDistribution):
+            cs.add(Float(name, (d.low, d.high), log=d.log))
+        elif isinstance(d, IntDistribution):
+            cs.add(Integer(name, (d.low, d.high), log=d.log))
+        else:
+            assert isinstance(d, CategoricalDistribution)
+            cs.add(Categorical(name, [str(c) for c in d.choices]))
+    scenario = Scenario(cs, deterministic=True, n_trials=trials + 50, seed=seed,
+                        output_directory=tmp / f"smac-{prob.name}-{seed}")
+    smac = HyperparameterOptimizationFacade(
+        scenario, lambda config, seed=0: 0.0, overwrite=True, logging_level=40)
+    rng = random.Random(seed)
+    values: list[float | None] = []
+    truths: list[float | None] = []
+    asking = 0.0
+    while len(values) < trials:
+        began = time.perf_counter()
+        info = smac.ask()
+        asking += time.perf_counter() - began
+        params = {}
+        for name, d in prob.dists.items():
+            raw = info.config[name]
+            if isinstance(d, CategoricalDistribution):
+                raw = next(c for c in d.choices if str(c) == raw)
+            params[name] = raw
+        # a blocked or failed config costs the worst value seen (SMAC's model needs a number)
+        worst = max((v for v in values if v is not None), default=0.0)
+        if prob.accept is not None and not prob.accept(params):
+            smac.tell(info, TrialValue(cost=worst, status=StatusType.SUCCESS))
+            continue
+        value = prob.evaluate(params, rng)
+        truths.append(_TRUTH.pop(id(params), None))
+        values.append(value)
+        smac.tell(info, TrialValue(cost=value if value is not None else worst))
+    return _regret_curve(prob, values, truths), asking / trials
+
+
+def time_at(prob: Problem, tuner: str, history: int, asks: int = 5) -> float:
+    """Seconds per suggestion of ``tuner`` on a study that already holds ``history`` trials."""
+    seeded = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    rng = random.Random(0)
+    for _ in range(history):
+        trial = seeded.ask(prob.dists)
+        value = prob.evaluate(dict(trial.params), rng)
+        seeded.tell(trial, value if value is not None else None,
+                    state=TrialState.COMPLETE if value is not None else TrialState.FAIL)
+    study = optuna.create_study(sampler=make_sampler(tuner, 0, accept=prob.accept
+                                                     if tuner == "surrogate" else None))
+    study.add_trials(seeded.trials)
+    began = time.perf_counter()
+    for _ in range(asks):
+        trial = study.ask(prob.dists)
+        value = prob.evaluate(dict(trial.params), rng)
+        study.tell(trial, value if value is not None else None,
+                   state=TrialState.COMPLETE if value is not None else TrialState.FAIL)
+    return (time.perf_counter() - began) / asks
+
+
+def _fmt(x: float) -> str:
+    return "inf" if not math.isfinite(x) else (f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.1e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--tuners", default="surrogate,tpe,random,cmaes")
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--smac", action="store_true", help="also run SMAC3 (pip install smac)")
+    parser.add_argument("--history", type=int, default=200,
+                        help="trials in the study when the time per suggestion is measured")
+    parser.add_argument("--plot", default="benchmarks/samplers.png")
+    args = parser.parse_args()
+    if args.seeds < 1 or args.trials < 30:
+        parser.error("--seeds must be at least 1 and --trials at least 30")
+    tuners = args.tuners.split(",")
+    unknown = [t for t in tuners if t not in TUNERS]
+    if unknown:
+        parser.error(f"--tuners: unknown tuner '{unknown[0]}'; one of {', '.join(TUNERS)}")
+    problems = args.problems.split(",")
+    bad = [p for p in problems if p not in PROBLEMS]
+    if bad:
+        parser.error(f"--problems: unknown problem '{bad[0]}'; one of {', '.join(PROBLEMS)}")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    contenders = tuners + (["smac3"] if args.smac else [])
+    curves: dict[tuple[str, str], list[list[float]]] = {}
+    ask_s: dict[tuple[str, str], list[float]] = {}
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="knobflow-samplers-") as tmp:
+        for name in problems:
+            prob = problem(name)
+            for who in contenders:
+                for seed in range(args.seeds):
+                    curve, per_ask = (run_smac(prob, seed, args.trials, Path(tmp)) if who == "smac3"
+                                      else run_optuna(prob, who, seed, args.trials))
+                    curves.setdefault((name, who), []).append(curve)
+                    ask_s.setdefault((name, who), []).append(per_ask)
+                print(f"{name} {who}: done ({time.monotonic() - began:.0f} s)", flush=True)
+    at_history = {t: time_at(problem("mixed"), t, args.history) for t in tuners}
+
+    table = Table(title=f"median simple regret over {args.seeds} seeds (lower is better); "
+                        f"interacting: {', '.join(INTERACTING)}")
+    for col in ("problem", "sampler", "regret @30", f"regret @{args.trials}",
+                f"@{args.trials} / tpe", "s per suggestion (mean over the run)"):
+        table.add_column(col)
+    for name in problems:
+        tpe = statistics.median(c[-1] for c in curves.get((name, "tpe"), [[math.nan]]))
+        for who in contenders:
+            runs = curves[(name, who)]
+            at30 = statistics.median(c[29] for c in runs)
+            at_end = statistics.median(c[-1] for c in runs)
+            ratio = at_end / tpe if tpe and math.isfinite(tpe) else math.nan
+            table.add_row(name, who, _fmt(at30), _fmt(at_end),
+                          f"{ratio:.2f}" if math.isfinite(ratio) else "-",
+                          f"{statistics.mean(ask_s[(name, who)]):.3f}", end_section=who ==
+                          contenders[-1])
+    console = Console(width=140)
+    console.print(table)
+    times = Table(title=f"own time per suggestion on a study of {args.history} trials (mixed)")
+    times.add_column("sampler")
+    times.add_column("s per suggestion")
+    for t, s in at_history.items():
+        times.add_row(t, f"{s:.3f}")
+    console.print(times)
+    print(f"total {time.monotonic() - began:.0f} s")
+    _plot(curves, problems, contenders, args.trials, args.seeds, Path(args.plot))
+
+
+def _plot(curves: dict[tuple[str, str], list[list[float]]], problems: list[str],
+          contenders: list[str], trials: int, seeds: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(problems), figsize=(4.2 * len(problems), 3.6))
+    for ax, name in zip(np.atleast_1d(axes), problems, strict=True):
+        for who in contenders:
+            runs = np.array(curves[(name, who)], dtype=float)
+            med = np.median(runs, axis=0)
+            ax.plot(range(1, trials + 1), np.maximum(med, 1e-6), label=who)
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("trials")
+        ax.axvline(30, color="grey", lw=0.5)
+    np.atleast_1d(axes)[0].set_ylabel(f"median simple regret ({seeds} seeds)")
+    np.atleast_1d(axes)[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()

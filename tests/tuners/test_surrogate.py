@@ -1,0 +1,70 @@
+"""The surrogate sampler: it asks the rules before it proposes, follows the study's direction,
+and suggests in well under a second on a history of 200 trials."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import create_trial
+
+from tuners.samplers import make_sampler
+from tuners.surrogate import SurrogateSampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+DISTS = {
+    "x": FloatDistribution(-5.0, 10.0),
+    "n": IntDistribution(1, 64),
+    "mode": CategoricalDistribution(["alpha", "beta"]),
+}
+
+
+def _value(params: dict) -> float:
+    return (params["x"] - 2.0) ** 2 + abs(params["n"] - 40) / 8 + (params["mode"] == "beta")
+
+
+def test_it_never_proposes_a_candidate_the_rules_refuse() -> None:
+    # the optimum (x = 2, n = 40) lies in the refused region n > 32: the model pulls towards it
+    refused: list[dict] = []
+
+    def accept(params: dict) -> bool:
+        if params["n"] > 32:
+            refused.append(params)
+            return False
+        return True
+
+    study = optuna.create_study(sampler=make_sampler("surrogate", 0, accept=accept))
+    # the first trial of a study has no search space yet to sample in: a job queues its
+    # default config first
+    study.enqueue_trial({"x": 0.0, "n": 2, "mode": "beta"})
+    for _ in range(25):
+        trial = study.ask(DISTS)
+        assert trial.params["n"] <= 32, trial.params
+        study.tell(trial, _value(trial.params))
+    assert refused  # it was asked, and listened
+    assert study.best_params["n"] > 24  # and it still went as close to the optimum as allowed
+
+
+def test_it_follows_the_direction_of_the_study() -> None:
+    asked = []
+    for direction, sign in (("minimize", 1.0), ("maximize", -1.0)):
+        study = optuna.create_study(direction=direction, sampler=SurrogateSampler(seed=4))
+        for _ in range(16):
+            trial = study.ask(DISTS)
+            study.tell(trial, sign * _value(trial.params))
+        asked.append([t.params for t in study.trials])
+    assert asked[0] == asked[1]  # maximizing -f is minimizing f, draw for draw
+
+
+def test_a_suggestion_on_200_trials_takes_under_a_second() -> None:
+    study = optuna.create_study(sampler=SurrogateSampler(seed=1))
+    seed = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seed.optimize(lambda t: _value({k: t._suggest(k, d) for k, d in DISTS.items()}), 200)
+    study.add_trials([create_trial(params=t.params, distributions=DISTS, value=t.value)
+                      for t in seed.trials])
+    began = time.perf_counter()
+    trial = study.ask(DISTS)
+    assert time.perf_counter() - began < 1.0
+    assert _value(trial.params) < sorted(t.value for t in seed.trials)[20]  # a model's pick

@@ -1,0 +1,323 @@
+"""The surrogate sampler (``--tuner surrogate``): a random forest with expected improvement,
+SMAC style, as an Optuna sampler.
+
+For system knobs that interact, a tree-ensemble surrogate with expected improvement ranked
+best in the database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSampler``:
+
+* draws its first ``n_startup_trials`` candidates from a scrambled Sobol sequence (space
+  filling, seeded);
+* then fits a random forest on every finished trial of the study (numeric knobs scaled to
+  [0, 1], log knobs in log space, categorical and bool knobs one-hot), with the objective
+  turned into normal scores of its ranks (robust to outliers and to imputed failures) and the
+  spread across its trees as the uncertainty;
+* learns from what did not run well: a failed trial, a candidate the rules blocked (PRUNED with
+  constraint ``rules`` > 0, as ``tuners.trials.blocked_trial`` tells it) and a complete trial with a
+  constraint above zero count as the worst value seen; a trial a pruner stopped early is left
+  out (it is neither good nor failed);
+* maximises expected improvement over thousands of random candidates and of perturbations of
+  the best few trials, and takes the best one ``accept(params)`` (the rule engine) lets run.
+
+Parameters outside the intersection search space are sampled independently at random, and
+``accept`` cannot judge them: the first trial of a study (no search space known yet, unless a
+trial is running: a job queues its default config there) and a knob new to the study are not
+filtered. A
+multi-objective study is left to TPE. Same seed and same history: same suggestions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.search_space import IntersectionSearchSpace
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["Accept", "SurrogateSampler"]
+
+#: The rule engine as the sampler sees it: True if a candidate (Optuna params) may run. If it
+#: also has ``many(list_of_params) -> list[bool]``, candidates are judged in one batch.
+Accept = Callable[[dict[str, Any]], bool]
+
+
+class _Encoder:
+    """Params of a search space <-> points of the unit cube (numeric knobs; log knobs in log
+    space) plus one index per categorical knob; and the model's features (one-hot)."""
+
+    def __init__(self, space: dict[str, BaseDistribution]) -> None:
+        self.names = sorted(space)
+        self.dists = [space[n] for n in self.names]
+        self.numeric = [i for i, d in enumerate(self.dists)
+                        if not isinstance(d, CategoricalDistribution)]
+        self.categorical = [i for i, d in enumerate(self.dists)
+                            if isinstance(d, CategoricalDistribution)]
+        self.sizes = [len(d.choices) if isinstance(d, CategoricalDistribution) else 0
+                      for d in self.dists]
+
+    def _bounds(self, d: FloatDistribution | IntDistribution) -> tuple[float, float]:
+        low, high = float(d.low), float(d.high)
+        if isinstance(d, IntDistribution):
+            low, high = low - 0.5, high + 0.5  # each integer owns an equal slice of [0, 1]
+        return (math.log(low), math.log(high)) if d.log else (low, high)
+
+    def encode(self, params: dict[str, Any]) -> np.ndarray:
+        """One point: a unit value per numeric knob, an index per categorical knob."""
+        row = np.empty(len(self.names))
+        for i, (name, d) in enumerate(zip(self.names, self.dists, strict=True)):
+            if isinstance(d, CategoricalDistribution):
+                row[i] = d.to_internal_repr(params[name])
+                continue
+            low, high = self._bounds(d)
+            value = math.log(params[name]) if d.log else float(params[name])
+            row[i] = 0.5 if high <= low else (value - low) / (high - low)
+        return row
+
+    def decode(self, points: np.ndarray) -> list[dict[str, Any]]:
+        """Points as params, all at once (thousands are decoded at every suggestion)."""
+        columns: list[list[Any]] = []
+        for i, d in enumerate(self.dists):
+            if isinstance(d, CategoricalDistribution):
+                columns.append([d.choices[int(c)] for c in points[:, i]])
+                continue
+            low, high = self._bounds(d)
+            values = low + np.clip(points[:, i], 0.0, 1.0) * (high - low)
+            if d.log:
+                values = np.exp(values)
+            if isinstance(d, IntDistribution):
+                values = d.low + np.round((values - d.low) / d.step) * d.step
+                columns.append([int(v) for v in np.clip(values, d.low, d.high)])
+                continue
+            if d.step is not None:
+                values = d.low + np.round((values - d.low) / d.step) * d.step
+            columns.append([float(v) for v in np.clip(values, d.low, d.high)])
+        return [dict(zip(self.names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def features(self, points: np.ndarray) -> np.ndarray:
+        """What the forest sees: the numeric columns, then one-hot columns per categorical."""
+        cols = [points[:, self.numeric]]
+        for i in self.categorical:
+            cols.append(np.eye(self.sizes[i])[points[:, i].astype(int)])
+        return np.hstack(cols) if cols else np.empty((len(points), 0))
+
+    def random(self, rng: np.random.RandomState, n: int) -> np.ndarray:
+        points = rng.uniform(size=(n, len(self.names)))
+        for i in self.categorical:
+            points[:, i] = rng.randint(self.sizes[i], size=n)
+        return points
+
+    def from_unit(self, unit: np.ndarray) -> np.ndarray:
+        """Points of the unit cube (Sobol) as points of this encoding."""
+        points = unit.copy()
+        for i in self.categorical:
+            points[:, i] = np.minimum((unit[:, i] * self.sizes[i]).astype(int), self.sizes[i] - 1)
+        return points
+
+    def key(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[n] for n in self.names)
+
+
+class SurrogateSampler(BaseSampler):
+    """A random-forest surrogate with expected improvement (see the module's docstring).
+
+    ``accept(params)`` (optional) says whether the rules let a candidate run; refused
+    candidates are dropped before one is chosen. ``n_startup_trials`` Sobol draws come first;
+    ``n_candidates`` random candidates and ``n_local`` perturbations of each of the
+    ``n_best`` best trials are scored at every suggestion."""
+
+    def __init__(self, seed: int | None = None, *, accept: Accept | None = None,
+                 n_startup_trials: int = 10, n_trees: int = 32, n_candidates: int = 1000,
+                 n_best: int = 5, n_local: int = 300, min_samples_leaf: int = 1,
+                 max_accept_checks: int = 2000, xi: float = 0.01) -> None:
+        self._seed = seed
+        self._rng = np.random.RandomState(seed)
+        self._accept = accept
+        self._n_startup = n_startup_trials
+        self._n_trees, self._n_candidates = n_trees, n_candidates
+        self._n_best, self._n_local = n_best, n_local
+        self._min_samples_leaf = min_samples_leaf
+        self._max_accept_checks = max_accept_checks
+        self._xi = xi
+        self._random = RandomSampler(seed=seed)
+        self._sobol_seed = int(self._rng.randint(2**31 - 1))  # one sequence per sampler
+        self._multi: TPESampler | None = None
+        self._space = IntersectionSearchSpace(include_pruned=True)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._random.reseed_rng()
+
+    # -- the BaseSampler contract ----------------------------------------------------------------
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        if len(study.directions) > 1:
+            return self._tpe().infer_relative_search_space(study, trial)
+        space = self._space.calculate(study)
+        if not space:  # nothing finished yet: the knobs of a running trial (the default's)
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.number != trial.number and t.distributions]
+            space = dict(running[0].distributions) if running else {}
+            for other in running[1:]:
+                space = {n: d for n, d in space.items() if other.distributions.get(n) == d}
+        return {name: d for name, d in space.items() if not d.single()}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if len(study.directions) > 1:
+            return self._tpe().sample_relative(study, trial, search_space)
+        if not search_space:
+            return {}
+        encoder = _Encoder(search_space)
+        points, values, seen = self._history(study, encoder)
+        good = ~np.isnan(values)
+        if len(points) < self._n_startup or not good.any():
+            # space filling until there is something to model (or nothing ran well yet)
+            return self._startup(encoder, len(points), seen)
+        return self._suggest(study, encoder, points, values, seen)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if len(study.directions) > 1:
+            return self._tpe().sample_independent(study, trial, param_name, param_distribution)
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if len(study.directions) > 1:
+            self._tpe().before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        if len(study.directions) > 1:
+            self._tpe().after_trial(study, trial, state, values)
+
+    # -- the model -----------------------------------------------------------------------------
+    def _tpe(self) -> TPESampler:
+        if self._multi is None:
+            self._multi = TPESampler(seed=self._seed, multivariate=True, constant_liar=True)
+        return self._multi
+
+    def _history(self, study: optuna.Study, encoder: _Encoder
+                 ) -> tuple[np.ndarray, np.ndarray, set[tuple[Any, ...]]]:
+        """The finished trials as points and values to minimise; NaN where a trial failed or
+        was infeasible (imputed later), left out where a pruner stopped it early."""
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        rows, values, seen = [], [], set()
+        for t in study.get_trials(deepcopy=False, states=(
+                TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
+            if any(n not in t.params for n in encoder.names):
+                continue
+            if any(not d._contains(d.to_internal_repr(t.params[n]))
+                   for n, d in zip(encoder.names, encoder.dists, strict=True)):
+                continue  # outside this space (a narrowed resume, a sibling's prior)
+            infeasible = any(v > 0 for v in (t.constraints or {}).values())
+            if t.state == TrialState.PRUNED and not infeasible:
+                continue  # stopped early by a pruner: neither good nor a failure
+            value = t.value if t.state == TrialState.COMPLETE and not infeasible else None
+            if value is not None and not math.isfinite(value):
+                value = None
+            rows.append(encoder.encode(t.params))
+            values.append(np.nan if value is None else sign * value)
+            seen.add(encoder.key(t.params))
+        points = np.array(rows).reshape(len(rows), len(encoder.names))
+        return points, np.array(values, dtype=float), seen
+
+    def _startup(self, encoder: _Encoder, index: int, seen: set[tuple[Any, ...]]
+                 ) -> dict[str, Any]:
+        from scipy.stats import qmc
+
+        sobol = qmc.Sobol(len(encoder.names), scramble=True, seed=self._sobol_seed)
+        if index:
+            sobol.fast_forward(index)
+        first = encoder.from_unit(sobol.random(1))
+        candidates = np.vstack([first, encoder.random(self._rng, 200)])
+        return self._first_accepted(encoder, candidates, seen)
+
+    def _first_accepted(self, encoder: _Encoder, ordered: np.ndarray,
+                        seen: set[tuple[Any, ...]]) -> dict[str, Any]:
+        """The first candidate (in ``ordered``) not tried yet that the rules accept; the first
+        untried one if the rules refuse them all (it is then told as blocked, and learned)."""
+        candidates = [p for p in encoder.decode(ordered[: self._max_accept_checks])
+                      if encoder.key(p) not in seen]
+        if not candidates:
+            return encoder.decode(ordered[:1])[0]
+        if self._accept is None:
+            return candidates[0]
+        many = getattr(self._accept, "many", None)
+        if many is not None:  # the rule engine judges thousands at once
+            verdicts = iter(many(candidates))
+            return next((p for p in candidates if next(verdicts)), candidates[0])
+        return next((p for p in candidates if self._accept(p)), candidates[0])
+
+    def _suggest(self, study: optuna.Study, encoder: _Encoder, points: np.ndarray,
+                 values: np.ndarray, seen: set[tuple[Any, ...]]) -> dict[str, Any]:
+        from scipy.stats import norm, rankdata
+        from sklearn.ensemble import RandomForestRegressor
+
+        good = ~np.isnan(values)
+        imputed = np.where(good, values, np.nanmax(values))  # a failure is the worst seen
+        # normal scores of the ranks: outliers and imputed failures do not flatten the rest
+        scores = norm.ppf((rankdata(imputed) - 0.5) / len(imputed))
+        forest = RandomForestRegressor(
+            n_estimators=self._n_trees, min_samples_leaf=self._min_samples_leaf,
+            max_features=1.0, bootstrap=True,
+            random_state=self._rng.randint(2**31 - 1),
+        ).fit(encoder.features(points), scores)
+
+        candidates = np.vstack([encoder.random(self._rng, self._n_candidates),
+                                self._local(encoder, points, scores, good)])
+        per_tree = np.stack([tree.predict(encoder.features(candidates))
+                             for tree in forest.estimators_])
+        mean, std = per_tree.mean(axis=0), per_tree.std(axis=0)
+        best = scores[good].min()
+        ei = _expected_improvement(mean, std, best, self._xi)
+        order = np.lexsort((mean, -ei))  # most improvement first; ties: the lower mean
+        return self._first_accepted(encoder, candidates[order], seen)
+
+    def _local(self, encoder: _Encoder, points: np.ndarray, scores: np.ndarray,
+               good: np.ndarray) -> np.ndarray:
+        """Perturbations of the best few trials: some knobs moved a little (numeric, by one of
+        three step sizes) or switched (categorical), the others kept."""
+        ranked = np.argsort(np.where(good, scores, np.inf))[: self._n_best]
+        dims = len(encoder.names)
+        out = []
+        for i in ranked:
+            base = np.repeat(points[i][None, :], self._n_local, axis=0)
+            moved = self._rng.uniform(size=base.shape) < max(1.0 / dims, 0.3)
+            moved[np.arange(self._n_local), self._rng.randint(dims, size=self._n_local)] = True
+            scale = self._rng.choice([0.2, 0.05, 0.01], size=(self._n_local, 1))
+            step = self._rng.normal(size=base.shape) * scale
+            fresh = encoder.random(self._rng, self._n_local)
+            for j in range(dims):
+                if j in encoder.categorical:
+                    base[:, j] = np.where(moved[:, j], fresh[:, j], base[:, j])
+                else:
+                    base[:, j] = np.clip(np.where(moved[:, j], base[:, j] + step[:, j],
+                                                  base[:, j]), 0.0, 1.0)
+            out.append(base)
+        return np.vstack(out) if out else np.empty((0, dims))
+
+
+def _expected_improvement(mean: np.ndarray, std: np.ndarray, best: float,
+                          xi: float = 0.01) -> np.ndarray:
+    """Expected improvement below ``best`` (minimising) of a normal with ``mean`` and ``std``."""
+    from scipy.stats import norm
+
+    gain = best - mean - xi
+    safe = np.maximum(std, 1e-9)
+    z = gain / safe
+    ei = gain * norm.cdf(z) + safe * norm.pdf(z)
+    return np.where(std > 1e-9, ei, np.maximum(gain, 0.0))
+
