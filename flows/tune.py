@@ -43,6 +43,7 @@ from pydantic import Field
 
 from flows.job import Job, JobStatus, hold_instance, prepare_job
 from flows.job_reference import regression_failed, settle_reference
+from flows.pareto import front_result
 from flows.publish import JobFailed, no_result, publish_result
 from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
 from flows.spec import JobSpec, with_spec_signature
@@ -65,7 +66,7 @@ from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
 from tasks.probe import probe_noise
-from tasks.runner import TrialRunner
+from tasks.runner import TrialRunner, run_trial
 from tasks.track import (
     FLOW_RUN_TAG,
     JobTracker,
@@ -135,8 +136,8 @@ def tune(target: str, **options: Any) -> RunSummary:
         for warning in warnings:
             logger.warning("rules: %s", warning)
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
-                               space.default_params(), resume,
-                               metric_name(job.objective, relative=job.baseline_every > 0))
+                               space.default_params(), resume, _metric_names(job),
+                               directions=job.objective_directions if job.several else None)
         table = service_table(job.home, job.service)
         plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
         tracker = _start_tracking(job, space, study, resume)
@@ -147,25 +148,35 @@ def tune(target: str, **options: Any) -> RunSummary:
         with _interrupted_on_error(job, tracker), _on_testbed(job, runner, tracker, resume,
                                                                  logger):
             first_baseline = _probe_noise(job, study, runner, tracker, logger)
+            _measure_default_metrics(job, runner, tracker, logger)
             if job.workers:  # the work pool's workers explore; the job waits for them
                 study = fan_out(job, tracker.run_id, logger, listener)
             else:
                 _explore(job, study, space, runner, guard, tracker, listener, logger,
                          first_baseline)
-            best = best_trial(study, rules)  # rules learned late may forbid an early best
+            front: list[dict[str, Any]] = []
             verification = None
-            if best is not None and best_is_default(job, best):  # against itself: proves nothing
-                logger.info("%s: the best trial (%d) ran the default config; nothing to "
-                            "verify", NO_GAIN, best.number)
-            elif best is not None:
-                verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
-                                       listener)
+            if job.several:  # the Pareto front, each point verified; --prefer picks one
+                best, verification, front = front_result(job, study, rules, runner, tracker,
+                                                         listener, logger)
+            else:  # rules learned late may forbid an early best; with SLA bounds: feasible
+                best = best_trial(study, rules)
+                if best is not None and best_is_default(job, best):  # against itself: proves
+                    logger.info("%s: the best trial (%d) ran the default config; nothing to "
+                                "verify", NO_GAIN, best.number)
+                elif best is not None:
+                    verification = _verify(job, runner, best.user_attrs[ATTR]["config"],
+                                           tracker, listener)
+            if best is None and job.constraints:
+                logger.warning("no trial met every --constraint (%s): no config to apply",
+                               "; ".join(b.describe(job.default_metrics)
+                                         for b in job.bounds()))
             trial_table = write_job_table(job, study)
-            model = _train(job) if job.train else None  # the summary says it was turned off
+            model = _train(job, logger) if job.train else None  # the summary says it was off
             summary, files = report(
                 job, study, best, verification, time.monotonic() - began, space=space,
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
-                noise=job.noise,
+                noise=job.noise, pareto_front=front,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
             files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
@@ -273,17 +284,22 @@ def _probe_noise(job: Job, study: optuna.Study, runner: TrialRunner, tracker: Jo
         runner.policy = job.repeat_policy()
         return {}
     instance = next(iter(runner.instance_dirs))
+    default_runs: list[dict[str, float]] = []  # every metric of the default, for SLA bounds
     check = probe_noise(
         runner, job.target_cls.knob_spec().defaults(), instance, job.noise_runs,
         job.noise_threshold, repeats=job.repeats, baseline_every=job.baseline_every,
-        free=job.noise_free, on_run=lambda key, outcome: tracker.log_trial(
-            key.removeprefix("noise-"), outcome.record(), outcome.samples, phase="noise"))
+        free=job.noise_free, on_run=lambda key, outcome: (
+            tracker.log_trial(key.removeprefix("noise-"), outcome.record(), outcome.samples,
+                              phase="noise"),
+            outcome.ok and default_runs.append(dict(outcome.metrics))))
     job.repeats, job.baseline_every, job.noise = check.repeats, check.baseline_every, \
         check.to_dict()
+    if default_runs:
+        job.default_metrics = _mean_metrics(default_runs)
     job.save()
     runner.policy = job.repeat_policy()
     # baselines switched on: the tuner is told ratios to the default, and the study says so
-    name_metric(study, metric_name(job.objective, relative=job.baseline_every > 0))
+    name_metric(study, _metric_names(job))
     logger.info("%s", check.message)
     tracker.annotate(
         params={"noise.runs": check.runs, "noise.spread": round(check.spread, 4),
@@ -293,6 +309,37 @@ def _probe_noise(job: Job, study: optuna.Study, runner: TrialRunner, tracker: Jo
     if not check.values or not job.baseline_every:
         return {}
     return {instance: statistics.fmean(check.values)}
+
+
+def _metric_names(job: Job) -> str | list[str]:
+    """What the study's values are named: the objective (or its ratio to the default), or
+    each objective of several."""
+    if job.several:
+        return job.objective_names
+    return metric_name(job.objective, relative=job.baseline_every > 0)
+
+
+def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+    names = set.intersection(*(set(r) for r in runs))
+    return {n: statistics.fmean(r[n] for r in runs) for n in sorted(names)}
+
+
+def _measure_default_metrics(job: Job, runner: TrialRunner, tracker: JobTracker,
+                             logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """A bound on ``default`` (``--constraint "x <= 1.1 * default"``) needs the default's
+    metrics: the noise check's runs, or (none: ``--noise-runs 0``) one run of it now."""
+    if job.default_metrics is not None or not any(b.uses_default for b in job.bounds()):
+        return
+    outcome = run_trial(runner, "default-0", job.target_cls.knob_spec().defaults(),
+                        next(iter(runner.instance_dirs)), runner.trial_seed(5 * 10**6),
+                        single=True)
+    tracker.log_trial("0", outcome.record(), outcome.samples, phase="default")
+    if not outcome.ok:
+        logger.warning("the default config could not be measured (%s: %s): no trial can meet "
+                       "a --constraint on 'default'", outcome.failure_class, outcome.message)
+        return
+    job.default_metrics = dict(outcome.metrics)
+    job.save()
 
 
 def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRunner,
@@ -306,8 +353,12 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
                           validation=outcome.validation)
         what = (f"{outcome.value:.6g}" if outcome.ok
                 else f"failed ({outcome.failure_class}: {outcome.message})")
-        logger.info("trial %d on %s: %s %s; best %s", number, outcome.instance, job.objective,
-                    what, stats.best_value)
+        more = "".join(f", {m} {outcome.metrics.get(m, float('nan')):.6g}"
+                       for m in job.objective_names[1:]) if outcome.ok else ""
+        broken = [k for k, v in outcome.constraints.items() if v > 0]
+        logger.info("trial %d on %s: %s %s%s%s; best %s", number, outcome.instance,
+                    job.objective, what, more,
+                    f" (breaks {'; '.join(broken)})" if broken else "", stats.best_value)
         listener.trial_done(str(number), outcome, stats)
 
     return explore(
@@ -315,6 +366,8 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
         baseline_every=job.baseline_every, first_baseline=first_baseline,
         on_baseline=lambda key, outcome: tracker.log_trial(
             key, outcome.record(), outcome.samples, phase="baseline"),
+        objectives=job.objective_names, bounds=job.bounds(),
+        default_metrics=job.default_metrics,
     )
 
 
@@ -332,8 +385,13 @@ def _verify(job: Job, runner: TrialRunner, best_config: dict[str, Any], tracker:
                        on_run=on_run, record=job.dir / "verify.json")
 
 
-def _train(job: Job) -> dict[str, Any]:
-    """The service's models, trained on its trial table with this job's trials in it."""
+def _train(job: Job, logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+    """The service's models, trained on its trial table with this job's trials in it (of
+    several objectives: the first, the value of every trial)."""
+    if job.several:
+        logger.info("models: trained on the first objective, %s (%s), only; %s are not "
+                    "modelled", job.objective, job.direction,
+                    ", ".join(job.objective_names[1:]))
     return train_service_models(
         service_table(job.home, job.service), spec=job.target_cls.knob_spec(),
         objective=job.objective, direction=job.direction, service=job.service,

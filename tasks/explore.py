@@ -5,8 +5,11 @@
 (``_ask``: the trial budget, the time budget, a stopped job), ``_run_one`` runs one trial and
 ``_tell`` tells its result. Blocked candidates (``tasks/guard.py``) never run; with
 ``baseline_every`` the default config is re-measured on the instance and the tuner is told
-ratios to it. Crashes, hangs, refused configs and non-zero exits are failed trials with a failure
-class and the tail of their log; the job goes on.
+ratios to it. With several objectives the tuner is told each metric of a trial (the first being
+its value); with SLA bounds (``rules.bounds``) each bound's violation is set as an Optuna
+constraint before the trial is told, so the sampler learns where the bounds hold. Crashes,
+hangs, refused configs and non-zero exits are failed trials with a failure class and the tail of
+their log; the job goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
+from rules.bounds import Bound
 from rules.learn import LEARN_FROM
 from targets.base import FailureClass
 from targets.common.errors import DiskFull, EnvironmentFault
@@ -32,7 +36,7 @@ from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
-from tuners.trials import ATTR, TrialOutcome, finished_trials
+from tuners.trials import ATTR, TrialOutcome, finished_trials, ranked_trials
 
 log = logging.getLogger("knobflow.explore")
 
@@ -48,8 +52,9 @@ class ExploreStats:
     failed: int = 0
     blocked: int = 0
     blocked_by: dict[str, int] = field(default_factory=dict)
-    best_value: float | None = None
+    best_value: float | None = None  # of the (first) objective, among feasible trials
     best_number: int | None = None
+    infeasible: int = 0  # clean trials that broke an SLA bound (--constraint)
 
 
 TrialListener = Callable[[int, TrialOutcome, ExploreStats], None]
@@ -76,13 +81,19 @@ class Exploration:
         guard: CandidateGuard | None = None,
         first_baseline: dict[str, float] | None = None,
         shared: bool = False,
+        objectives: list[str] | None = None,
+        bounds: list[Bound] | None = None,
+        default_metrics: dict[str, float] | None = None,
     ) -> None:
         self.study, self.space, self.runner, self.guard = study, space, runner, guard
         self.budget, self.time_budget_s, self.baseline_every = budget, time_budget_s, baseline_every
         self.on_trial, self.on_baseline = on_trial, on_baseline
         # the default's value per instance, measured just before (the noise check's runs)
         self.first_baseline = dict(first_baseline or {})
-        self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self.maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        # several objectives: the metrics told after the first (the trial's value)
+        self.more_objectives = list(objectives or [])[1:]
+        self.bounds, self.default_metrics = list(bounds or []), dict(default_metrics or {})
         self.distributions = space.distributions()
         self.stats = self._stats_so_far()
         self._lock = threading.Lock()
@@ -108,9 +119,9 @@ class Exploration:
         done = finished_trials(self.study)
         stats = ExploreStats(budget=self.budget, done=len(done))
         stats.failed = sum(1 for t in done if t.state == TrialState.FAIL)
-        if any(t.state == TrialState.COMPLETE for t in done):
-            best = self.study.best_trial
-            stats.best_value, stats.best_number = best.value, best.number
+        ranked = ranked_trials(self.study)
+        if ranked:
+            stats.best_value, stats.best_number = ranked[0].values[0], ranked[0].number
         return stats
 
     def run(self) -> ExploreStats:
@@ -303,10 +314,16 @@ class Exploration:
         if self.guard is not None and outcome.failure_class in LEARN_FROM:
             rule = self.guard.failed(trial.number, outcome)
             outcome.learned_rule = rule.id if rule is not None else None
+        values = self._values(outcome)
         try:
+            if outcome.ok:
+                for bound in self.bounds:
+                    violation = bound.violation(outcome.metrics, self.default_metrics)
+                    outcome.constraints[bound.text] = violation
+                    trial.set_constraint(bound.key, violation)
             trial.set_user_attr(ATTR, outcome.record())
             if outcome.ok:
-                self.study.tell(trial, outcome.value)
+                self.study.tell(trial, values if len(values) > 1 else values[0])
             else:
                 self.study.tell(trial, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -323,11 +340,27 @@ class Exploration:
             if self.on_trial is not None:
                 self.on_trial(trial.number, outcome, self.stats)
 
+    def _values(self, outcome: TrialOutcome) -> list[float]:
+        """What the tuner is told of a clean trial: its value, then each further objective's
+        metric (a trial that lacks one fails: nothing may be told for it)."""
+        if not outcome.ok:
+            return []
+        missing = [m for m in self.more_objectives if outcome.metrics.get(m) is None]
+        if missing:
+            outcome.fail(FailureClass.INVALID, f"the objective {missing[0]} was not measured")
+            outcome.reasons = [*outcome.reasons, outcome.message]
+            return []
+        assert outcome.value is not None
+        return [outcome.value, *(float(outcome.metrics[m]) for m in self.more_objectives)]
+
     def _count(self, number: int, outcome: TrialOutcome) -> None:
         stats = self.stats
         stats.done += 1
         if not outcome.ok:
             stats.failed += 1
+            return
+        if any(v > 0 for v in outcome.constraints.values()):
+            stats.infeasible += 1
             return
         assert outcome.value is not None
         if stats.best_value is None or self._beats(outcome.value, stats.best_value):
