@@ -268,8 +268,9 @@ def objective_direction(text: str) -> tuple[str, str | None]:
     name, way = name.strip(), way.strip().lower()
     if not name or (sep and way not in DIRECTIONS):
         raise KnobflowError(
-            f"--objective {text!r}: expected NAME or NAME:max or NAME:min, e.g. --objective "
-            f"ops_per_s:max{did_you_mean(way, list(DIRECTIONS)) if way else ''}")
+            f"--objective {text!r}: expected NAME or NAME:max or NAME:min (a direction is max "
+            f"or min), e.g. --objective ops_per_s:max"
+            f"{did_you_mean(way, list(DIRECTIONS)) if way else ''}")
     return name, DIRECTIONS[way] if sep else None
 
 

@@ -32,11 +32,13 @@ class BoundError(KnobflowError):
     """A ``--constraint`` text that is not a bound on one metric of the target."""
 
 
-def _fix(metrics: Iterable[str]) -> str:
+def _fix(metrics: Iterable[str] | Mapping[str, str]) -> str:
     names = list(metrics)
     example = next(iter(names), "metric")
+    up = isinstance(metrics, Mapping) and metrics.get(example) == "maximize"
     return (f"write METRIC <= NUMBER or METRIC <= FACTOR * default (also >=, <, >), e.g. "
-            f"--constraint \"{example} <= 1.1 * default\"; metrics: {', '.join(names)}")
+            f"--constraint \"{example} {'>= 0.9' if up else '<= 1.1'} * default\"; metrics: "
+            f"{', '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,10 @@ class Bound:
         return self.text
 
 
-def parse_bound(text: str, metrics: Iterable[str]) -> Bound:
-    """Check ``text`` (one ``--constraint``) against the target's ``metrics``; a
-    ``BoundError`` names the option, the text and the fix."""
-    names = list(metrics)
+def parse_bound(text: str, metrics: Iterable[str] | Mapping[str, str]) -> Bound:
+    """Check ``text`` (one ``--constraint``) against the target's ``metrics`` (names, or the
+    target's metric -> direction); a ``BoundError`` names the option, the text and the fix."""
+    names = metrics if isinstance(metrics, Mapping) else list(metrics)
     shown = f"--constraint {text!r}"
     if not isinstance(text, str) or not text.strip():
         raise BoundError(f"{shown}: empty; {_fix(names)}")
@@ -95,7 +97,7 @@ def parse_bound(text: str, metrics: Iterable[str]) -> Bound:
     unknown = [n for n in used if n not in names and n != DEFAULT]
     if unknown:
         raise BoundError(f"{shown}: '{unknown[0]}' is not a metric of the target"
-                         f"{did_you_mean(unknown[0], names)}; {_fix(names)}")
+                         f"{did_you_mean(unknown[0], [*names, DEFAULT])}; {_fix(names)}")
     bounded = sorted({n for n in used if n != DEFAULT})
     if len(bounded) != 1:
         raise BoundError(f"{shown}: a bound names exactly one metric (it names "
@@ -113,7 +115,8 @@ def parse_bound(text: str, metrics: Iterable[str]) -> Bound:
     return Bound(text=text.strip(), metric=bounded[0], op=str(op), expression=expression)
 
 
-def parse_bounds(texts: Iterable[str], metrics: Iterable[str]) -> list[Bound]:
+def parse_bounds(texts: Iterable[str],
+                 metrics: Iterable[str] | Mapping[str, str]) -> list[Bound]:
     """Every ``--constraint`` of a job, checked; the same text twice counts once."""
-    names = list(metrics)
+    names = metrics if isinstance(metrics, Mapping) else list(metrics)
     return [parse_bound(t, names) for t in dict.fromkeys(t.strip() for t in texts)]
