@@ -155,8 +155,8 @@ class JobSpec(BaseModel):
         False, "Fail (exit 1) when the job's result is slower than the reference recorded "
         "before it for its service and workload, beyond the noise (the 95% interval of the "
         "ratio lies below 1).", cli=Cli.ON_FLAG)
-    objectives: list[str] | None = _option(
-        None, "Metric to optimize (default: the target's), with its direction if not the "
+    objectives: list[str] = _option(
+        [], "Metric to optimize (default: the target's), with its direction if not the "
         "metric's own (NAME:max or NAME:min); repeat it for several objectives: the result is "
         "the Pareto front, each point verified, and --prefer picks the config to apply.",
         cli=Cli.REPEATED, flag="--objective", metavar="NAME[:max|min]")
