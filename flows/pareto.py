@@ -1,5 +1,8 @@
-"""The result of a job of several objectives: its Pareto front, each point verified beside the
-default, the point ``--prefer`` picks for the config file, and the front's plot (``pareto.png``).
+"""Several objectives and SLA bounds in a job: the study's metric names, the default's metrics a
+bound on ``default`` compares with; a job's result (``job_result``: its best trial verified
+against the default, or with several objectives its Pareto front, each point verified beside the
+default, the point ``--prefer`` picks for the config file, and the front's plot,
+``pareto.png``).
 
 The front holds the clean trials that met every SLA bound (``--constraint``) and the rules, and
 that no other such trial beats in every objective. Each point (at most ``MAX_POINTS``, spread
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +29,52 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from flows.job import Job
-from flows.report import TuneListener, is_default_config
+from flows.report import NO_GAIN, TuneListener, best_is_default, is_default_config
 from rules.ruleset import RuleSet
-from tasks.runner import TrialRunner
+from tasks.runner import TrialRunner, run_trial
 from tasks.track import JobTracker
-from tasks.verify import PointVerification, Verification, verify_front
-from tuners.trials import ATTR, TrialOutcome, clean_trials, pareto_trials
+from tasks.verify import PointVerification, Verification, verify_best, verify_front
+from tuners.study import metric_name
+from tuners.trials import ATTR, TrialOutcome, best_trial, clean_trials, pareto_trials
 
-__all__ = ["MAX_POINTS", "front_result", "plot_front", "preferred"]
+__all__ = ["MAX_POINTS", "front_result", "job_result", "mean_metrics", "measure_default_metrics",
+           "metric_names", "plot_front", "preferred"]
 
 #: Most points of a front re-measured (spread along the first objective).
 MAX_POINTS = 6
 #: Rounds of re-measurement of the front (at most the job's --verify-repeats, at least 2).
 FRONT_ROUNDS = 3
+
+
+def metric_names(job: Job) -> str | list[str]:
+    """What the study's values are named: the objective (or its ratio to the default), or
+    each objective of several."""
+    if job.several:
+        return job.objective_names
+    return metric_name(job.objective, relative=job.baseline_every > 0)
+
+
+def mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+    names = set.intersection(*(set(r) for r in runs))
+    return {n: statistics.fmean(r[n] for r in runs) for n in sorted(names)}
+
+
+def measure_default_metrics(job: Job, runner: TrialRunner, tracker: JobTracker,
+                             logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """A bound on ``default`` (``--constraint "x <= 1.1 * default"``) needs the default's
+    metrics: the noise check's runs, or (none: ``--noise-runs 0``) one run of it now."""
+    if job.default_metrics is not None or not any(b.uses_default for b in job.bounds()):
+        return
+    outcome = run_trial(runner, "default-0", job.target_cls.knob_spec().defaults(),
+                        next(iter(runner.instance_dirs)), runner.trial_seed(5 * 10**6),
+                        single=True)
+    tracker.log_trial("0", outcome.record(), outcome.samples, phase="default")
+    if not outcome.ok:
+        logger.warning("the default config could not be measured (%s: %s): no trial can meet "
+                       "a --constraint on 'default'", outcome.failure_class, outcome.message)
+        return
+    job.default_metrics = dict(outcome.metrics)
+    job.save()
 
 
 def _spread(trials: list[FrozenTrial], most: int) -> list[FrozenTrial]:
@@ -185,3 +222,42 @@ def plot_front(job: Job, study: optuna.Study, rows: list[dict[str, Any]]) -> Pat
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def job_result(job: Job, study: optuna.Study, rules: RuleSet, runner: TrialRunner,
+            tracker: JobTracker, listener: TuneListener,
+            logger: logging.Logger | logging.LoggerAdapter[Any],
+            ) -> tuple[Any, Verification | None, list[dict[str, Any]]]:
+    """The best trial and its verification (several objectives: the verified Pareto front's
+    point --prefer picks, and the front's rows)."""
+    front: list[dict[str, Any]] = []
+    verification = None
+    if job.several:
+        best, verification, front = front_result(job, study, rules, runner, tracker, listener,
+                                                 logger)
+    else:  # rules learned late may forbid an early best; with SLA bounds: feasible only
+        best = best_trial(study, rules)
+        if best is not None and best_is_default(job, best):  # against itself: proves nothing
+            logger.info("%s: the best trial (%d) ran the default config; nothing to verify",
+                        NO_GAIN, best.number)
+        elif best is not None:
+            verification = _verify(job, runner, best.user_attrs[ATTR]["config"], tracker,
+                                   listener)
+    if best is None and job.constraints:
+        logger.warning("no trial met every --constraint (%s): no config to apply",
+                       "; ".join(b.describe(job.default_metrics) for b in job.bounds()))
+    return best, verification, front
+
+
+def _verify(job: Job, runner: TrialRunner, best_config: dict[str, Any], tracker: JobTracker,
+            listener: TuneListener) -> Verification:
+    """Re-measure the best config against the default, interleaved, on the first instance."""
+
+    def on_run(label: str, repeat: int, outcome: TrialOutcome) -> None:
+        key = f"{repeat}-{label}"
+        tracker.log_trial(key, outcome.record(), outcome.samples, phase="verify")
+        listener.verify_done(f"verify-{key}", outcome)
+
+    return verify_best(runner, job.target_cls.knob_spec().defaults(), best_config,
+                       job.direction, job.verify_repeats, next(iter(runner.instance_dirs)),
+                       on_run=on_run, record=job.dir / "verify.json")

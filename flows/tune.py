@@ -43,9 +43,9 @@ from pydantic import Field
 
 from flows.job import Job, JobStatus, hold_instance, prepare_job
 from flows.job_reference import regression_failed, settle_reference
-from flows.pareto import front_result
+from flows.pareto import job_result, mean_metrics, measure_default_metrics, metric_names
 from flows.publish import JobFailed, no_result, publish_result
-from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
+from flows.report import RunSummary, TuneListener, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.testbeds import hold_testbed, isolate
 from flows.trials import service_table, write_job_table
@@ -66,7 +66,7 @@ from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
 from tasks.probe import probe_noise
-from tasks.runner import TrialRunner, run_trial
+from tasks.runner import TrialRunner
 from tasks.track import (
     FLOW_RUN_TAG,
     JobTracker,
@@ -75,10 +75,9 @@ from tasks.track import (
     start_tracking,
 )
 from tasks.train import train_service_models
-from tasks.verify import Verification, verify_best
 from tuners.space import SearchSpace
-from tuners.study import metric_name, name_metric, open_job_study
-from tuners.trials import ATTR, TrialOutcome, best_trial
+from tuners.study import name_metric, open_job_study
+from tuners.trials import TrialOutcome
 
 __all__ = ["JobFailed", "tune"]
 
@@ -136,7 +135,7 @@ def tune(target: str, **options: Any) -> RunSummary:
         for warning in warnings:
             logger.warning("rules: %s", warning)
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
-                               space.default_params(), resume, _metric_names(job),
+                               space.default_params(), resume, metric_names(job),
                                directions=job.objective_directions if job.several else None)
         table = service_table(job.home, job.service)
         plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
@@ -148,29 +147,14 @@ def tune(target: str, **options: Any) -> RunSummary:
         with _interrupted_on_error(job, tracker), _on_testbed(job, runner, tracker, resume,
                                                                  logger):
             first_baseline = _probe_noise(job, study, runner, tracker, logger)
-            _measure_default_metrics(job, runner, tracker, logger)
+            measure_default_metrics(job, runner, tracker, logger)
             if job.workers:  # the work pool's workers explore; the job waits for them
                 study = fan_out(job, tracker.run_id, logger, listener)
             else:
                 _explore(job, study, space, runner, guard, tracker, listener, logger,
                          first_baseline)
-            front: list[dict[str, Any]] = []
-            verification = None
-            if job.several:  # the Pareto front, each point verified; --prefer picks one
-                best, verification, front = front_result(job, study, rules, runner, tracker,
-                                                         listener, logger)
-            else:  # rules learned late may forbid an early best; with SLA bounds: feasible
-                best = best_trial(study, rules)
-                if best is not None and best_is_default(job, best):  # against itself: proves
-                    logger.info("%s: the best trial (%d) ran the default config; nothing to "
-                                "verify", NO_GAIN, best.number)
-                elif best is not None:
-                    verification = _verify(job, runner, best.user_attrs[ATTR]["config"],
-                                           tracker, listener)
-            if best is None and job.constraints:
-                logger.warning("no trial met every --constraint (%s): no config to apply",
-                               "; ".join(b.describe(job.default_metrics)
-                                         for b in job.bounds()))
+            best, verification, front = job_result(job, study, rules, runner, tracker,
+                                                   listener, logger)
             trial_table = write_job_table(job, study)
             model = _train(job, logger) if job.train else None  # the summary says it was off
             summary, files = report(
@@ -295,11 +279,11 @@ def _probe_noise(job: Job, study: optuna.Study, runner: TrialRunner, tracker: Jo
     job.repeats, job.baseline_every, job.noise = check.repeats, check.baseline_every, \
         check.to_dict()
     if default_runs:
-        job.default_metrics = _mean_metrics(default_runs)
+        job.default_metrics = mean_metrics(default_runs)
     job.save()
     runner.policy = job.repeat_policy()
     # baselines switched on: the tuner is told ratios to the default, and the study says so
-    name_metric(study, _metric_names(job))
+    name_metric(study, metric_names(job))
     logger.info("%s", check.message)
     tracker.annotate(
         params={"noise.runs": check.runs, "noise.spread": round(check.spread, 4),
@@ -309,37 +293,6 @@ def _probe_noise(job: Job, study: optuna.Study, runner: TrialRunner, tracker: Jo
     if not check.values or not job.baseline_every:
         return {}
     return {instance: statistics.fmean(check.values)}
-
-
-def _metric_names(job: Job) -> str | list[str]:
-    """What the study's values are named: the objective (or its ratio to the default), or
-    each objective of several."""
-    if job.several:
-        return job.objective_names
-    return metric_name(job.objective, relative=job.baseline_every > 0)
-
-
-def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
-    names = set.intersection(*(set(r) for r in runs))
-    return {n: statistics.fmean(r[n] for r in runs) for n in sorted(names)}
-
-
-def _measure_default_metrics(job: Job, runner: TrialRunner, tracker: JobTracker,
-                             logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """A bound on ``default`` (``--constraint "x <= 1.1 * default"``) needs the default's
-    metrics: the noise check's runs, or (none: ``--noise-runs 0``) one run of it now."""
-    if job.default_metrics is not None or not any(b.uses_default for b in job.bounds()):
-        return
-    outcome = run_trial(runner, "default-0", job.target_cls.knob_spec().defaults(),
-                        next(iter(runner.instance_dirs)), runner.trial_seed(5 * 10**6),
-                        single=True)
-    tracker.log_trial("0", outcome.record(), outcome.samples, phase="default")
-    if not outcome.ok:
-        logger.warning("the default config could not be measured (%s: %s): no trial can meet "
-                       "a --constraint on 'default'", outcome.failure_class, outcome.message)
-        return
-    job.default_metrics = dict(outcome.metrics)
-    job.save()
 
 
 def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRunner,
@@ -369,20 +322,6 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
         objectives=job.objective_names, bounds=job.bounds(),
         default_metrics=job.default_metrics,
     )
-
-
-def _verify(job: Job, runner: TrialRunner, best_config: dict[str, Any], tracker: JobTracker,
-            listener: TuneListener) -> Verification:
-    """Re-measure the best config against the default, interleaved, on the first instance."""
-
-    def on_run(label: str, repeat: int, outcome: TrialOutcome) -> None:
-        key = f"{repeat}-{label}"
-        tracker.log_trial(key, outcome.record(), outcome.samples, phase="verify")
-        listener.verify_done(f"verify-{key}", outcome)
-
-    return verify_best(runner, job.target_cls.knob_spec().defaults(), best_config,
-                       job.direction, job.verify_repeats, next(iter(runner.instance_dirs)),
-                       on_run=on_run, record=job.dir / "verify.json")
 
 
 def _train(job: Job, logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rules.language import NUMBER, Expression, RuleError, compile_expression, numeric_value
+import numpy as np
+
+from rules.language import NUMBER, Expression, RuleError, _eval, compile_expression
 from targets.common.errors import KnobflowError, did_you_mean
 
 __all__ = ["DEFAULT", "Bound", "BoundError", "parse_bound", "parse_bounds"]
@@ -26,6 +28,12 @@ _WORDS = {"and", "or", "not", "true", "false", "null", "in", "if", "else", "for"
 _NAME = re.compile(r"(?<![\w.$])([A-Za-z_][A-Za-z0-9_]*)")
 #: A bound met exactly at a strict ``<`` or ``>``: the smallest violation told to the tuner.
 _TIE = 1e-12
+
+
+def _side(node: Any, columns: Mapping[str, Any]) -> float:
+    """One side of a checked comparison (e.g. ``1.1 * default``) over scalar ``columns``."""
+    with np.errstate(all="ignore"):
+        return float(_eval(node, columns))
 
 
 class BoundError(KnobflowError):
@@ -69,7 +77,7 @@ class Bound:
         if any(v is None for v in columns.values()):
             return float("inf")
         tree = self.expression.tree
-        left, right = numeric_value(tree.left, columns), numeric_value(tree.right, columns)
+        left, right = _side(tree.left, columns), _side(tree.right, columns)
         gap = left - right if self.op in ("le", "lt") else right - left
         if self.op in ("lt", "gt") and gap == 0:
             return _TIE

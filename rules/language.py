@@ -352,12 +352,6 @@ def _example(space: str, symbols: Mapping[str, str]) -> str:
     return next((s.split(".", 1)[1] for s in symbols if s.startswith(f"{space}.")), "name")
 
 
-def numeric_value(node: Any, columns: Mapping[str, Any]) -> float:
-    """One side of a checked comparison (e.g. ``1.1 * default``) over scalar ``columns``."""
-    with np.errstate(all="ignore"):
-        return float(_eval(node, columns))
-
-
 def _eval(node: Any, columns: Mapping[str, Any]) -> Any:
     """Evaluate a checked tree over columns (numpy arrays), vectorised."""
     kind = type(node)

@@ -5,11 +5,9 @@
 (``_ask``: the trial budget, the time budget, a stopped job), ``_run_one`` runs one trial and
 ``_tell`` tells its result. Blocked candidates (``tasks/guard.py``) never run; with
 ``baseline_every`` the default config is re-measured on the instance and the tuner is told
-ratios to it. With several objectives the tuner is told each metric of a trial (the first being
-its value); with SLA bounds (``rules.bounds``) each bound's violation is set as an Optuna
-constraint before the trial is told, so the sampler learns where the bounds hold. Crashes,
-hangs, refused configs and non-zero exits are failed trials with a failure class and the tail of
-their log; the job goes on.
+ratios to it. Several objectives: each metric is told; SLA bounds (``rules.bounds``): each
+violation is an Optuna constraint of the trial. Crashes, hangs, refused configs and non-zero
+exits are failed trials with a failure class and the tail of their log; the job goes on.
 """
 
 from __future__ import annotations
@@ -91,7 +89,6 @@ class Exploration:
         # the default's value per instance, measured just before (the noise check's runs)
         self.first_baseline = dict(first_baseline or {})
         self.maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        # several objectives: the metrics told after the first (the trial's value)
         self.more_objectives = list(objectives or [])[1:]
         self.bounds, self.default_metrics = list(bounds or []), dict(default_metrics or {})
         self.distributions = space.distributions()
@@ -322,10 +319,8 @@ class Exploration:
                     outcome.constraints[bound.text] = violation
                     trial.set_constraint(bound.key, violation)
             trial.set_user_attr(ATTR, outcome.record())
-            if outcome.ok:
-                self.study.tell(trial, values if len(values) > 1 else values[0])
-            else:
-                self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, (values if len(values) > 1 else values[0]) if outcome.ok
+                            else None, state=None if outcome.ok else TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             # a shared study's other worker found no heartbeat in time and failed the trial:
             # its config is queued again (run once more there); this result is dropped
@@ -341,8 +336,7 @@ class Exploration:
                 self.on_trial(trial.number, outcome, self.stats)
 
     def _values(self, outcome: TrialOutcome) -> list[float]:
-        """What the tuner is told of a clean trial: its value, then each further objective's
-        metric (a trial that lacks one fails: nothing may be told for it)."""
+        """A clean trial's value, then each further objective's metric (one missing: fails)."""
         if not outcome.ok:
             return []
         missing = [m for m in self.more_objectives if outcome.metrics.get(m) is None]
@@ -360,10 +354,9 @@ class Exploration:
             stats.failed += 1
             return
         if any(v > 0 for v in outcome.constraints.values()):
-            stats.infeasible += 1
-            return
-        assert outcome.value is not None
-        if stats.best_value is None or self._beats(outcome.value, stats.best_value):
+            stats.infeasible += 1  # the best is among feasible trials only
+        elif outcome.value is not None and (
+                stats.best_value is None or self._beats(outcome.value, stats.best_value)):
             stats.best_value, stats.best_number = outcome.value, number
 
     def _beats(self, a: float, b: float) -> bool:
