@@ -163,7 +163,8 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
 
 _PARAMETERS = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                  annotation=typer.Context),
-               *(_cli_parameter(name) for name in JobSpec.model_fields), *_COMMAND_ONLY]
+               *(_cli_parameter(name) for name in JobSpec.model_fields
+                 if JobSpec.cli_kind(name) != Cli.FLOW_ONLY), *_COMMAND_ONLY]
 tune_command.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr-defined]
 tune_command.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flows.spec import JobSpec, option_error
+from flows.spec import JobSpec, objective_direction, option_error
 from targets.base import Target
-from targets.common.errors import WorkloadError
+from targets.common.errors import KnobflowError, WorkloadError, did_you_mean
 from targets.common.files import display_path
 from targets.common.yamlfiles import load_yaml
 from targets.registry import load_target
 
-__all__ = ["check_inputs", "objective_of", "parse_assignments", "resolve_workload"]
+__all__ = ["check_inputs", "objective_of", "objectives_of", "parse_assignments", "prefer_of",
+           "resolve_workload"]
 
 
 def parse_assignments(items: list[str], option: str = "--set-workload") -> dict[str, str]:
@@ -66,10 +67,61 @@ def objective_of(spec: JobSpec, target_cls: type[Target]) -> str:
     return objective
 
 
+def objectives_of(spec: JobSpec, target_cls: type[Target]) -> list[tuple[str, str]]:
+    """Every metric the job optimizes with its direction (one: ``objective_of``'s, with the
+    metric's own direction)."""
+    if not spec.objectives:
+        objective = objective_of(spec, target_cls)
+        return [(objective, target_cls.metrics[objective])]
+    result: list[tuple[str, str]] = []
+    for text in spec.objectives:
+        name, direction = objective_direction(text)
+        if name not in target_cls.metrics:
+            raise KnobflowError(
+                f"--objective {text!r}: '{name}' is not a metric of target '{spec.target}'"
+                f"{did_you_mean(name, list(target_cls.metrics))}; its metrics: "
+                f"{', '.join(target_cls.metrics)}")
+        if name in (n for n, _ in result):
+            raise KnobflowError(f"--objective {text!r}: '{name}' is given twice; give each "
+                                "metric once")
+        result.append((name, direction or target_cls.metrics[name]))
+    return result
+
+
+def prefer_of(spec: JobSpec, objectives: list[tuple[str, str]]) -> dict[str, float]:
+    """``--prefer NAME[:WEIGHT],...`` as weights of the objectives (default: the first one's
+    alone); a ``KnobflowError`` names the option, the text and the fix."""
+    names = [n for n, _ in objectives]
+    if spec.prefer is None:
+        return {names[0]: 1.0}
+    if len(objectives) < 2:
+        raise KnobflowError(f"--prefer {spec.prefer!r}: it picks a point of a Pareto front; "
+                            "give several --objective, or leave out --prefer")
+    weights: dict[str, float] = {}
+    for part in spec.prefer.split(","):
+        name, sep, weight = part.strip().partition(":")
+        try:
+            value = float(weight) if sep else 1.0
+        except ValueError:
+            value = -1.0
+        if name not in names or not value > 0 or value == float("inf"):
+            why = (f"'{name}' is not one of the job's objectives "
+                   f"({', '.join(names)}){did_you_mean(name, names)}" if name not in names
+                   else f"the weight {weight!r} of '{name}' must be a number > 0")
+            raise KnobflowError(f"--prefer {spec.prefer!r}: {why}; write NAME or "
+                                f"NAME:WEIGHT,..., e.g. --prefer {names[0]} or --prefer "
+                                f"{names[0]}:2,{names[1]}:1")
+        weights[name] = weights.get(name, 0.0) + value
+    return weights
+
+
 def check_inputs(spec: JobSpec) -> None:
     """Check what ``spec`` asks of its target without the stack: the target exists, the
     objective is one of its metrics, the workload is within its limits (a ``KnobflowError``
     names the first bad input)."""
+    from rules.bounds import parse_bounds
+
     target_cls = load_target(spec.target)
-    objective_of(spec, target_cls)
+    prefer_of(spec, objectives_of(spec, target_cls))
+    parse_bounds(spec.constraints, target_cls.metrics)
     resolve_workload(target_cls, spec.workload_file, spec.workload or {})

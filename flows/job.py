@@ -23,8 +23,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.inputs import objective_of, parse_assignments, resolve_workload
+from flows.inputs import objectives_of, parse_assignments, prefer_of, resolve_workload
 from flows.spec import JobSpec, Resume, option_error
+from rules.bounds import Bound, parse_bounds
 from rules.learn import LearnedRules
 from rules.review import check_space
 from rules.ruleset import RuleSet
@@ -94,6 +95,16 @@ class Job:
     isolation: dict[str, Any] | None = None  # what the running host gave (tasks/isolation.py)
     status: JobStatus = JobStatus.RUNNING
     mlflow_run_id: str | None = None
+    #: Several objectives (``--objective`` repeated): every metric and its direction, the first
+    #: being ``objective``/``direction``; empty: one objective.
+    objectives: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    #: ``--prefer``: the weight of each objective in picking the Pareto point to apply.
+    prefer: dict[str, float] = field(default_factory=dict)
+    #: ``--constraint``: SLA bounds on metrics (``rules.bounds``), and the default config's
+    #: metrics a bound on ``default`` compares with (measured before the search).
+    constraints: list[str] = field(default_factory=list)
+    default_metrics: dict[str, float] | None = None
     home: Path = field(default=Path(".knobflow"), compare=False)
 
     def __post_init__(self) -> None:
@@ -107,7 +118,15 @@ class Job:
         target_cls = load_target(spec.target)
         service = spec.service or spec.target
         _check_service(home, service, spec.target)
-        objective = objective_of(spec, target_cls)
+        objectives = objectives_of(spec, target_cls)
+        objective, direction = objectives[0]
+        several = len(objectives) > 1
+        parse_bounds(spec.constraints, target_cls.metrics)
+        prefer = prefer_of(spec, objectives) if several else {}  # --prefer alone: refused
+        if spec.prefer is not None and not several:
+            prefer_of(spec, objectives)
+        if several:
+            _check_several(spec)
         known = _policies(target_cls, spec.rule_files)
         for policy in spec.policies:
             if policy not in known:
@@ -117,7 +136,7 @@ class Job:
         job = cls(
             study_name=f"{service}-{spec.instance}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}",
             target=spec.target, instance=spec.instance, objective=objective,
-            direction=target_cls.metrics[objective], tuner=spec.tuner,
+            direction=direction, tuner=spec.tuner,
             budget=spec.budget or DEFAULT_BUDGET, time_budget=spec.time_budget,
             parallel=spec.parallel or 1, seed=spec.seed,
             workload=resolve_workload(target_cls, spec.workload_file, spec.workload or {}),
@@ -129,13 +148,18 @@ class Job:
             noise_runs=spec.noise_runs, noise_threshold=spec.noise_threshold,
             noise_free=[name for name, given in (
                 ("repeats", spec.repeats is not None or spec.repeat_until is not None),
-                ("baseline_every", spec.baseline_every is not None)) if not given],
+                ("baseline_every", spec.baseline_every is not None or several))
+                if not given],
             rule_files=[str(Path(f).resolve()) for f in spec.rule_files],
             policies=list(spec.policies), learn_rules=spec.learn_rules, service=service,
             transfer=spec.transfer, transfer_priors=spec.transfer_priors, train=spec.train,
             fail_on_regression=spec.fail_on_regression, workers=spec.workers or 0,
             testbed=spec.testbed, testbed_slots=spec.testbed_slots, cpus=spec.cpus,
             memory_mb=spec.memory_mb,
+            objectives=[n for n, _ in objectives] if several else [],
+            directions=[d for _, d in objectives] if several else [],
+            prefer=prefer, constraints=[b.text for b in parse_bounds(spec.constraints,
+                                                                      target_cls.metrics)],
             home=home,
         )
         job.check_cpus()
@@ -165,6 +189,24 @@ class Job:
 
     def search_space(self) -> SearchSpace:
         return parse_space(self.space, self.target_cls.knob_spec(), f"job {self.study_name}")
+
+    @property
+    def objective_names(self) -> list[str]:
+        """The metrics the job optimizes (one, or several: ``--objective`` repeated)."""
+        return list(self.objectives) or [self.objective]
+
+    @property
+    def objective_directions(self) -> list[str]:
+        return list(self.directions) or [self.direction]
+
+    @property
+    def several(self) -> bool:
+        """Whether the job optimizes several objectives (its result is a Pareto front)."""
+        return len(self.objective_names) > 1
+
+    def bounds(self) -> list[Bound]:
+        """The job's SLA bounds (``--constraint``), checked."""
+        return parse_bounds(self.constraints, self.target_cls.metrics)
 
     def instance_dirs(self) -> dict[str, Path]:
         """One data directory per parallel instance: ``<instance>`` or ``<instance>-<k>``."""
@@ -219,6 +261,19 @@ class Job:
         data = json.loads(path.read_text(encoding="utf-8"))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known}, home=home)
+
+
+def _check_several(spec: JobSpec) -> None:
+    """What a job of several objectives cannot do (each tells the tuner one value)."""
+    refused = [(spec.tuner == "cmaes", "--tuner cmaes", "--tuner tpe (or random)"),
+               (bool(spec.baseline_every), "--baseline-every", "leave it out"),
+               (spec.transfer_priors, "--transfer-priors", "leave it out"),
+               (bool(spec.workers), "--workers", "leave it out (trials run here)")]
+    for bad, option, fix in refused:
+        if bad:
+            raise KnobflowError(f"{option} takes one objective, and the job has several "
+                                f"(--objective {' --objective '.join(spec.objectives or [])});"
+                                f" use {fix}, or one --objective")
 
 
 def _check_service(home: Path, service: str, target: str) -> None:

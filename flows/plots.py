@@ -43,7 +43,7 @@ def _measured(trial: FrozenTrial) -> float:
     the verification's lines are measurements)."""
     record = trial.user_attrs.get(ATTR, {})
     raw = record.get("raw_value") if record.get("baseline_value") else None
-    return float(raw if raw is not None else trial.value)
+    return float(raw if raw is not None else trial.values[0])
 
 
 def _verdict(verification: Verification | None, no_gain: bool) -> str:

@@ -93,6 +93,19 @@ class TuneProgress(TuneListener):
 
 def print_summary(console: Console, summary: RunSummary) -> None:
     """The human-readable result of a job."""
+    if summary.pareto_front:
+        console.print(_front_table(summary))
+    for bound, met in summary.constraints_verified.items():
+        if not met:
+            console.print(f"[yellow]warning:[/yellow] the best config met {escape(bound)} in "
+                          "the search, but not in the mean of its verification runs: it lies "
+                          "near the bound")
+    if not summary.best_config and summary.n_infeasible:
+        console.print(
+            f"[red]No config met every --constraint[/red] ({escape('; '.join(summary.constraints))}"
+            f"): {summary.n_infeasible} clean trials broke one, {summary.n_failed} failed; no "
+            "config file written. Loosen a bound or widen the budget.")
+        return
     if not summary.best_config:
         console.print(
             f"[red]No trial completed[/red] ({summary.n_failed} failed: "
@@ -131,6 +144,29 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         f"MLflow run {summary.mlflow_run_id}: open the UI with "
         f"`mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1`"
     )
+
+
+def _front_table(s: RunSummary) -> Table:
+    """The Pareto front: each point's values in the search, its verified gains over the
+    default, and the point --prefer picked."""
+    table = Table(title=f"Pareto front ({len(s.pareto_front)} points; --prefer "
+                  f"{','.join(f'{k}:{v:g}' for k, v in s.prefer.items())})",
+                  caption="gain: verified mean over the default's, > 1 is better")
+    table.add_column("trial")
+    for name, direction in zip(s.objectives, s.directions, strict=True):
+        table.add_column(f"{name} ({direction[:3]})", justify="right")
+        table.add_column("gain", justify="right")
+    table.add_column("picked")
+    for row in s.pareto_front:
+        cells = [str(row["trial"]) + (" (default)" if row["is_default"] else "")]
+        for name in s.objectives:
+            verified = row["verified"].get(name) or {}
+            gain = verified.get("gain")
+            cells += [f"{row['observed'][name]:,.6g}",
+                      f"{gain:.2f} ({verified['gain_low']:.2f}-{verified['gain_high']:.2f})"
+                      if gain is not None else "-"]
+        table.add_row(*map(escape, cells), "*" if row["chosen"] else "")
+    return table
 
 
 def _config_table(s: RunSummary) -> Table:

@@ -54,7 +54,9 @@ def no_result(summary: RunSummary) -> State | None:
         why = (f"no trial of {summary.n_trials} completed"
                + (f" ({classes})" if classes else "")
                + (f", {summary.n_blocked} blocked by rules" if summary.n_blocked else "")
-               if ran <= 0 else "no config found")
+               if ran <= 0 else f"{summary.verdict} ({summary.n_infeasible} clean trials "
+               f"broke one: {'; '.join(summary.constraints)})" if summary.n_infeasible
+               else "no config found")
     else:
         why = "the best config was not verified: " + "; ".join(summary.verify_failures)
     message = f"{summary.target}/{summary.instance}: {why}"

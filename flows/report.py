@@ -39,8 +39,8 @@ from tuners.trials import (
 )
 
 __all__ = [
-    "NO_GAIN", "WORSE", "RunSummary", "TuneListener", "best_is_default", "is_default_config",
-    "policies_given_up", "report", "write_config_files",
+    "NONE_FEASIBLE", "NO_GAIN", "WORSE", "RunSummary", "TuneListener", "best_is_default",
+    "is_default_config", "policies_given_up", "report", "write_config_files",
 ]
 
 #: What a job says when its best trial ran the default config (or one equal to it in every knob).
@@ -137,6 +137,18 @@ class RunSummary:
     #: before it was told (``tasks/explore.py``), the largest and the median over the job.
     tell_lag_max: int | None = None
     tell_lag_median: float | None = None
+    #: Several objectives: each metric and direction, ``--prefer``'s weights, and the Pareto
+    #: front, one row per point (``flows.pareto``): trial, config, values in the search, each
+    #: objective's verified means and gain over the default, whether --prefer picked it.
+    objectives: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    prefer: dict[str, float] = field(default_factory=dict)
+    pareto_front: list[dict[str, Any]] = field(default_factory=list)
+    #: SLA bounds (``--constraint``, with the default's value where one uses it), the clean
+    #: trials that broke one, and each bound checked on the best config's verified means.
+    constraints: list[str] = field(default_factory=list)
+    n_infeasible: int = 0
+    constraints_verified: dict[str, bool] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -154,6 +166,12 @@ class RunSummary:
         data = asdict(self)
         for key in ("best_config_file", "native_config_file"):
             if data[key] is None:
+                del data[key]
+        if not self.objectives:  # one objective: the summary it always was
+            for key in ("objectives", "directions", "prefer", "pareto_front"):
+                del data[key]
+        if not self.constraints:
+            for key in ("constraints", "n_infeasible", "constraints_verified"):
                 del data[key]
         if self.known_optimum_value is None:
             del data["known_optimum_value"], data["best_true_value"]
@@ -283,11 +301,15 @@ def best_is_default(job: Job, best: FrozenTrial | None) -> bool:
                                                   job.target_cls.knob_spec().defaults())
 
 
+#: What a job says when trials ran cleanly but none met every SLA bound (``--constraint``).
+NONE_FEASIBLE = "no config met every --constraint"
+
+
 def verdict(best: FrozenTrial | None, verification: Verification | None,
-            is_default: bool) -> str:
+            is_default: bool, infeasible: int = 0) -> str:
     """The result in words (``RunSummary.verdict``)."""
     if best is None:
-        return "no trial completed"
+        return NONE_FEASIBLE if infeasible else "no trial completed"
     if is_default:
         return NO_GAIN
     if verification is None or verification.gain is None:
@@ -310,23 +332,34 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
     defaults = job.target_cls.knob_spec().defaults()
     is_default = best_is_default(job, best)
     v = verification or Verification()
+    bounds = job.bounds()
+    infeasible = [t for t in done if t.state == TrialState.COMPLETE and t.constraints
+                  and any(value > 0 for value in t.constraints.values())]
+    verified_metrics = v.mean_metrics()
+    several = {"objectives": job.objective_names, "directions": job.objective_directions,
+               "prefer": dict(job.prefer)} if job.several else {}
     summary = RunSummary(
         target=job.target, service=job.service, instance=job.instance, objective=job.objective,
         direction=job.direction, tuner=job.tuner, n_trials=len(done), n_failed=len(failed),
         failure_classes=dict(Counter(str(t.user_attrs[ATTR]["failure_class"]) for t in failed)),
         best_trial=best.number if best else None, best_config=best_config,
-        best_observed_value=best.value if best else None, best_value=v.best_value,
+        best_observed_value=best.values[0] if best else None, best_value=v.best_value,
         default_value=v.default_value, gain=v.gain, gain_low=v.gain_low, gain_high=v.gain_high,
         gain_significant=v.significant, verify_repeats=len(v.best_values),
         verify_default_values=v.default_values, verify_best_values=v.best_values,
         verify_failures=v.failures, verify_stop=v.stop_reason, workload=job.workload,
         study_name=job.study_name,
         mlflow_run_id=job.mlflow_run_id, duration_s=round(duration_s, 2),
-        best_is_default=is_default, verdict=verdict(best, verification, is_default),
+        best_is_default=is_default,
+        verdict=verdict(best, verification, is_default, len(infeasible)),
         default_config={k: defaults.get(k) for k in best_config or {}},
         best_observed_runs=len(record.get("repeat_values") or []) or (1 if best else 0),
         best_observed_raw=record.get("raw_value") if record.get("baseline_value") else None,
-        **parts,
+        constraints=[b.describe(job.default_metrics) for b in bounds],
+        n_infeasible=len(infeasible),
+        constraints_verified={b.text: b.met(verified_metrics, job.default_metrics)
+                              for b in bounds} if verified_metrics else {},
+        **several, **parts,
     )
     lags = [t.user_attrs[ATTR]["tell_lag"] for t in done
             if t.user_attrs.get(ATTR, {}).get("tell_lag") is not None]
@@ -357,5 +390,9 @@ def report(job: Job, study: optuna.Study, best: FrozenTrial | None,
                         **rules_part, transfer=_transfer_part(plan, study))
     path = job.dir / "result.json"
     path.write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
-    plot = plot_history(job, study, verification, no_gain=summary.best_is_default)
-    return summary, [path, *map(Path, files.values()), *([plot] if plot else [])]
+    plots = [plot_history(job, study, verification, no_gain=summary.best_is_default)]
+    if summary.pareto_front:
+        from flows.pareto import plot_front
+
+        plots.append(plot_front(job, study, summary.pareto_front))
+    return summary, [path, *map(Path, files.values()), *(p for p in plots if p)]

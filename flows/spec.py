@@ -24,7 +24,8 @@ from pydantic.fields import FieldInfo
 from targets.common.errors import KnobflowError, did_you_mean
 from tuners.samplers import TUNERS
 
-__all__ = ["Cli", "JobSpec", "Resume", "option_error", "spec_parameters", "with_spec_signature"]
+__all__ = ["DIRECTIONS", "Cli", "JobSpec", "Resume", "objective_direction", "option_error",
+           "spec_parameters", "with_spec_signature"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_MUST = "1-64 letters, digits, '.', '_' or '-'"
@@ -51,6 +52,7 @@ class Cli(enum.StrEnum):
     COMMA_LIST = "comma list"  # --name a,b,c -> [a, b, c]
     OFF_FLAG = "off flag"  # --no-... turns a default-on option off
     ON_FLAG = "on flag"  # --... turns a default-off option on
+    FLOW_ONLY = "flow only"  # a parameter of the flow, given on the command line by another
 
 
 def _option(default: Any, help: str, *, cli: Cli = Cli.VALUE, flag: str | None = None,
@@ -109,7 +111,7 @@ class JobSpec(BaseModel):
     workload_file: str | None = _option(None, "Workload YAML file.", flag="--workload")
     workload: dict[str, Any] | None = _option(None, "KEY=VALUE workload parameter.",
                                               cli=Cli.ASSIGNMENTS, flag="--set-workload")
-    objective: str | None = _option(None, "Metric to optimize.")
+    objective: str | None = _option(None, "Metric to optimize.", cli=Cli.FLOW_ONLY)
     seed: int = _option(0, "Seed of sampler and noise (default 0).", ge=0, le=2**31 - 1)
     space_file: str | None = _option(None, "Search-space YAML (expert ranges).", flag="--space")
     knobs: list[str] | None = _option(None, "Comma-separated knobs to tune.",
@@ -154,6 +156,34 @@ class JobSpec(BaseModel):
         False, "Fail (exit 1) when the job's result is slower than the reference recorded "
         "before it for its service and workload, beyond the noise (the 95% interval of the "
         "ratio lies below 1).", cli=Cli.ON_FLAG)
+    objectives: list[str] = _option(
+        [], "Metric to optimize (default: the target's), with its direction if not the "
+        "metric's own (NAME:max or NAME:min); repeat it for several objectives: the result is "
+        "the Pareto front, each point verified, and --prefer picks the config to apply.",
+        cli=Cli.REPEATED, flag="--objective", metavar="NAME[:max|min]")
+    prefer: str | None = _option(
+        None, "With several --objective: the verified Pareto point written as the config to "
+        "apply: the best verified gain over the default in NAME, or the best weighted sum of "
+        "log gains (NAME:WEIGHT,...) (default: the first objective).",
+        metavar="NAME[:WEIGHT],...")
+    constraints: list[str] = _option(
+        [], "SLA bound on a metric, e.g. \"latency_p99_us <= 5000\" or \"ops_per_s >= 0.9 * "
+        "default\" (default: its value for the default config, measured before the search); "
+        "repeatable. The result is the best config meeting every bound; when no trial met them "
+        "the job says so, writes no config file and exits 1.",
+        cli=Cli.REPEATED, flag="--constraint", metavar="BOUND")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_objective(cls, data: Any) -> Any:
+        """One ``--objective NAME`` (no direction) is the ``objective`` option, as before."""
+        if isinstance(data, dict):
+            given = data.get("objectives")
+            if (isinstance(given, list) and len(given) == 1 and isinstance(given[0], str)
+                    and ":" not in given[0] and data.get("objective") is None):
+                data = {k: v for k, v in data.items() if k != "objectives"}
+                data["objective"] = given[0]
+        return data
 
     @model_validator(mode="after")
     def _check_together(self) -> JobSpec:
@@ -164,6 +194,12 @@ class JobSpec(BaseModel):
                                          _int_range(max(self.repeats or 1, 2), 100)))
         if self.noise_runs == 1:
             raise option_error("noise_runs", self.noise_runs)
+        if self.objective and self.objectives:
+            raise KnobflowError("objective and objectives both name what to optimize; give "
+                                "every metric as objectives (--objective NAME[:max|min], "
+                                "repeated)")
+        for text in self.objectives or []:
+            objective_direction(text)
         if self.space_file and self.knobs:
             raise KnobflowError("--space and --knobs both narrow the search space; use one of "
                                 "them")
@@ -219,6 +255,24 @@ class JobSpec(BaseModel):
                 f"--resume continues job {study_name} with its own settings; drop "
                 + ", ".join(self.flag(n) for n in kept)
                 + f" (only {', '.join(may[:-1])} and {may[-1]} may change)")
+
+
+#: How ``--objective NAME:DIR`` spells a direction.
+DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize",
+              "minimize": "minimize"}
+
+
+def objective_direction(text: str) -> tuple[str, str | None]:
+    """``NAME[:max|min]`` as (name, direction or None: the metric's own); a ``KnobflowError``
+    names ``--objective``, the text and the fix."""
+    name, sep, way = text.partition(":")
+    name, way = name.strip(), way.strip().lower()
+    if not name or (sep and way not in DIRECTIONS):
+        raise KnobflowError(
+            f"--objective {text!r}: expected NAME or NAME:max or NAME:min (a direction is max "
+            f"or min), e.g. --objective ops_per_s:max"
+            f"{did_you_mean(way, list(DIRECTIONS)) if way else ''}")
+    return name, DIRECTIONS[way] if sep else None
 
 
 def _is_default(name: str, value: Any) -> bool:

@@ -42,8 +42,9 @@ from pydantic import Field
 
 from flows.job import Job, JobStatus, hold_instance, prepare_job
 from flows.job_reference import regression_failed, settle_reference
+from flows.pareto import job_result, mean_metrics, measure_default_metrics, metric_names
 from flows.publish import JobFailed, no_result, publish_result
-from flows.report import NO_GAIN, RunSummary, TuneListener, best_is_default, report
+from flows.report import RunSummary, TuneListener, report
 from flows.spec import JobSpec, with_spec_signature
 from flows.testbeds import hold_testbed, isolate
 from flows.timing import JobClock
@@ -74,10 +75,9 @@ from tasks.track import (
     start_tracking,
 )
 from tasks.train import train_service_models
-from tasks.verify import Verification, verify_best
 from tuners.space import SearchSpace
-from tuners.study import metric_name, name_metric, open_job_study
-from tuners.trials import ATTR, TrialOutcome, best_trial
+from tuners.study import name_metric, open_job_study
+from tuners.trials import TrialOutcome
 
 __all__ = ["JobFailed", "tune"]
 
@@ -135,9 +135,9 @@ def tune(target: str, **options: Any) -> RunSummary:
         for warning in warnings:
             logger.warning("rules: %s", warning)
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
-                               space.default_params(), resume,
-                               metric_name(job.objective, relative=job.baseline_every > 0),
-                               accept=RuleFilter(rules, space))
+                               space.default_params(), resume, metric_names(job),
+                               accept=RuleFilter(rules, space),
+                               directions=job.objective_directions if job.several else None)
         table = service_table(job.home, job.service)
         clock.lap("start")
         plan = clock.timed("transfer", _transfer, job, study, table, space, rules, resume)
@@ -150,24 +150,20 @@ def tune(target: str, **options: Any) -> RunSummary:
                                                                  logger):
             first_baseline = clock.timed("noise_probe", _probe_noise, job, study, runner,
                                          tracker, logger)
+            clock.timed("noise_probe", measure_default_metrics, job, runner, tracker, logger)
             if job.workers:  # the work pool's workers explore; the job waits for them
                 study = clock.timed("trials", fan_out, job, tracker.run_id, logger, listener)
             else:
                 clock.timed("trials", _explore, job, study, space, runner, guard, tracker,
                             listener, logger, first_baseline)
-            best = best_trial(study, rules)  # rules learned late may forbid an early best
-            verification = None
-            if best is not None and best_is_default(job, best):  # against itself: proves nothing
-                logger.info("%s: the best trial (%d) ran the default config; nothing to "
-                            "verify", NO_GAIN, best.number)
-            elif best is not None:
-                verification = clock.timed("verification", _verify, job, runner,
-                                           best.user_attrs[ATTR]["config"], tracker, listener)
+            best, verification, front = clock.timed("verification", job_result, job, study,
+                                                    rules, runner, tracker, listener, logger)
             trial_table = write_job_table(job, study)
-            model = clock.timed("training", _train, job) if job.train else None  # None: off
+            model = clock.timed("training", _train, job, logger) if job.train else None
             summary, files = report(
                 job, study, best, verification, **clock.times(), space=space, ruleset=rules,
                 guard=guard, rule_warnings=warnings, plan=plan, model=model, noise=job.noise,
+                pareto_front=front,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
             files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
@@ -280,17 +276,22 @@ def _probe_noise(job: Job, study: optuna.Study, runner: TrialRunner, tracker: Jo
         runner.policy = job.repeat_policy()
         return {}
     instance = next(iter(runner.instance_dirs))
+    default_runs: list[dict[str, float]] = []  # every metric of the default, for SLA bounds
     check = probe_noise(
         runner, job.target_cls.knob_spec().defaults(), instance, job.noise_runs,
         job.noise_threshold, repeats=job.repeats, baseline_every=job.baseline_every,
-        free=job.noise_free, on_run=lambda key, outcome: tracker.log_trial(
-            key.removeprefix("noise-"), outcome.record(), outcome.samples, phase="noise"))
+        free=job.noise_free, on_run=lambda key, outcome: (
+            tracker.log_trial(key.removeprefix("noise-"), outcome.record(), outcome.samples,
+                              phase="noise"),
+            outcome.ok and default_runs.append(dict(outcome.metrics))))
     job.repeats, job.baseline_every, job.noise = check.repeats, check.baseline_every, \
         check.to_dict()
+    if default_runs:
+        job.default_metrics = mean_metrics(default_runs)
     job.save()
     runner.policy = job.repeat_policy()
     # baselines switched on: the tuner is told ratios to the default, and the study says so
-    name_metric(study, metric_name(job.objective, relative=job.baseline_every > 0))
+    name_metric(study, metric_names(job))
     logger.info("%s", check.message)
     tracker.annotate(
         params={"noise.runs": check.runs, "noise.spread": round(check.spread, 4),
@@ -313,8 +314,12 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
                           validation=outcome.validation)
         what = (f"{outcome.value:.6g}" if outcome.ok
                 else f"failed ({outcome.failure_class}: {outcome.message})")
-        logger.info("trial %d on %s: %s %s; best %s", number, outcome.instance, job.objective,
-                    what, stats.best_value)
+        more = "".join(f", {m} {outcome.metrics.get(m, float('nan')):.6g}"
+                       for m in job.objective_names[1:]) if outcome.ok else ""
+        broken = [k for k, v in outcome.constraints.items() if v > 0]
+        logger.info("trial %d on %s: %s %s%s%s; best %s", number, outcome.instance,
+                    job.objective, what, more,
+                    f" (breaks {'; '.join(broken)})" if broken else "", stats.best_value)
         listener.trial_done(str(number), outcome, stats)
 
     return explore(
@@ -322,25 +327,18 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
         baseline_every=job.baseline_every, first_baseline=first_baseline,
         on_baseline=lambda key, outcome: tracker.log_trial(
             key, outcome.record(), outcome.samples, phase="baseline"),
+        objectives=job.objective_names, bounds=job.bounds(),
+        default_metrics=job.default_metrics,
     )
 
 
-def _verify(job: Job, runner: TrialRunner, best_config: dict[str, Any], tracker: JobTracker,
-            listener: TuneListener) -> Verification:
-    """Re-measure the best config against the default, interleaved, on the first instance."""
-
-    def on_run(label: str, repeat: int, outcome: TrialOutcome) -> None:
-        key = f"{repeat}-{label}"
-        tracker.log_trial(key, outcome.record(), outcome.samples, phase="verify")
-        listener.verify_done(f"verify-{key}", outcome)
-
-    return verify_best(runner, job.target_cls.knob_spec().defaults(), best_config,
-                       job.direction, job.verify_repeats, next(iter(runner.instance_dirs)),
-                       on_run=on_run, record=job.dir / "verify.json")
-
-
-def _train(job: Job) -> dict[str, Any]:
-    """The service's models, trained on its trial table with this job's trials in it."""
+def _train(job: Job, logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+    """The service's models, trained on its trial table with this job's trials in it (of
+    several objectives: the first, the value of every trial)."""
+    if job.several:
+        logger.info("models: trained on the first objective, %s (%s), only; %s are not "
+                    "modelled", job.objective, job.direction,
+                    ", ".join(job.objective_names[1:]))
     return train_service_models(
         service_table(job.home, job.service), spec=job.target_cls.knob_spec(),
         objective=job.objective, direction=job.direction, service=job.service,

@@ -138,6 +138,7 @@ def tune_worker(job: dict[str, Any], study_name: str, parent_run_id: str, instan
                 baseline_every=work.baseline_every,
                 on_baseline=lambda key, outcome: tracker.log_trial(
                     f"{key}", outcome.record(), outcome.samples, phase="baseline"),
+                bounds=work.bounds(), default_metrics=work.default_metrics,
             ).run()
     finally:
         tracker.close()

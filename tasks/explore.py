@@ -10,9 +10,10 @@ trial (``takes_pending``) is asked while the last result is cleaned beside the n
 other is told each result first. Each trial's record keeps its ``tell_lag``.
 
 Blocked candidates (``tasks/guard.py``) never run; with ``baseline_every`` the default config is
-re-measured on the instance and the tuner is told ratios to it. Crashes, hangs, refused configs
-and non-zero exits are failed trials with a failure class and the tail of their log; the job
-goes on.
+re-measured on the instance and the tuner is told ratios to it. Several objectives: each metric
+is told; SLA bounds (``rules.bounds``): each violation is an Optuna constraint of the trial.
+Crashes, hangs, refused configs and non-zero exits are failed trials with a failure class and
+the tail of their log; the job goes on.
 """
 
 from __future__ import annotations
@@ -30,17 +31,18 @@ import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
+from rules.bounds import Bound
 from rules.learn import LEARN_FROM
 from targets.base import FailureClass
 from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.guard import CandidateGuard, blocked_as
-from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tasks.tell_order import TellOrder
+from tasks.told import objective_values, relative_to, tell_constraints
 from tuners.samplers import takes_pending
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
-from tuners.trials import ATTR, TrialOutcome, finished_trials
+from tuners.trials import ATTR, TrialOutcome, finished_trials, ranked_trials
 
 log = logging.getLogger("knobflow.explore")
 
@@ -56,8 +58,9 @@ class ExploreStats:
     failed: int = 0
     blocked: int = 0
     blocked_by: dict[str, int] = field(default_factory=dict)
-    best_value: float | None = None
+    best_value: float | None = None  # of the (first) objective, among feasible trials
     best_number: int | None = None
+    infeasible: int = 0  # clean trials that broke an SLA bound (--constraint)
 
 
 TrialListener = Callable[[int, TrialOutcome, ExploreStats], None]
@@ -84,13 +87,18 @@ class Exploration:
         guard: CandidateGuard | None = None,
         first_baseline: dict[str, float] | None = None,
         shared: bool = False,
+        objectives: list[str] | None = None,
+        bounds: list[Bound] | None = None,
+        default_metrics: dict[str, float] | None = None,
     ) -> None:
         self.study, self.space, self.runner, self.guard = study, space, runner, guard
         self.budget, self.time_budget_s, self.baseline_every = budget, time_budget_s, baseline_every
         self.on_trial, self.on_baseline = on_trial, on_baseline
         # the default's value per instance, measured just before (the noise check's runs)
         self.first_baseline = dict(first_baseline or {})
-        self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self.maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        self.more_objectives = list(objectives or [])[1:]
+        self.bounds, self.default_metrics = list(bounds or []), dict(default_metrics or {})
         self.distributions = space.distributions()
         self.stats = self._stats_so_far()
         self._lock = threading.Lock()
@@ -119,9 +127,9 @@ class Exploration:
         done = finished_trials(self.study)
         stats = ExploreStats(budget=self.budget, done=len(done))
         stats.failed = sum(1 for t in done if t.state == TrialState.FAIL)
-        if any(t.state == TrialState.COMPLETE for t in done):
-            best = self.study.best_trial
-            stats.best_value, stats.best_number = best.value, best.number
+        ranked = ranked_trials(self.study)
+        if ranked:
+            stats.best_value, stats.best_number = ranked[0].values[0], ranked[0].number
         return stats
 
     def run(self) -> ExploreStats:
@@ -325,17 +333,17 @@ class Exploration:
         if outcome.measurement is not None:
             outcome = clean_trial(self.runner, str(trial.number), outcome)
         if self.baseline_every and outcome.ok:
-            _relative_to(outcome, baseline)
+            relative_to(outcome, baseline)
         if self.guard is not None and outcome.failure_class in LEARN_FROM:
             rule = self.guard.failed(trial.number, outcome)
             outcome.learned_rule = rule.id if rule is not None else None
         outcome.tell_lag = self._order.lag(trial.number)
+        values = objective_values(outcome, self.more_objectives)
         try:
+            tell_constraints(trial, outcome, self.bounds, self.default_metrics)
             trial.set_user_attr(ATTR, outcome.record())
-            if outcome.ok:
-                self.study.tell(trial, outcome.value)
-            else:
-                self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, (values if len(values) > 1 else values[0]) if outcome.ok
+                            else None, state=None if outcome.ok else TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             # a shared study's other worker found no heartbeat in time and failed the trial:
             # its config is queued again (run once more there); this result is dropped
@@ -356,8 +364,10 @@ class Exploration:
         if not outcome.ok:
             stats.failed += 1
             return
-        assert outcome.value is not None
-        if stats.best_value is None or self._beats(outcome.value, stats.best_value):
+        if any(v > 0 for v in outcome.constraints.values()):
+            stats.infeasible += 1  # the best is among feasible trials only
+        elif outcome.value is not None and (
+                stats.best_value is None or self._beats(outcome.value, stats.best_value)):
             stats.best_value, stats.best_number = outcome.value, number
 
     def _beats(self, a: float, b: float) -> bool:
@@ -371,21 +381,6 @@ class Exploration:
         if self.on_baseline is not None:
             self.on_baseline(key, outcome)
         return outcome.value if outcome.ok else None
-
-
-def _relative_to(outcome: TrialOutcome, baseline: float | None) -> None:
-    """Turn a trial's value into its ratio to the baseline (no baseline: the trial fails)."""
-    if baseline is None or baseline <= 0:
-        outcome.fail(FailureClass.INVALID,
-                     "no baseline: the default config could not be measured on this instance")
-        outcome.reasons = [*outcome.reasons, outcome.message]
-        return
-    outcome.raw_value, outcome.baseline_value = outcome.value, baseline
-    assert outcome.value is not None
-    outcome.value = ratio_to_baseline(outcome.value, baseline)
-    if outcome.value_low is not None and outcome.value_high is not None:
-        outcome.value_low = ratio_to_baseline(outcome.value_low, baseline)
-        outcome.value_high = ratio_to_baseline(outcome.value_high, baseline)
 
 
 def explore(

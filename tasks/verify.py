@@ -39,6 +39,15 @@ class Verification:
     gain_high: float | None = None
     pairs: int = 0  # pairs of runs started (complete or not)
     stop_reason: str = ""
+    #: Every metric of each complete pair's runs (what SLA bounds are checked on afterwards).
+    default_metrics: list[dict[str, float]] = field(default_factory=list)
+    best_metrics: list[dict[str, float]] = field(default_factory=list)
+
+    def mean_metrics(self) -> dict[str, float]:
+        """The best config's mean of every metric its verification runs all measured."""
+        names = set.intersection(*(set(m) for m in self.best_metrics)) if self.best_metrics \
+            else set()
+        return {n: statistics.fmean(m[n] for m in self.best_metrics) for n in sorted(names)}
 
     @property
     def default_value(self) -> float | None:
@@ -126,6 +135,7 @@ def verify_best(
                     single=True,  # verification repeats itself, interleaved
                 )
                 kept[key] = {"value": outcome.value if outcome.ok else None,
+                             "metrics": dict(outcome.metrics) if outcome.ok else {},
                              "failure": "" if outcome.ok
                              else f"{outcome.failure_class}: {outcome.message}"}
                 _keep(record, best_config, kept)  # first: a kill now does not run it twice
@@ -138,6 +148,8 @@ def verify_best(
         if pair["default"] is not None and pair["best"] is not None:
             result.default_values.append(pair["default"])
             result.best_values.append(pair["best"])
+            result.default_metrics.append(dict(kept[f"verify-{r}-default"].get("metrics") or {}))
+            result.best_metrics.append(dict(kept[f"verify-{r}-best"].get("metrics") or {}))
         interval = gain_interval(result.default_values, result.best_values, direction)
         if interval:
             result.gain, result.gain_low, result.gain_high = interval
@@ -166,3 +178,87 @@ def _keep(record: Path | None, best_config: Mapping[str, Any],
     if record is not None:
         write_text_atomic(record, json.dumps({"best_config": dict(best_config), "runs": runs},
                                              indent=1, default=str))
+
+
+@dataclass
+class PointVerification:
+    """One point of a Pareto front re-measured beside the default: each objective's paired
+    values and gain (> 1: better than the default in that objective's direction)."""
+
+    trial: int
+    config: dict[str, Any]
+    observed: dict[str, float]  # its values in the search
+    default_values: dict[str, list[float]] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    gains: dict[str, list[float] | None] = field(default_factory=dict)  # gain, low, high
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        """Whether at least one complete pair of runs gave every objective a gain."""
+        return bool(self.gains) and all(g is not None for g in self.gains.values())
+
+    def as_verification(self, objective: str, stop_reason: str) -> Verification:
+        """The point's verification in ``objective`` as ``verify_best`` gives one."""
+        gain = self.gains.get(objective)
+        return Verification(
+            default_values=list(self.default_values.get(objective, [])),
+            best_values=list(self.values.get(objective, [])), failures=list(self.failures),
+            gain=gain[0] if gain else None, gain_low=gain[1] if gain else None,
+            gain_high=gain[2] if gain else None, pairs=len(self.values.get(objective, [])),
+            stop_reason=stop_reason, best_metrics=list(self.metrics))
+
+
+@task(name="verify-front", cache_policy=NO_CACHE)
+def verify_front(
+    runner: TrialRunner,
+    default_config: Mapping[str, Any],
+    points: list[tuple[int, dict[str, Any], dict[str, float]]],
+    objectives: list[tuple[str, str]],
+    rounds: int,
+    instance: str,
+    on_run: Callable[[str, int, TrialOutcome], None] | None = None,
+) -> list[PointVerification]:
+    """Re-measure every point of a Pareto front (trial number, config, values in the search)
+    beside the default on one instance: ``rounds`` rounds of the default then each point, the
+    order reversed every other round (drift cancels, as in ABBA); each point's runs pair with
+    the default's run of the same round. One default run serves every point of a round."""
+    results = [PointVerification(trial=n, config=dict(c), observed=dict(o)) for n, c, o in points]
+    for r in range(rounds):
+        order: list[tuple[str, Mapping[str, Any], PointVerification | None]] = [
+            ("default", default_config, None),
+            *((f"trial{p.trial}", p.config, p) for p in results)]
+        if r % 2:
+            order.reverse()
+        measured: dict[str, dict[str, float] | None] = {}
+        for label, config, point in order:
+            outcome = run_trial(runner, f"front-{r}-{label}", dict(config), instance,
+                                runner.trial_seed(4 * 10**6 + 1000 * r + len(measured)),
+                                single=True)
+            if on_run is not None:
+                on_run(label, r, outcome)
+            measured[label] = dict(outcome.metrics) if outcome.ok else None
+            if not outcome.ok and point is not None:
+                point.failures.append(f"round {r}: {outcome.failure_class}: {outcome.message}")
+        default = measured["default"]
+        for point in results:
+            mine = measured[f"trial{point.trial}"]
+            if default is None or mine is None:
+                if default is None:
+                    point.failures.append(f"round {r}: the default's run failed")
+                continue
+            if any(name not in default or name not in mine for name, _ in objectives):
+                point.failures.append(f"round {r}: an objective was not measured")
+                continue
+            point.metrics.append(mine)
+            for name, _ in objectives:
+                point.default_values.setdefault(name, []).append(default[name])
+                point.values.setdefault(name, []).append(mine[name])
+    for point in results:
+        for name, direction in objectives:
+            interval = gain_interval(point.default_values.get(name, []),
+                                     point.values.get(name, []), direction)
+            point.gains[name] = list(interval) if interval else None
+    return results
+

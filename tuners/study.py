@@ -195,22 +195,29 @@ def metric_name(objective: str, relative: bool = False) -> str:
     return f"{objective} / default" if relative else objective
 
 
-def name_metric(study: optuna.Study, name: str) -> None:
-    """Name the study's one objective (``optuna-dashboard`` and ``trials_dataframe`` show it)."""
-    if study.metric_names == [name]:
+def name_metric(study: optuna.Study, name: str | list[str]) -> None:
+    """Name the study's objective, or each of its objectives (``optuna-dashboard`` and
+    ``trials_dataframe`` show them)."""
+    names = [name] if isinstance(name, str) else list(name)
+    if study.metric_names == names:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([name])
+        study.set_metric_names(names)
 
 
 def open_study(
-    home: Path, study_name: str, direction: str, sampler: BaseSampler, *, create: bool
+    home: Path, study_name: str, direction: str, sampler: BaseSampler, *, create: bool,
+    directions: list[str] | None = None,
 ) -> optuna.Study:
     """Create (``create=True``) or load the study of a job from the home's storage (the shared
-    one when a stack is configured)."""
+    one when a stack is configured); with ``directions`` (several objectives) a
+    multi-objective study, ``direction`` being the first."""
     storage = storage_for(home, study_name)
     if create:
+        if directions is not None and len(directions) > 1:
+            return optuna.create_study(
+                study_name=study_name, storage=storage, directions=directions, sampler=sampler)
         return optuna.create_study(
             study_name=study_name, storage=storage, direction=direction, sampler=sampler
         )
@@ -220,15 +227,16 @@ def open_study(
 @task(name="open-study", cache_policy=NO_CACHE)
 def open_job_study(home: Path, study_name: str, direction: str, tuner: str, seed: int,
                    default_params: dict[str, Any] | None, resume: bool,
-                   metric: str | None = None,
-                   accept: Callable[[dict[str, Any]], bool] | None = None) -> optuna.Study:
+                   metric: str | list[str] | None = None,
+                   accept: Callable[[dict[str, Any]], bool] | None = None,
+                   directions: list[str] | None = None) -> optuna.Study:
     """The job's study: new with the default config queued first (trial 0 measures the
     baseline to beat), or reloaded to resume with its interrupted trials queued again; its
-    values are named ``metric``. ``accept(params)``, the rules' say on a candidate, goes to
-    the sampler (``make_sampler``)."""
+    values are named ``metric`` (one name per objective with several ``directions``).
+    ``accept(params)``, the rules' say on a candidate, goes to the sampler (``make_sampler``)."""
     if not resume:
         study = open_study(home, study_name, direction, make_sampler(tuner, seed, accept=accept),
-                           create=True)
+                           create=True, directions=directions)
         if metric is not None:
             name_metric(study, metric)
         if default_params is not None:

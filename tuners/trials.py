@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTR", "BLOCKED_BY_ATTR", "BLOCKED_CONSTRAINT", "IDENTITY", "PRIOR_ATTR", "RETRY_ATTR",
     "TRANSFER_ATTR", "RowStatus", "TrialOutcome", "TrialStatus", "as_table", "best_trial",
-    "blocked_record", "blocked_trial", "finished_trials", "is_blocked",
-    "is_prior", "ranked_trials", "read_parquet", "requeue_interrupted", "study_rows",
-    "training_rows", "trial_row", "write_parquet",
+    "blocked_record", "blocked_trial", "clean_trials", "finished_trials", "is_blocked",
+    "is_feasible", "is_prior", "pareto_trials", "ranked_trials", "read_parquet",
+    "requeue_interrupted", "study_rows", "training_rows", "trial_row", "write_parquet",
 ]
 
 ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
@@ -86,6 +86,8 @@ class TrialOutcome:
     #: Warnings of the rules the config passed with, and a rule learned from this failure.
     rule_warnings: list[str] = field(default_factory=list)
     learned_rule: str | None = None
+    #: Each SLA bound's violation (``--constraint`` text -> value; <= 0: met), when it ran.
+    constraints: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     #: Wall-clock start and end of the run(s), seconds since the epoch (0: not run).
     started_at: float = 0.0
@@ -120,6 +122,7 @@ class TrialOutcome:
             "value_low": self.value_low, "value_high": self.value_high,
             "raw_value": self.raw_value, "baseline_value": self.baseline_value,
             "rule_warnings": self.rule_warnings, "learned_rule": self.learned_rule,
+            **({"constraints": self.constraints} if self.constraints else {}),
             "instance": self.instance, "elapsed_s": round(self.elapsed_s, 4),
             "started_at": round(self.started_at, 3), "finished_at": round(self.finished_at, 3),
             "tell_lag": self.tell_lag,
@@ -175,11 +178,41 @@ def finished_trials(study: optuna.Study,
     ]
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` meets every constraint it was told with (SLA bounds, ``--constraint``;
+    a blocked candidate's ``rules``): all of them <= 0, as Optuna counts feasibility."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def clean_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that ran, were clean and met every SLA bound (blocked candidates never ran)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if _record(t).get("status") == TrialStatus.OK and t.values and is_feasible(t)]
+
+
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that ran and were clean, best first (blocked candidates never ran)."""
-    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-          if _record(t).get("status") == TrialStatus.OK and t.value is not None]
-    return sorted(ok, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+    """Trials that ran, were clean and met every SLA bound, best first in the (first)
+    objective."""
+    maximize = study.directions[0].name == "MAXIMIZE"
+    return sorted(clean_trials(study), key=lambda t: t.values[0], reverse=maximize)
+
+
+def _dominates(a: list[float], b: list[float], maximize: list[bool]) -> bool:
+    """Whether values ``a`` are at least as good as ``b`` in every objective and better in one."""
+    better = [x > y if up else x < y for x, y, up in zip(a, b, maximize, strict=True)]
+    worse = [x < y if up else x > y for x, y, up in zip(a, b, maximize, strict=True)]
+    return any(better) and not any(worse)
+
+
+def pareto_trials(study: optuna.Study, rules: RuleSet | None = None) -> list[FrozenTrial]:
+    """The Pareto front of a study of several objectives: the clean, feasible trials whose
+    configs the rules (as they are now) pass and which no other such trial dominates, best
+    first in the first objective."""
+    maximize = [d.name == "MAXIMIZE" for d in study.directions]
+    allowed = [t for t in ranked_trials(study)
+               if rules is None or not rules.check(t.user_attrs[ATTR]["config"]).blocked]
+    return [t for t in allowed
+            if not any(_dominates(o.values, t.values, maximize) for o in allowed)]
 
 
 def best_trial(study: optuna.Study, rules: RuleSet | None = None) -> FrozenTrial | None:
