@@ -34,6 +34,7 @@ from tuners.trials import (
     TrialOutcome,
     finished_trials,
     is_blocked,
+    pruning_saved_s,
     ranked_trials,
 )
 
@@ -124,6 +125,11 @@ class RunSummary:
     #: Why verification stopped (decisive interval, or the cap), and the noise check's finding.
     verify_stop: str = ""
     noise: dict[str, Any] | None = None
+    #: Trials the pruner stopped early (``--pruner``; in ``n_trials``, not in ``n_failed``), and
+    #: the trial time that saved (each one's shortfall from the median complete trial's time).
+    pruner: str = "none"
+    n_pruned: int = 0
+    pruned_saved_s: float = 0.0
     #: With --fail-on-regression: the result against the reference recorded before the job
     #: (``flows.regression.RegressionCheck.to_dict``, or a verdict "no reference" and a message).
     regression: dict[str, Any] | None = None
@@ -300,6 +306,7 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
     defaults = job.target_cls.knob_spec().defaults()
     is_default = best_is_default(job, best)
     v = verification or Verification()
+    n_pruned, saved_s = pruning_saved_s(done)
     summary = RunSummary(
         target=job.target, service=job.service, instance=job.instance, objective=job.objective,
         direction=job.direction, tuner=job.tuner, n_trials=len(done), n_failed=len(failed),
@@ -316,6 +323,7 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
         default_config={k: defaults.get(k) for k in best_config or {}},
         best_observed_runs=len(record.get("repeat_values") or []) or (1 if best else 0),
         best_observed_raw=record.get("raw_value") if record.get("baseline_value") else None,
+        pruner=job.pruner, n_pruned=n_pruned, pruned_saved_s=round(saved_s, 2),
         **parts,
     )
     target_cls = job.target_cls

@@ -136,7 +136,8 @@ def tune(target: str, **options: Any) -> RunSummary:
             logger.warning("rules: %s", warning)
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
                                space.default_params(), resume,
-                               metric_name(job.objective, relative=job.baseline_every > 0))
+                               metric_name(job.objective, relative=job.baseline_every > 0),
+                               pruner=job.pruner, max_resource=_reports_per_run(job, logger))
         table = service_table(job.home, job.service)
         plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
         tracker = _start_tracking(job, space, study, resume)
@@ -172,6 +173,22 @@ def tune(target: str, **options: Any) -> RunSummary:
                                         trial_table], plan, logger)
         _publish(job, summary, logger)
         return no_result(summary) or regression_failed(summary) or summary
+
+
+def _reports_per_run(job: Job, logger: logging.Logger | logging.LoggerAdapter[Any]) -> int | None:
+    """How many intermediate values a full run reports (Hyperband's largest resource), if the
+    workload says; a target that reports none makes ``--pruner`` do nothing, and is told so."""
+    if job.pruner == "none":
+        return None
+    if not job.target_cls.reports_progress:
+        logger.warning("--pruner %s: target %s reports no intermediate values; every trial "
+                       "runs to its end", job.pruner, job.target)
+        return None
+    for key in ("intervals", "duration"):  # synthetic: intervals; pgbench: one per second
+        value = job.workload.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 1:
+            return int(value)
+    return None
 
 
 @contextlib.contextmanager
@@ -304,8 +321,8 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
         tracker.log_trial(str(number), outcome.record(), outcome.samples,
                           validation=outcome.validation)
-        what = (f"{outcome.value:.6g}" if outcome.ok
-                else f"failed ({outcome.failure_class}: {outcome.message})")
+        what = (f"{outcome.value:.6g}" if outcome.ok else f"pruned ({outcome.message})"
+                if outcome.pruned else f"failed ({outcome.failure_class}: {outcome.message})")
         logger.info("trial %d on %s: %s %s; best %s", number, outcome.instance, job.objective,
                     what, stats.best_value)
         listener.trial_done(str(number), outcome, stats)
@@ -349,7 +366,7 @@ def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[
     job.status = JobStatus.FINISHED
     job.save()
     metrics = ("best_value", "default_value", "gain", "gain_low", "gain_high", "n_trials",
-               "n_failed", "n_blocked", "best_observed_value")
+               "n_failed", "n_blocked", "n_pruned", "pruned_saved_s", "best_observed_value")
     tracker.finish_job(
         metrics={k: getattr(summary, k) for k in metrics}, artifacts=artifacts,
         tags={"knobflow.best_trial": str(summary.best_trial), "knobflow.verdict": summary.verdict,

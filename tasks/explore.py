@@ -30,9 +30,10 @@ from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
+from tuners.pruners import prunes
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
-from tuners.trials import ATTR, TrialOutcome, finished_trials
+from tuners.trials import ATTR, TrialOutcome, finished_trials, is_pruned_early, pruned_trial
 
 log = logging.getLogger("knobflow.explore")
 
@@ -48,6 +49,7 @@ class ExploreStats:
     failed: int = 0
     blocked: int = 0
     blocked_by: dict[str, int] = field(default_factory=dict)
+    pruned: int = 0  # stopped early by the pruner (they ran, part of the way: in ``done``)
     best_value: float | None = None
     best_number: int | None = None
 
@@ -92,6 +94,13 @@ class Exploration:
         # background thread while the instance already runs its next trial; with repeats the
         # worker needs each run's value at once, so it cleans inline.
         self._pipelined = runner.policy.repeats == 1 and runner.policy.until is None
+        # Early stopping (the study's pruner) on single runs judged alone: a repeat or a ratio
+        # to a baseline measured beside it has no intermediate values to compare
+        self.pruning = prunes(study.pruner) and self._pipelined and not baseline_every
+        if prunes(study.pruner) and not self.pruning:
+            log.warning("the pruner is off in this job: trials are repeated or judged against "
+                        "a baseline (--repeats, --repeat-until, --baseline-every, or the noise "
+                        "check switched them on), and only single runs are pruned")
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
@@ -108,6 +117,7 @@ class Exploration:
         done = finished_trials(self.study)
         stats = ExploreStats(budget=self.budget, done=len(done))
         stats.failed = sum(1 for t in done if t.state == TrialState.FAIL)
+        stats.pruned = sum(1 for t in done if is_pruned_early(t))
         if any(t.state == TrialState.COMPLETE for t in done):
             best = self.study.best_trial
             stats.best_value, stats.best_number = best.value, best.number
@@ -261,8 +271,24 @@ class Exploration:
                  instance: str) -> TrialOutcome:
         key, seed = str(trial.number), self.runner.trial_seed(trial.number)
         if self._pipelined:
-            return execute_trial(self.runner, key, config, instance, seed)
+            return execute_trial(self.runner, key, config, instance, seed,
+                                 self._pruner_of(trial) if self.pruning else None)
         return run_trial(self.runner, key, config, instance, seed)
+
+    def _pruner_of(self, trial: optuna.trial.Trial) -> Callable[[int, dict[str, float]], bool]:
+        """What hears ``trial``'s intermediate reports: each is reported to Optuna, and the
+        study's pruner says whether to stop the trial there."""
+        objective, reported = self.runner.objective, set()
+
+        def should_stop(step: int, metrics: dict[str, float]) -> bool:
+            value = metrics.get(objective)
+            if value is None or value != value or step < 0 or step in reported:
+                return False  # no value for the objective, or a step reported twice
+            reported.add(step)
+            trial.report(value, step)
+            return trial.should_prune()
+
+        return should_stop
 
     def _tell_and_ask(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
                       baseline: float | None) -> optuna.trial.Trial | None:
@@ -304,10 +330,13 @@ class Exploration:
             rule = self.guard.failed(trial.number, outcome)
             outcome.learned_rule = rule.id if rule is not None else None
         try:
-            trial.set_user_attr(ATTR, outcome.record())
-            if outcome.ok:
+            if outcome.pruned:  # stopped early: Optuna's pruned trial, neither value nor failure
+                pruned_trial(self.study, trial, outcome)
+            elif outcome.ok:
+                trial.set_user_attr(ATTR, outcome.record())
                 self.study.tell(trial, outcome.value)
             else:
+                trial.set_user_attr(ATTR, outcome.record())
                 self.study.tell(trial, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             # a shared study's other worker found no heartbeat in time and failed the trial:
@@ -326,6 +355,9 @@ class Exploration:
     def _count(self, number: int, outcome: TrialOutcome) -> None:
         stats = self.stats
         stats.done += 1
+        if outcome.pruned:
+            stats.pruned += 1
+            return
         if not outcome.ok:
             stats.failed += 1
             return

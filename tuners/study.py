@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 from optuna.storages import (
     BaseStorage,
@@ -40,6 +41,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tuners.pruners import make_pruner
 from tuners.samplers import make_sampler
 from tuners.trials import finished_trials, requeue_interrupted
 
@@ -205,33 +207,41 @@ def name_metric(study: optuna.Study, name: str) -> None:
 
 
 def open_study(
-    home: Path, study_name: str, direction: str, sampler: BaseSampler, *, create: bool
+    home: Path, study_name: str, direction: str, sampler: BaseSampler, *, create: bool,
+    pruner: BasePruner | None = None,
 ) -> optuna.Study:
     """Create (``create=True``) or load the study of a job from the home's storage (the shared
-    one when a stack is configured)."""
+    one when a stack is configured); ``pruner`` stops bad trials early (None: none does)."""
     storage = storage_for(home, study_name)
+    pruner = pruner or optuna.pruners.NopPruner()
     if create:
         return optuna.create_study(
-            study_name=study_name, storage=storage, direction=direction, sampler=sampler
+            study_name=study_name, storage=storage, direction=direction, sampler=sampler,
+            pruner=pruner,
         )
-    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                             pruner=pruner)
 
 
 @task(name="open-study", cache_policy=NO_CACHE)
 def open_job_study(home: Path, study_name: str, direction: str, tuner: str, seed: int,
                    default_params: dict[str, Any] | None, resume: bool,
-                   metric: str | None = None) -> optuna.Study:
+                   metric: str | None = None, pruner: str = "none",
+                   max_resource: int | None = None) -> optuna.Study:
     """The job's study: new with the default config queued first (trial 0 measures the
     baseline to beat), or reloaded to resume with its interrupted trials queued again; its
-    values are named ``metric``."""
+    values are named ``metric``; ``pruner`` (``tuners/pruners.py``) stops bad trials early."""
+    stopper = make_pruner(pruner, max_resource)
     if not resume:
-        study = open_study(home, study_name, direction, make_sampler(tuner, seed), create=True)
+        study = open_study(home, study_name, direction, make_sampler(tuner, seed), create=True,
+                           pruner=stopper)
         if metric is not None:
             name_metric(study, metric)
         if default_params is not None:
             study.enqueue_trial(default_params)
         return study
-    study = open_study(home, study_name, direction, make_sampler(tuner, seed), create=False)
+    study = open_study(home, study_name, direction, make_sampler(tuner, seed), create=False,
+                       pruner=stopper)
     if metric is not None:
         name_metric(study, metric)  # a study of before was not named
     # a new seed, or the sampler would replay the draws the killed job already made
