@@ -279,6 +279,10 @@ class Exploration:
         """What hears ``trial``'s intermediate reports: each is reported to Optuna, and the
         study's pruner says whether to stop the trial there."""
         objective, reported = self.runner.objective, set()
+        # the trials before it, still being cleaned beside it: the pruner compares with complete
+        # trials only, so it waits for them (while the trial process starts) before its first
+        # answer; else its answers would depend on how far cleaning lags behind
+        before = list(self._cleanings)
 
         def should_stop(step: int, metrics: dict[str, float]) -> bool:
             value = metrics.get(objective)
@@ -286,6 +290,9 @@ class Exploration:
                 return False  # no value for the objective, or a step reported twice
             reported.add(step)
             trial.report(value, step)
+            if before:
+                wait(before)
+                before.clear()
             return trial.should_prune()
 
         return should_stop
