@@ -65,6 +65,7 @@ from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleLearner
 from tasks.probe import probe_noise
+from tasks.pruning import reports_per_run
 from tasks.runner import TrialRunner
 from tasks.track import (
     FLOW_RUN_TAG,
@@ -137,7 +138,8 @@ def tune(target: str, **options: Any) -> RunSummary:
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
                                space.default_params(), resume,
                                metric_name(job.objective, relative=job.baseline_every > 0),
-                               pruner=job.pruner, max_resource=_reports_per_run(job, logger))
+                               pruner=job.pruner,
+                               max_resource=reports_per_run(job.target_cls, job.workload))
         table = service_table(job.home, job.service)
         plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
         tracker = _start_tracking(job, space, study, resume)
@@ -173,22 +175,6 @@ def tune(target: str, **options: Any) -> RunSummary:
                                         trial_table], plan, logger)
         _publish(job, summary, logger)
         return no_result(summary) or regression_failed(summary) or summary
-
-
-def _reports_per_run(job: Job, logger: logging.Logger | logging.LoggerAdapter[Any]) -> int | None:
-    """How many intermediate values a full run reports (Hyperband's largest resource), if the
-    workload says; a target that reports none makes ``--pruner`` do nothing, and is told so."""
-    if job.pruner == "none":
-        return None
-    if not job.target_cls.reports_progress:
-        logger.warning("--pruner %s: target %s reports no intermediate values; every trial "
-                       "runs to its end", job.pruner, job.target)
-        return None
-    for key in ("intervals", "duration"):  # synthetic: intervals; pgbench: one per second
-        value = job.workload.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 1:
-            return int(value)
-    return None
 
 
 @contextlib.contextmanager

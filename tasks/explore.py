@@ -29,8 +29,8 @@ from targets.base import FailureClass
 from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
+from tasks.pruning import progress_listener, pruning_on
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
-from tuners.pruners import prunes
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
 from tuners.trials import ATTR, TrialOutcome, finished_trials, is_pruned_early, pruned_trial
@@ -94,13 +94,8 @@ class Exploration:
         # background thread while the instance already runs its next trial; with repeats the
         # worker needs each run's value at once, so it cleans inline.
         self._pipelined = runner.policy.repeats == 1 and runner.policy.until is None
-        # Early stopping (the study's pruner) on single runs judged alone: a repeat or a ratio
-        # to a baseline measured beside it has no intermediate values to compare
-        self.pruning = prunes(study.pruner) and self._pipelined and not baseline_every
-        if prunes(study.pruner) and not self.pruning:
-            log.warning("the pruner is off in this job: trials are repeated or judged against "
-                        "a baseline (--repeats, --repeat-until, --baseline-every, or the noise "
-                        "check switched them on), and only single runs are pruned")
+        # early stopping (tasks/pruning.py): single runs judged alone
+        self.pruning = pruning_on(study, runner.target_cls, self._pipelined, baseline_every)
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
@@ -272,30 +267,10 @@ class Exploration:
         key, seed = str(trial.number), self.runner.trial_seed(trial.number)
         if self._pipelined:
             return execute_trial(self.runner, key, config, instance, seed,
-                                 self._pruner_of(trial) if self.pruning else None)
+                                 progress_listener(trial, self.runner.objective,
+                                                   list(self._cleanings))
+                                 if self.pruning else None)
         return run_trial(self.runner, key, config, instance, seed)
-
-    def _pruner_of(self, trial: optuna.trial.Trial) -> Callable[[int, dict[str, float]], bool]:
-        """What hears ``trial``'s intermediate reports: each is reported to Optuna, and the
-        study's pruner says whether to stop the trial there."""
-        objective, reported = self.runner.objective, set()
-        # the trials before it, still being cleaned beside it: the pruner compares with complete
-        # trials only, so it waits for them (while the trial process starts) before its first
-        # answer; else its answers would depend on how far cleaning lags behind
-        before = list(self._cleanings)
-
-        def should_stop(step: int, metrics: dict[str, float]) -> bool:
-            value = metrics.get(objective)
-            if value is None or value != value or step < 0 or step in reported:
-                return False  # no value for the objective, or a step reported twice
-            reported.add(step)
-            trial.report(value, step)
-            if before:
-                wait(before)
-                before.clear()
-            return trial.should_prune()
-
-        return should_stop
 
     def _tell_and_ask(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
                       baseline: float | None) -> optuna.trial.Trial | None:
