@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from typing import Any
 
 import optuna
@@ -48,9 +48,9 @@ def progress_listener(trial: optuna.trial.Trial, objective: str,
                       before: list[Future[None]]) -> ProgressListener:
     """What hears ``trial``'s reports: the objective so far goes to Optuna at each step, and
     the pruner answers. ``before``: the tells of earlier trials still being cleaned beside it;
-    the pruner compares with complete trials only, so they are waited for (while the trial
-    process starts) before its first answer, else its answers would depend on how far
-    cleaning lags behind."""
+    the pruner compares with complete trials only, so it is first asked once they are told
+    (at a later report if need be), else its answers would depend on how far cleaning lags
+    behind. Nothing here blocks: the trial's timeout is watched between reports."""
     reported: set[int] = set()
 
     def should_stop(step: int, metrics: dict[str, float]) -> bool:
@@ -59,9 +59,9 @@ def progress_listener(trial: optuna.trial.Trial, objective: str,
             return False  # no value for the objective, or a step reported twice
         reported.add(step)
         trial.report(value, step)
-        if before:
-            wait(before)
-            before.clear()
+        if any(not told.done() for told in before):
+            return False  # asked again at the next report (never waited for: the trial runs)
+        before.clear()
         return trial.should_prune()
 
     return should_stop
