@@ -64,7 +64,6 @@ def run_job(target: str, pruner: str, seed: int, budget: int, home: Path,
 
     space = None
     if target == "synthetic":
-        home.mkdir(parents=True, exist_ok=True)
         space = home.parent / "synthetic-space.yaml"
         space.write_text(SYNTHETIC_SPACE, encoding="utf-8")
     summary = tune(target, budget=budget, seed=seed, pruner=pruner, workload=workload,
