@@ -267,8 +267,7 @@ class Exploration:
         key, seed = str(trial.number), self.runner.trial_seed(trial.number)
         if self._pipelined:
             return execute_trial(self.runner, key, config, instance, seed,
-                                 progress_listener(trial, self.runner.objective,
-                                                   list(self._cleanings))
+                                 progress_listener(trial, self.runner.objective)
                                  if self.pruning else None)
         return run_trial(self.runner, key, config, instance, seed)
 

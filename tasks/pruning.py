@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from concurrent.futures import Future
 from typing import Any
 
 import optuna
@@ -44,13 +43,13 @@ def pruning_on(study: optuna.Study, target_cls: type[Target], single_runs: bool,
     return True
 
 
-def progress_listener(trial: optuna.trial.Trial, objective: str,
-                      before: list[Future[None]]) -> ProgressListener:
+def progress_listener(trial: optuna.trial.Trial, objective: str) -> ProgressListener:
     """What hears ``trial``'s reports: the objective so far goes to Optuna at each step, and
-    the pruner answers. ``before``: the tells of earlier trials still being cleaned beside it;
-    the pruner compares with complete trials only, so it is first asked once they are told
-    (at a later report if need be), else its answers would depend on how far cleaning lags
-    behind. Nothing here blocks: the trial's timeout is watched between reports."""
+    the pruner answers. It compares with the trials told so far (as the sampler does): trials
+    still being cleaned beside this one are not among them. It is never waited for them: the
+    first cleaning of a job imports Great Expectations (seconds), and a short job would then
+    prune nothing (tried: see ``benchmarks/RESULTS.md``). Nothing here blocks: the trial's
+    timeout is watched between reports."""
     reported: set[int] = set()
 
     def should_stop(step: int, metrics: dict[str, float]) -> bool:
@@ -59,9 +58,6 @@ def progress_listener(trial: optuna.trial.Trial, objective: str,
             return False  # no value for the objective, or a step reported twice
         reported.add(step)
         trial.report(value, step)
-        if any(not told.done() for told in before):
-            return False  # asked again at the next report (never waited for: the trial runs)
-        before.clear()
         return trial.should_prune()
 
     return should_stop
