@@ -79,6 +79,10 @@ def test_median_pruner_stops_bad_trials_early_and_records_them_apart(
         "knobs": {"x": {"range": [0.0, 1.0]}, "y": {"range": [0.1, 1000.0]}},
         "fixed": {"mode": "alpha", "compress": False, "threads": 8},
     }))
+    # the first cleaning of a job imports Great Expectations (10-20 s on a loaded machine), and
+    # the pruner compares with told trials only: paid here, so this short job can prune
+    import great_expectations  # noqa: F401
+
     summary = tune("synthetic", budget=10, seed=1, workload=SLOW, space_file=str(space),
                    pruner="median", **LEAN, home=str(home))
     study = open_study(home, summary.study_name, "maximize", optuna.samplers.RandomSampler(),
