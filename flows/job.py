@@ -93,6 +93,7 @@ class Job:
     cpus: str | None = None  # each instance's CPU set: auto, a CPU list, or None (not pinned)
     memory_mb: int | None = None  # each instance's memory limit
     isolation: dict[str, Any] | None = None  # what the running host gave (tasks/isolation.py)
+    pruner: str = "none"  # stops clearly bad trials early (tuners/pruners.py)
     status: JobStatus = JobStatus.RUNNING
     mlflow_run_id: str | None = None
     #: Several objectives (``--objective`` repeated): every metric and its direction, the first
@@ -155,7 +156,7 @@ class Job:
             transfer=spec.transfer, transfer_priors=spec.transfer_priors, train=spec.train,
             fail_on_regression=spec.fail_on_regression, workers=spec.workers or 0,
             testbed=spec.testbed, testbed_slots=spec.testbed_slots, cpus=spec.cpus,
-            memory_mb=spec.memory_mb,
+            memory_mb=spec.memory_mb, pruner=spec.pruner,
             objectives=[n for n, _ in objectives] if several else [],
             directions=[d for _, d in objectives] if several else [],
             prefer=prefer, constraints=[b.text for b in parse_bounds(spec.constraints,

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from flows.job import Job
 from tasks.verify import Verification
-from tuners.trials import ATTR, finished_trials
+from tuners.trials import ATTR, finished_trials, is_pruned_early
 
 __all__ = [
     "OUTCOME_COLOURS", "TimelineEvent", "history_figure", "importance_figure", "plot_history",
@@ -96,6 +96,10 @@ def history_figure(job: Job, study: optuna.Study, verification: Verification | N
             running = y if running is None else (max(running, y) if maximize else min(running, y))
             best_so_far.append(running)
         ax.step(xs, best_so_far, where="post", color="#228833", label="best so far")
+    pruned = [(t.number, t.value) for t in trials if is_pruned_early(t) and t.value is not None]
+    if pruned:  # at the objective so far when the pruner stopped them
+        ax.scatter(*zip(*pruned, strict=True), s=18, marker="v", color="#999999", zorder=3,
+                   label=f"pruned early ({len(pruned)})")
     if bad:
         floor = min(v for _, v in ok) if ok else 0.0
         ax.scatter(

@@ -78,7 +78,8 @@ class TuneProgress(TuneListener):
             self.explore_task,
             completed=stats.done,
             total=stats.budget,
-            status=f"failed {stats.failed} · blocked {stats.blocked} · best trial {best}",
+            status=f"failed {stats.failed} · blocked {stats.blocked}"
+            + (f" · pruned {stats.pruned}" if stats.pruned else "") + f" · best trial {best}",
         )
 
     def verify_done(self, key: str, outcome: TrialOutcome) -> None:
@@ -124,6 +125,10 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         + (f": {escape(str(summary.failure_classes))}" if summary.failure_classes else "")
         + ")"
     )
+    if summary.pruner != "none":
+        console.print(f"pruner {summary.pruner}: pruned {summary.n_pruned}, saved "
+                      f"{summary.pruned_saved_s:.1f} s of trial time (stopped early: neither "
+                      "failures nor measurements)")
     if summary.noise:
         console.print(escape(summary.noise["message"]))
     if not summary.best_is_default:

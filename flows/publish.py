@@ -67,7 +67,9 @@ def result_markdown(summary: RunSummary) -> str:
     """The job's result as markdown: gain, best config vs default, files, MLflow run."""
     lines = [f"# knobflow: {summary.target}/{summary.instance} (service {summary.service})", "",
              f"Job `{summary.study_name}`: {summary.n_trials} trials ({summary.n_failed} failed, "
-             f"{summary.n_blocked} blocked by rules), tuner {summary.tuner}, "
+             f"{summary.n_blocked} blocked by rules"
+             + (f", {summary.n_pruned} pruned early" if summary.n_pruned else "")
+             + f"), tuner {summary.tuner}, "
              f"{summary.duration_s:.0f} s.", ""]
     lines += _gain_lines(summary)
     lines += _config_lines(summary)

@@ -35,6 +35,7 @@ from tuners.trials import (
     TrialOutcome,
     finished_trials,
     is_blocked,
+    pruning_saved_s,
     ranked_trials,
 )
 
@@ -125,6 +126,11 @@ class RunSummary:
     #: Why verification stopped (decisive interval, or the cap), and the noise check's finding.
     verify_stop: str = ""
     noise: dict[str, Any] | None = None
+    #: Trials the pruner stopped early (``--pruner``; in ``n_trials``, not in ``n_failed``), and
+    #: the trial time that saved (each one's shortfall from the median complete trial's time).
+    pruner: str = "none"
+    n_pruned: int = 0
+    pruned_saved_s: float = 0.0
     #: With --fail-on-regression: the result against the reference recorded before the job
     #: (``flows.regression.RegressionCheck.to_dict``, or a verdict "no reference" and a message).
     regression: dict[str, Any] | None = None
@@ -338,6 +344,7 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
     verified_metrics = v.mean_metrics()
     several = {"objectives": job.objective_names, "directions": job.objective_directions,
                "prefer": dict(job.prefer)} if job.several else {}
+    n_pruned, saved_s = pruning_saved_s(done)
     summary = RunSummary(
         target=job.target, service=job.service, instance=job.instance, objective=job.objective,
         direction=job.direction, tuner=job.tuner, n_trials=len(done), n_failed=len(failed),
@@ -359,6 +366,7 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
         n_infeasible=len(infeasible),
         constraints_verified={b.text: b.met(verified_metrics, job.default_metrics)
                               for b in bounds} if verified_metrics else {},
+        pruner=job.pruner, n_pruned=n_pruned, pruned_saved_s=round(saved_s, 2),
         **several, **parts,
     )
     lags = [t.user_attrs[ATTR]["tell_lag"] for t in done

@@ -106,7 +106,10 @@ def _summary(job: Job, result: dict[str, Any]) -> dict[str, Any]:
         return {**facts, "MLflow run": job.mlflow_run_id or "-"}
     runs = result.get("verify_repeats") or 0
     facts["trials"] = (f"{result.get('n_trials')} ({result.get('n_failed', 0)} failed; "
-                       f"{result.get('n_blocked', 0)} candidates blocked by rules, never run)")
+                       f"{result.get('n_blocked', 0)} candidates blocked by rules, never run"
+                       + (f"; pruned {result['n_pruned']}, saved "
+                          f"{result.get('pruned_saved_s', 0):.1f} s of trial time"
+                          if result.get("n_pruned") else "") + ")")
     searched = (f"trial {result['best_trial']}: {_num(result.get('best_observed_value'))} in "
                 "the search" if result.get("best_trial") is not None else "no trial completed")
     facts["best"] = (f"{_num(result.get('best_value'))} (verified mean of {runs} runs); "

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from targets.common.errors import KnobflowError, did_you_mean
+from tuners.pruners import PRUNERS
 from tuners.samplers import TUNERS
 
 __all__ = ["DIRECTIONS", "Cli", "JobSpec", "Resume", "objective_direction", "option_error",
@@ -184,11 +185,19 @@ class JobSpec(BaseModel):
                 data = {k: v for k, v in data.items() if k != "objectives"}
                 data["objective"] = given[0]
         return data
+    pruner: str = _option(
+        "none", "Stop clearly bad trials early from the intermediate values the target reports "
+        "while it runs: none (default), median or hyperband. Pruned trials count against the "
+        "budget and are never verified or learned from; single runs only: off with repeats or "
+        "baselines (--repeats, --repeat-until, --baseline-every, or the noise check).",
+        choices=PRUNERS, must=f"one of {', '.join(PRUNERS)}")
 
     @model_validator(mode="after")
     def _check_together(self) -> JobSpec:
         if self.tuner not in TUNERS:
             raise option_error("tuner", self.tuner)
+        if self.pruner not in PRUNERS:
+            raise option_error("pruner", self.pruner)
         if not max(self.repeats or 1, 2) <= self.max_repeats:
             raise KnobflowError(_message("max_repeats", self.max_repeats,
                                          _int_range(max(self.repeats or 1, 2), 100)))

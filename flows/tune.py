@@ -66,6 +66,7 @@ from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleFilter, RuleLearner
 from tasks.probe import probe_noise
+from tasks.pruning import reports_per_run
 from tasks.runner import TrialRunner
 from tasks.track import (
     FLOW_RUN_TAG,
@@ -137,7 +138,9 @@ def tune(target: str, **options: Any) -> RunSummary:
         study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
                                space.default_params(), resume, metric_names(job),
                                accept=RuleFilter(rules, space),
-                               directions=job.objective_directions if job.several else None)
+                               directions=job.objective_directions if job.several else None,
+                               pruner=job.pruner,
+                               max_resource=reports_per_run(job.target_cls, job.workload))
         table = service_table(job.home, job.service)
         clock.lap("start")
         plan = clock.timed("transfer", _transfer, job, study, table, space, rules, resume)
@@ -312,8 +315,8 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
         tracker.log_trial(str(number), outcome.record(), outcome.samples,
                           validation=outcome.validation)
-        what = (f"{outcome.value:.6g}" if outcome.ok
-                else f"failed ({outcome.failure_class}: {outcome.message})")
+        what = (f"{outcome.value:.6g}" if outcome.ok else f"pruned ({outcome.message})"
+                if outcome.pruned else f"failed ({outcome.failure_class}: {outcome.message})")
         more = "".join(f", {m} {outcome.metrics.get(m, float('nan')):.6g}"
                        for m in job.objective_names[1:]) if outcome.ok else ""
         broken = [k for k, v in outcome.constraints.items() if v > 0]
@@ -354,7 +357,7 @@ def _finish(job: Job, tracker: JobTracker, summary: RunSummary, artifacts: list[
     job.status = JobStatus.FINISHED
     job.save()
     metrics = ("best_value", "default_value", "gain", "gain_low", "gain_high", "n_trials",
-               "n_failed", "n_blocked", "best_observed_value")
+               "n_failed", "n_blocked", "n_pruned", "pruned_saved_s", "best_observed_value")
     tracker.finish_job(
         metrics={k: getattr(summary, k) for k in metrics}, artifacts=artifacts,
         tags={"knobflow.best_trial": str(summary.best_trial), "knobflow.verdict": summary.verdict,

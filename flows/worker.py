@@ -36,9 +36,10 @@ from targets.common.settings import knobflow_home, quiet_environment, tracking_u
 from tasks.explore import Exploration, ExploreStats
 from tasks.guard import CandidateGuard, RuleFilter
 from tasks.track import JobTracker
+from tuners.pruners import make_pruner
 from tuners.samplers import make_sampler
 from tuners.study import is_shared, shared_storage_url, storage_for, stored_trials
-from tuners.trials import ATTR, TrialOutcome, TrialStatus, finished_trials
+from tuners.trials import ATTR, TrialOutcome, TrialStatus, finished_trials, is_pruned_early
 
 __all__ = [
     "DEPLOYMENT", "FLOW_NAME", "REPO", "check_fleet", "deploy_worker", "fan_out", "tune_worker",
@@ -116,7 +117,8 @@ def tune_worker(job: dict[str, Any], study_name: str, parent_run_id: str, instan
     space, rules = work.search_space(), work.rule_set()
     sampler = make_sampler(work.tuner, (work.seed + zlib.crc32(instance.encode())) % 2**31,
                            accept=RuleFilter(rules, space))
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                              pruner=make_pruner(work.pruner))  # the job's --pruner, here too
     tracker = JobTracker(tracking_uri(root), f"knobflow/{work.target}", root / "artifacts")
     tracker.run_id = parent_run_id
     ran: list[int] = []
@@ -177,6 +179,7 @@ def _heard(study: optuna.Study, finished: list[optuna.trial.FrozenTrial], seen: 
     """Tell ``listener`` (the CLI's bar: ``trial_done``) of the finished trials not yet told."""
     stats = ExploreStats(budget=budget, done=len(finished))
     stats.failed = sum(1 for t in finished if t.state == optuna.trial.TrialState.FAIL)
+    stats.pruned = sum(1 for t in finished if is_pruned_early(t))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     for t in sorted(finished, key=lambda t: t.number):
         if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and (

@@ -45,6 +45,7 @@ class TrialStatus(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"  # with a FailureClass
     BLOCKED = "blocked"  # the rules kept it from running (nothing ran)
+    PRUNED = "pruned"  # stopped early by the pruner: its intermediate values were clearly bad
 
 
 class FailureClass(enum.StrEnum):
@@ -60,6 +61,7 @@ class FailureClass(enum.StrEnum):
     INVALID = "invalid_measurement"  # the measurement did not pass cleaning
     INTERRUPTED = "interrupted"  # the tuning job was stopped while the trial ran
     BLOCKED = "blocked"  # an error rule kept the config from running (nothing ran)
+    PRUNED = "pruned"  # the pruner stopped it early (clearly bad so far): not the config's fault
 
 
 class ConfigRefused(Exception):
@@ -150,11 +152,31 @@ class Target(ABC):
     #: Seconds at the start of a run whose samples are warm-up (left out of the steady rate and
     #: the noise estimate that cleaning computes from the samples).
     warmup_s: ClassVar[float] = 0.0
+    #: Whether ``run`` reports intermediate values (``report``), so a pruner can stop a trial
+    #: whose values are clearly bad early (``--pruner``).
+    reports_progress: ClassVar[bool] = False
 
     def __init__(self, data_dir: Path, workload: Mapping[str, Any], seed: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.workload = dict(workload)
         self.seed = seed
+        #: Where ``report`` appends its lines; set by the trial process when the job prunes.
+        self.progress_path: Path | None = None
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Report the metrics of the run so far (e.g. the mean rate up to interval ``step``;
+        steps rise from 0) while ``run`` runs. The trial manager reads each report as it comes
+        and may stop the trial there (a pruner: its process group is killed, as on a timeout,
+        and ``cleanup`` tidies the instance). Does nothing when the job does not prune."""
+        if self.progress_path is None:
+            return
+        import json
+
+        line = json.dumps({"step": int(step), "metrics": {k: float(v) for k, v in
+                                                        metrics.items()}}) + "\n"
+        # one small append per report: a reader sees whole lines (or none of the last one)
+        with open(self.progress_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
 
     # -- lifecycle, inside the trial process -------------------------------------------------
     @abstractmethod

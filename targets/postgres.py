@@ -4,8 +4,9 @@ It owns one trial's lifecycle against the instance's private cluster (``postgres
 start the server in the foreground with the config on its command line (each trial restarts it,
 so a restart is the apply), read every setting back from pg_settings, initialise pgbench's tables
 when the scale changes, run pgbench, turn its report into metrics, samples and counters
-(``postgres_pgbench.py``), stop the server with a fast shutdown, and sort what went wrong into
-failure classes from PostgreSQL's and pgbench's own lines.
+(``postgres_pgbench.py``; its per-second progress is reported as it comes, for a pruner), stop
+the server with a fast shutdown, and sort what went wrong into failure classes from
+PostgreSQL's and pgbench's own lines.
 
 The server listens on 127.0.0.1 at a port chosen at each start and on a socket directory of its
 own (0700); clients connect through the socket. It admits only knobflow: every connection gives
@@ -90,6 +91,7 @@ class PostgresTarget(Target):
     trial_timeout_s: ClassVar[float] = 90.0
     #: pgbench's first second: connections being made, caches still cold
     warmup_s: ClassVar[float] = 1.0
+    reports_progress: ClassVar[bool] = True  # pgbench's per-second progress, as it comes
 
     def __init__(self, data_dir: Path, workload: Mapping[str, Any], seed: int = 0) -> None:
         super().__init__(data_dir, workload, seed)
@@ -156,8 +158,16 @@ class PostgresTarget(Target):
         log_start = self._log_size()
         cpu_before = self._server.usage().cpu_s
         started = time.monotonic()
+        progress = pgb.ProgressReader(self.log_dir / "pgbench.err")
+
+        def report_progress() -> bool:  # polled by run_client while pgbench runs
+            for step, so_far in progress.read():
+                self.report(step, so_far)
+            return False  # never a reason to stop pgbench
+
         client = run_client(cmd, timeout=int(w["duration"]) + 120.0, log_dir=self.log_dir,
-                            name="pgbench", env=self._client_env())
+                            name="pgbench", env=self._client_env(),
+                            abort=report_progress if self.progress_path is not None else None)
         server_usage = self._server.usage()
         self._check_run(client, log_start)
         summary = pgb.parse_summary(client.stdout)

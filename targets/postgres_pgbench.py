@@ -3,7 +3,8 @@
 Owns the knob table (each knob's unit as the spec gives it and how its value is written on the
 server's command line), the one read-back query (pg_settings plus the WAL, background-writer and
 database statistics), the conversion of pg_settings values to the spec's units, and the parsing
-of pgbench's summary and of its per-second progress lines (``-P 1``).
+of pgbench's summary and of its per-second progress lines (``-P 1``), also read while it runs
+(``ProgressReader``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 #: Knob -> its unit in the spec (PostgreSQL's own suffix), "" for a unit-less value.
@@ -183,6 +185,36 @@ def parse_progress(stderr: str) -> list[dict[str, Any]]:
             "failed": int(failed or 0),
         })
     return samples
+
+
+class ProgressReader:
+    """Reads pgbench's progress lines from its stderr file while it runs: after each new
+    second, the mean tps and latency of the run so far, as (step, metrics) with step 0 the
+    first second."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+        self.samples: list[dict[str, Any]] = []
+
+    def read(self) -> list[tuple[int, dict[str, float]]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1  # a line being written is read next time, whole
+        self.offset += end
+        found = []
+        for sample in parse_progress(chunk[:end].decode("utf-8", errors="replace")):
+            self.samples.append(sample)
+            tps = [s["tps"] for s in self.samples]
+            lat = [s["latency_ms"] for s in self.samples if s["latency_ms"] is not None]
+            so_far = {"tps": sum(tps) / len(tps)}
+            if lat:
+                so_far["latency_avg_ms"] = sum(lat) / len(lat)
+            found.append((len(self.samples) - 1, so_far))
+        return found
 
 
 def other_lines(stderr: str) -> list[str]:

@@ -5,7 +5,8 @@ interactions, configurable multiplicative noise, a region that is refused (mode 
 thread), a region that crashes the trial process (threads > 48 with compress on), a region that
 hangs (mode beta with y > 200), a silent clamp (buffer_kb rounded down to a multiple of 16), and a
 workload parameter ``shift`` in [0, 1] that moves the optimum. Its peaks are flat-topped, like
-the plateaus real systems show once a buffer or a thread pool is big enough.
+the plateaus real systems show once a buffer or a thread pool is big enough. A run reports its
+mean rate so far after every interval (``Target.report``), so a pruner can stop it early.
 
 The surface and its regions are plain functions (``SyntheticTarget.true_value``, ``refusal``,
 ``crashes``, ``hangs``, ``noisy``) so the live imitation of this system
@@ -102,6 +103,7 @@ class SyntheticTarget(Target):
     metrics: ClassVar[Mapping[str, str]] = {"throughput": MAXIMIZE, "latency_ms": MINIMIZE}
     default_objective: ClassVar[str] = "throughput"
     trial_timeout_s: ClassVar[float] = 3.0
+    reports_progress: ClassVar[bool] = True  # the mean rate after every interval
 
     def start(self, config: Mapping[str, Any]) -> None:
         refused = refusal(config)
@@ -129,6 +131,9 @@ class SyntheticTarget(Target):
                 time.sleep(step)
             rate = noisy(truth, noise, rng)
             samples.append({"t": round((i + 1) * step, 6), "phase": "run", "ops_per_s": rate})
+            so_far = sum(s["ops_per_s"] for s in samples) / len(samples)
+            self.report(i, {"throughput": so_far,
+                            "latency_ms": 1000.0 * int(cfg["threads"]) / so_far})
         throughput = sum(s["ops_per_s"] for s in samples) / n
         return Measurement(
             metrics={

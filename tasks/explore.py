@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextvars import copy_context
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -35,32 +34,25 @@ from rules.bounds import Bound
 from rules.learn import LEARN_FROM
 from targets.base import FailureClass
 from targets.common.errors import DiskFull, EnvironmentFault
+from tasks.explore_stats import ExploreStats, stats_so_far
 from tasks.guard import CandidateGuard, blocked_as
+from tasks.pruning import progress_listener, pruning_on
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tasks.tell_order import TellOrder
 from tasks.told import objective_values, relative_to, tell_constraints
 from tuners.samplers import takes_pending
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
-from tuners.trials import ATTR, TrialOutcome, finished_trials, ranked_trials
+from tuners.trials import (
+    ATTR,
+    TrialOutcome,
+    finished_trials,
+    pruned_trial,
+)
 
 log = logging.getLogger("knobflow.explore")
 
 __all__ = ["Exploration", "ExploreStats", "TrialListener", "explore"]
-
-
-@dataclass
-class ExploreStats:
-    """Progress of an exploration, as the progress bar and the logs show it."""
-
-    budget: int
-    done: int = 0
-    failed: int = 0
-    blocked: int = 0
-    blocked_by: dict[str, int] = field(default_factory=dict)
-    best_value: float | None = None  # of the (first) objective, among feasible trials
-    best_number: int | None = None
-    infeasible: int = 0  # clean trials that broke an SLA bound (--constraint)
 
 
 TrialListener = Callable[[int, TrialOutcome, ExploreStats], None]
@@ -100,7 +92,7 @@ class Exploration:
         self.more_objectives = list(objectives or [])[1:]
         self.bounds, self.default_metrics = list(bounds or []), dict(default_metrics or {})
         self.distributions = space.distributions()
-        self.stats = self._stats_so_far()
+        self.stats = stats_so_far(study, budget)
         self._lock = threading.Lock()
         self._launched = self.stats.done
         self._started = time.monotonic()
@@ -108,9 +100,11 @@ class Exploration:
         # background thread while the instance already runs its next trial, when the sampler
         # can be asked with that result pending; with repeats the worker needs each run's value
         # at once, and other samplers must hear of it before the next ask: it cleans inline.
-        self._pipelined = (runner.policy.repeats == 1 and runner.policy.until is None
-                           and takes_pending(study.sampler))
+        single = runner.policy.repeats == 1 and runner.policy.until is None
+        self._pipelined = single and takes_pending(study.sampler)
         self._order = TellOrder(lambda: self.runner.stopping)  # results told on time
+        # early stopping (tasks/pruning.py): single runs judged alone
+        self.pruning = pruning_on(study, runner.target_cls, single, baseline_every)
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
@@ -121,16 +115,6 @@ class Exploration:
         interval = getattr(getattr(study._storage, "_backend", study._storage),
                            "heartbeat_interval", None)
         self._beat_every: float = float(interval or 5)
-
-    def _stats_so_far(self) -> ExploreStats:
-        """The stats of the trials a resumed study already holds."""
-        done = finished_trials(self.study)
-        stats = ExploreStats(budget=self.budget, done=len(done))
-        stats.failed = sum(1 for t in done if t.state == TrialState.FAIL)
-        ranked = ranked_trials(self.study)
-        if ranked:
-            stats.best_value, stats.best_number = ranked[0].values[0], ranked[0].number
-        return stats
 
     def run(self) -> ExploreStats:
         """One worker thread per instance until a stop condition holds; the stats at the end."""
@@ -287,8 +271,10 @@ class Exploration:
     def _run_one(self, trial: optuna.trial.Trial, config: dict[str, Any],
                  instance: str) -> TrialOutcome:
         key, seed = str(trial.number), self.runner.trial_seed(trial.number)
-        if self._pipelined:
-            return execute_trial(self.runner, key, config, instance, seed)
+        if self._pipelined or self.pruning:  # cleaned when told (inline, or beside the next)
+            return execute_trial(self.runner, key, config, instance, seed,
+                                 progress_listener(trial, self.runner.objective)
+                                 if self.pruning else None)
         return run_trial(self.runner, key, config, instance, seed)
 
     def _tell_and_ask(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
@@ -340,10 +326,13 @@ class Exploration:
         outcome.tell_lag = self._order.lag(trial.number)
         values = objective_values(outcome, self.more_objectives)
         try:
-            tell_constraints(trial, outcome, self.bounds, self.default_metrics)
-            trial.set_user_attr(ATTR, outcome.record())
-            self.study.tell(trial, (values if len(values) > 1 else values[0]) if outcome.ok
-                            else None, state=None if outcome.ok else TrialState.FAIL)
+            if outcome.pruned:  # stopped early: Optuna's pruned trial, neither value nor failure
+                pruned_trial(self.study, trial, outcome)
+            else:
+                tell_constraints(trial, outcome, self.bounds, self.default_metrics)
+                trial.set_user_attr(ATTR, outcome.record())
+                self.study.tell(trial, (values if len(values) > 1 else values[0]) if outcome.ok
+                                else None, state=None if outcome.ok else TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             # a shared study's other worker found no heartbeat in time and failed the trial:
             # its config is queued again (run once more there); this result is dropped
@@ -354,24 +343,9 @@ class Exploration:
             return
         self._told(trial)
         with self._lock:
-            self._count(trial.number, outcome)
+            self.stats.count(trial.number, outcome, self.maximize)
             if self.on_trial is not None:
                 self.on_trial(trial.number, outcome, self.stats)
-
-    def _count(self, number: int, outcome: TrialOutcome) -> None:
-        stats = self.stats
-        stats.done += 1
-        if not outcome.ok:
-            stats.failed += 1
-            return
-        if any(v > 0 for v in outcome.constraints.values()):
-            stats.infeasible += 1  # the best is among feasible trials only
-        elif outcome.value is not None and (
-                stats.best_value is None or self._beats(outcome.value, stats.best_value)):
-            stats.best_value, stats.best_number = outcome.value, number
-
-    def _beats(self, a: float, b: float) -> bool:
-        return a > b if self.maximize else a < b
 
     def _measure_baseline(self, instance: str, count: int) -> float | None:
         """Measure the default config on ``instance`` now; its value, or None if it failed."""

@@ -31,6 +31,7 @@ from tasks.trial_process import (
     EXIT_ISOLATION,
     LOG_TAIL_LINES,
     ChildExit,
+    ProgressListener,
     TrialProcesses,
 )
 from tuners.trials import TrialOutcome, TrialStatus
@@ -102,9 +103,12 @@ class TrialRunner:
         return self.clean(self.execute(key, config, instance, seed))
 
     def execute(
-        self, key: str, config: Mapping[str, Any], instance: str, seed: int
+        self, key: str, config: Mapping[str, Any], instance: str, seed: int,
+        on_progress: ProgressListener | None = None,
     ) -> TrialOutcome:
-        """Run ``config`` once in a child process; the outcome is not cleaned yet."""
+        """Run ``config`` once in a child process; the outcome is not cleaned yet. With
+        ``on_progress`` the target reports intermediate values to it, and the trial is stopped
+        (pruned) when it answers True."""
         trial_dir = self.job_dir / "trials" / key
         trial_dir.mkdir(parents=True, exist_ok=True)
         data_dir = self.instance_dirs[instance]
@@ -117,7 +121,9 @@ class TrialRunner:
         }
         if limits.cpus or limits.memory_bytes:
             request["isolation"] = limits.request()
-        exit_ = self.processes.run(request, trial_dir, self.timeout_s)
+        if on_progress is not None:
+            request["progress_path"] = str(trial_dir / "progress.jsonl")
+        exit_ = self.processes.run(request, trial_dir, self.timeout_s, on_progress)
         outcome = TrialOutcome(
             config=dict(config), instance=instance, status=TrialStatus.OK,
             log_tail=exit_.log_tail,
@@ -134,7 +140,7 @@ class TrialRunner:
         """A trial that failed over its memory limit (the OOM killer ended its cgroup, or an
         allocation failed under the rlimit) is ``out_of_memory``, and says which limit."""
         if outcome.ok or outcome.failure_class in (FailureClass.INTERRUPTED,
-                                                   FailureClass.TIMEOUT):
+                                                   FailureClass.TIMEOUT, FailureClass.PRUNED):
             return
         if self.isolation.memory == "none":
             return
@@ -148,7 +154,8 @@ class TrialRunner:
     def _blame_a_full_disk(self, outcome: TrialOutcome, data_dir: Path) -> None:
         """A trial that failed while the disk is full (or saying so) failed for no config's
         reason: an ``io_error`` marked ``disk_full`` (the job stops; no rule is learned)."""
-        if outcome.ok or outcome.failure_class == FailureClass.INTERRUPTED:
+        if outcome.ok or outcome.failure_class in (FailureClass.INTERRUPTED,
+                                                   FailureClass.PRUNED):
             return
         where = min((p for p in (self.job_dir, data_dir) if p.exists()),
                     key=lambda p: shutil.disk_usage(p).free, default=self.job_dir)
@@ -172,6 +179,13 @@ class TrialRunner:
         self.target_cls.cleanup(data_dir)  # it was killed, or died: the target tidies up
         if exit_.stopped:
             outcome.fail(FailureClass.INTERRUPTED, "job stopped")
+        elif exit_.pruned_step is not None:
+            last = exit_.reports[-1][1] if exit_.reports else {}
+            so_far = last.get(self.objective)
+            outcome.prune(exit_.pruned_step, so_far,
+                          f"stopped by the pruner after step {exit_.pruned_step}"
+                          + (f" ({self.objective} so far {so_far:.6g})"
+                             if so_far is not None else ""))
         elif exit_.timed_out:
             outcome.fail(FailureClass.TIMEOUT,
                          f"no result within the {self.timeout_s:g} s trial timeout (hang)")
@@ -227,10 +241,12 @@ def run_trial(
 
 @task(name="execute-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
 def execute_trial(
-    runner: TrialRunner, key: str, config: dict[str, Any], instance: str, seed: int
+    runner: TrialRunner, key: str, config: dict[str, Any], instance: str, seed: int,
+    on_progress: ProgressListener | None = None,
 ) -> TrialOutcome:
-    """One trial's run as a Prefect task, cleaned later by ``clean_trial``."""
-    return runner.execute(key, config, instance, seed)
+    """One trial's run as a Prefect task, cleaned later by ``clean_trial``; ``on_progress``
+    hears its intermediate reports and may stop it (``TrialRunner.execute``)."""
+    return runner.execute(key, config, instance, seed, on_progress)
 
 
 @task(name="clean-trial", task_run_name="clean-{key}", cache_policy=NO_CACHE)

@@ -166,7 +166,8 @@ class JobTracker:
                         path.write_text(json.dumps(content, indent=1, default=str), "utf-8")
                         self.client.log_artifact(run.info.run_id, str(path))
             self.client.set_terminated(
-                run.info.run_id, status="FINISHED" if record["status"] == "ok" else "FAILED",
+                run.info.run_id, status={"ok": "FINISHED", "pruned": "KILLED"}.get(
+                    str(record["status"]), "FAILED"),  # pruned: stopped early, not failed
                 end_time=end,
             )
 

@@ -18,12 +18,19 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the tuner's side imports it when it starts a trial; the child never does
     import subprocess
+
+#: Hears of one intermediate report (step, metrics so far); True: stop the trial (prune).
+ProgressListener = Callable[[int, dict[str, float]], bool]
+
+#: Seconds between two reads of a pruned job's progress file while its trial runs.
+PROGRESS_POLL_S = 0.05
 
 LOG_TAIL_LINES = 20
 #: The exit code of a trial process that could not write its result (sysexits' EX_IOERR): a
@@ -68,6 +75,8 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
     data_dir = Path(request["data_dir"])
     data_dir.mkdir(parents=True, exist_ok=True)
     target = target_cls(data_dir, request["workload"], seed=int(request["seed"]))
+    if request.get("progress_path"):  # the job prunes: intermediate values go there
+        target.progress_path = Path(request["progress_path"])
 
     def failed(cls: FailureClass, message: str) -> dict[str, Any]:
         return {"status": TrialStatus.FAILED, "failure_class": cls, "message": message}
@@ -133,6 +142,10 @@ class ChildExit:
     stopped: bool
     returncode: int
     log_tail: list[str]
+    #: The listener stopped it after a report (``TrialProcesses.run``'s ``on_progress``): the
+    #: step it was stopped at, and every report read, in order.
+    pruned_step: int | None = None
+    reports: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
 class TrialProcesses:
@@ -144,8 +157,14 @@ class TrialProcesses:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
 
-    def run(self, request: dict[str, Any], trial_dir: Path, timeout_s: float) -> ChildExit:
-        """Run one trial process for ``request`` in ``trial_dir``; wait at most ``timeout_s``."""
+    def run(self, request: dict[str, Any], trial_dir: Path, timeout_s: float,
+            on_progress: ProgressListener | None = None) -> ChildExit:
+        """Run one trial process for ``request`` in ``trial_dir``; wait at most ``timeout_s``.
+
+        With ``on_progress``, the target's reports (``Target.report``, one JSON line each in
+        ``request["progress_path"]``) are read as they come and handed to it; when it answers
+        True the trial's process group is killed, as on a timeout (the caller tidies the
+        instance with ``Target.cleanup``), and the exit says at which step."""
         import subprocess
 
         request_path, log_path = trial_dir / "request.json", trial_dir / "log.txt"
@@ -161,19 +180,27 @@ class TrialProcesses:
             )
         with self._lock:
             self._running[proc.pid] = proc
+        progress = _Progress(Path(request["progress_path"])) if (
+            on_progress is not None and request.get("progress_path")) else None
+        pruned_step: int | None = None
         try:
-            timed_out = not wait_exit(proc, timeout_s)
+            if progress is None or on_progress is None:
+                timed_out = not wait_exit(proc, timeout_s)
+            else:
+                timed_out, pruned_step = _wait_reading(proc, timeout_s, progress, on_progress)
         finally:
             kill_group(proc)
             with self._lock:
                 self._running.pop(proc.pid, None)
         stopped = self.stopping.is_set() and (timed_out or proc.returncode == -signal.SIGKILL)
         result = None
-        if not timed_out and not stopped and result_path.exists():
+        if (not timed_out and not stopped and pruned_step is None
+                and result_path.exists()):
             result = json.loads(result_path.read_text(encoding="utf-8"))
             request_path.unlink(missing_ok=True)
         return ChildExit(result, timed_out and not stopped, stopped, proc.returncode,
-                         log_tail(log_path))
+                         log_tail(log_path), pruned_step=None if stopped else pruned_step,
+                         reports=progress.reports if progress is not None else [])
 
     def stop_all(self) -> None:
         """Kill every running trial process (the job is being stopped)."""
@@ -182,6 +209,51 @@ class TrialProcesses:
             procs = list(self._running.values())
         for proc in procs:
             kill_group(proc)
+
+
+class _Progress:
+    """The reader of one trial's progress file: whole new lines, as (step, metrics)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+        self.reports: list[tuple[int, dict[str, float]]] = []
+        path.unlink(missing_ok=True)  # a retried key's old reports are not this run's
+
+    def read(self) -> list[tuple[int, dict[str, float]]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1  # a line being written is read next time, whole
+        self.offset += end
+        new = []
+        for line in chunk[:end].splitlines():
+            try:
+                doc = json.loads(line)
+                new.append((int(doc["step"]), {k: float(v) for k, v in doc["metrics"].items()}))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # a target's malformed line says nothing: the trial runs on
+        self.reports.extend(new)
+        return new
+
+
+def _wait_reading(proc: subprocess.Popen[bytes], timeout: float, progress: _Progress,
+                  on_progress: ProgressListener) -> tuple[bool, int | None]:
+    """Wait for ``proc`` as ``wait_exit`` does, handing each new report to ``on_progress``;
+    (timed out, the step it asked to stop at)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True, None
+        exited = wait_exit(proc, min(PROGRESS_POLL_S, left))
+        for step, metrics in progress.read():  # a finished run's reports are heard too: the
+            if on_progress(step, metrics) and not exited:  # pruner compares with them
+                return False, step
+        if exited:
+            return False, None
 
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:

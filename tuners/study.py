@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 from optuna.storages import (
     BaseStorage,
@@ -40,6 +41,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tuners.pruners import make_pruner
 from tuners.samplers import make_sampler
 from tuners.trials import finished_trials, requeue_interrupted
 
@@ -208,20 +210,24 @@ def name_metric(study: optuna.Study, name: str | list[str]) -> None:
 
 def open_study(
     home: Path, study_name: str, direction: str, sampler: BaseSampler, *, create: bool,
-    directions: list[str] | None = None,
+    directions: list[str] | None = None, pruner: BasePruner | None = None,
 ) -> optuna.Study:
     """Create (``create=True``) or load the study of a job from the home's storage (the shared
     one when a stack is configured); with ``directions`` (several objectives) a
-    multi-objective study, ``direction`` being the first."""
+    multi-objective study, ``direction`` being the first; ``pruner`` stops bad trials early
+    (None: none does)."""
     storage = storage_for(home, study_name)
+    pruner = pruner or optuna.pruners.NopPruner()
     if create:
         if directions is not None and len(directions) > 1:
             return optuna.create_study(
                 study_name=study_name, storage=storage, directions=directions, sampler=sampler)
         return optuna.create_study(
-            study_name=study_name, storage=storage, direction=direction, sampler=sampler
+            study_name=study_name, storage=storage, direction=direction, sampler=sampler,
+            pruner=pruner,
         )
-    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                             pruner=pruner)
 
 
 @task(name="open-study", cache_policy=NO_CACHE)
@@ -229,21 +235,24 @@ def open_job_study(home: Path, study_name: str, direction: str, tuner: str, seed
                    default_params: dict[str, Any] | None, resume: bool,
                    metric: str | list[str] | None = None,
                    accept: Callable[[dict[str, Any]], bool] | None = None,
-                   directions: list[str] | None = None) -> optuna.Study:
+                   directions: list[str] | None = None, pruner: str = "none",
+                   max_resource: int | None = None) -> optuna.Study:
     """The job's study: new with the default config queued first (trial 0 measures the
     baseline to beat), or reloaded to resume with its interrupted trials queued again; its
     values are named ``metric`` (one name per objective with several ``directions``).
-    ``accept(params)``, the rules' say on a candidate, goes to the sampler (``make_sampler``)."""
+    ``accept(params)``, the rules' say on a candidate, goes to the sampler (``make_sampler``);
+    ``pruner`` (``tuners/pruners.py``) stops bad trials early."""
+    stopper = make_pruner(pruner, max_resource)
     if not resume:
         study = open_study(home, study_name, direction, make_sampler(tuner, seed, accept=accept),
-                           create=True, directions=directions)
+                           create=True, directions=directions, pruner=stopper)
         if metric is not None:
             name_metric(study, metric)
         if default_params is not None:
             study.enqueue_trial(default_params)
         return study
     study = open_study(home, study_name, direction, make_sampler(tuner, seed, accept=accept),
-                       create=False)
+                       create=False, pruner=stopper)
     if metric is not None:
         name_metric(study, metric)  # a study of before was not named
     # a new seed, or the sampler would replay the draws the killed job already made

@@ -4,8 +4,9 @@
   Optuna trial (user attribute ``ATTR``) and is what MLflow and the trial table are built from.
   ``TrialStatus`` and ``FailureClass`` travel as enums from the trial process to MLflow.
 * Study queries (``finished_trials``, ``ranked_trials``, ``best_trial``, ``is_blocked``,
-  ``is_prior``, ``requeue_interrupted``) say what a study's trials mean to knobflow;
-  ``blocked_trial`` tells a candidate the rules blocked as an infeasible trial with no value.
+  ``is_pruned_early``, ``is_prior``, ``requeue_interrupted``) say what a study's trials mean to
+  knobflow; ``blocked_trial`` tells a candidate the rules blocked as an infeasible trial with no
+  value, ``pruned_trial`` a trial the pruner stopped early as Optuna's pruned trial.
 * The trial table: one row per trial of a service in one pandas schema (``IDENTITY`` first, then
   ``knob.*``, ``effective.*``, ``workload.*``, ``metric.*``, ``counter.*``, ``log.*`` and the
   gate's facts), exported as Parquet. ``value`` is what the tuner was told (a ratio when judged
@@ -33,11 +34,12 @@ if TYPE_CHECKING:
     from rules.ruleset import RuleSet
 
 __all__ = [
-    "ATTR", "BLOCKED_BY_ATTR", "BLOCKED_CONSTRAINT", "IDENTITY", "PRIOR_ATTR", "RETRY_ATTR",
-    "TRANSFER_ATTR", "RowStatus", "TrialOutcome", "TrialStatus", "as_table", "best_trial",
-    "blocked_record", "blocked_trial", "clean_trials", "finished_trials", "is_blocked",
-    "is_feasible", "is_prior", "pareto_trials", "ranked_trials", "read_parquet",
-    "requeue_interrupted", "study_rows", "training_rows", "trial_row", "write_parquet",
+    "ATTR", "BLOCKED_BY_ATTR", "BLOCKED_CONSTRAINT", "IDENTITY", "PRIOR_ATTR", "PRUNED_ATTR",
+    "RETRY_ATTR", "TRANSFER_ATTR", "RowStatus", "TrialOutcome", "TrialStatus", "as_table",
+    "best_trial", "blocked_record", "blocked_trial", "clean_trials", "finished_trials",
+    "is_blocked", "is_feasible", "is_prior", "is_pruned_early", "pareto_trials", "pruned_trial",
+    "pruning_saved_s", "ranked_trials", "read_parquet", "requeue_interrupted", "study_rows",
+    "training_rows", "trial_row", "write_parquet",
 ]
 
 ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
@@ -46,6 +48,7 @@ RETRY_ATTR = "knobflow.retry_of"  # set on a trial re-enqueued for an interrupte
 TRANSFER_ATTR = "knobflow.transfer"  # a trial queued by transfer: "model" or "sibling"
 BLOCKED_BY_ATTR = "blocked_by"  # the rules that kept a candidate from running (for dashboards)
 BLOCKED_CONSTRAINT = "rules"  # the Optuna constraint of a blocked candidate (> 0: infeasible)
+PRUNED_ATTR = "knobflow.pruned_at"  # the step a pruner stopped a trial at (``pruned_trial``)
 
 
 class RowStatus(enum.StrEnum):
@@ -95,6 +98,10 @@ class TrialOutcome:
     #: How late the tuner heard of this result: the candidates asked after its run ended and
     #: before it was told (0: told before the next ask; None: not told by an exploration).
     tell_lag: int | None = None
+    #: Stopped early by the pruner (``--pruner``): the step it was stopped at, and the
+    #: objective so far then (``value`` stays None: it is no measurement of the config).
+    pruned_step: int | None = None
+    pruned_value: float | None = None
     #: The trial failed because the disk the job writes to is full (the job stops).
     disk_full: bool = field(default=False, repr=False)
     #: The raw measurement between running and cleaning (never stored).
@@ -106,9 +113,19 @@ class TrialOutcome:
     def ok(self) -> bool:
         return self.status == TrialStatus.OK
 
+    @property
+    def pruned(self) -> bool:
+        return self.status == TrialStatus.PRUNED
+
     def fail(self, failure_class: FailureClass, message: str) -> None:
         """Mark the trial failed (its value is not told to the tuner)."""
         self.status, self.failure_class, self.message = TrialStatus.FAILED, failure_class, message
+
+    def prune(self, step: int, so_far: float | None, message: str) -> None:
+        """Mark the trial stopped early by the pruner (neither a failure nor a measurement)."""
+        self.status, self.failure_class, self.message = (TrialStatus.PRUNED,
+                                                         FailureClass.PRUNED, message)
+        self.pruned_step, self.pruned_value = step, so_far
 
     def record(self) -> dict[str, Any]:
         """The JSON-able record stored on the Optuna trial (samples left out: MLflow has them)."""
@@ -126,6 +143,8 @@ class TrialOutcome:
             "instance": self.instance, "elapsed_s": round(self.elapsed_s, 4),
             "started_at": round(self.started_at, 3), "finished_at": round(self.finished_at, 3),
             "tell_lag": self.tell_lag,
+            **({"pruned_step": self.pruned_step, "pruned_value": self.pruned_value}
+               if self.pruned else {}),
         }
 
 
@@ -149,6 +168,16 @@ def blocked_trial(study: optuna.Study, trial: optuna.trial.Trial,
     study.tell(trial, state=TrialState.PRUNED)
 
 
+def pruned_trial(study: optuna.Study, trial: optuna.trial.Trial, outcome: TrialOutcome) -> None:
+    """Tell ``trial`` (stopped early by the pruner) as Optuna's own pruned trial: state PRUNED,
+    the last intermediate value as its value (Optuna's doing: TPE ranks pruned trials below the
+    complete ones by how far they got and that value), no constraint (it was feasible: that is
+    what tells it from a blocked candidate), its step in ``PRUNED_ATTR``."""
+    trial.set_user_attr(ATTR, outcome.record())
+    trial.set_user_attr(PRUNED_ATTR, outcome.pruned_step)
+    study.tell(trial, state=TrialState.PRUNED)
+
+
 # -- study queries ---------------------------------------------------------------------------------
 def _record(trial: FrozenTrial) -> dict[str, Any]:
     return trial.user_attrs.get(ATTR, {})
@@ -165,14 +194,38 @@ def is_blocked(trial: FrozenTrial) -> bool:
     return _record(trial).get("status") == TrialStatus.BLOCKED
 
 
+def is_pruned_early(trial: FrozenTrial) -> bool:
+    """A trial the pruner stopped early (``pruned_trial``): it ran, part of the way; it is
+    neither a failure nor a measurement, is never verified, reported as best or learned from."""
+    return (trial.state == TrialState.PRUNED
+            and _record(trial).get("status") == TrialStatus.PRUNED)
+
+
+def pruning_saved_s(trials: Iterable[FrozenTrial]) -> tuple[int, float]:
+    """How many of ``trials`` the pruner stopped, and the trial time it saved: for each, the
+    median run time of the complete trials minus its own (an estimate: a full run of it)."""
+    import statistics
+
+    pruned = [t for t in trials if is_pruned_early(t)]
+    full = [float(_record(t).get("elapsed_s") or 0.0) for t in trials
+            if t.state == TrialState.COMPLETE and _record(t).get("status") == TrialStatus.OK]
+    if not pruned or not full:
+        return len(pruned), 0.0
+    typical = statistics.median(full)
+    return len(pruned), sum(max(0.0, typical - float(_record(t).get("elapsed_s") or 0.0))
+                            for t in pruned)
+
+
 def finished_trials(study: optuna.Study,
                     trials: Iterable[FrozenTrial] | None = None) -> list[FrozenTrial]:
-    """Trials that count against the budget: complete, or failed for a reason of their own
-    (not blocked, not interrupted, not a sibling's trial told as a prior observation); of
+    """Trials that count against the budget: complete, stopped early by the pruner (they ran),
+    or failed for a reason of their own (not blocked, not interrupted, not a sibling's trial
+    told as a prior observation); of
     ``trials`` when given (the study's as read some other way), else of the study's."""
     return [
         t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
         if (t.state == TrialState.COMPLETE and not is_blocked(t) and not is_prior(t))
+        or is_pruned_early(t)
         or (t.state == TrialState.FAIL
             and _record(t).get("failure_class") not in (None, FailureClass.INTERRUPTED))
     ]

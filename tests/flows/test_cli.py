@@ -100,6 +100,11 @@ def test_tune_json_prints_one_object_with_the_result(prefect_api: str, home: Pat
             "Got 'bayes' instead.",
         ),
         (
+            ["tune", "synthetic", "--pruner", "asha"],
+            "knobflow: error: The 'pruner' option of tune must be one of none, median, "
+            "hyperband. Got 'asha' instead.",
+        ),
+        (
             ["tune", "synthetic", "--objective", "speed"],
             "knobflow: error: The 'objective' option of tune must be a metric of target "
             "'synthetic': "

@@ -34,7 +34,7 @@ EXAMPLE: dict[str, Any] = {
     "policies": ["durability", "small-disk"], "learn_rules": False, "transfer": False,
     "transfer_priors": True, "train": False, "fail_on_regression": True, "workers": 3,
     "testbed": "bed-1", "testbed_slots": 2, "cpus": "auto", "memory_mb": 512,
-    "prefer": "latency_ms", "constraints": ["latency_ms <= 5"],
+    "prefer": "latency_ms", "constraints": ["latency_ms <= 5"], "pruner": "median",
 }
 #: Several objectives (``objective`` and ``objectives`` are one option on the command line).
 SEVERAL: dict[str, Any] = {"target": "synthetic", "objectives": ["throughput:max", "latency_ms"],
@@ -142,6 +142,8 @@ def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
                            "Got 8 instead."),
         ({"testbed_slots": 0}, "The 'testbed_slots' option of tune must be an int in [1, 64]. "
                                "Got 0 instead."),
+        ({"pruner": "mediam"}, "The 'pruner' option of tune must be one of none, median, "
+                               "hyperband. Got 'mediam' instead (did you mean 'median'?)."),
     ],
 )
 def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_command(

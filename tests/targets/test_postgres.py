@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,28 @@ def test_instance_is_usable_after_a_killed_trial(tmp_path: Path, instance) -> No
     assert out.effective_config["wal_buffers"] == 96 and out.changed_knobs == ["wal_buffers"]
     assert "database system was interrupted" in (data / "logs" / "server.log").read_text()
     assert leftovers(data) == []
+
+
+def test_a_pruned_trial_is_stopped_mid_run_and_the_instance_stays_usable(
+    tmp_path: Path, instance
+) -> None:
+    data = instance("i1")
+    heard: list[tuple[int, float]] = []
+
+    def prune_after_2(step: int, metrics: dict[str, float]) -> bool:
+        heard.append((step, metrics["tps"]))
+        return step >= 1  # pgbench's second progress second
+
+    started = time.monotonic()
+    out = runner(tmp_path, {"i1": data}, {**SHORT, "duration": 30}).execute(
+        "0", {}, "i1", 0, on_progress=prune_after_2)
+    assert out.pruned and out.pruned_step == 1, (out.status, out.message, out.log_tail)
+    assert [step for step, _ in heard] == [0, 1] and all(tps > 0 for _, tps in heard)
+    assert time.monotonic() - started < 25  # long before its 30 s run would end
+    # the pruner's kill is the timeout's, tidied the same way (after which the instance runs
+    # again: test_instance_is_usable_after_a_killed_trial): nothing outlives it
+    assert leftovers(data) == []
+    assert not (pgc.locate(data).pgdata / "postmaster.pid").exists()
 
 
 def test_a_killed_servers_shared_memory_is_removed(instance) -> None:
