@@ -127,6 +127,9 @@ class RunSummary:
     #: With --fail-on-regression: the result against the reference recorded before the job
     #: (``flows.regression.RegressionCheck.to_dict``, or a verdict "no reference" and a message).
     regression: dict[str, Any] | None = None
+    #: With --knobs auto: the knobs tuned first and the model that ranked them (or why all
+    #: knobs were tuned at once), and at which trial and why the search widened to all knobs.
+    knob_focus: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:

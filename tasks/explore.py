@@ -30,6 +30,7 @@ from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.noise import ratio_to_baseline
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
+from tuners.focus import KnobFocus
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
 from tuners.trials import ATTR, TrialOutcome, finished_trials
@@ -60,7 +61,8 @@ class Exploration:
     """Runs trials of ``study`` until ``budget`` trials have finished or ``time_budget_s`` has
     passed; running trials finish. With a ``guard`` (the rule engine), a candidate it blocks is
     told as infeasible and neither runs nor counts against the budget, and failures teach it
-    new rules. ``on_trial`` hears of every finished trial, ``on_baseline`` of every baseline."""
+    new rules. With a ``focus`` (``--knobs auto``) the sampler draws only its top knobs until it
+    widens. ``on_trial`` hears of every finished trial, ``on_baseline`` of every baseline."""
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class Exploration:
         guard: CandidateGuard | None = None,
         first_baseline: dict[str, float] | None = None,
         shared: bool = False,
+        focus: KnobFocus | None = None,
     ) -> None:
         self.study, self.space, self.runner, self.guard = study, space, runner, guard
         self.budget, self.time_budget_s, self.baseline_every = budget, time_budget_s, baseline_every
@@ -84,6 +87,10 @@ class Exploration:
         self.first_baseline = dict(first_baseline or {})
         self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         self.distributions = space.distributions()
+        # --knobs auto: the top knobs first (a partial trial queued before each ask, under a
+        # lock so another instance's ask cannot take it); not in a shared study
+        self.focus = None if shared else focus
+        self._focus_lock = threading.Lock()
         self.stats = self._stats_so_far()
         self._lock = threading.Lock()
         self._launched = self.stats.done
@@ -152,7 +159,11 @@ class Exploration:
                     and time.monotonic() - self._started >= self.time_budget_s):
                 return None
             self._launched += 1
-        return self.study.ask(self.distributions)
+        if self.focus is None:
+            return self.study.ask(self.distributions)
+        with self._focus_lock:
+            self.focus.before_ask(self.study, self.space)
+            return self.study.ask(self.distributions)
 
     def _ask_shared(self) -> optuna.trial.Trial | None:
         """The next candidate of a shared study, or None when the study holds its budget of

@@ -131,6 +131,12 @@ def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
                            "Got 8 instead."),
         ({"testbed_slots": 0}, "The 'testbed_slots' option of tune must be an int in [1, 64]. "
                                "Got 0 instead."),
+        ({"knobs": ["auto"], "top_knobs": 0}, "The 'top_knobs' option of tune must be an int "
+                                              "in [1, 1000]. Got 0 instead."),
+        ({"top_knobs": 2}, "--top-knobs applies to --knobs auto; add --knobs auto or drop "
+                           "--top-knobs"),
+        ({"knobs": ["auto", "x"]}, "--knobs auto picks the knobs itself; give it alone "
+                                   "(--knobs auto) or list knobs without it"),
     ],
 )
 def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_command(
