@@ -1,0 +1,90 @@
+"""``--knobs auto``: a job of a service with a trained model tunes the model's most important
+knobs first and all knobs later; without a model it tunes all knobs and says why. A real MLflow
+store, the Prefect test harness and the synthetic target (whose throughput depends most on x
+and y over their ranges)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.tune import tune
+from targets.synthetic import SyntheticTarget
+from tasks.train import train_models
+from tests.synthetic_rows import trial_table
+from tuners.focus import FOCUS_ATTR
+from tuners.samplers import make_sampler
+from tuners.study import open_study
+
+FAST = {"duration": 0.0, "noise": 0.02}
+LEAN: dict[str, Any] = {"noise_runs": 0, "verify_repeats": 2, "train": False,
+                        "transfer": False, "trial_timeout": 1.0}
+DEFAULTS = SyntheticTarget.knob_spec().defaults()
+pytestmark = pytest.mark.usefixtures("mlflow_store")
+
+
+def _trial_params(home: Path, study_name: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    study = open_study(home, study_name, "maximize", make_sampler("random"), create=False)
+    return [(t.params, t.user_attrs) for t in sorted(study.trials, key=lambda t: t.number)
+            if t.params]
+
+
+def _moved(params: dict[str, Any]) -> set[str]:
+    """The knobs a trial set away from their defaults."""
+    return {k for k, v in params.items() if v != DEFAULTS[k]}
+
+
+def test_a_trained_service_tunes_its_important_knobs_first(prefect_api: str,
+                                                           home: Path) -> None:
+    started = time.monotonic()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    # the service's model, as its jobs train it: random configs of the synthetic surface
+    trained = train_models(trial_table(60, service="synthetic"), spec=SyntheticTarget.knob_spec(),
+                           objective="throughput", direction="maximize", service="synthetic",
+                           instance="kv-1", workload_fp={"shift": 0.0}, tracking_uri=uri,
+                           kinds=("lightgbm",))
+    assert trained is not None and trained.champion_version, trained
+    print(f"trained in {time.monotonic() - started:.1f} s")
+
+    summary = tune("synthetic", instance="kv-2", knobs=["auto"], top_knobs=2, budget=10,
+                   seed=3, workload=FAST, home=str(home), **LEAN)
+
+    focus = summary.knob_focus
+    assert focus is not None
+    assert sorted(focus["top"]) == ["x", "y"]  # what the surface depends on most
+    assert focus["model"].startswith("knobflow-synthetic-throughput v")
+    assert focus["source"] == "recorded"
+    assert focus["widened_at_trial"] == 5 and "half the budget" in focus["widened_why"]
+    trials = _trial_params(home, summary.study_name)
+    assert len(trials) == 10
+    first, later = trials[1:5], trials[5:]  # trial 0 is the default
+    for params, attrs in first:
+        assert attrs[FOCUS_ATTR] == "x,y" or attrs[FOCUS_ATTR] == "y,x"
+        assert _moved(params) <= {"x", "y"}, params
+    assert any(_moved(p) & {"x", "y"} for p, _ in first)
+    assert any(_moved(p) - {"x", "y"} for p, _ in later)  # widened: every knob is drawn
+    assert all(FOCUS_ATTR not in attrs for _, attrs in later)
+
+    run = MlflowClient(uri, uri).get_run(summary.mlflow_run_id)
+    assert sorted(run.data.params["knobs.first"].split(",")) == ["x", "y"]
+    assert run.data.tags["knobflow.knobs.widened_at"] == "5"
+    result = json.loads((home / "jobs" / summary.study_name / "result.json").read_text())
+    assert result["knob_focus"]["top"] == focus["top"]
+
+
+def test_without_a_model_auto_tunes_all_knobs_and_says_why(prefect_api: str,
+                                                            home: Path) -> None:
+    summary = tune("synthetic", knobs=["auto"], budget=6, seed=1, workload=FAST,
+                   home=str(home), **LEAN)
+    focus = summary.knob_focus
+    assert focus is not None and focus["top"] == []
+    assert focus["why"] == ("service synthetic has no trained model of throughput yet (a job "
+                            "without --no-train trains one)")
+    trials = _trial_params(home, summary.study_name)
+    assert all(FOCUS_ATTR not in attrs for _, attrs in trials)
+    assert len(set().union(*(_moved(p) for p, _ in trials[1:]))) > 2
