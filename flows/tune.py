@@ -43,6 +43,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from flows.focus import focus_record, knob_focus
 from flows.job import Job, JobStatus, hold_instance, prepare_job
 from flows.job_reference import regression_failed, settle_reference
 from flows.publish import JobFailed, no_result, publish_result
@@ -52,7 +53,6 @@ from flows.testbeds import hold_testbed, isolate
 from flows.trials import service_table, write_job_table
 from flows.worker import check_fleet, fan_out
 from model_registry import fingerprint
-from model_registry.importance import champion_importance
 from model_registry.store import check_reachable
 from model_registry.transfer import TransferPlan, TransferRequest, transfer_from_siblings
 from rules.learn import learned_path
@@ -78,7 +78,7 @@ from tasks.track import (
 )
 from tasks.train import train_service_models
 from tasks.verify import Verification, verify_best
-from tuners.focus import KnobFocus, top_knobs
+from tuners.focus import KnobFocus
 from tuners.space import SearchSpace
 from tuners.study import metric_name, name_metric, open_job_study
 from tuners.trials import ATTR, TrialOutcome, best_trial
@@ -143,10 +143,8 @@ def tune(target: str, **options: Any) -> RunSummary:
                                metric_name(job.objective, relative=job.baseline_every > 0))
         table = service_table(job.home, job.service)
         plan = _transfer(job, study, table, space, rules) if job.transfer and not resume else None
-        focus = _knob_focus(job, space, logger)
+        focus = knob_focus(job, space, logger)
         tracker = _start_tracking(job, space, study, resume)
-        if job.top_knobs and not resume:
-            tracker.annotate(params=_focus_params(job), tags={})
         guard = CandidateGuard(rules, learn=RuleLearner(
             job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
         ) if job.learn_rules else None)
@@ -159,7 +157,7 @@ def tune(target: str, **options: Any) -> RunSummary:
             else:
                 _explore(job, study, space, runner, guard, tracker, listener, logger,
                          first_baseline, focus)
-            knob_focus = _focus_record(job, study, focus, tracker, logger)
+            focused = focus_record(job, study, focus, tracker, logger)
             best = best_trial(study, rules)  # rules learned late may forbid an early best
             verification = None
             if best is not None and best_is_default(job, best):  # against itself: proves nothing
@@ -173,7 +171,7 @@ def tune(target: str, **options: Any) -> RunSummary:
             summary, files = report(
                 job, study, best, verification, time.monotonic() - began, space=space,
                 ruleset=rules, guard=guard, rule_warnings=warnings, plan=plan, model=model,
-                noise=job.noise, knob_focus=knob_focus,
+                noise=job.noise, knob_focus=focused,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
             files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
@@ -324,69 +322,6 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
         on_baseline=lambda key, outcome: tracker.log_trial(
             key, outcome.record(), outcome.samples, phase="baseline"), focus=focus,
     )
-
-
-def _knob_focus(job: Job, space: SearchSpace,
-                logger: logging.Logger | logging.LoggerAdapter[Any]) -> KnobFocus | None:
-    """``--knobs auto``: the knobs the service's champion model ranks most important, tuned
-    first (chosen once and kept in job.json, so ``--resume`` keeps them); None, with the reason
-    in the log and the record, when every knob is tuned from the start."""
-    if not job.top_knobs:
-        return None
-    if job.focus is None:
-        job.focus = _choose_focus(job, space)
-        job.save()
-    if not job.focus.get("top"):
-        logger.info("--knobs auto: tuning all knobs: %s", job.focus["why"])
-        return None
-    focus = KnobFocus.for_budget(job.focus["top"], job.budget)
-    logger.info("--knobs auto: tuning %s first (the %d most important of %d knobs by %s); the "
-                "others keep their values in the best config so far until trial %d, or until "
-                "%d finished trials bring no new best", ", ".join(focus.top), len(focus.top),
-                len(space.names), job.focus["model"], focus.widen_after, focus.patience)
-    return focus
-
-
-def _choose_focus(job: Job, space: SearchSpace) -> dict[str, Any]:
-    """The knobs to tune first and who ranked them, or (``top`` empty) why all knobs at once."""
-    if job.workers:
-        return {"top": [], "why": "with --workers every worker tunes all knobs"}
-    try:
-        ranked = champion_importance(tracking_uri(job.home), job.service, job.objective)
-    except Exception as exc:  # the search goes on without it: it is a shortcut, not a need
-        return {"top": [], "why": "the service model's importance could not be read: "
-                f"{type(exc).__name__}: {exc}"}
-    if ranked is None:
-        return {"top": [], "why": f"service {job.service} has no trained model of "
-                f"{job.objective} yet (a job without --no-train trains one)"}
-    if job.top_knobs >= len(space.names):
-        return {"top": [], "why": f"--top-knobs {job.top_knobs} covers all "
-                f"{len(space.names)} knobs", **ranked.to_dict()}
-    return {"top": top_knobs(ranked.knobs, space, job.top_knobs), "why": "",
-            **ranked.to_dict()}
-
-
-def _focus_params(job: Job) -> dict[str, Any]:
-    """The MLflow params of ``--knobs auto``: the knobs tuned first and who ranked them."""
-    focus = job.focus or {}
-    return {"knobs.auto_top": job.top_knobs, "knobs.first": ",".join(focus.get("top", [])) or
-            "all", "knobs.ranked_by": (focus.get("model") or focus.get("why", ""))[:500]}
-
-
-def _focus_record(job: Job, study: optuna.Study, focus: KnobFocus | None, tracker: JobTracker,
-                  logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any] | None:
-    """What ``--knobs auto`` did (for the summary), with when it widened on the MLflow run."""
-    if not job.top_knobs:
-        return None
-    record = {**(job.focus or {}), **(focus.record(study) if focus is not None else {})}
-    if focus is not None:
-        at, why = record["widened_at_trial"], record["widened_why"]
-        if at is not None:
-            logger.info("--knobs auto: widened to all knobs from trial %d (%s)", at, why)
-        tracker.annotate(params={}, tags={
-            "knobflow.knobs.widened_at": "never" if at is None else str(at),
-            "knobflow.knobs.widened_why": why or "the job ended first"})
-    return record
 
 
 def _verify(job: Job, runner: TrialRunner, best_config: dict[str, Any], tracker: JobTracker,

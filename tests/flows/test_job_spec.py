@@ -88,14 +88,16 @@ def test_the_cli_the_flow_and_the_spec_have_one_set_of_options_with_the_same_def
 
 
 def test_the_example_gives_every_option_a_value_other_than_its_default() -> None:
-    assert set(EXAMPLE) | {"knobs"} == set(FIELDS)
+    # --knobs and --space exclude each other; --top-knobs needs --knobs auto
+    assert set(EXAMPLE) | {"knobs", "top_knobs"} == set(FIELDS)
     for name, value in EXAMPLE.items():
         assert FIELDS[name].is_required() or value != FIELDS[name].get_default(
             call_default_factory=True), name
 
 
 @pytest.mark.parametrize("values", [EXAMPLE, {"target": "sqlite", "knobs": ["cache_size",
-                                                                            "synchronous"]}])
+                                                                            "synchronous"]},
+                                    {"target": "synthetic", "knobs": ["auto"], "top_knobs": 3}])
 def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
     values: dict[str, Any],
 ) -> None:
