@@ -6,6 +6,7 @@ and y over their ranges)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.focus import knob_focus
+from flows.job import Job
+from flows.spec import DEFAULT_TOP_KNOBS, JobSpec
 from flows.tune import tune
 from targets.synthetic import SyntheticTarget
 from tasks.train import train_models
@@ -77,14 +81,15 @@ def test_a_trained_service_tunes_its_important_knobs_first(prefect_api: str,
     assert result["knob_focus"]["top"] == focus["top"]
 
 
-def test_without_a_model_auto_tunes_all_knobs_and_says_why(prefect_api: str,
-                                                            home: Path) -> None:
-    summary = tune("synthetic", knobs=["auto"], budget=6, seed=1, workload=FAST,
-                   home=str(home), **LEAN)
-    focus = summary.knob_focus
-    assert focus is not None and focus["top"] == []
-    assert focus["why"] == ("service synthetic has no trained model of throughput yet (a job "
-                            "without --no-train trains one)")
-    trials = _trial_params(home, summary.study_name)
-    assert all(FOCUS_ATTR not in attrs for _, attrs in trials)
-    assert len(set().union(*(_moved(p) for p, _ in trials[1:]))) > 2
+def test_without_a_model_auto_tunes_all_knobs_and_says_why(
+        home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    job = Job.create(JobSpec.of(target="synthetic", knobs=["auto"]), home)
+    assert job.top_knobs == DEFAULT_TOP_KNOBS and job.search_space().names == list(DEFAULTS)
+    with caplog.at_level(logging.INFO, logger="knobflow.test"):
+        focus = knob_focus(job, job.search_space(), logging.getLogger("knobflow.test"))
+    assert focus is None  # the trial manager asks for every knob
+    why = ("service synthetic has no trained model of throughput yet (a job without --no-train "
+           "trains one)")
+    assert job.focus == {"top": [], "why": why}
+    assert f"--knobs auto: tuning all knobs: {why}" in caplog.messages
+    assert Job.load(job.dir / "job.json", home).focus == job.focus  # --resume keeps it
