@@ -86,6 +86,8 @@ class KnobFocus:
         trial completed, and for a knob the best trial lacks)."""
         defaults = space.config({})
         params = {k: defaults[k] for k in space.names}
+        if len(study.directions) > 1:  # several objectives: no one best config to keep
+            return params
         best = next((t for t in ranked_trials(study) if not is_prior(t)), None)
         if best is not None:
             params.update({k: v for k, v in best.params.items() if k in params})
@@ -111,7 +113,10 @@ class KnobFocus:
 
 
 def _since_best(study: optuna.Study, finished: Sequence[FrozenTrial]) -> int:
-    """Finished trials since the last one that set a new best value (all of them if none did)."""
+    """Finished trials since the last one that set a new best value (all of them if none did;
+    none with several objectives: a Pareto front has no one best to stall)."""
+    if len(study.directions) > 1:
+        return 0
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     best: float | None = None
     since = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+import pytest
 
 from targets.synthetic import SyntheticTarget
 from tuners.focus import FOCUS_ATTR, KnobFocus, top_knobs
@@ -18,9 +19,10 @@ DEFAULTS = SPACE.config({})
 TOP = ("x", "y")
 
 
-def _run(focus: KnobFocus, n: int, value: Any, seed: int = 0) -> optuna.Study:
+def _run(focus: KnobFocus, n: int, value: Any, seed: int = 0,
+         tuner: str = "tpe") -> optuna.Study:
     """``n`` trials asked as the trial manager asks them, told ``value(params)``."""
-    study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", seed))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(tuner, seed))
     study.enqueue_trial(SPACE.default_params())  # the default first, as a job queues it
     for _ in range(n):
         focus.before_ask(study, SPACE)
@@ -78,3 +80,15 @@ def test_other_knobs_keep_the_best_config_so_far() -> None:
     trial = study.ask(SPACE.distributions())
     assert _others(trial.params) == _others(better)
     assert trial.user_attrs[FOCUS_ATTR] == "x,y"
+
+
+@pytest.mark.parametrize("tuner", ["random", "cmaes"])
+def test_every_sampler_draws_only_the_top_knobs_while_focused(tuner: str) -> None:
+    focus = KnobFocus.for_budget(TOP, 12)
+    study = _run(focus, 12, lambda p: SyntheticTarget.true_value(
+        {**DEFAULTS, **p}, {"shift": 0.0}), tuner=tuner)
+    at = (focus.widened(study) or {})["trial"]
+    assert 2 <= at <= 6
+    for t in study.trials[1:at]:
+        assert _others(t.params) == _others(DEFAULTS), t.params
+    assert any(_others(t.params) != _others(DEFAULTS) for t in study.trials[at:])
