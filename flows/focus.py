@@ -1,7 +1,8 @@
 """Important knobs first, as a step of the tune flow (``--knobs auto --top-knobs K``).
 
 ``knob_focus`` picks the knobs once per job from the service's champion model
-(``model_registry/importance.py``) and keeps them in job.json; the trial manager asks for them
+(``model_registry/importance.py``: each knob's predicted effect alone from the default config,
+its recorded importance breaking ties) and keeps them in job.json; the trial manager asks for them
 only until the focus widens (``tuners/focus.py``). Without a model (or with ``--workers``) every
 knob is tuned and the log, the summary and the MLflow run say why. ``focus_params`` and
 ``focus_record`` are what the job's MLflow run and summary keep: the knobs tuned first, the model
@@ -16,7 +17,8 @@ from typing import Any
 import optuna
 
 from flows.job import Job
-from model_registry.importance import champion_importance
+from model_registry import fingerprint
+from model_registry.importance import KnobImportance, champion_importance, effect_from
 from targets.common.settings import tracking_uri
 from tasks.track import JobTracker
 from tuners.focus import KnobFocus, top_knobs
@@ -61,8 +63,26 @@ def _choose_focus(job: Job, space: SearchSpace) -> dict[str, Any]:
     if job.top_knobs >= len(space.names):
         return {"top": [], "why": f"--top-knobs {job.top_knobs} covers all "
                 f"{len(space.names)} knobs", **ranked.to_dict()}
-    return {"top": top_knobs(ranked.knobs, space, job.top_knobs), "why": "",
-            **ranked.to_dict()}
+    effect = _effect(job, space, ranked)
+    if not effect:  # the champion itself could not be asked: its recorded importance ranks
+        return {"top": top_knobs(ranked.knobs, space, job.top_knobs), "why": "",
+                "ranked_by": "importance", **ranked.to_dict()}
+    return {"top": top_knobs(effect, space, job.top_knobs, ties=ranked.knobs), "why": "",
+            "ranked_by": "effect from the default", **ranked.to_dict(),
+            "effect_from_default": {k: round(v, 6) for k, v in effect.items()}}
+
+
+def _effect(job: Job, space: SearchSpace, ranked: KnobImportance) -> dict[str, float]:
+    """Each knob's effect alone from the default config, by the champion ({}: not loadable,
+    or it takes other inputs than this job's knobs and workload)."""
+    if ranked.champion is None:
+        return {}
+    try:
+        return effect_from(ranked.champion, space, job.target_cls.knob_spec().defaults(),
+                           fingerprint.features(job.target_cls, job.workload),
+                           maximize=job.direction == "maximize")
+    except (KeyError, ValueError):
+        return {}
 
 
 def focus_params(job: Job) -> dict[str, Any]:

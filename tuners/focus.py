@@ -36,11 +36,15 @@ PATIENCE_SHARE = 0.25
 PATIENCE_MIN = 5
 
 
-def top_knobs(importance: Mapping[str, float], space: SearchSpace, k: int) -> list[str]:
+def top_knobs(importance: Mapping[str, float], space: SearchSpace, k: int,
+              ties: Mapping[str, float] | None = None) -> list[str]:
     """The ``k`` tuned knobs of ``space`` with the highest ``importance`` (knob name to
-    importance; a knob it lacks counts 0), in order; ties keep the space's order."""
+    importance; a knob it lacks counts 0), in order; ties go to the higher ``ties``, then keep
+    the space's order."""
     order = {name: i for i, name in enumerate(space.names)}
-    ranked = sorted(space.names, key=lambda n: (-float(importance.get(n, 0.0)), order[n]))
+    ties = ties or {}
+    ranked = sorted(space.names, key=lambda n: (-float(importance.get(n, 0.0)),
+                                                -float(ties.get(n, 0.0)), order[n]))
     return ranked[:k]
 
 
