@@ -146,11 +146,13 @@ def print_table(target: str, curves: dict[str, list[Curve]], info: dict[str, Any
                       f"{statistics.median(c.seconds for c in runs):.0f}")
     console = Console(width=140)
     console.print(table)
+    focus = curves["--knobs auto"][0].focus
     ranked = ", ".join(f"{k} {v:.3g}" for k, v in info["importance"].items())
+    effect = ", ".join(f"{k} {v:.3g}" for k, v in focus.get("effect_from_default", {}).items())
     widened = [c.focus.get("widened_at_trial") for c in curves["--knobs auto"]]
-    console.print(f"ranked by {info['model']}: {ranked}; first: "
-                  f"{curves['--knobs auto'][0].focus.get('top')}; widened at trials {widened}; "
-                  f"trained job {info['train_s']:.0f} s")
+    console.print(f"{info['model']}: recorded importance {ranked}; effect from the default "
+                  f"{effect or '-'}; first: {focus.get('top')} (by {focus.get('ranked_by')}); "
+                  f"widened at trials {widened}; trained job {info['train_s']:.0f} s")
 
 
 def plot(results: dict[str, tuple[dict[str, list[Curve]], dict[str, Any]]], path: Path,

@@ -116,8 +116,9 @@ class JobSpec(BaseModel):
     seed: int = _option(0, "Seed of sampler and noise (default 0).", ge=0, le=2**31 - 1)
     space_file: str | None = _option(None, "Search-space YAML (expert ranges).", flag="--space")
     knobs: list[str] | None = _option(
-        None, "Comma-separated knobs to tune, or auto: the knobs the service's model ranks "
-        "most important first (--top-knobs), then all.", cli=Cli.COMMA_LIST)
+        None, "Comma-separated knobs to tune, or auto: first the knobs the service's model "
+        "predicts can each buy the most from the default (--top-knobs), then all.",
+        cli=Cli.COMMA_LIST)
     top_knobs: int | None = _option(
         None, "With --knobs auto: how many of the most important knobs are tuned first, the "
         "others kept at their values in the best config so far; all knobs are tuned once half "
