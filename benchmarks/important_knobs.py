@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 SETUPS: dict[str, dict[str, Any]] = {
     "synthetic": {"workload": {"duration": 0.0, "noise": 0.03}, "train_budget": 40,
                   "trial_timeout": 1.0},
-    "sqlite": {"workload": {"rows": 5000, "ops": 10000}, "train_budget": 30,
+    "sqlite": {"workload": {"rows": 5000, "ops": 10000}, "train_budget": 40,
                "trial_timeout": 20.0},
 }
 CONTENDERS = ("all knobs", "--knobs auto")
