@@ -24,7 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.inputs import objectives_of, parse_assignments, prefer_of, resolve_workload
-from flows.spec import JobSpec, Resume, option_error
+from flows.spec import AUTO_KNOBS, DEFAULT_TOP_KNOBS, JobSpec, Resume, option_error
 from rules.bounds import Bound, parse_bounds
 from rules.learn import LearnedRules
 from rules.review import check_space
@@ -92,6 +92,10 @@ class Job:
     testbed_slots: int | None = None  # the test-bed's limit, when given (None: 1 if created)
     cpus: str | None = None  # each instance's CPU set: auto, a CPU list, or None (not pinned)
     memory_mb: int | None = None  # each instance's memory limit
+    top_knobs: int = 0  # --knobs auto: the most important knobs tuned first (0: all at once)
+    #: --knobs auto: the knobs tuned first, the model that ranked them, or why all were tuned
+    #: (kept for --resume: a resumed job focuses on the same knobs)
+    focus: dict[str, Any] | None = None
     isolation: dict[str, Any] | None = None  # what the running host gave (tasks/isolation.py)
     pruner: str = "none"  # stops clearly bad trials early (tuners/pruners.py)
     status: JobStatus = JobStatus.RUNNING
@@ -161,6 +165,7 @@ class Job:
             directions=[d for _, d in objectives] if several else [],
             prefer=prefer, constraints=[b.text for b in parse_bounds(spec.constraints,
                                                                       target_cls.metrics)],
+            top_knobs=(spec.top_knobs or DEFAULT_TOP_KNOBS) if spec.knobs == [AUTO_KNOBS] else 0,
             home=home,
         )
         job.check_cpus()
@@ -292,7 +297,7 @@ def _space(spec: JobSpec, target_cls: type[Target]) -> SearchSpace:
     knob_spec = target_cls.knob_spec()
     if spec.space_file:
         return load_space(spec.space_file, knob_spec)
-    if spec.knobs:
+    if spec.knobs and spec.knobs != [AUTO_KNOBS]:  # auto: every knob, the top ones first
         return space_for_knobs(knob_spec, [k.strip() for k in spec.knobs if k.strip()])
     return SearchSpace.full(knob_spec)
 

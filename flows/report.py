@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.job import Job
+from flows.report_search import search_parts
 from model_registry.transfer import TransferPlan
 from rules.review import range_hints
 from rules.rule import Failure
@@ -35,7 +35,6 @@ from tuners.trials import (
     TrialOutcome,
     finished_trials,
     is_blocked,
-    pruning_saved_s,
     ranked_trials,
 )
 
@@ -155,6 +154,9 @@ class RunSummary:
     constraints: list[str] = field(default_factory=list)
     n_infeasible: int = 0
     constraints_verified: dict[str, bool] = field(default_factory=dict)
+    #: With --knobs auto: the knobs tuned first and the model that ranked them (or why all
+    #: knobs were tuned at once), and at which trial and why the search widened to all knobs.
+    knob_focus: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -338,13 +340,7 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
     defaults = job.target_cls.knob_spec().defaults()
     is_default = best_is_default(job, best)
     v = verification or Verification()
-    bounds = job.bounds()
-    infeasible = [t for t in done if t.state == TrialState.COMPLETE and t.constraints
-                  and any(value > 0 for value in t.constraints.values())]
-    verified_metrics = v.mean_metrics()
-    several = {"objectives": job.objective_names, "directions": job.objective_directions,
-               "prefer": dict(job.prefer)} if job.several else {}
-    n_pruned, saved_s = pruning_saved_s(done)
+    search = search_parts(job, done, v)
     summary = RunSummary(
         target=job.target, service=job.service, instance=job.instance, objective=job.objective,
         direction=job.direction, tuner=job.tuner, n_trials=len(done), n_failed=len(failed),
@@ -358,21 +354,12 @@ def summarize(job: Job, study: optuna.Study, best: FrozenTrial | None,
         study_name=job.study_name,
         mlflow_run_id=job.mlflow_run_id, duration_s=round(duration_s, 2),
         best_is_default=is_default,
-        verdict=verdict(best, verification, is_default, len(infeasible)),
+        verdict=verdict(best, verification, is_default, search["n_infeasible"]),
         default_config={k: defaults.get(k) for k in best_config or {}},
         best_observed_runs=len(record.get("repeat_values") or []) or (1 if best else 0),
         best_observed_raw=record.get("raw_value") if record.get("baseline_value") else None,
-        constraints=[b.describe(job.default_metrics) for b in bounds],
-        n_infeasible=len(infeasible),
-        constraints_verified={b.text: b.met(verified_metrics, job.default_metrics)
-                              for b in bounds} if verified_metrics else {},
-        pruner=job.pruner, n_pruned=n_pruned, pruned_saved_s=round(saved_s, 2),
-        **several, **parts,
+        **search, **parts,
     )
-    lags = [t.user_attrs[ATTR]["tell_lag"] for t in done
-            if t.user_attrs.get(ATTR, {}).get("tell_lag") is not None]
-    if lags:
-        summary.tell_lag_max, summary.tell_lag_median = max(lags), statistics.median(lags)
     target_cls = job.target_cls
     if hasattr(target_cls, "known_optimum_value"):
         summary.known_optimum_value = target_cls.known_optimum_value(job.workload)

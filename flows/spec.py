@@ -25,7 +25,8 @@ from targets.common.errors import KnobflowError, did_you_mean
 from tuners.pruners import PRUNERS
 from tuners.samplers import TUNERS
 
-__all__ = ["DIRECTIONS", "Cli", "JobSpec", "Resume", "objective_direction", "option_error",
+__all__ = ["AUTO_KNOBS", "DEFAULT_TOP_KNOBS", "DIRECTIONS", "Cli", "JobSpec", "Resume",
+           "objective_direction", "option_error",
            "spec_parameters", "with_spec_signature"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -33,6 +34,9 @@ _NAME_MUST = "1-64 letters, digits, '.', '_' or '-'"
 _SECONDS_MUST = "a number of seconds > 0"
 _CPUS = r"^(auto|[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?)*)$"
 _CPUS_MUST = "auto or a CPU list such as 0,1 or 0-3"
+#: ``--knobs auto``: the service model's most important knobs first, then all.
+AUTO_KNOBS = "auto"
+DEFAULT_TOP_KNOBS = 4
 
 
 class Resume(enum.StrEnum):
@@ -115,8 +119,15 @@ class JobSpec(BaseModel):
     objective: str | None = _option(None, "Metric to optimize.", cli=Cli.FLOW_ONLY)
     seed: int = _option(0, "Seed of sampler and noise (default 0).", ge=0, le=2**31 - 1)
     space_file: str | None = _option(None, "Search-space YAML (expert ranges).", flag="--space")
-    knobs: list[str] | None = _option(None, "Comma-separated knobs to tune.",
-                                      cli=Cli.COMMA_LIST)
+    knobs: list[str] | None = _option(
+        None, "Comma-separated knobs to tune, or auto: first the knobs the service's model "
+        "predicts can each buy the most from the default (--top-knobs), then all.",
+        cli=Cli.COMMA_LIST)
+    top_knobs: int | None = _option(
+        None, "With --knobs auto: how many of the most important knobs are tuned first, the "
+        "others kept at their values in the best config so far; all knobs are tuned once half "
+        "the budget has started, or earlier after a quarter of it (at least 5 trials) without "
+        "a new best (default 4).", ge=1, le=1000, metavar="K")
     trial_timeout: float | None = _option(None, "Hard timeout of one trial, seconds.", gt=0,
                                           allow_inf_nan=False, must=_SECONDS_MUST)
     verify_repeats: int = _option(
@@ -212,6 +223,12 @@ class JobSpec(BaseModel):
         if self.space_file and self.knobs:
             raise KnobflowError("--space and --knobs both narrow the search space; use one of "
                                 "them")
+        if self.knobs and AUTO_KNOBS in self.knobs and len(self.knobs) > 1:
+            raise KnobflowError(f"--knobs {AUTO_KNOBS} picks the knobs itself; give it alone "
+                                f"(--knobs {AUTO_KNOBS}) or list knobs without it")
+        if self.top_knobs is not None and self.knobs != [AUTO_KNOBS]:
+            raise KnobflowError(f"--top-knobs applies to --knobs {AUTO_KNOBS}; add --knobs "
+                                f"{AUTO_KNOBS} or drop --top-knobs")
         return self
 
     @classmethod

@@ -4,6 +4,8 @@ knobflow tune sqlite --budget 20
   prepare_job             flows/job.py         the spec checked and recorded (or the job to resume)
   open_job_study          tuners/study.py      the Optuna study; the default config queued first
   transfer_from_siblings  model_registry/      siblings' best configs, the champion's picks
+  (--knobs auto)          model_registry/      the champion's most important knobs, tuned
+                          tuners/focus.py      first (tasks/explore.py asks for them only)
   start_tracking          tasks/track.py       the job's MLflow run
   probe_noise             tasks/probe.py       the default run 3x; a noisy machine: repeats on
   explore                 tasks/explore.py     ask -> rules -> run (own process) -> clean -> tell
@@ -40,6 +42,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from flows.focus import focus_record, knob_focus
 from flows.job import Job, JobStatus, hold_instance, prepare_job
 from flows.job_reference import regression_failed, settle_reference
 from flows.pareto import job_result, mean_metrics, measure_default_metrics, metric_names
@@ -56,12 +59,7 @@ from model_registry.transfer import TransferPlan, TransferRequest, transfer_from
 from rules.learn import learned_path
 from rules.review import check_space
 from rules.ruleset import RuleSet, shipped_rules_path
-from targets.common.settings import (
-    knobflow_home,
-    quiet_environment,
-    tracking_uri,
-    writable_home,
-)
+from targets.common.settings import knobflow_home, quiet_environment, tracking_uri, writable_home
 from targets.registry import available_targets
 from tasks.explore import ExploreStats, explore
 from tasks.guard import CandidateGuard, RuleFilter, RuleLearner
@@ -76,6 +74,7 @@ from tasks.track import (
     start_tracking,
 )
 from tasks.train import train_service_models
+from tuners.focus import KnobFocus
 from tuners.space import SearchSpace
 from tuners.study import name_metric, open_job_study
 from tuners.trials import TrialOutcome
@@ -144,6 +143,7 @@ def tune(target: str, **options: Any) -> RunSummary:
         table = service_table(job.home, job.service)
         clock.lap("start")
         plan = clock.timed("transfer", _transfer, job, study, table, space, rules, resume)
+        focus = knob_focus(job, space, logger)
         tracker = clock.timed("tracking", _start_tracking, job, space, study, resume)
         guard = CandidateGuard(rules, learn=RuleLearner(
             job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
@@ -158,7 +158,8 @@ def tune(target: str, **options: Any) -> RunSummary:
                 study = clock.timed("trials", fan_out, job, tracker.run_id, logger, listener)
             else:
                 clock.timed("trials", _explore, job, study, space, runner, guard, tracker,
-                            listener, logger, first_baseline)
+                            listener, logger, first_baseline, focus)
+            focused = focus_record(job, study, focus, tracker, logger)
             best, verification, front = clock.timed("verification", job_result, job, study,
                                                     rules, runner, tracker, listener, logger)
             trial_table = write_job_table(job, study)
@@ -166,7 +167,7 @@ def tune(target: str, **options: Any) -> RunSummary:
             summary, files = report(
                 job, study, best, verification, **clock.times(), space=space, ruleset=rules,
                 guard=guard, rule_warnings=warnings, plan=plan, model=model, noise=job.noise,
-                pareto_front=front,
+                pareto_front=front, knob_focus=focused,
                 trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
             files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
@@ -309,7 +310,7 @@ def _probe_noise(job: Job, study: optuna.Study, runner: TrialRunner, tracker: Jo
 def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRunner,
              guard: CandidateGuard, tracker: JobTracker, listener: TuneListener,
              logger: logging.Logger | logging.LoggerAdapter[Any],
-             first_baseline: dict[str, float]) -> ExploreStats:
+             first_baseline: dict[str, float], focus: KnobFocus | None) -> ExploreStats:
     """Run the search; every trial goes to MLflow, the log and the listener."""
 
     def on_trial(number: int, outcome: TrialOutcome, stats: ExploreStats) -> None:
@@ -331,7 +332,7 @@ def _explore(job: Job, study: optuna.Study, space: SearchSpace, runner: TrialRun
         on_baseline=lambda key, outcome: tracker.log_trial(
             key, outcome.record(), outcome.samples, phase="baseline"),
         objectives=job.objective_names, bounds=job.bounds(),
-        default_metrics=job.default_metrics,
+        default_metrics=job.default_metrics, focus=focus,
     )
 
 

@@ -40,6 +40,7 @@ from tasks.pruning import progress_listener, pruning_on
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tasks.tell_order import TellOrder
 from tasks.told import objective_values, relative_to, tell_constraints
+from tuners.focus import KnobFocus
 from tuners.samplers import takes_pending
 from tuners.space import SearchSpace
 from tuners.study import stored_trials, study_lock
@@ -63,7 +64,8 @@ class Exploration:
     """Runs trials of ``study`` until ``budget`` trials have finished or ``time_budget_s`` has
     passed; running trials finish. With a ``guard`` (the rule engine), a candidate it blocks is
     told as infeasible and neither runs nor counts against the budget, and failures teach it
-    new rules. ``on_trial`` hears of every finished trial, ``on_baseline`` of every baseline."""
+    new rules. With a ``focus`` (``--knobs auto``) the sampler draws only its top knobs until it
+    widens. ``on_trial`` hears of every finished trial, ``on_baseline`` of every baseline."""
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class Exploration:
         objectives: list[str] | None = None,
         bounds: list[Bound] | None = None,
         default_metrics: dict[str, float] | None = None,
+        focus: KnobFocus | None = None,
     ) -> None:
         self.study, self.space, self.runner, self.guard = study, space, runner, guard
         self.budget, self.time_budget_s, self.baseline_every = budget, time_budget_s, baseline_every
@@ -92,6 +95,10 @@ class Exploration:
         self.more_objectives = list(objectives or [])[1:]
         self.bounds, self.default_metrics = list(bounds or []), dict(default_metrics or {})
         self.distributions = space.distributions()
+        # --knobs auto: the top knobs first (a partial trial queued before each ask, under a
+        # lock so another instance's ask cannot take it); not in a shared study
+        self.focus = None if shared else focus
+        self._focus_lock = threading.Lock()
         self.stats = stats_so_far(study, budget)
         self._lock = threading.Lock()
         self._launched = self.stats.done
@@ -156,7 +163,11 @@ class Exploration:
                     and time.monotonic() - self._started >= self.time_budget_s):
                 return None
             self._launched += 1
-        return self._counted(self.study.ask(self.distributions))
+        if self.focus is None:
+            return self._counted(self.study.ask(self.distributions))
+        with self._focus_lock:
+            self.focus.before_ask(self.study, self.space)
+            return self._counted(self.study.ask(self.distributions))
 
     def _counted(self, trial: optuna.trial.Trial) -> optuna.trial.Trial:
         """``trial``, just asked, counted for the tell lag of the trials not yet told."""

@@ -23,6 +23,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
+from model_registry.importance import feature_importance, fitted_pipeline
 from model_registry.registry import holdout_scores
 from targets.base import MAXIMIZE
 from tuners.trials import training_rows
@@ -67,22 +68,6 @@ def build_model(
     return TransformedTargetRegressor(
         regressor=pipeline, func=np.log, inverse_func=np.exp, check_inverse=False
     )
-
-
-def fitted_pipeline(model: BaseEstimator) -> Pipeline:
-    return model.regressor_ if isinstance(model, TransformedTargetRegressor) else model
-
-
-def feature_importance(model: BaseEstimator) -> dict[str, float]:
-    """Importance per input column: LightGBM's total gain, a forest's impurity decrease."""
-    pipe = fitted_pipeline(model)
-    names = [str(n) for n in pipe.named_steps["encode"].get_feature_names_out()]
-    reg = pipe.named_steps["regressor"]
-    if hasattr(reg, "booster_"):
-        values = reg.booster_.feature_importance(importance_type="gain")
-    else:
-        values = reg.feature_importances_
-    return dict(sorted(zip(names, map(float, values), strict=True), key=lambda kv: -kv[1]))
 
 
 # -- scores ----------------------------------------------------------------------------------------

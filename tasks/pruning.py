@@ -10,18 +10,21 @@ is reported to Optuna, and the study's pruner says whether to stop the trial the
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import statistics
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from targets.base import Target
 from tasks.trial_process import ProgressListener
 from tuners.pruners import prunes
+from tuners.trials import ATTR, TrialStatus, is_pruned_early
 
 log = logging.getLogger("knobflow.explore")
 
-__all__ = ["progress_listener", "pruning_on", "reports_per_run"]
+__all__ = ["progress_listener", "pruning_on", "pruning_saved_s", "reports_per_run"]
 
 
 def pruning_on(study: optuna.Study, target_cls: type[Target], single_runs: bool,
@@ -77,3 +80,18 @@ def reports_per_run(target_cls: type[Target], workload: Mapping[str, Any]) -> in
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 1:
             return int(value)
     return None
+
+
+def pruning_saved_s(trials: Iterable[FrozenTrial]) -> tuple[int, float]:
+    """How many of ``trials`` the pruner stopped, and the trial time it saved: for each, the
+    median run time of the complete trials minus its own (an estimate: a full run of it)."""
+    def elapsed(t: FrozenTrial) -> float:
+        return float(t.user_attrs.get(ATTR, {}).get("elapsed_s") or 0.0)
+
+    pruned = [t for t in trials if is_pruned_early(t)]
+    full = [elapsed(t) for t in trials if t.state == TrialState.COMPLETE
+            and t.user_attrs.get(ATTR, {}).get("status") == TrialStatus.OK]
+    if not pruned or not full:
+        return len(pruned), 0.0
+    typical = statistics.median(full)
+    return len(pruned), sum(max(0.0, typical - elapsed(t)) for t in pruned)

@@ -38,8 +38,8 @@ __all__ = [
     "RETRY_ATTR", "TRANSFER_ATTR", "RowStatus", "TrialOutcome", "TrialStatus", "as_table",
     "best_trial", "blocked_record", "blocked_trial", "clean_trials", "finished_trials",
     "is_blocked", "is_feasible", "is_prior", "is_pruned_early", "pareto_trials", "pruned_trial",
-    "pruning_saved_s", "ranked_trials", "read_parquet", "requeue_interrupted", "study_rows",
-    "training_rows", "trial_row", "write_parquet",
+    "ranked_trials", "read_parquet", "requeue_interrupted", "study_rows", "training_rows",
+    "trial_row", "write_parquet",
 ]
 
 ATTR = "knobflow"  # the Optuna user attribute holding a trial's record
@@ -199,21 +199,6 @@ def is_pruned_early(trial: FrozenTrial) -> bool:
     neither a failure nor a measurement, is never verified, reported as best or learned from."""
     return (trial.state == TrialState.PRUNED
             and _record(trial).get("status") == TrialStatus.PRUNED)
-
-
-def pruning_saved_s(trials: Iterable[FrozenTrial]) -> tuple[int, float]:
-    """How many of ``trials`` the pruner stopped, and the trial time it saved: for each, the
-    median run time of the complete trials minus its own (an estimate: a full run of it)."""
-    import statistics
-
-    pruned = [t for t in trials if is_pruned_early(t)]
-    full = [float(_record(t).get("elapsed_s") or 0.0) for t in trials
-            if t.state == TrialState.COMPLETE and _record(t).get("status") == TrialStatus.OK]
-    if not pruned or not full:
-        return len(pruned), 0.0
-    typical = statistics.median(full)
-    return len(pruned), sum(max(0.0, typical - float(_record(t).get("elapsed_s") or 0.0))
-                            for t in pruned)
 
 
 def finished_trials(study: optuna.Study,

@@ -98,7 +98,8 @@ def test_the_cli_the_flow_and_the_spec_have_one_set_of_options_with_the_same_def
 
 
 def test_the_example_gives_every_option_a_value_other_than_its_default() -> None:
-    assert set(EXAMPLE) | {"knobs", "objectives"} == set(FIELDS)
+    # --knobs and --space exclude each other; --top-knobs needs --knobs auto
+    assert set(EXAMPLE) | {"knobs", "objectives", "top_knobs"} == set(FIELDS)
     for name, value in EXAMPLE.items():
         assert FIELDS[name].is_required() or value != FIELDS[name].get_default(
             call_default_factory=True), name
@@ -106,7 +107,8 @@ def test_the_example_gives_every_option_a_value_other_than_its_default() -> None
 
 @pytest.mark.parametrize("values", [EXAMPLE, {"target": "sqlite", "knobs": ["cache_size",
                                                                             "synchronous"]},
-                                    SEVERAL])
+                                    SEVERAL,
+                                    {"target": "synthetic", "knobs": ["auto"], "top_knobs": 3}])
 def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
     values: dict[str, Any],
 ) -> None:
@@ -122,8 +124,8 @@ def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
         ({"budget": 0}, "The 'budget' option of tune must be an int in [1, inf). Got 0 instead."),
         ({"parallel": 65}, "The 'parallel' option of tune must be an int in [1, 64]. Got 65 "
                            "instead."),
-        ({"tuner": "randm"}, "The 'tuner' option of tune must be one of tpe, random, cmaes. Got "
-                             "'randm' instead (did you mean 'random'?)."),
+        ({"tuner": "randm"}, "The 'tuner' option of tune must be one of tpe, random, cmaes, "
+                             "surrogate. Got 'randm' instead (did you mean 'random'?)."),
         ({"repeat_until": 2.0}, "The 'repeat_until' option of tune must be a relative "
                                 "half-width in (0, 1), e.g. 0.05 for +-5 %. Got 2.0 instead."),
         ({"repeats": 7}, "The 'max_repeats' option of tune must be an int in [7, 100]. Got 5 "
@@ -144,6 +146,12 @@ def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
                                "Got 0 instead."),
         ({"pruner": "mediam"}, "The 'pruner' option of tune must be one of none, median, "
                                "hyperband. Got 'mediam' instead (did you mean 'median'?)."),
+        ({"knobs": ["auto"], "top_knobs": 0}, "The 'top_knobs' option of tune must be an int "
+                                              "in [1, 1000]. Got 0 instead."),
+        ({"top_knobs": 2}, "--top-knobs applies to --knobs auto; add --knobs auto or drop "
+                           "--top-knobs"),
+        ({"knobs": ["auto", "x"]}, "--knobs auto picks the knobs itself; give it alone "
+                                   "(--knobs auto) or list knobs without it"),
     ],
 )
 def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_command(

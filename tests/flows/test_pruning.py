@@ -19,10 +19,11 @@ from rich.console import Console
 from flows.progress import print_summary
 from flows.tune import tune
 from targets.postgres_pgbench import ProgressReader
+from tasks.pruning import pruning_saved_s
 from tasks.trial_process import TrialProcesses
 from tests.conftest import trial_processes
 from tuners.study import open_study
-from tuners.trials import ATTR, finished_trials, is_blocked, is_pruned_early, pruning_saved_s
+from tuners.trials import ATTR, finished_trials, is_blocked, is_pruned_early
 
 #: Runs of 1.2 s in 6 intervals: a pruned trial is stopped after a few of them. The pruner is
 #: first asked once the trials before are cleaned and told (~0.1 s each, seconds on a loaded
