@@ -70,8 +70,9 @@ def test_pgbench_progress_is_read_as_it_is_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("mlflow_store")
+@pytest.mark.parametrize("tuner", ["tpe", "cmaes"])  # told beside the next run, and inline
 def test_median_pruner_stops_bad_trials_early_and_records_them_apart(
-    prefect_api: str, home: Path, tmp_path: Path
+    prefect_api: str, home: Path, tmp_path: Path, tuner: str
 ) -> None:
     # no refused, crashing or hanging region: every trial runs; far from the optimum in x and y
     # the synthetic system does ~1 op/s against ~1000 near it: clearly bad configs
@@ -85,7 +86,7 @@ def test_median_pruner_stops_bad_trials_early_and_records_them_apart(
     import great_expectations  # noqa: F401
 
     summary = tune("synthetic", budget=10, seed=1, workload=SLOW, space_file=str(space),
-                   pruner="median", **LEAN, home=str(home))
+                   pruner="median", tuner=tuner, **LEAN, home=str(home))
     study = open_study(home, summary.study_name, "maximize", optuna.samplers.RandomSampler(),
                        create=False)
     pruned = [t for t in study.trials if is_pruned_early(t)]
@@ -121,3 +122,19 @@ def test_median_pruner_stops_bad_trials_early_and_records_them_apart(
         summary.pruned_saved_s, abs=0.01))
     assert json.loads((home / "jobs" / summary.study_name / "result.json").read_text())[
         "n_pruned"] == summary.n_pruned
+    # a sampler that cannot take a pending trial is told each result (pruned ones too) first
+    assert summary.tell_lag_max is not None
+    assert summary.tell_lag_max <= (1 if tuner == "tpe" else 0)
+
+
+def test_a_study_of_several_objectives_is_not_pruned(caplog: pytest.LogCaptureFixture) -> None:
+    from targets.synthetic import SyntheticTarget
+    from tasks.pruning import pruning_on
+    from tuners.pruners import make_pruner
+
+    single = optuna.create_study(direction="maximize", pruner=make_pruner("median"))
+    assert pruning_on(single, SyntheticTarget, True, 0)
+    several = optuna.create_study(directions=["maximize", "minimize"],
+                                  pruner=make_pruner("median"))
+    assert not pruning_on(several, SyntheticTarget, True, 0)
+    assert "several objectives" in caplog.text
