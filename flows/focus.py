@@ -52,9 +52,6 @@ def _choose_focus(job: Job, space: SearchSpace) -> dict[str, Any]:
     """The knobs to tune first and who ranked them, or (``top`` empty) why all knobs at once."""
     if job.workers:
         return {"top": [], "why": "with --workers every worker tunes all knobs"}
-    if job.several:
-        return {"top": [], "why": "with several --objective every knob is tuned (the model "
-                "ranks the knobs for one objective)"}
     try:
         ranked = champion_importance(tracking_uri(job.home), job.service, job.objective)
     except Exception as exc:  # the search goes on without it: it is a shortcut, not a need

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flows.spec import JobSpec, objective_direction, option_error
+from flows.spec import AUTO_KNOBS, JobSpec, objective_direction, option_error
 from targets.base import Target
 from targets.common.errors import KnobflowError, WorkloadError, did_you_mean
 from targets.common.files import display_path
 from targets.common.yamlfiles import load_yaml
 from targets.registry import load_target
 
-__all__ = ["check_inputs", "objective_of", "objectives_of", "parse_assignments", "prefer_of",
-           "resolve_workload"]
+__all__ = ["check_inputs", "check_several", "objective_of", "objectives_of", "parse_assignments",
+           "prefer_of", "resolve_workload"]
 
 
 def parse_assignments(items: list[str], option: str = "--set-workload") -> dict[str, str]:
@@ -125,3 +125,19 @@ def check_inputs(spec: JobSpec) -> None:
     prefer_of(spec, objectives_of(spec, target_cls))
     parse_bounds(spec.constraints, target_cls.metrics)
     resolve_workload(target_cls, spec.workload_file, spec.workload or {})
+
+
+def check_several(spec: JobSpec) -> None:
+    """What a job of several objectives cannot do (each tells the tuner one value)."""
+    refused = [(spec.tuner in ("cmaes", "surrogate"), f"--tuner {spec.tuner}",
+                "--tuner tpe (or random)"),
+               (spec.pruner != "none", f"--pruner {spec.pruner}", "--pruner none"),
+               (spec.knobs == [AUTO_KNOBS], "--knobs auto", "--knobs with the knobs to tune"),
+               (bool(spec.baseline_every), "--baseline-every", "leave it out"),
+               (spec.transfer_priors, "--transfer-priors", "leave it out"),
+               (bool(spec.workers), "--workers", "leave it out (trials run here)")]
+    for bad, option, fix in refused:
+        if bad:
+            raise KnobflowError(f"{option} takes one objective, and the job has several "
+                                f"(--objective {' --objective '.join(spec.objectives or [])});"
+                                f" use {fix}, or one --objective")

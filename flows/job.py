@@ -23,7 +23,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.inputs import objectives_of, parse_assignments, prefer_of, resolve_workload
+from flows.inputs import (
+    check_several,
+    objectives_of,
+    parse_assignments,
+    prefer_of,
+    resolve_workload,
+)
 from flows.spec import AUTO_KNOBS, DEFAULT_TOP_KNOBS, JobSpec, Resume, option_error
 from rules.bounds import Bound, parse_bounds
 from rules.learn import LearnedRules
@@ -131,7 +137,7 @@ class Job:
         if spec.prefer is not None and not several:
             prefer_of(spec, objectives)
         if several:
-            _check_several(spec)
+            check_several(spec)
         known = _policies(target_cls, spec.rule_files)
         for policy in spec.policies:
             if policy not in known:
@@ -267,19 +273,6 @@ class Job:
         data = json.loads(path.read_text(encoding="utf-8"))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known}, home=home)
-
-
-def _check_several(spec: JobSpec) -> None:
-    """What a job of several objectives cannot do (each tells the tuner one value)."""
-    refused = [(spec.tuner == "cmaes", "--tuner cmaes", "--tuner tpe (or random)"),
-               (bool(spec.baseline_every), "--baseline-every", "leave it out"),
-               (spec.transfer_priors, "--transfer-priors", "leave it out"),
-               (bool(spec.workers), "--workers", "leave it out (trials run here)")]
-    for bad, option, fix in refused:
-        if bad:
-            raise KnobflowError(f"{option} takes one objective, and the job has several "
-                                f"(--objective {' --objective '.join(spec.objectives or [])});"
-                                f" use {fix}, or one --objective")
 
 
 def _check_service(home: Path, service: str, target: str) -> None:

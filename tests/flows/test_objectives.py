@@ -120,6 +120,12 @@ def test_a_job_whose_bounds_nobody_meets_says_so_and_writes_no_config(prefect_ap
      "latency_ms)"),
     (["--objective", "throughput", "--objective", "latency_ms", "--tuner", "cmaes"],
      "--tuner cmaes takes one objective"),
+    (["--objective", "throughput", "--objective", "latency_ms", "--tuner", "surrogate"],
+     "--tuner surrogate takes one objective"),
+    (["--objective", "throughput", "--objective", "latency_ms", "--pruner", "median"],
+     "--pruner median takes one objective"),
+    (["--objective", "throughput", "--objective", "latency_ms", "--knobs", "auto"],
+     "--knobs auto takes one objective"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_bad_objectives_preferences_and_bounds_are_refused_before_anything_runs(
     args: list[str], message: str, home: Path,
