@@ -74,8 +74,8 @@ def test_tune_help_lists_the_choices_examples_and_exit_codes() -> None:
     words = " ".join(text.split())  # the help is wrapped to the terminal's width
     choices = words[words.index(" Choices: "):words.index(" Examples: ")]
     assert f" TARGET {', '.join(available_targets())} (knobflow targets describes" in choices
-    assert " --tuner tpe, random, cmaes, surrogate --policy durability (postgres, redis, sqlite); and the " \
-           "policies your --rules files define --objective" in choices
+    assert " --tuner tpe, random, cmaes, surrogate --policy durability (postgres, redis, " \
+           "sqlite); and the policies your --rules files define --objective" in choices
     assert "\n    knobflow tune sqlite --budget 20\n" in text  # a command is never wrapped
     assert words.endswith(
         "Exit codes: 0 done 1 failed: no usable result (no trial completed, no config found and "
