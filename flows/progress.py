@@ -125,6 +125,13 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         + (f": {escape(str(summary.failure_classes))}" if summary.failure_classes else "")
         + ")"
     )
+    if summary.constraints:
+        met = all(summary.constraints_verified.values()) if summary.constraints_verified else None
+        console.print(
+            f"SLA bounds: {escape('; '.join(summary.constraints))}; {summary.n_infeasible} clean "
+            "trials broke one; the best config met every bound in the search"
+            + ("" if met is None else ", and in its verified means" if met
+               else ", not in all its verified means (see the warning above)"))
     if summary.pruner != "none":
         console.print(f"pruner {summary.pruner}: pruned {summary.n_pruned}, saved "
                       f"{summary.pruned_saved_s:.1f} s of trial time (stopped early: neither "

@@ -5,15 +5,18 @@ a bound, and says so when no config met them; bad ``--objective``, ``--prefer`` 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from flows.cli import app
+from flows.progress import print_summary
 from flows.report import NONE_FEASIBLE
 from flows.tune import JobFailed, tune
 from rules.bounds import BoundError, parse_bound
@@ -89,6 +92,10 @@ def test_a_constrained_job_reports_only_a_config_that_met_its_bounds(prefect_api
     assert summary.constraints[1].startswith("latency_ms <= 10 * default (default latency_ms")
     assert set(summary.constraints_verified) == {"throughput <= 800",
                                                  "latency_ms <= 10 * default"}
+    out = io.StringIO()  # the summary says the bounds held, and how many trials broke one
+    print_summary(Console(file=out, width=300), summary)
+    assert (f"SLA bounds: {'; '.join(summary.constraints)}; {summary.n_infeasible} clean trials "
+            "broke one; the best config met every bound in the search") in out.getvalue()
 
 
 def test_a_job_whose_bounds_nobody_meets_says_so_and_writes_no_config(prefect_api: str,
