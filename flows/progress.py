@@ -92,6 +92,15 @@ class TuneProgress(TuneListener):
         )
 
 
+def _bounds_line(summary: RunSummary) -> str:
+    """What a constrained job's SLA bounds did."""
+    met = all(summary.constraints_verified.values()) if summary.constraints_verified else None
+    return (f"SLA bounds: {escape('; '.join(summary.constraints))}; {summary.n_infeasible} "
+            "clean trials broke one; the best config met every bound in the search"
+            + ("" if met is None else ", and in its verified means" if met
+               else ", not in all its verified means (see the warning above)"))
+
+
 def print_summary(console: Console, summary: RunSummary) -> None:
     """The human-readable result of a job."""
     if summary.pareto_front:
@@ -126,12 +135,7 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         + ")"
     )
     if summary.constraints:
-        met = all(summary.constraints_verified.values()) if summary.constraints_verified else None
-        console.print(
-            f"SLA bounds: {escape('; '.join(summary.constraints))}; {summary.n_infeasible} clean "
-            "trials broke one; the best config met every bound in the search"
-            + ("" if met is None else ", and in its verified means" if met
-               else ", not in all its verified means (see the warning above)"))
+        console.print(_bounds_line(summary))
     if summary.pruner != "none":
         console.print(f"pruner {summary.pruner}: pruned {summary.n_pruned}, saved "
                       f"{summary.pruned_saved_s:.1f} s of trial time (stopped early: neither "

@@ -193,20 +193,15 @@ class ProgressReader:
     first second."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
+        from targets.common.files import GrowingFile  # the trial process imports little
+
+        self.file = GrowingFile(path)
         self.samples: list[dict[str, Any]] = []
 
     def read(self) -> list[tuple[int, dict[str, float]]]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        end = chunk.rfind(b"\n") + 1  # a line being written is read next time, whole
-        self.offset += end
+        lines = self.file.new_lines()
         found = []
-        for sample in parse_progress(chunk[:end].decode("utf-8", errors="replace")):
+        for sample in parse_progress(lines.decode("utf-8", errors="replace")):
             self.samples.append(sample)
             tps = [s["tps"] for s in self.samples]
             lat = [s["latency_ms"] for s in self.samples if s["latency_ms"] is not None]

@@ -215,21 +215,16 @@ class _Progress:
     """The reader of one trial's progress file: whole new lines, as (step, metrics)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
-        self.reports: list[tuple[int, dict[str, float]]] = []
         path.unlink(missing_ok=True)  # a retried key's old reports are not this run's
+        from targets.common.files import GrowingFile  # the trial process imports little
+
+        self.file = GrowingFile(path)
+        self.reports: list[tuple[int, dict[str, float]]] = []
 
     def read(self) -> list[tuple[int, dict[str, float]]]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        end = chunk.rfind(b"\n") + 1  # a line being written is read next time, whole
-        self.offset += end
+        lines = self.file.new_lines()
         new = []
-        for line in chunk[:end].splitlines():
+        for line in lines.splitlines():
             try:
                 doc = json.loads(line)
                 new.append((int(doc["step"]), {k: float(v) for k, v in doc["metrics"].items()}))

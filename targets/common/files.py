@@ -38,9 +38,9 @@ from typing import Any
 from targets.common.errors import KnobflowError, fmt_value
 
 __all__ = [
-    "CONFIG_FILE", "IMPORT_FILE", "SPACE_FILE", "SPEC_FILE", "WORKLOAD_FILE", "UserFile",
-    "atomic_path", "display_path", "env_limit", "excerpt", "file_lock", "read_user_file",
-    "write_all_synced", "write_text_atomic",
+    "CONFIG_FILE", "IMPORT_FILE", "SPACE_FILE", "SPEC_FILE", "WORKLOAD_FILE", "GrowingFile",
+    "UserFile", "atomic_path", "display_path", "env_limit", "excerpt", "file_lock",
+    "read_user_file", "write_all_synced", "write_text_atomic",
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +105,26 @@ def file_lock(path: str | os.PathLike[str], timeout: float = -1) -> Iterator[Non
         yield
     finally:
         lock.release()
+
+
+class GrowingFile:
+    """A file another process appends lines to (a progress log): ``new_lines`` gives the whole
+    lines added since the last call; a line still being written waits for the next one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def new_lines(self) -> bytes:
+        """The whole lines appended since the last call (b"" while the file does not exist)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return b""
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        return chunk[:end]
 
 
 # -- files the user names ------------------------------------------------------------------------
