@@ -42,38 +42,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # this checkout's code, whatever the installed one is
-#: The search space of both loops: the synthetic target's crash and hang regions left out, so
-#: the bare in-process loop survives every trial (as in ``benchmarks/overhead.py``).
-SPACE = {
-    "knobs": {"x": None, "y": {"range": [0.001, 100.0]}, "threads": None, "buffer_kb": None},
-    "fixed": {"mode": "alpha", "compress": False},
-}
+from overhead import SPACE  # noqa: E402  (this folder; the crash and hang regions left out)
+
 PARTS = ("imports", "server", "start", "transfer", "tracking", "noise_probe", "verification",
          "training", "report", "other")
 GOALS = {"fixed": 10.0, "overhead_ms": 40.0, "lag": 1}
 
 
 def bare_loop(n: int, seed: int, data_dir: Path) -> float:
-    """Seconds per trial of a plain Optuna loop calling the target in-process."""
-    import optuna
+    """Seconds per trial of a plain Optuna loop calling the target in-process (the loop of
+    ``benchmarks/overhead.py``, on instant runs)."""
+    import optuna  # noqa: F401  (imported before the clock starts, as the loop's own are)
+    from overhead import bare_loop as completion_times
 
+    import tuners.samplers
+    import tuners.space  # noqa: F401
     from targets.synthetic import SyntheticTarget
-    from tuners.samplers import make_sampler
-    from tuners.space import parse_space
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = SyntheticTarget.parse_workload({"duration": 0.0})
-    space = parse_space(SPACE, SyntheticTarget.knob_spec(), "benchmark space")
-    study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", seed))
-    study.enqueue_trial(space.default_params())
     began = time.perf_counter()
-    for number in range(n):
-        trial = study.ask(space.distributions())
-        target = SyntheticTarget(data_dir, workload, seed=seed * 1_000_003 + number)
-        with target:
-            target.start(space.config(trial.params))
-            study.tell(trial, target.run().metrics["throughput"])
-    return (time.perf_counter() - began) / n
+    return (completion_times(n, workload, seed, data_dir)[-1] - began) / n
 
 
 def knobflow_job(n: int, seed: int, home: Path, service: str, prefect_home: Path,
