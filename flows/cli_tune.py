@@ -3,7 +3,7 @@
 Each field of ``JobSpec`` becomes one option as the field declares it (a value, a repeated
 option, ``K=V`` assignments, a comma list, a flag that turns an option on or off); only the
 options given on the command line reach the spec, so ``--resume`` can tell which were given. The
-help names what each option takes (``FILE``, ``KEY=VALUE``, ``[tpe|random|cmaes|surrogate]``),
+help names what each option takes (``FILE``, ``KEY=VALUE``, ``[tpe|random|cmaes|nsga2|surrogate]``),
 from the field's kind, name and choices.
 The spec is checked before Prefect starts (bad input answers in a second, not in thirty); the
 tune flow then builds and runs the job, and the progress bar hears of it through the flow's

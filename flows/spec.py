@@ -87,8 +87,9 @@ class JobSpec(BaseModel):
     time_budget: float | None = _option(None, "Seconds after which no new trial starts.",
                                         gt=0, allow_inf_nan=False, must=_SECONDS_MUST,
                                         resume=Resume.MAY_CHANGE)
-    tuner: str = _option("tpe", "tpe (default), random, cmaes or surrogate (a random forest "
-                         "with expected improvement).", choices=TUNERS,
+    tuner: str = _option("tpe", "tpe (default), random, cmaes, nsga2 (genetic, made for several "
+                         "objectives) or surrogate (a random forest with expected improvement).",
+                         choices=TUNERS,
                          must=f"one of {', '.join(TUNERS)}")
     parallel: int | None = _option(None, "Instances running trials at once (default 1).",
                                    ge=1, le=64, resume=Resume.MAY_CHANGE)

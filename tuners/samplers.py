@@ -15,7 +15,8 @@ What each sampler does with a candidate the rules blocked (told as a pruned tria
   its distribution moves away as it did when that value was stored. Without it a blocked draw is
   only drawn again (resampling) and half as many candidates again are blocked. Its fallback for
   categorical and bool knobs is TPE, which reads the constraints;
-* ``random`` learns from nothing;
+* ``random`` learns from nothing; ``nsga2`` learns from complete trials only and draws a
+  blocked candidate again (it reads the SLA bounds' constraints of complete trials);
 * ``surrogate`` (``tuners/surrogate.py``) counts a blocked candidate as the worst value seen,
   and drops candidates ``accept`` refuses before it chooses one: the rules are asked first.
 
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TUNERS", "make_sampler", "takes_pending"]
 
-TUNERS = ("tpe", "random", "cmaes", "surrogate")
+TUNERS = ("tpe", "random", "cmaes", "nsga2", "surrogate")
+#: NSGA-II's generation: a job runs tens of trials, not the hundreds its default 50 is made for
+NSGA2_POPULATION = 16
 
 
 def make_sampler(name: str, seed: int | None = None, *,
@@ -56,6 +59,10 @@ def make_sampler(name: str, seed: int | None = None, *,
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        # a genetic search made for several objectives; it reads the SLA bounds' constraints
+        # (constrained domination), and draws a blocked candidate again, as random does
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
     if name == "cmaes":
         # it warns on every blocked candidate that it does not read constraints: it sees them
         # as its worst draws instead (_cmaes_class)

@@ -97,7 +97,7 @@ def test_tune_json_prints_one_object_with_the_result(prefect_api: str, home: Pat
         (
             ["tune", "synthetic", "--tuner", "bayes"],
             "knobflow: error: The 'tuner' option of tune must be one of tpe, random, cmaes, "
-            "surrogate. Got 'bayes' instead.",
+            "nsga2, surrogate. Got 'bayes' instead.",
         ),
         (
             ["tune", "synthetic", "--pruner", "asha"],

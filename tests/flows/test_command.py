@@ -69,13 +69,13 @@ def test_tune_help_lists_the_choices_examples_and_exit_codes() -> None:
     assert "  TARGET  Target name, e.g. sqlite.  [required]\n" in text
     for shown in ("--set-workload KEY=VALUE", "--rules FILE", "--policy POLICY", "--workload FILE",
                   "--budget INTEGER", "--time-budget FLOAT", "--knobs NAME,...",
-                  "--tuner [tpe|random|cmaes|surrogate]", "--home DIR", "--resume "):
+                  "--tuner [tpe|random|cmaes|nsga2|surrogate]", "--home DIR", "--resume "):
         assert shown in text, shown
     words = " ".join(text.split())  # the help is wrapped to the terminal's width
     choices = words[words.index(" Choices: "):words.index(" Examples: ")]
     assert f" TARGET {', '.join(available_targets())} (knobflow targets describes" in choices
-    assert " --tuner tpe, random, cmaes, surrogate --policy durability (postgres, redis, " \
-           "sqlite); and the policies your --rules files define --objective" in choices
+    assert " --tuner tpe, random, cmaes, nsga2, surrogate --policy durability (postgres, " \
+           "redis, sqlite); and the policies your --rules files define --objective" in choices
     assert "\n    knobflow tune sqlite --budget 20\n" in text  # a command is never wrapped
     assert words.endswith(
         "Exit codes: 0 done 1 failed: no usable result (no trial completed, no config found and "

@@ -125,7 +125,7 @@ def test_a_command_line_and_a_flow_call_with_the_same_values_make_the_same_spec(
         ({"parallel": 65}, "The 'parallel' option of tune must be an int in [1, 64]. Got 65 "
                            "instead."),
         ({"tuner": "randm"}, "The 'tuner' option of tune must be one of tpe, random, cmaes, "
-                             "surrogate. Got 'randm' instead (did you mean 'random'?)."),
+                             "nsga2, surrogate. Got 'randm' instead (did you mean 'random'?)."),
         ({"repeat_until": 2.0}, "The 'repeat_until' option of tune must be a relative "
                                 "half-width in (0, 1), e.g. 0.05 for +-5 %. Got 2.0 instead."),
         ({"repeats": 7}, "The 'max_repeats' option of tune must be an int in [7, 100]. Got 5 "

@@ -98,6 +98,22 @@ def test_a_constrained_job_reports_only_a_config_that_met_its_bounds(prefect_api
             "broke one; the best config met every bound in the search") in out.getvalue()
 
 
+def test_nsga2_runs_a_bounded_two_objective_job(prefect_api: str, home: Path) -> None:
+    # throughput against latency on the synthetic target (they trade through `threads`), with
+    # a bound NSGA-II reads as a constraint: every front point met it
+    summary = tune("synthetic", budget=20, seed=4, tuner="nsga2",
+                   workload={"duration": 0.0, "noise": 0.02},
+                   objectives=["throughput", "latency_ms:min"], constraints=["throughput <= 900"],
+                   verify_repeats=2, home=str(home), **LEAN)
+    study = _study(home, summary.study_name)
+    assert summary.tuner == "nsga2" and summary.n_trials == 20
+    assert summary.directions == ["maximize", "minimize"] and summary.pareto_front
+    for point in summary.pareto_front:
+        trial = study.trials[point["trial"]]
+        assert all(v <= 0 for v in trial.constraints.values()), point
+        assert trial.user_attrs["knobflow"]["metrics"]["throughput"] <= 900
+
+
 def test_a_job_whose_bounds_nobody_meets_says_so_and_writes_no_config(prefect_api: str,
                                                                        home: Path) -> None:
     with pytest.raises(JobFailed) as failed:
