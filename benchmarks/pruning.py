@@ -91,6 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="synthetic")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed (seeds run from it, --seeds of them)")
     parser.add_argument("--budget", type=int, default=20)
     parser.add_argument("--pruners", default="none,median,hyperband")
     parser.add_argument("--verify-repeats", type=int, default=3)
@@ -104,7 +106,7 @@ def main() -> None:
     began = time.monotonic()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="knobflow-pruning-") as tmp:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for pruner in pruners:  # side by side: one seed's jobs one after the other
                 s = run_job(args.target, pruner, seed, args.budget,
                             Path(tmp) / f"{pruner}-{seed}", workload, args.verify_repeats)
