@@ -7,7 +7,8 @@ an expert's import. A failed expectation becomes a reason that names the column,
 (the expectation's ``meta.why``) and the value found.
 
 Great Expectations costs seconds to import: it is imported on the first validation, once per
-process, and one validation definition per suite is reused for every trial.
+process, and one validation definition per suite is reused for every trial. Rows that pass are
+validated once with GE's verdict only; rows that fail, again in full, for their reasons.
 """
 
 from __future__ import annotations
@@ -126,7 +127,14 @@ def validate_rows(target_cls: type[Target], rows: pd.DataFrame) -> GateResult:
         for column in _columns(validation):
             if column not in rows.columns:
                 rows = rows.assign(**{column: None})
-        result = validation.run(batch_parameters={"dataframe": rows}, result_format="COMPLETE")
+        # rows that pass need no more than GE's verdict (BOOLEAN_ONLY skips the unexpected
+        # values and indexes: ~40 % of a one-row run); rows that fail are run again in full to
+        # name each failing row and value
+        result = validation.run(batch_parameters={"dataframe": rows},
+                                result_format="BOOLEAN_ONLY")
+        if not result.success:
+            result = validation.run(batch_parameters={"dataframe": rows},
+                                    result_format="COMPLETE")
     reasons: list[list[str]] = [[] for _ in range(len(rows))]
     for item in result.results:
         if item.success:
