@@ -27,6 +27,7 @@ from tasks.clean import clean_measurement
 from tasks.isolation import Isolation, looks_out_of_memory
 from tasks.noise import RepeatPolicy, run_repeated, t_interval
 from tasks.trial_process import (
+    EXIT_HARNESS,
     EXIT_IO_ERROR,
     EXIT_ISOLATION,
     LOG_TAIL_LINES,
@@ -192,6 +193,10 @@ class TrialRunner:
         elif exit_.returncode == EXIT_ISOLATION:
             outcome.fail(FailureClass.IO_ERROR, "the trial process could not apply its CPU set "
                          "or memory limit (see the end of its log)")
+        elif exit_.returncode == EXIT_HARNESS:  # a target error: no rule is learned from it
+            outcome.fail(FailureClass.TARGET_ERROR, "the trial process failed before the target "
+                         "ran the config (knobflow's or the target's set-up, not the config: see "
+                         "the end of its log)")
         elif exit_.returncode == EXIT_IO_ERROR:
             outcome.fail(FailureClass.IO_ERROR, "the trial process could not write its result "
                          "(see the end of its log)")

@@ -40,6 +40,9 @@ EXIT_IO_ERROR = 74
 EXIT_ORPHANED = 75
 #: The exit code of a trial process that could not apply its CPU set or memory limit.
 EXIT_ISOLATION = 76
+#: The trial process failed before the target ran the config: knobflow's own code, the target's
+#: import or its set-up (an upgrade half done, a broken install). No config's fault: never learned.
+EXIT_HARNESS = 77
 
 
 # -- the child -------------------------------------------------------------------------------------
@@ -104,8 +107,11 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """``python -m tasks.trial_process REQUEST.json TUNER_PID``: the tuner's pid is given, so a
     tuner that died while this interpreter started is noticed before anything runs."""
-    from targets.common.files import write_text_atomic
-
+    try:
+        from targets.common.files import write_text_atomic
+    except Exception:  # knobflow itself cannot be imported (a broken install or upgrade)
+        traceback.print_exc()
+        return EXIT_HARNESS
     request_path, parent = Path(argv[1]), int(argv[2]) if len(argv) > 2 else os.getppid()
     if os.getppid() != parent:
         return EXIT_ORPHANED  # the tuner is gone: run nothing
@@ -121,6 +127,12 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=_watch_parent, args=(parent, request), daemon=True).start()
     try:
         outcome = run_request(request)
+    except Exception:  # the lifecycle's own errors are outcomes: this is the set-up's
+        traceback.print_exc()
+        print("knobflow trial process: failed before the target ran the config",
+              file=sys.stderr)
+        return EXIT_HARNESS
+    try:
         write_text_atomic(request["result_path"], json.dumps(outcome, default=str))
     except OSError as exc:  # ENOSPC, EROFS, EIO: the machine's fault, said by the exit code
         print(f"knobflow trial process: cannot write its result: {exc}", file=sys.stderr)

@@ -68,6 +68,23 @@ def test_target_bug_is_reported_with_its_traceback_in_the_log(tmp_path: Path) ->
     assert any("Traceback" in line or "KeyError" in line for line in outcome.log_tail)
 
 
+def test_a_trial_process_that_fails_before_the_target_runs_is_no_crash_of_the_config(
+    tmp_path: Path,
+) -> None:
+    # the target cannot even be imported (a broken install, an upgrade half done): that is no
+    # config's crash, and no rule may be learned from it
+    from dataclasses import replace
+
+    from rules.learn import LEARN_FROM
+
+    runner = replace(make_runner(tmp_path), target_ref="tests.no_such_module:NoTarget")
+    outcome = runner.run("6", GOOD, "i1", 1)
+    assert outcome.failure_class == "target_error"
+    assert outcome.failure_class not in LEARN_FROM
+    assert "before the target ran the config" in outcome.message
+    assert any("ModuleNotFoundError" in line for line in outcome.log_tail), outcome.log_tail
+
+
 def test_invalid_measurement_never_gets_a_value(tmp_path: Path) -> None:
     # duration 0 with intervals works; shift is valid; a zero-noise run is valid:
     # force an invalid one through an objective the target does not report
