@@ -174,9 +174,12 @@ class Launcher:
     """The launcher process of one job, seen from the tuner: ``spawn`` a trial, ``close`` at the
     end (also done when the object is collected or the interpreter exits)."""
 
+    #: The launcher's command (a test swaps it for one that dies at once).
+    COMMAND = (sys.executable, "-m", "tasks.launcher")
+
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.launcher"], stdin=subprocess.PIPE,
+            list(self.COMMAND), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, start_new_session=True, bufsize=0,
         )
         self._lock = threading.Lock()

@@ -238,8 +238,9 @@ class TrialProcesses:
                 try:
                     return ForkedChild(launcher.spawn(str(request_path), str(log_path),
                                                        target_ref))
-                except LauncherError as exc:  # this trial starts afresh; the next tries anew
-                    print(f"knobflow: {exc}; this trial process starts afresh", file=sys.stderr)
+                except LauncherError as exc:  # a launcher that cannot fork: none for this job
+                    print(f"knobflow: {exc}; trial processes start afresh", file=sys.stderr)
+                    self._fork = False
         import subprocess
 
         from tasks.launcher import PopenChild

@@ -13,9 +13,11 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import REPO, trial_processes, wait_for
 
 from targets.synthetic import SyntheticTarget
+from tasks.launcher import Launcher
 from tasks.runner import TrialRunner
 from tuners.trials import TrialOutcome
 
@@ -86,6 +88,16 @@ def test_trial_processes_started_afresh_run_as_forked_ones_do(tmp_path: Path) ->
     assert runner.processes._launcher is None
     crash = runner.run("2", {**GOOD, "threads": 60, "compress": True}, "i1", 1)
     assert crash.failure_class == "crash" and "SIGABRT" in crash.message
+
+
+def test_a_launcher_that_cannot_fork_leaves_the_job_to_trial_processes_started_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Launcher, "COMMAND", (sys.executable, "-c", "import sys; sys.exit(3)"))
+    runner = make_runner(tmp_path)
+    first = runner.run("0", GOOD, "i1", 1)
+    assert first.ok, first.message
+    assert runner.processes._fork is False
+    assert runner.run("1", GOOD, "i1", 2).ok
 
 
 def test_a_killed_tuner_leaves_no_launcher_and_no_trial_process(tmp_path: Path) -> None:
