@@ -218,6 +218,7 @@ def _on_testbed(job: Job, runner: TrialRunner, tracker: JobTracker, resume: bool
                         if job.isolation.get("why_not_cgroup") else "")
             yield
     finally:
+        runner.processes.close()  # the trial launcher: its trials have ended
         runner.isolation.release()
 
 

@@ -30,6 +30,7 @@ from tasks.trial_process import (
     EXIT_HARNESS,
     EXIT_IO_ERROR,
     EXIT_ISOLATION,
+    EXIT_LAUNCHER_LOST,
     LOG_TAIL_LINES,
     ChildExit,
     ProgressListener,
@@ -197,6 +198,9 @@ class TrialRunner:
             outcome.fail(FailureClass.TARGET_ERROR, "the trial process failed before the target "
                          "ran the config (knobflow's or the target's set-up, not the config: see "
                          "the end of its log)")
+        elif exit_.returncode == EXIT_LAUNCHER_LOST:  # knobflow's or the machine's fault
+            outcome.fail(FailureClass.TARGET_ERROR, "the launcher that forked the trial process "
+                         "died under it (not the config: see the job's log)")
         elif exit_.returncode == EXIT_IO_ERROR:
             outcome.fail(FailureClass.IO_ERROR, "the trial process could not write its result "
                          "(see the end of its log)")

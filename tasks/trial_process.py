@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the tuner's side imports it when it starts a trial; the child never does
+if TYPE_CHECKING:  # the tuner's side imports them when it starts a trial; the child never does
     import subprocess
+
+    from tasks.launcher import Child
 
 #: Hears of one intermediate report (step, metrics so far); True: stop the trial (prune).
 ProgressListener = Callable[[int, dict[str, float]], bool]
@@ -43,6 +45,8 @@ EXIT_ISOLATION = 76
 #: The trial process failed before the target ran the config: knobflow's own code, the target's
 #: import or its set-up (an upgrade half done, a broken install). No config's fault: never learned.
 EXIT_HARNESS = 77
+#: The exit code given to a trial whose launcher (``tasks/launcher.py``) died under it.
+EXIT_LAUNCHER_LOST = 78
 
 
 # -- the child -------------------------------------------------------------------------------------
@@ -162,12 +166,18 @@ class ChildExit:
 
 class TrialProcesses:
     """The trial processes of one job: each runs with a hard timeout and is killed with its whole
-    process group; ``stop_all`` ends every one that is running (the job is being stopped)."""
+    process group; ``stop_all`` ends every one that is running (the job is being stopped).
 
-    def __init__(self) -> None:
-        self._running: dict[int, subprocess.Popen[bytes]] = {}
+    They are forked by the job's launcher (``tasks/launcher.py``: the interpreter and imports are
+    paid once a job, not once a trial); ``fork=False``, or a launcher that cannot start or dies,
+    starts each with ``python -m tasks.trial_process`` instead. ``close`` ends the launcher."""
+
+    def __init__(self, fork: bool = True) -> None:
+        self._running: dict[int, Child] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self._fork = fork
+        self._launcher: Any = None
 
     def run(self, request: dict[str, Any], trial_dir: Path, timeout_s: float,
             on_progress: ProgressListener | None = None) -> ChildExit:
@@ -177,12 +187,64 @@ class TrialProcesses:
         ``request["progress_path"]``) are read as they come and handed to it; when it answers
         True the trial's process group is killed, as on a timeout (the caller tidies the
         instance with ``Target.cleanup``), and the exit says at which step."""
-        import subprocess
-
         request_path, log_path = trial_dir / "request.json", trial_dir / "log.txt"
         result_path = Path(request["result_path"])
         result_path.unlink(missing_ok=True)
         request_path.write_text(json.dumps(request, default=str), encoding="utf-8")
+        child = self._start(request_path, log_path, str(request["target_ref"]))
+        with self._lock:
+            self._running[child.pid] = child
+        progress = _Progress(Path(request["progress_path"])) if (
+            on_progress is not None and request.get("progress_path")) else None
+        pruned_step: int | None = None
+        try:
+            if progress is None or on_progress is None:
+                timed_out = not child.wait(timeout_s)
+            else:
+                timed_out, pruned_step = _wait_reading(child, timeout_s, progress, on_progress)
+        finally:
+            child.kill_group()
+            with self._lock:
+                self._running.pop(child.pid, None)
+        returncode = child.returncode if child.returncode is not None else -signal.SIGKILL
+        stopped = self.stopping.is_set() and (timed_out or returncode == -signal.SIGKILL)
+        result = None
+        if (not timed_out and not stopped and pruned_step is None
+                and result_path.exists()):
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+            request_path.unlink(missing_ok=True)
+        if returncode == EXIT_LAUNCHER_LOST:
+            with contextlib.suppress(OSError), open(log_path, "a", encoding="utf-8") as log:
+                log.write("knobflow: the launcher that forked this trial process died under it\n")
+        return ChildExit(result, timed_out and not stopped, stopped, returncode,
+                         log_tail(log_path), pruned_step=None if stopped else pruned_step,
+                         reports=progress.reports if progress is not None else [])
+
+    def _start(self, request_path: Path, log_path: Path, target_ref: str) -> Child:
+        """A trial process for the request: forked by the launcher, or started afresh."""
+        if self._fork:
+            from tasks.launcher import ForkedChild, Launcher, LauncherError
+
+            with self._lock:
+                if self._launcher is None or not self._launcher.alive:
+                    try:
+                        self._launcher = Launcher()
+                    except OSError as exc:
+                        print(f"knobflow: no trial launcher ({exc}); trial processes start "
+                              "afresh", file=sys.stderr)
+                        self._fork = False
+                launcher = self._launcher
+            if self._fork:
+                try:
+                    return ForkedChild(launcher.spawn(str(request_path), str(log_path),
+                                                       target_ref))
+                except LauncherError as exc:  # a launcher that cannot fork: none for this job
+                    print(f"knobflow: {exc}; trial processes start afresh", file=sys.stderr)
+                    self._fork = False
+        import subprocess
+
+        from tasks.launcher import PopenChild
+
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.trial_process", str(request_path),
@@ -190,37 +252,22 @@ class TrialProcesses:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: one killpg ends it all
             )
-        with self._lock:
-            self._running[proc.pid] = proc
-        progress = _Progress(Path(request["progress_path"])) if (
-            on_progress is not None and request.get("progress_path")) else None
-        pruned_step: int | None = None
-        try:
-            if progress is None or on_progress is None:
-                timed_out = not wait_exit(proc, timeout_s)
-            else:
-                timed_out, pruned_step = _wait_reading(proc, timeout_s, progress, on_progress)
-        finally:
-            kill_group(proc)
-            with self._lock:
-                self._running.pop(proc.pid, None)
-        stopped = self.stopping.is_set() and (timed_out or proc.returncode == -signal.SIGKILL)
-        result = None
-        if (not timed_out and not stopped and pruned_step is None
-                and result_path.exists()):
-            result = json.loads(result_path.read_text(encoding="utf-8"))
-            request_path.unlink(missing_ok=True)
-        return ChildExit(result, timed_out and not stopped, stopped, proc.returncode,
-                         log_tail(log_path), pruned_step=None if stopped else pruned_step,
-                         reports=progress.reports if progress is not None else [])
+        return PopenChild(proc)
 
     def stop_all(self) -> None:
         """Kill every running trial process (the job is being stopped)."""
         self.stopping.set()
         with self._lock:
-            procs = list(self._running.values())
-        for proc in procs:
-            kill_group(proc)
+            children = list(self._running.values())
+        for child in children:
+            child.kill_group()
+
+    def close(self) -> None:
+        """End the job's launcher (after its last trial; also done when this is collected)."""
+        with self._lock:
+            launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            launcher.close()
 
 
 class _Progress:
@@ -246,7 +293,7 @@ class _Progress:
         return new
 
 
-def _wait_reading(proc: subprocess.Popen[bytes], timeout: float, progress: _Progress,
+def _wait_reading(child: Child, timeout: float, progress: _Progress,
                   on_progress: ProgressListener) -> tuple[bool, int | None]:
     """Wait for ``proc`` as ``wait_exit`` does, handing each new report to ``on_progress``;
     (timed out, the step it asked to stop at)."""
@@ -255,7 +302,7 @@ def _wait_reading(proc: subprocess.Popen[bytes], timeout: float, progress: _Prog
         left = deadline - time.monotonic()
         if left <= 0:
             return True, None
-        exited = wait_exit(proc, min(PROGRESS_POLL_S, left))
+        exited = child.wait(min(PROGRESS_POLL_S, left))
         for step, metrics in progress.read():  # a finished run's reports are heard too: the
             if on_progress(step, metrics) and not exited:  # pruner compares with them
                 return False, step
