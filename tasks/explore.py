@@ -308,12 +308,21 @@ class Exploration:
         # ask first: sampling and cleaning would take turns on the GIL, and the next trial's
         # run, in its own process, is what cleaning should overlap
         following = self._ask()
-        self._clean_later(trial, outcome, baseline)
+        self._clean_later(trial, outcome, baseline, after=None if following is None
+                          else self.runner.processes.started)
         return following
 
     def _clean_later(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
-                     baseline: float | None) -> Future[None]:
-        cleaning = self._cleaner.submit(copy_context().run, self._tell, trial, outcome, baseline)
+                     baseline: float | None, after: int | None = None) -> Future[None]:
+        """Clean and tell ``trial`` on the cleaning thread; with ``after``, once the next trial
+        process has started (or 1 s has passed): the gate's CPU then overlaps the next run, not
+        its start."""
+        def later() -> None:
+            if after is not None:
+                self.runner.processes.wait_started(after, 1.0)
+            self._tell(trial, outcome, baseline)
+
+        cleaning = self._cleaner.submit(copy_context().run, later)
         self._cleanings.append(cleaning)
         return cleaning
 

@@ -178,6 +178,14 @@ class TrialProcesses:
         self.stopping = threading.Event()
         self._fork = fork
         self._launcher: Any = None
+        self._started = threading.Condition()
+        self.started = 0  # trial processes started so far
+
+    def wait_started(self, after: int, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until more than ``after`` trial processes have started."""
+        with self._started:
+            self._started.wait_for(lambda: self.started > after or self.stopping.is_set(),
+                                   timeout)
 
     def run(self, request: dict[str, Any], trial_dir: Path, timeout_s: float,
             on_progress: ProgressListener | None = None) -> ChildExit:
@@ -194,6 +202,9 @@ class TrialProcesses:
         child = self._start(request_path, log_path, str(request["target_ref"]))
         with self._lock:
             self._running[child.pid] = child
+        with self._started:
+            self.started += 1
+            self._started.notify_all()
         progress = _Progress(Path(request["progress_path"])) if (
             on_progress is not None and request.get("progress_path")) else None
         pruned_step: int | None = None
