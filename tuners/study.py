@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import warnings
@@ -38,6 +39,8 @@ from optuna.storages import (
     RetryHeartbeatStaleTrialCallback,
 )
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal._storage import JournalOperation
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -165,6 +168,27 @@ def journal_path(home: Path, study_name: str | None = None) -> Path:
     return home / JOURNAL
 
 
+class SyncOnTell(JournalFileBackend):
+    """Optuna's journal file, flushed to disk (fsync) when a trial ends or the study changes, not
+    at each of an asked trial's parameters: Optuna syncs every append, and the 4-6 appends of
+    one ask cost ~20 ms of fsync on the path to the next trial (the ask took 32 ms, 16 without).
+    What is not synced yet is an unfinished trial (run again on ``--resume``); a killed process's
+    appends are in the page cache and survive it; the next sync flushes them all."""
+
+    #: Appends that need no sync of their own: an asked trial and what it is given while it runs.
+    UNSYNCED = frozenset({JournalOperation.CREATE_TRIAL, JournalOperation.SET_TRIAL_PARAM,
+                          JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
+                          JournalOperation.SET_TRIAL_SYSTEM_ATTR})
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        if any(log.get("op_code") not in self.UNSYNCED for log in logs):
+            super().append_logs(logs)  # Optuna's own: written and synced
+            return
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        with get_lock_file(self._lock), open(self._file_path, "ab") as fh:
+            fh.write(text.encode("utf-8"))
+
+
 def storage_of(path: Path) -> JournalStorage:
     """The journal storage of ``path``, one per file and process: a storage replays the whole
     journal when made, then only reads what other processes appended since."""
@@ -174,7 +198,7 @@ def storage_of(path: Path) -> JournalStorage:
     with _storages_lock:
         if key not in _storages:
             # an open()-based lock: symlink locks misbehave on some shared filesystems
-            backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+            backend = SyncOnTell(str(path), lock_obj=JournalFileOpenLock(str(path)))
             _storages[key] = JournalStorage(backend)
         return _storages[key]
 

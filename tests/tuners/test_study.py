@@ -4,9 +4,11 @@ blocked candidates stored as infeasible trials with no value, the metric named."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.samplers._tpe.sampler import _split_trials
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -98,3 +100,25 @@ def test_cmaes_reads_a_blocked_candidate_as_its_worst_draw_tpe_as_infeasible(
     below, above = _split_trials(tpe, tpe.get_trials(states=(TrialState.COMPLETE,
                                                                TrialState.PRUNED)), 1)
     assert [t.number for t in below] == [0] and [t.number for t in above] == [blocked.number]
+
+
+def test_the_journal_is_synced_when_a_trial_ends_not_at_each_asked_parameter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "journal.log"
+    study = optuna.create_study(storage=storage_of(path), study_name="s")
+    at_create = len(synced)
+    assert at_create >= 1  # the study itself is synced
+    trial = study.ask({"a": optuna.distributions.FloatDistribution(0, 1),
+                       "b": optuna.distributions.IntDistribution(1, 9),
+                       "c": optuna.distributions.CategoricalDistribution(["x", "y"])})
+    assert len(synced) == at_create  # an asked trial and its 3 parameters: no sync
+    study.tell(trial, 0.5)
+    assert len(synced) > at_create  # the finished trial is on disk, its parameters with it
+    # what another process reads (a fresh storage replaying the file): the whole trial
+    fresh = JournalStorage(JournalFileBackend(str(path)))
+    (done,) = optuna.load_study(study_name="s", storage=fresh).trials
+    assert done.state == TrialState.COMPLETE
+    assert done.params == trial.params and done.value == 0.5
