@@ -140,7 +140,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     from tasks.model_io import import_now as import_model_io
 
     import_now()  # every job cleans with it: loaded while the server starts, not in a trial
-    if spec.train:  # the training step's imports, likewise (skops, MLflow's package map)
+    if spec.train:  # the training step's imports, likewise (skops, matplotlib, MLflow's)
         import_model_io()
     command_phase("imports")  # the process's start-up, the imports and the checks until now
     out, err = Console(), Console(stderr=True)

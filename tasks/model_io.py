@@ -53,12 +53,15 @@ def pip_requirements() -> list[str]:
 
 
 def import_now() -> None:
-    """Load now what logging a model loads on first use, rather than in a job's training step
-    (the command does it while Prefect's temporary server starts: the two then overlap): skops
-    (its import lists every scikit-learn estimator) and MLflow's map of installed packages to
-    modules (it reads every installed distribution's file list once per process, to check the
-    pinned requirements against the environment)."""
+    """Load now what a training step loads on first use, rather than in the step (the command
+    does it while Prefect's temporary server starts: the two then overlap): skops (its import
+    lists every scikit-learn estimator), matplotlib (the importance plots; the job's report
+    draws with it after) and MLflow's map of installed packages to modules (it reads every
+    installed distribution's file list once per process, to check the pinned requirements
+    against the environment)."""
+    import matplotlib.backends.backend_agg  # noqa: F401  (what savefig draws a PNG with)
     import skops.io  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
 
     try:
         from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches

@@ -94,3 +94,13 @@ def test_a_type_outside_the_trusted_libraries_is_refused(
     cache_home.write_text(json.dumps({model_io._key(model): ["pickle.loads"]}))
     with pytest.raises(TypeError, match="should not trust"):  # a tampered cache too
         model_io.trusted_types(model)
+
+
+def test_import_now_loads_what_a_training_step_would() -> None:
+    import sys
+
+    model_io.import_now()
+    assert {"skops.io", "matplotlib.figure", "matplotlib.backends.backend_agg"} <= set(sys.modules)
+    import mlflow.utils.requirements_utils as requirements
+
+    assert requirements._MODULES_TO_PACKAGES is not None  # MLflow's package map, made once
