@@ -58,16 +58,17 @@ def import_now() -> None:
     lists every scikit-learn estimator), matplotlib (the importance plots; the job's report
     draws with it after) and MLflow's map of installed packages to modules (it reads every
     installed distribution's file list once per process, to check the pinned requirements
-    against the environment)."""
-    import matplotlib.backends.backend_agg  # noqa: F401  (what savefig draws a PNG with)
-    import skops.io  # noqa: F401
-    from matplotlib.figure import Figure  # noqa: F401
-
+    against the environment). Whatever fails here is left to the training step, which reports
+    it without failing the job."""
     try:
+        import matplotlib.backends.backend_agg  # noqa: F401  (what savefig draws a PNG with)
+        import skops.io  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
         from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
-    except ImportError:  # a later MLflow: it is then only loaded on first use, as before
-        return
-    warn_dependency_requirement_mismatches(pip_requirements())
+
+        warn_dependency_requirement_mismatches(pip_requirements())
+    except Exception as exc:  # an optimisation only: the step loads what it needs itself
+        log.debug("the training step's imports were not loaded ahead: %s", exc)
 
 
 def _structure(model: BaseEstimator) -> list[str]:
