@@ -7,27 +7,32 @@ description and MLflow's source and git tags.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator
 
 from model_registry.registry import TABLE_ARTIFACT
 from model_registry.store import NOTE, param, process_tracking_uri, source_tags
+from tasks.model_io import REQUIREMENTS, pip_requirements, trusted_types
 
-#: Packages a logged model needs; pinned to what trained it (MLflow does not infer them).
-REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "skops")
-#: Classes the skops serializer may load beyond its built-in safe set.
-_TRUSTED_PREFIXES = ("sklearn.", "lightgbm.", "numpy.", "collections.OrderedDict", "builtins.")
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+__all__ = ["MODEL_SOURCE", "REQUIREMENTS", "KindResult", "log_model_run", "pip_requirements"]
+
+log = logging.getLogger("knobflow.train")
+
 #: What makes a model run (``mlflow.source.name``).
 MODEL_SOURCE = "tasks/train.py"
 
@@ -41,28 +46,6 @@ class KindResult:
     model_uri: str
     metrics: dict[str, float]
     importance: dict[str, float] = field(default_factory=dict)
-
-
-def pip_requirements() -> list[str]:
-    """Exact pins of what the logged model needs to load, from the installed versions."""
-    pins = []
-    for dist in REQUIREMENTS:
-        try:
-            pins.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            pins.append(dist)
-    return pins
-
-
-def _trusted_types(model: BaseEstimator) -> list[str]:
-    """The classes skops must be told to trust to load ``model``: only sklearn/LightGBM/numpy."""
-    import skops.io
-
-    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    bad = [t for t in found if not t.startswith(_TRUSTED_PREFIXES)]
-    if bad:
-        raise TypeError(f"the model holds types a loader should not trust: {bad}")
-    return sorted(found)
 
 
 def _importance_png(importance: Mapping[str, float], title: str, path: Path) -> None:
@@ -101,7 +84,6 @@ def log_model_run(
     tagged with the ``study`` of the job that trained it (a resumed job closes what its killed
     run left open: ``close_killed_runs``)."""
     import mlflow
-    import mlflow.sklearn
     from mlflow.models import infer_signature
 
     service, objective = params["service"], params["objective"]
@@ -123,17 +105,40 @@ def log_model_run(
         _log_artifacts(client, run_id, importance, f"{service} {objective}: {kind}", table)
         sample = x.head(50)
         signature = infer_signature(sample, model.predict(sample))
-        with process_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id), \
-                warnings.catch_warnings():
-            # MLflow 3.17 compares an input example's columns with a range, which pandas 3
-            # deprecates: a warning about MLflow's code, not the operator's data
-            warnings.filterwarnings("ignore", message="Operation with range is deprecated")
-            info = mlflow.sklearn.log_model(
-                model, name="model", signature=signature, input_example=x.head(3),
-                pip_requirements=pip_requirements(), skops_trusted_types=_trusted_types(model),
-            )
+        with process_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+            info = _log_model(model, signature, x.head(3))
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
     return KindResult(kind=kind, run_id=run_id, model_uri=info.model_uri,
                       metrics=dict(metrics), importance=dict(importance))
+
+
+def _log_model(model: BaseEstimator, signature: Any, example: pd.DataFrame) -> ModelInfo:
+    """``mlflow.sklearn.log_model`` in skops format with its trusted types, pinned requirements,
+    signature and input example, into the active run. MLflow loads the saved model back with
+    those types (and again to check the example can be served); if a kept list of trusted types
+    falls short, they are found again from the model and the model is logged again (the first
+    attempt leaves a logged model in state PENDING, linked to no run)."""
+    try:
+        return _log_sklearn(model, signature, example, trusted_types(model))
+    except MlflowException as exc:
+        if "untrusted types" not in str(exc):
+            raise
+        log.warning("the kept trusted types of a %s fell short (%s); found again",
+                    type(model).__name__, exc)
+        return _log_sklearn(model, signature, example, trusted_types(model, fresh=True))
+
+
+def _log_sklearn(model: BaseEstimator, signature: Any, example: pd.DataFrame,
+                 types: list[str]) -> ModelInfo:
+    import mlflow.sklearn
+
+    with warnings.catch_warnings():
+        # MLflow 3.17 compares an input example's columns with a range, which pandas 3
+        # deprecates: a warning about MLflow's code, not the operator's data
+        warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+        return mlflow.sklearn.log_model(
+            model, name="model", signature=signature, input_example=example,
+            pip_requirements=pip_requirements(), skops_trusted_types=types,
+        )

@@ -1,0 +1,74 @@
+"""Two checkouts' job cost side by side, in one run: ``job_cost.py``'s job (``knobflow tune
+synthetic --set-workload duration=0 --json`` in a fresh process, each job the first of a new
+service, Prefect's temporary server with a warm ``PREFECT_HOME``) from checkout A, then from B,
+alternating for ``--rounds`` rounds, after one uncounted warm-up job each (its own home and
+``PREFECT_HOME`` per checkout). Prints the fixed parts of every job and the load average, and
+writes them as JSON with ``--json FILE``.
+
+    nice -n 5 python benchmarks/job_cost_ab.py /work/wt/base /work/wt/train --trials 30 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import job_cost  # noqa: E402  (this folder)
+import yaml  # noqa: E402
+from overhead import SPACE  # noqa: E402
+
+SHOWN = ("imports", "server", "training", "total")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path, help="checkout A (e.g. main)")
+    parser.add_argument("b", type=Path, help="checkout B (e.g. the branch)")
+    parser.add_argument("--trials", type=job_cost._at_least(2), default=30)
+    parser.add_argument("--rounds", type=job_cost._at_least(1), default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write every job's figures here")
+    args = parser.parse_args()
+    checkouts = {"A": args.a.resolve(), "B": args.b.resolve()}
+    jobs: dict[str, list[dict]] = {"A": [], "B": []}
+    loads = [os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="knobflow-job-cost-ab-") as tmp:
+        root = Path(tmp)
+        space = root / "space.yaml"
+        space.write_text(yaml.safe_dump(SPACE))
+
+        def run(side: str, n: int, service: str, seed: int) -> dict:
+            job_cost.REPO = checkouts[side]  # the job's cwd and PYTHONPATH
+            return job_cost.knobflow_job(n, seed, root / side / "home", service,
+                                         root / side / "prefect", space)
+
+        for side in checkouts:
+            print(f"warm-up job of {side} ({checkouts[side]}), not counted", flush=True)
+            run(side, 3, "warm-up", args.seed)
+        for r in range(args.rounds):
+            for side in checkouts:
+                job = run(side, args.trials, f"svc-{r}", args.seed + r)
+                job["load"] = os.getloadavg()[0]
+                jobs[side].append(job)
+                parts = "  ".join(f"{p} {job['fixed_s'][p]:.2f}" for p in SHOWN)
+                print(f"round {r + 1} {side}: {parts}  (s; load {job['load']:.2f})", flush=True)
+    loads.append(os.getloadavg())
+    for side, done in jobs.items():
+        medians = "  ".join(f"{p} {statistics.median(j['fixed_s'][p] for j in done):.2f}"
+                            for p in SHOWN)
+        print(f"median {side} ({checkouts[side]}): {medians}")
+    print(f"load average at the start {loads[0]}, at the end {loads[1]}")
+    if args.json:
+        args.json.write_text(json.dumps({"checkouts": {k: str(v) for k, v in checkouts.items()},
+                                         "loads": loads, "jobs": jobs}, default=str))
+
+
+if __name__ == "__main__":
+    main()
