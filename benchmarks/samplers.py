@@ -2,7 +2,9 @@
 trials, and each sampler's own time per suggestion on a history of 200 trials.
 
     nice -n 10 python benchmarks/samplers.py --seeds 10 --trials 60 [--smac] \
-        [--plot benchmarks/samplers.png]
+        [--first-seed 10] [--plot benchmarks/samplers.png]
+
+``--first-seed`` runs other seeds than the ones a change was tuned on (0 to 9).
 
 Contenders: knobflow's samplers (``tuners.samplers.make_sampler``: surrogate, tpe, random,
 cmaes) and, with ``--smac``, SMAC3's HPO facade driven through its own ask/tell loop (it is not
@@ -262,6 +264,8 @@ def _fmt(x: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds --first-seed .. --first-seed + --seeds - 1")
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--tuners", default="surrogate,tpe,random,cmaes")
     parser.add_argument("--problems", default=",".join(PROBLEMS))
@@ -270,8 +274,9 @@ def main() -> None:
                         help="trials in the study when the time per suggestion is measured")
     parser.add_argument("--plot", default="benchmarks/samplers.png")
     args = parser.parse_args()
-    if args.seeds < 1 or args.trials < 30:
-        parser.error("--seeds must be at least 1 and --trials at least 30")
+    if args.seeds < 1 or args.trials < 30 or args.first_seed < 0:
+        parser.error("--seeds must be at least 1, --trials at least 30 and --first-seed at "
+                     "least 0")
     tuners = args.tuners.split(",")
     unknown = [t for t in tuners if t not in TUNERS]
     if unknown:
@@ -290,7 +295,7 @@ def main() -> None:
         for name in problems:
             prob = problem(name)
             for who in contenders:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     curve, per_ask = (run_smac(prob, seed, args.trials, Path(tmp)) if who == "smac3"
                                       else run_optuna(prob, who, seed, args.trials))
                     curves.setdefault((name, who), []).append(curve)
@@ -298,7 +303,8 @@ def main() -> None:
                 print(f"{name} {who}: done ({time.monotonic() - began:.0f} s)", flush=True)
     at_history = {t: time_at(problem("mixed"), t, args.history) for t in tuners}
 
-    table = Table(title=f"median simple regret over {args.seeds} seeds (lower is better); "
+    table = Table(title=f"median simple regret over {args.seeds} seeds from {args.first_seed} "
+                        "(lower is better); "
                         f"interacting: {', '.join(INTERACTING)}")
     for col in ("problem", "sampler", "regret @30", f"regret @{args.trials}",
                 f"@{args.trials} / tpe", "s per suggestion (mean over the run)"):

@@ -1,15 +1,19 @@
-"""The surrogate sampler (``--tuner surrogate``): a random forest with expected improvement,
-SMAC style, as an Optuna sampler.
+"""The surrogate sampler (``--tuner surrogate``): a random forest, then a Gaussian process, with
+expected improvement, as an Optuna sampler.
 
-For system knobs that interact, a tree-ensemble surrogate with expected improvement ranked
-best in the database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSampler``:
+For system knobs that interact, a surrogate with expected improvement ranked best in the
+database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSampler``:
 
 * draws its first ``n_startup_trials`` candidates from a scrambled Sobol sequence (space
   filling, seeded);
-* then fits a random forest on every finished trial of the study (numeric knobs scaled to
-  [0, 1], log knobs in log space, categorical and bool knobs one-hot), with the objective
-  turned into normal scores of its ranks (robust to outliers and to imputed failures) and the
-  spread across its trees as the uncertainty;
+* then fits a model on the finished trials of the study (numeric knobs scaled to [0, 1], log
+  knobs in log space, categorical and bool knobs one-hot), with the objective turned into
+  normal scores of its ranks (robust to outliers and to imputed failures): a random forest
+  (the spread across its trees as the uncertainty) until ``gp_after`` trials have finished,
+  a Gaussian process after (Matern 5/2, one length scale per feature, a noise term; on at most
+  ``gp_max_points`` trials, the best half and a random rest). The forest finds the good
+  categories early; the process then carries a trend into untried directions, where a forest
+  stays put on a plateau (``benchmarks/RESULTS.md``, issue 17);
 * learns from what did not run well: a failed trial, a candidate the rules blocked (PRUNED with
   constraint ``rules`` > 0, as ``tuners.trials.blocked_trial`` tells it) and a complete trial with a
   constraint above zero count as the worst value seen; a trial a pruner stopped early is left
@@ -48,6 +52,9 @@ __all__ = ["Accept", "SurrogateSampler"]
 #: The rule engine as the sampler sees it: True if a candidate (Optuna params) may run. If it
 #: also has ``many(list_of_params) -> list[bool]``, candidates are judged in one batch.
 Accept = Callable[[dict[str, Any]], bool]
+
+#: A fitted model: features of candidates -> (mean, standard deviation) of their scores.
+Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class _Encoder:
@@ -132,12 +139,18 @@ class SurrogateSampler(BaseSampler):
     ``accept(params)`` (optional) says whether the rules let a candidate run; refused
     candidates are dropped before one is chosen. ``n_startup_trials`` Sobol draws come first;
     ``n_candidates`` random candidates and ``n_local`` perturbations of each of the
-    ``n_best`` best trials are scored at every suggestion."""
+    ``n_best`` best trials are scored at every suggestion. The forest (``n_trees``,
+    ``min_samples_leaf``) models the first ``gp_after`` trials, a Gaussian process the rest
+    (``gp_after=0``: always the process; ``None``: always the forest)."""
 
     def __init__(self, seed: int | None = None, *, accept: Accept | None = None,
                  n_startup_trials: int = 10, n_trees: int = 32, n_candidates: int = 1000,
                  n_best: int = 5, n_local: int = 300, min_samples_leaf: int = 1,
-                 max_accept_checks: int = 2000, xi: float = 0.01) -> None:
+                 max_accept_checks: int = 2000, xi: float = 0.01, gp_after: int | None = 30,
+                 gp_max_points: int = 80) -> None:
+        if gp_max_points < 2:
+            raise ValueError(f"gp_max_points must be at least 2, but got {gp_max_points}")
+        self._gp_after, self._gp_max_points = gp_after, gp_max_points
         self._seed = seed
         self._rng = np.random.RandomState(seed)
         self._accept = accept
@@ -264,27 +277,64 @@ class SurrogateSampler(BaseSampler):
     def _suggest(self, study: optuna.Study, encoder: _Encoder, points: np.ndarray,
                  values: np.ndarray, seen: set[tuple[Any, ...]]) -> dict[str, Any]:
         from scipy.stats import norm, rankdata
-        from sklearn.ensemble import RandomForestRegressor
 
         good = ~np.isnan(values)
         imputed = np.where(good, values, np.nanmax(values))  # a failure is the worst seen
         # normal scores of the ranks: outliers and imputed failures do not flatten the rest
         scores = norm.ppf((rankdata(imputed) - 0.5) / len(imputed))
-        forest = RandomForestRegressor(
-            n_estimators=self._n_trees, min_samples_leaf=self._min_samples_leaf,
-            max_features=1.0, bootstrap=True,
-            random_state=self._rng.randint(2**31 - 1),
-        ).fit(encoder.features(points), scores)
-
+        use_gp = self._gp_after is not None and len(points) >= self._gp_after
+        fit = self._fit_gp if use_gp else self._fit_forest
+        predict = fit(encoder.features(points), scores)
         candidates = np.vstack([encoder.random(self._rng, self._n_candidates),
                                 self._local(encoder, points, scores, good)])
-        per_tree = np.stack([tree.predict(encoder.features(candidates))
-                             for tree in forest.estimators_])
-        mean, std = per_tree.mean(axis=0), per_tree.std(axis=0)
+        mean, std = predict(encoder.features(candidates))
         best = scores[good].min()
         ei = _expected_improvement(mean, std, best, self._xi)
         order = np.lexsort((mean, -ei))  # most improvement first; ties: the lower mean
         return self._first_accepted(encoder, candidates[order], seen)
+
+    def _fit_forest(self, x: np.ndarray, y: np.ndarray) -> Predict:
+        from sklearn.ensemble import RandomForestRegressor
+
+        forest = RandomForestRegressor(
+            n_estimators=self._n_trees, min_samples_leaf=self._min_samples_leaf,
+            max_features=1.0, bootstrap=True, random_state=self._rng.randint(2**31 - 1),
+        ).fit(x, y)
+
+        def predict(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            per_tree = np.stack([tree.predict(z) for tree in forest.estimators_])
+            return per_tree.mean(axis=0), per_tree.std(axis=0)
+        return predict
+
+    def _fit_gp(self, x: np.ndarray, y: np.ndarray) -> Predict:
+        from scipy.optimize import minimize
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+        cap = self._gp_max_points
+        if len(x) > cap:  # the best half and a random rest: a bounded time per suggestion
+            order = np.argsort(y)
+            rest = self._rng.choice(order[cap // 2:], cap - cap // 2, replace=False)
+            keep = np.concatenate([order[: cap // 2], rest])
+            x, y = x[keep], y[keep]
+
+        def optimizer(obj: Any, x0: np.ndarray, bounds: Any) -> tuple[np.ndarray, float]:
+            found = minimize(obj, x0, jac=True, bounds=bounds, method="L-BFGS-B",
+                             options={"maxiter": 50})  # good enough, and bounded
+            return found.x, found.fun
+
+        kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
+            np.full(x.shape[1], 0.5), (1e-2, 20.0), nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
+        with threadpool_limits(1):  # small matrices: BLAS threads only contend (3x slower)
+            gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer=optimizer,
+                                          random_state=self._rng.randint(2**31 - 1)).fit(x, y)
+
+        def predict(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with threadpool_limits(1):
+                mean, std = gp.predict(z, return_std=True)
+            return mean, std
+        return predict
 
     def _local(self, encoder: _Encoder, points: np.ndarray, scores: np.ndarray,
                good: np.ndarray) -> np.ndarray:
