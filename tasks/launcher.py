@@ -6,7 +6,8 @@ pays them once: ``python -m tasks.launcher`` imports the trial process's code an
 trial of each target, the target's module, then forks a child per trial. The child is the same
 trial process as before: its own session and process group (one ``killpg`` ends it and all it
 started), its log as stdout and stderr, ``tasks.trial_process.main`` run with the launcher as the
-parent it watches, and ``python -m tasks.trial_process REQUEST`` in its command line (``ps``).
+parent it watches, and ``python -m tasks.trial_process REQUEST TUNER_PID`` as its command line
+(``ps``).
 A job's trials also run the code the job started with: a checkout edited mid-job changes nothing.
 
 The protocol is one JSON document per line. The tuner writes ``{"id", "request", "log",
@@ -104,18 +105,21 @@ def _spawn(cmd: dict[str, Any], imported: set[str], setproctitle: Any,
         imported.add(module)
         with contextlib.suppress(Exception):  # the child imports it again and says why it fails
             importlib.import_module(module)
+    tuner = os.getppid()  # named in the child's title, as a trial process started afresh was
     try:
         pid = os.fork()
     except OSError as exc:
         _say({"id": cmd["id"], "error": f"fork: {exc}"})
         return
     if pid == 0:
-        _child(cmd, setproctitle, own_fds)  # never returns
+        _child(cmd, setproctitle, own_fds, tuner)  # never returns
     _say({"id": cmd["id"], "pid": pid})
 
 
-def _child(cmd: dict[str, Any], setproctitle: Any, own_fds: tuple[int, int]) -> None:
-    """The forked trial process: a session of its own, its log as output, then the trial."""
+def _child(cmd: dict[str, Any], setproctitle: Any, own_fds: tuple[int, int],
+           tuner: int) -> None:
+    """The forked trial process: a session of its own, its log as output, then the trial
+    (watching the launcher, its parent; its title names the tuner, as before the launcher)."""
     code = EXIT_HARNESS
     try:
         os.setsid()
@@ -133,7 +137,7 @@ def _child(cmd: dict[str, Any], setproctitle: Any, own_fds: tuple[int, int]) -> 
         os.close(null)
         parent = str(os.getppid())
         if setproctitle is not None:
-            setproctitle(f"python -m tasks.trial_process {cmd['request']} {parent}")
+            setproctitle(f"python -m tasks.trial_process {cmd['request']} {tuner}")
         from tasks.trial_process import main
 
         code = main(["tasks.trial_process", cmd["request"], parent])

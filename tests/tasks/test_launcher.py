@@ -48,11 +48,13 @@ def test_a_forked_trial_process_leads_its_own_session_and_says_what_it_is(
     request = str(tmp_path / "job" / "trials" / "0" / "request.json")
     wait_for(lambda: trial_processes(request), "the forked trial process", timeout=30)
     pid = trial_processes(request)[0]
-    seen.update(sid=os.getsid(pid), pgid=os.getpgid(pid), ppid=psutil.Process(pid).ppid())
+    seen.update(sid=os.getsid(pid), pgid=os.getpgid(pid), ppid=psutil.Process(pid).ppid(),
+                named=psutil.Process(pid).cmdline()[-1])
     worker.join(60)
     assert done and done[0].ok, done and done[0].message
     launcher = _launcher_pid(runner)
-    assert seen == {"sid": pid, "pgid": pid, "ppid": launcher}  # forked by it, not the tuner
+    # forked by the launcher, not the tuner; its command line names the tuner, as before
+    assert seen == {"sid": pid, "pgid": pid, "ppid": launcher, "named": str(os.getpid())}
     assert psutil.Process(launcher).ppid() == os.getpid()
     # the next trial is forked by the same launcher: the interpreter start is paid once
     assert runner.run("1", GOOD, "i1", 2).ok
