@@ -96,7 +96,10 @@ def test_verification_stops_when_decisive_or_at_the_cap(
 
 def test_the_probe_stops_at_the_first_failure(tmp_path: Path) -> None:
     runner = make_runner(tmp_path, noise=0.5)
-    runner.timeout_s = 0.01  # no run of the default finishes
+    # no run of the default finishes: each takes 5 s against a 0.2 s timeout (a forked trial
+    # process starts in ~7 ms, so an instant run would finish in a 10 ms timeout)
+    runner.workload = {**runner.workload, "duration": 5.0}
+    runner.timeout_s = 0.2
     heard: list[str] = []
     check = probe_noise.fn(runner, DEFAULT, "i1", 3, 0.1, repeats=1, baseline_every=0,
                            free=BOTH, on_run=lambda k, o: heard.append(k))
