@@ -39,7 +39,7 @@ from typing import IO, Any
 
 from tasks.trial_process import EXIT_HARNESS, EXIT_LAUNCHER_LOST, kill_group, wait_exit
 
-__all__ = ["Child", "Forked", "ForkedChild", "Launcher", "LauncherError", "PopenChild", "serve"]
+__all__ = ["Child", "Forked", "Launcher", "LauncherError", "PopenChild", "serve"]
 #: Seconds to wait for the launcher to answer a spawn (it forks at once; a loaded machine is slow).
 SPAWN_TIMEOUT_S = 60.0
 
@@ -154,24 +154,6 @@ def _child(cmd: dict[str, Any], setproctitle: Any, own_fds: tuple[int, int],
 # -- the tuner's side ------------------------------------------------------------------------------
 class LauncherError(RuntimeError):
     """The launcher could not start a trial process (it died, or did not answer)."""
-
-
-class Forked:
-    """A trial process forked by the launcher: its pid, and its exit code once it has ended."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self._ended = threading.Event()
-
-    def ended(self, code: int) -> None:
-        if self.returncode is None:
-            self.returncode = code
-        self._ended.set()
-
-    def wait(self, timeout: float | None) -> bool:
-        """Wait at most ``timeout`` seconds for it to end; False if it has not."""
-        return self._ended.wait(timeout)
 
 
 class Launcher:
@@ -312,26 +294,34 @@ class PopenChild(Child):
         kill_group(self.proc)
 
 
-class ForkedChild(Child):
+class Forked(Child):
     """A trial process forked by the launcher: its end is what the launcher reports."""
 
     #: Seconds to wait for the launcher to report a killed child's end.
     REAP_TIMEOUT_S = 30.0
 
-    def __init__(self, forked: Forked) -> None:
-        self.forked, self.pid = forked, forked.pid
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._code: int | None = None
+        self._ended = threading.Event()
 
     @property
     def returncode(self) -> int | None:
-        return self.forked.returncode
+        return self._code
+
+    def ended(self, code: int) -> None:
+        """The launcher reported its end (or was lost: ``EXIT_LAUNCHER_LOST``)."""
+        if self._code is None:
+            self._code = code
+        self._ended.set()
 
     def wait(self, timeout: float) -> bool:
-        return bool(self.forked.wait(timeout))
+        return self._ended.wait(timeout)
 
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        self.forked.wait(self.REAP_TIMEOUT_S)
+        self._ended.wait(self.REAP_TIMEOUT_S)
 
 
 if __name__ == "__main__":

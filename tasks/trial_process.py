@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the tuner's side imports them when it starts a trial; the child never does
     import subprocess
 
-    from tasks.launcher import Child
+    from tasks.launcher import Child, Launcher
 
 #: Hears of one intermediate report (step, metrics so far); True: stop the trial (prune).
 ProgressListener = Callable[[int, dict[str, float]], bool]
@@ -177,7 +177,7 @@ class TrialProcesses:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._fork = fork
-        self._launcher: Any = None
+        self._launcher: Launcher | None = None
         self._started = threading.Condition()
         self.started = 0  # trial processes started so far
 
@@ -234,7 +234,7 @@ class TrialProcesses:
     def _start(self, request_path: Path, log_path: Path, target_ref: str) -> Child:
         """A trial process for the request: forked by the launcher, or started afresh."""
         if self._fork:
-            from tasks.launcher import ForkedChild, Launcher, LauncherError
+            from tasks.launcher import Launcher, LauncherError
 
             with self._lock:
                 if self._launcher is None or not self._launcher.alive:
@@ -247,8 +247,7 @@ class TrialProcesses:
                 launcher = self._launcher
             if self._fork:
                 try:
-                    return ForkedChild(launcher.spawn(str(request_path), str(log_path),
-                                                       target_ref))
+                    return launcher.spawn(str(request_path), str(log_path), target_ref)
                 except LauncherError as exc:  # a launcher that cannot fork: none for this job
                     print(f"knobflow: {exc}; trial processes start afresh", file=sys.stderr)
                     self._fork = False
@@ -306,7 +305,7 @@ class _Progress:
 
 def _wait_reading(child: Child, timeout: float, progress: _Progress,
                   on_progress: ProgressListener) -> tuple[bool, int | None]:
-    """Wait for ``proc`` as ``wait_exit`` does, handing each new report to ``on_progress``;
+    """Wait for ``child`` as ``Child.wait`` does, handing each new report to ``on_progress``;
     (timed out, the step it asked to stop at)."""
     deadline = time.monotonic() + timeout
     while True:
