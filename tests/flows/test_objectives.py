@@ -37,14 +37,15 @@ def _study(home: Path, name: str) -> Any:
 
 def test_a_two_objective_sqlite_job_gives_a_verified_pareto_front(prefect_api: str,
                                                                    home: Path) -> None:
-    # SQLite's big levers help reads and writes alike and its short runs are noisy, so its
-    # fronts are small: 30-trial jobs of this workload gave fronts of 2, 2, 2, 3, 3, 4 points
-    # (2026-12-03; more trials do not help: 2, 3, 3 at 40), so a job whose front has fewer
-    # than 3 points is followed by one of the next seed, up to three; every front is checked
+    # reads against SQLite's own memory: a page cache smaller than the database saves memory and
+    # costs reads (mmap_size wins some back). Seeds 0-7 gave 3, 4, 3, 5, 5, 2, 4, 3 verified points
+    # beside a CPU hog (2026-12-03); reads against writes gave fronts of 1-4 points (the big levers
+    # help both). A job with fewer than 3 verified points is followed by one of the next seed, up
+    # to three; every front is checked
     sizes = []
     for seed in range(3):
         summary = tune("sqlite", budget=30, seed=seed, workload={"rows": 2000, "ops": 2000},
-                       objectives=["write_ops_per_s", "read_ops_per_s:max"],
+                       objectives=["read_ops_per_s", "heap_peak_kb:min"],
                        prefer="read_ops_per_s", verify_repeats=2, home=str(home), **LEAN)
         sizes.append(_check_front(home, summary))
         if sizes[-1] >= 3:
@@ -54,17 +55,18 @@ def test_a_two_objective_sqlite_job_gives_a_verified_pareto_front(prefect_api: s
 
 def _check_front(home: Path, summary: Any) -> int:
     """Check one two-objective job's front; the number of its verified points."""
-    assert summary.objectives == ["write_ops_per_s", "read_ops_per_s"]
-    assert summary.directions == ["maximize", "maximize"]
+    assert summary.objectives == ["read_ops_per_s", "heap_peak_kb"]
+    assert summary.directions == ["maximize", "minimize"]
     front = summary.pareto_front
     verified = [p for p in front if p["runs"] >= 2 and all(
         p["verified"][n]["gain"] is not None for n in summary.objectives)]
     assert front, "a two-objective job with no front"
     # a front: no point beats another in both objectives (as measured in the search)
+    reads, heap = summary.objectives
     for a in front:
         for b in front:
-            assert not (a is not b and all(a["observed"][n] > b["observed"][n]
-                                           for n in summary.objectives))
+            assert not (a is not b and a["observed"][reads] > b["observed"][reads]
+                        and a["observed"][heap] < b["observed"][heap])
     # --prefer read_ops_per_s: the verified point with the best verified gain in reads
     chosen = [p for p in front if p["chosen"]]
     assert len(chosen) == 1
@@ -74,7 +76,7 @@ def _check_front(home: Path, summary: Any) -> int:
     assert yaml.safe_load(Path(summary.best_config_file).read_text()) == chosen[0]["config"]
     assert (Path(summary.best_config_file).parent / "pareto.png").stat().st_size > 0
     study = _study(home, summary.study_name)
-    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == summary.objectives
     data = json.loads((Path(summary.best_config_file).parent / "result.json").read_text())
     assert len(data["pareto_front"]) == len(front)

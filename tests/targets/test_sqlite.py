@@ -179,6 +179,22 @@ def test_wal_and_normal_sync_beat_delete_and_full_on_inserts(tmp_path: Path) -> 
     assert best["fast"] / best["slow"] > 1.5, best
 
 
+def test_heap_peak_follows_the_page_cache_and_leaves_mmap_out(tmp_path: Path) -> None:
+    # the database (~300 KiB) fits a 2000 KiB cache, not a 64 KiB one; SQLite's heap holds its
+    # page cache, and pages read through mmap_size are the OS's, not counted
+    workload = {"rows": 2000, "ops": 2000}
+    heap = {name: run_once(tmp_path, config, workload).metrics["heap_peak_kb"]
+            for name, config in (("small", {"cache_size": -64}), ("default", {}),
+                                 ("small+mmap", {"cache_size": -64, "mmap_size": 1 << 28}))}
+    db_kib = run_once(tmp_path, {}, workload).counters["db_bytes"] / 1024
+    assert heap["small"] < 0.6 * heap["default"], heap
+    assert heap["default"] > 0.8 * db_kib, (heap, db_kib)  # the whole file cached
+    assert heap["small+mmap"] <= 1.1 * heap["small"], heap
+    # the next trial's peak starts afresh, not from the previous trial's
+    assert run_once(tmp_path, {"cache_size": -64}, workload).metrics["heap_peak_kb"] < (
+        0.6 * heap["default"])
+
+
 def test_workload_limits() -> None:
     with pytest.raises(WorkloadError, match="read_ratio"):
         SqliteTarget.parse_workload({"read_ratio": 1.5})
