@@ -37,10 +37,9 @@ from targets.common.errors import DiskFull, EnvironmentFault
 from tasks.explore_stats import ExploreStats, stats_so_far
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.pruning import progress_listener, pruning_on
-from tasks.runner import TrialRunner, clean_trial, run_trial
+from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
 from tasks.tell_order import TellOrder
 from tasks.told import objective_values, relative_to, tell_constraints
-from tasks.trial_record import TrialRecords
 from tuners.focus import KnobFocus
 from tuners.samplers import takes_pending
 from tuners.space import SearchSpace
@@ -114,8 +113,6 @@ class Exploration:
         # early stopping (tasks/pruning.py): single runs judged alone
         self.pruning = pruning_on(study, runner.target_cls, single, baseline_every)
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
-        # their task runs, beside them: not between one trial's end and the next one's start
-        self._records = TrialRecords(len(runner.instance_dirs) + 1)
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
         # a shared study: the trials this process runs, and what beats for them
@@ -145,7 +142,6 @@ class Exploration:
                     raise
         finally:
             self._cleaner.shutdown(wait=True)  # finished trials are cleaned and told, even now
-            self._records.close()
             self._done_beating.set()
             if beater.is_alive():
                 beater.join()
@@ -287,9 +283,9 @@ class Exploration:
                  instance: str) -> TrialOutcome:
         key, seed = str(trial.number), self.runner.trial_seed(trial.number)
         if self._pipelined or self.pruning:  # cleaned when told (inline, or beside the next)
-            listener = progress_listener(trial, self.runner.objective) if self.pruning else None
-            return self._records.run(key, config, instance, seed, lambda: self.runner.execute(
-                key, config, instance, seed, listener))
+            return execute_trial(self.runner, key, config, instance, seed,
+                                 progress_listener(trial, self.runner.objective)
+                                 if self.pruning else None)
         return run_trial(self.runner, key, config, instance, seed)
 
     def _tell_and_ask(self, trial: optuna.trial.Trial, outcome: TrialOutcome,

@@ -3,8 +3,8 @@
 ``TrialRunner`` holds what every trial of a job shares (target, workload, objective, timeout,
 instances, repeat policy); ``execute`` runs one trial process (``tasks/trial_process.py``) and
 classifies how it ended, ``clean`` passes its measurement through the gate (``tasks/clean.py``),
-``run_repeated`` runs a config as the repeat policy asks. ``run_trial`` and ``clean_trial`` are
-the same steps as Prefect tasks (a pipelined trial's own task run: ``tasks/trial_record.py``).
+``run_repeated`` runs a config as the repeat policy asks. ``run_trial``, ``execute_trial`` and
+``clean_trial`` are the same steps as Prefect tasks.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tasks.trial_process import (
 )
 from tuners.trials import TrialOutcome, TrialStatus
 
-__all__ = ["DISK_FULL_BYTES", "TrialRunner", "clean_trial", "run_trial"]
+__all__ = ["DISK_FULL_BYTES", "TrialRunner", "clean_trial", "execute_trial", "run_trial"]
 
 #: Below this much free space where a job writes, a failed trial is the disk's fault.
 DISK_FULL_BYTES = 4 * 2**20
@@ -246,6 +246,16 @@ def run_trial(
     if single:
         return runner.run(key, config, instance, seed)
     return runner.run_repeated(key, config, instance, seed)
+
+
+@task(name="execute-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
+def execute_trial(
+    runner: TrialRunner, key: str, config: dict[str, Any], instance: str, seed: int,
+    on_progress: ProgressListener | None = None,
+) -> TrialOutcome:
+    """One trial's run as a Prefect task, cleaned later by ``clean_trial``; ``on_progress``
+    hears its intermediate reports and may stop it (``TrialRunner.execute``)."""
+    return runner.execute(key, config, instance, seed, on_progress)
 
 
 @task(name="clean-trial", task_run_name="clean-{key}", cache_policy=NO_CACHE)
