@@ -11,15 +11,13 @@ journal_mode=bogus stays delete, synchronous=9 becomes normal, cache_size='abc' 
 the read-back values are reported. Imports the standard library only: it runs in every trial.
 
 ``heap_peak_kb`` is the most memory SQLite itself allocated during a trial (its page cache,
-schema, statements: ``sqlite3_memory_highwater``, read through ctypes from the library Python's
-sqlite3 module uses), a cost to weigh against speed (``--objective read_ops_per_s
---objective heap_peak_kb``). Pages read through ``mmap_size`` are the OS's page cache and are not
-counted. Where the library does not export the call, the target does not declare the metric.
+schema, statements; ``targets/sqlite_heap.py``), a cost to weigh against speed
+(``--objective read_ops_per_s --objective heap_peak_kb:min``). Pages read through ``mmap_size``
+are the OS's page cache and are not counted.
 """
 
 from __future__ import annotations
 
-import ctypes
 import random
 import re
 import sqlite3
@@ -39,6 +37,7 @@ from targets.base import (
     Measurement,
     Target,
 )
+from targets.sqlite_heap import HEAP
 
 DB_NAME = "knobflow.db"
 #: Files SQLite keeps beside a database; a killed trial can leave any of them behind.
@@ -63,47 +62,10 @@ _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 _READ, _INSERT, _UPDATE = 0, 1, 2
-
-
-class _HeapMeter:
-    """SQLite's own memory accounting (process-wide: a trial process runs one connection)."""
-
-    def __init__(self) -> None:
-        self._lib: ctypes.CDLL | None = None
-        self._base = 0
-        try:
-            import _sqlite3
-
-            lib = ctypes.CDLL(_sqlite3.__file__)  # resolves to the library it links
-            for name in ("sqlite3_memory_used", "sqlite3_memory_highwater"):
-                getattr(lib, name).restype = ctypes.c_int64
-            lib.sqlite3_memory_highwater.argtypes = [ctypes.c_int]
-            self._lib = lib
-        except (ImportError, OSError, AttributeError):
-            pass
-
-    @property
-    def available(self) -> bool:
-        """Whether the library exports SQLite's memory accounting (it does on Linux builds)."""
-        return self._lib is not None
-
-    def reset(self) -> None:
-        """Start a new peak from the memory SQLite holds now."""
-        if self._lib is not None:
-            self._base = int(self._lib.sqlite3_memory_used())
-            self._lib.sqlite3_memory_highwater(1)
-
-    def peak_kb(self) -> float | None:
-        """KiB SQLite allocated at most since ``reset``, beyond what it held then."""
-        if self._lib is None:
-            return None
-        return max(0, int(self._lib.sqlite3_memory_highwater(0)) - self._base) / 1024.0
-
-
-_HEAP = _HeapMeter()
 _KEY_MASK = (1 << 62) - 1
 _KEY_MULT = 0x1E3779B97F4A7C15  # odd, so key(j) is a bijection of j modulo 2**62
 _VALUE_POOL = 64
+
 
 _SCHEMA = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v BLOB NOT NULL)"
 _SELECT = "SELECT v FROM kv WHERE k = ?"
@@ -231,7 +193,7 @@ class SqliteTarget(Target):
         "latency_p50_us": MINIMIZE,  # run-phase operations; a committing write includes its commit
         "latency_p99_us": MINIMIZE,
         # the most memory SQLite allocated in the trial (module docstring), where it can be read
-        **({"heap_peak_kb": MINIMIZE} if _HEAP.available else {}),
+        **({"heap_peak_kb": MINIMIZE} if HEAP.available else {}),
     }
     default_objective: ClassVar[str] = "ops_per_s"
     trial_timeout_s: ClassVar[float] = 60.0
@@ -254,7 +216,7 @@ class SqliteTarget(Target):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._remove_files(self.data_dir)
         self._requested = {name: config[name] for name in names}
-        _HEAP.reset()
+        HEAP.reset()
         try:
             conn = sqlite3.connect(self.db_path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -292,7 +254,7 @@ class SqliteTarget(Target):
                 "the database lost committed rows"
             )
         metrics = self._metrics(load, run)
-        heap = _HEAP.peak_kb()
+        heap = HEAP.peak_kb()
         if heap is not None:
             metrics["heap_peak_kb"] = heap
         counters = self._counters(load, run)
