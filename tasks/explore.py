@@ -13,7 +13,8 @@ Blocked candidates (``tasks/guard.py``) never run; with ``baseline_every`` the d
 re-measured on the instance and the tuner is told ratios to it. Several objectives: each metric
 is told; SLA bounds (``rules.bounds``): each violation is an Optuna constraint of the trial.
 Crashes, hangs, refused configs and non-zero exits are failed trials with a failure class and
-the tail of their log; the job goes on.
+the tail of their log; the job goes on, unless the machine is at fault (``tasks/faults.py``: a
+full disk, a harness that fails trial after trial before the target runs).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from optuna.trial import TrialState
 from rules.bounds import Bound
 from rules.learn import LEARN_FROM
 from targets.base import FailureClass
-from targets.common.errors import DiskFull, EnvironmentFault
+from targets.common.errors import EnvironmentFault
 from tasks.explore_stats import ExploreStats, stats_so_far
+from tasks.faults import FaultWatch
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.pruning import progress_listener, pruning_on
 from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
@@ -115,6 +117,7 @@ class Exploration:
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean")
         self._cleanings: list[Future[None]] = []
         self._fault: EnvironmentFault | None = None
+        self._faults = FaultWatch()  # a full disk, a broken harness: tasks/faults.py
         # a shared study: the trials this process runs, and what beats for them
         self.shared = shared
         self._beating: dict[int, optuna.trial.Trial] = {}
@@ -247,11 +250,11 @@ class Exploration:
             if outcome.failure_class == FailureClass.INTERRUPTED:
                 self._interrupted(trial)
                 return
-            if outcome.disk_full:  # the machine's fault: told as failed, and the job stops
+            log_file = self.runner.job_dir / "trials" / str(trial.number) / "log.txt"
+            fault = self._faults.after(trial.number, instance, outcome, str(log_file))
+            if fault is not None:  # the machine's fault: told as failed, and the job stops
                 self._tell(trial, outcome, baseline)
-                self._stop(DiskFull(f"trial {trial.number} on {instance} failed: "
-                                    f"{outcome.message}; free some space, then continue the "
-                                    "job with --resume"))
+                self._stop(fault)
                 return
             outcome.rule_warnings = warnings
             trial = self._tell_and_ask(trial, outcome, baseline)

@@ -192,13 +192,16 @@ class TrialRunner:
             outcome.fail(FailureClass.TIMEOUT,
                          f"no result within the {self.timeout_s:g} s trial timeout (hang)")
         elif exit_.returncode == EXIT_ISOLATION:
+            outcome.harness_fault = True  # the set-up's fault, not the config's: tasks/faults.py
             outcome.fail(FailureClass.IO_ERROR, "the trial process could not apply its CPU set "
                          "or memory limit (see the end of its log)")
         elif exit_.returncode == EXIT_HARNESS:  # a target error: no rule is learned from it
+            outcome.harness_fault = True
             outcome.fail(FailureClass.TARGET_ERROR, "the trial process failed before the target "
                          "ran the config (knobflow's or the target's set-up, not the config: see "
                          "the end of its log)")
         elif exit_.returncode == EXIT_LAUNCHER_LOST:  # knobflow's or the machine's fault
+            outcome.harness_fault = True
             outcome.fail(FailureClass.TARGET_ERROR, "the launcher that forked the trial process "
                          "died under it (not the config: see the job's log)")
         elif exit_.returncode == EXIT_IO_ERROR:

@@ -104,6 +104,8 @@ class TrialOutcome:
     pruned_value: float | None = None
     #: The trial failed because the disk the job writes to is full (the job stops).
     disk_full: bool = field(default=False, repr=False)
+    #: The trial process failed before the target ran the config (no config's fault).
+    harness_fault: bool = field(default=False, repr=False)
     #: The raw measurement between running and cleaning (never stored).
     measurement: Measurement | None = field(default=None, repr=False)
     #: Great Expectations' validation result (kept in MLflow, not in the study).

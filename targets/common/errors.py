@@ -45,6 +45,11 @@ class DiskFull(EnvironmentFault):
     """The disk a job writes to is full: its trials would fail for a reason of no config's."""
 
 
+class HarnessBroken(EnvironmentFault):
+    """Trial after trial failed before the target ran its config (the target's installation,
+    knobflow's, or the host's set-up): the rest of the budget would fail the same way."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.7)

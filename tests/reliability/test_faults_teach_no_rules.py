@@ -17,7 +17,7 @@ from conftest import invoke_cli
 from flows.tune import JobFailed, tune
 from rules.learn import LearnedRules, learned_path, propose_forbid
 from rules.ruleset import RuleSet
-from targets.common.errors import DiskFull
+from targets.common.errors import DiskFull, HarnessBroken
 from targets.synthetic import SyntheticTarget
 from tuners.space import SearchSpace
 
@@ -104,3 +104,31 @@ def test_a_full_disk_is_an_io_error_that_stops_the_job_and_teaches_nothing(
         assert [t.name for t in trials] == ["0"], "the job went on burning its budget"
         assert _learned(home, "sqlite") == []
         assert shutil.disk_usage(disk).free > 8 * 2**20, "the failed trial's data stayed"
+
+
+@pytest.mark.usefixtures("mlflow_store")  # made once per session: not what is tested here
+def test_a_target_the_trials_cannot_import_stops_the_job_after_a_few_trials(
+    prefect_api: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the target's module is where the tuner finds it but not where the trial processes run
+    # (a plug-in installed for one Python only, an upgrade half done): every trial fails before
+    # the target runs its config
+    from targets import registry
+
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "kf_elsewhere.py").write_text(
+        "from targets.synthetic import SyntheticTarget as Elsewhere  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(plugin))  # this process only: PYTHONPATH does not name it
+    entry_points = {**registry._entry_points(), "synthetic": "kf_elsewhere:Elsewhere"}
+    monkeypatch.setattr(registry, "_entry_points", lambda: entry_points)
+    with pytest.raises(HarnessBroken, match=r"trials \d+, \d+, \d+ each failed before the target "
+                                            r"ran their config .*ModuleNotFoundError: No module "
+                                            r"named 'kf_elsewhere'.*--resume"):
+        tune("synthetic", budget=10, seed=1, train=False, home=str(home), noise_runs=0,
+             workload={"duration": 0.0})
+    job = next((home / "jobs").glob("*/job.json"))
+    assert yaml.safe_load(job.read_text())["status"] == "interrupted"  # resumable once fixed
+    ran = list((job.parent / "trials").iterdir())  # a candidate the rules blocked never ran
+    assert len(ran) == 3, f"the job went on burning its budget: {ran}"
+    assert _learned(home, "synthetic") == []
