@@ -43,6 +43,7 @@ from pathlib import Path
 import psutil
 
 from targets.base import FailureClass, TrialFailed
+from targets.common.files import write_text_atomic
 from targets.process import (
     last_lines,
     new_secret,
@@ -222,11 +223,17 @@ def _reachable(path: Path, user: str | None) -> bool:
 
 
 def locate(data_dir: Path, create: bool = False) -> Cluster | None:
-    """The cluster of ``data_dir``, from its record; with ``create``, choose and record one."""
+    """The cluster of ``data_dir``, from its record; with ``create``, choose and record one.
+
+    The record is written whole (``write_text_atomic``): a sweep in another process, or a
+    ``locate`` of the same instance, reads the old record or the new one, never a part. A record
+    that is not an absolute path (cut short by a crash) counts as none."""
     data_dir = Path(os.path.realpath(data_dir))
     record = data_dir / LOCATION_FILE
-    with contextlib.suppress(OSError):
-        return Cluster(Path(record.read_text(encoding="utf-8").strip()), data_dir)
+    with contextlib.suppress(OSError, UnicodeError):
+        root = Path(record.read_text(encoding="utf-8").strip())
+        if root.is_absolute():
+            return Cluster(root, data_dir)
     if not create:
         return None
     local = data_dir / "pg"
@@ -235,7 +242,7 @@ def locate(data_dir: Path, create: bool = False) -> Cluster | None:
         root = local
     else:
         root = RELOCATED_BASE / _digest(data_dir)
-    record.write_text(f"{root}\n", encoding="utf-8")
+    write_text_atomic(record, f"{root}\n")
     return Cluster(root, data_dir)
 
 
@@ -255,8 +262,8 @@ def prepare(cluster: Cluster, bindir: Path, log_dir: Path) -> float:
     if cluster.root.parent.is_symlink() or not _ours(cluster.root):
         raise TrialFailed(FailureClass.IO_ERROR, f"refusing to keep a cluster in {cluster.root}: "
                           "it is (below) a symlink or another user's directory")
-    if cluster.relocated:
-        (cluster.root / "origin").write_text(f"{cluster.data_dir}\n", encoding="utf-8")
+    if cluster.relocated:  # whole or not at all: a sweep elsewhere may read it at any moment
+        write_text_atomic(cluster.root / "origin", f"{cluster.data_dir}\n")
     for path in (cluster.root, cluster.sockdir):
         path.mkdir(exist_ok=True)
         path.chmod(0o700)
@@ -516,23 +523,47 @@ def remove_dsm_segments(control: int) -> None:
 
 
 def sweep_orphans() -> None:
-    """Remove relocated clusters whose instance data directory no longer points to them."""
+    """Remove relocated clusters whose instance data directory no longer points to them.
+
+    Any process preparing a relocated cluster sweeps, while others may be creating theirs: a
+    root without an ``origin``, or whose ``origin`` is empty, cut short or not an absolute path,
+    is left alone until it is ``_ORPHAN_AGE_S`` old. A root is removed only when the record in
+    its data directory is missing or names another root; a file that cannot be read (other than
+    a missing one) keeps it.
+    """
     with contextlib.suppress(OSError):
         for root in RELOCATED_BASE.iterdir():
             if not _ours(root):
                 continue
             with contextlib.suppress(OSError):
-                origin = root / "origin"
-                if origin.exists():
-                    data_dir = Path(origin.read_text(encoding="utf-8").strip())
-                    record = data_dir / LOCATION_FILE
-                    if record.exists() and record.read_text(encoding="utf-8").strip() == str(
-                        root
-                    ):
-                        continue
-                elif time.time() - root.stat().st_mtime < _ORPHAN_AGE_S:
-                    continue  # being created right now
-                remove_cluster(Cluster(root, Path(os.devnull)))
+                if _orphaned(root):
+                    remove_cluster(Cluster(root, Path(os.devnull)))
+
+
+def _orphaned(root: Path) -> bool:
+    """Whether the relocated cluster ``root`` belongs to no instance (OSError: cannot tell)."""
+    data_dir = _origin(root)
+    if data_dir is None:  # being created right now, unless that began _ORPHAN_AGE_S ago
+        return time.time() - root.stat().st_mtime >= _ORPHAN_AGE_S
+    try:
+        recorded = (data_dir / LOCATION_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return True  # the instance, or its record, is gone
+    except UnicodeError:
+        return False  # cannot tell (records are written whole, in UTF-8): keep it
+    return recorded != str(root)
+
+
+def _origin(root: Path) -> Path | None:
+    """The instance data directory ``root/origin`` names; None while there is none, or it is
+    not whole (``prepare`` ends it with a newline) or not an absolute path (OSError: it cannot
+    be read)."""
+    try:
+        text = (root / "origin").read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeError):
+        return None
+    data_dir = Path(text.strip())
+    return data_dir if text.endswith("\n") and data_dir.is_absolute() else None
 
 
 def remove_cluster(cluster: Cluster) -> None:

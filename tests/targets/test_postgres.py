@@ -159,12 +159,71 @@ def test_cluster_placement(tmp_path: Path) -> None:
     PostgresTarget.cleanup(tmp_path / "never-used")  # nothing to end, no error
 
 
-def test_clusters_of_deleted_instances_are_swept() -> None:
-    pgc.RELOCATED_BASE.mkdir(parents=True, exist_ok=True)
-    orphan = Path(tempfile.mkdtemp(dir=pgc.RELOCATED_BASE))
-    (orphan / "origin").write_text("/nonexistent/knobflow/instance\n")
+@pytest.fixture
+def relocated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A relocated base of the test's own: a sweep here never touches other processes' clusters
+    in the real /var/tmp/knobflow-postgres."""
+    base = tmp_path / "relocated"
+    base.mkdir(mode=0o700)
+    monkeypatch.setattr(pgc, "RELOCATED_BASE", base)
+    return base
+
+
+def make_root(base: Path, name: str, origin: bytes | None, age_s: float = 0.0) -> Path:
+    """A relocated cluster root with ``origin`` as its origin file's bytes (None: no file),
+    last changed ``age_s`` ago."""
+    root = base / name
+    root.mkdir(mode=0o700)
+    if origin is not None:
+        (root / "origin").write_bytes(origin)
+    if age_s:
+        then = time.time() - age_s
+        os.utime(root, (then, then))
+    return root
+
+
+def test_clusters_of_deleted_instances_are_swept(relocated: Path) -> None:
+    orphan = make_root(relocated, "orphan", b"/nonexistent/knobflow/instance\n")
     pgc.sweep_orphans()
     assert not orphan.exists()
+
+
+def test_a_sweep_leaves_clusters_being_created_alone(tmp_path: Path, relocated: Path) -> None:
+    """Another process sweeps while this one writes a new cluster's origin: an origin read empty,
+    cut short (no final newline, even cut inside a character) or not an absolute path is a
+    cluster being created, left alone until it is an hour old; a cluster whose instance's record
+    is gone, or names another cluster, is still removed."""
+    data = tmp_path / "instance"
+    data.mkdir()
+    whole = f"{data}\n".encode()
+    being_created = [
+        make_root(relocated, "no-origin", None),
+        make_root(relocated, "empty", b""),
+        make_root(relocated, "cut-short", whole[: len(whole) // 2]),
+        make_root(relocated, "relative", b"instance\n"),
+        make_root(relocated, "cut-in-a-character", "/tmp/données\n".encode()[:10]),
+    ]
+    live = make_root(relocated, "live", whole)
+    (data / pgc.LOCATION_FILE).write_text(f"{live}\n")
+    stale = make_root(relocated, "stale", whole)  # the record names ``live``, not this one
+    old_empty = make_root(relocated, "old-empty", b"", age_s=pgc._ORPHAN_AGE_S + 60)
+    gone = make_root(relocated, "gone", f"{tmp_path / 'deleted'}\n".encode())
+    pgc.sweep_orphans()
+    assert [root.name for root in being_created if not root.exists()] == []
+    assert live.exists() and (live / "origin").read_bytes() == whole
+    assert not stale.exists() and not old_empty.exists() and not gone.exists()
+
+
+def test_a_record_that_is_not_a_path_counts_as_none(tmp_path: Path, relocated: Path) -> None:
+    """An empty location record (a write cut short) names no cluster: ``locate`` never takes
+    the working directory for one; with ``create`` it records a cluster anew, whole."""
+    (tmp_path / pgc.LOCATION_FILE).write_text("")
+    assert pgc.locate(tmp_path) is None
+    made = pgc.locate(tmp_path, create=True)
+    assert made is not None and made.root.is_absolute()
+    assert (tmp_path / pgc.LOCATION_FILE).read_text() == f"{made.root}\n"
+    assert pgc.locate(tmp_path) == made
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 # -- trials -----------------------------------------------------------------------------------
