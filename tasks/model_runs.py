@@ -119,7 +119,11 @@ def _log_model(model: BaseEstimator, signature: Any, example: pd.DataFrame) -> M
     signature and input example, into the active run. MLflow loads the saved model back with
     those types (and again to check the example can be served); if a kept list of trusted types
     falls short, they are found again from the model and the model is logged again (the first
-    attempt leaves a logged model in state PENDING, linked to no run)."""
+    attempt's logged model, which MLflow marks FAILED, is deleted: the run's models list only
+    the one that loads)."""
+    import mlflow
+
+    before = mlflow.last_logged_model()
     try:
         return _log_sklearn(model, signature, example, trusted_types(model))
     except MlflowException as exc:
@@ -127,6 +131,9 @@ def _log_model(model: BaseEstimator, signature: Any, example: pd.DataFrame) -> M
             raise
         log.warning("the kept trusted types of a %s fell short (%s); found again",
                     type(model).__name__, exc)
+        failed = mlflow.last_logged_model()
+        if failed is not None and (before is None or failed.model_id != before.model_id):
+            mlflow.MlflowClient().delete_logged_model(failed.model_id)
         return _log_sklearn(model, signature, example, trusted_types(model, fresh=True))
 
 

@@ -78,6 +78,9 @@ def test_a_kept_list_that_falls_short_is_found_again(
         info = _log_model(model, signature, x.head(3))
     assert json.loads(cache_home.read_text()) == {
         model_io._key(model): ["sklearn.tree._tree.Tree"]}
+    with process_tracking_uri(uri):  # the attempt that fell short left no FAILED twin
+        logged = mlflow.search_logged_models(experiment_ids=[exp], output_format="list")
+    assert [(m.model_id, str(m.status)) for m in logged] == [(info.model_id, "READY")]
     with process_tracking_uri(uri):
         loaded = mlflow.sklearn.load_model(info.model_uri)
     np.testing.assert_allclose(loaded.predict(x), model.predict(x))
