@@ -1,5 +1,5 @@
-"""benchmarks/transfer.py, scaling.py and job_cost.py refuse bad arguments with the exact error,
-before running anything."""
+"""benchmarks/transfer.py, scaling.py, job_cost.py and real_samplers.py refuse bad arguments with
+the exact error, before running anything."""
 
 from __future__ import annotations
 
@@ -49,3 +49,21 @@ def test_job_cost_refuses_too_few_trials() -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "job_cost.py: error: argument --trials: '1': a whole number >= 2")
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--targets", "sqlite,nope"], "argument --targets: unknown target 'nope'; valid: sqlite, "
+     "rocksdb"),
+    (["--tuners", "tpe,tpe"], "argument --tuners: a tuner is named twice in 'tpe,tpe'"),
+    (["--trials", "1"], "argument --trials: 1 is below the minimum 2"),
+    (["--rounds", "x"], "argument --rounds: 'x' is not an integer"),
+])
+def test_real_samplers_refuses_bad_arguments(args: list[str], error: str,
+                                             tmp_path: Path) -> None:
+    """benchmarks/real_samplers.py: said before any job runs, and no plot is written."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_samplers.py"), *args,
+                           "--plot", str(tmp_path / "p.png")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"real_samplers.py: error: {error}"
+    assert not (tmp_path / "p.png").exists()
