@@ -6,6 +6,7 @@ description and MLflow's source and git tags.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -121,9 +122,7 @@ def _log_model(model: BaseEstimator, signature: Any, example: pd.DataFrame) -> M
     falls short, they are found again from the model and the model is logged again (the first
     attempt's logged model, which MLflow marks FAILED, is deleted: the run's models list only
     the one that loads)."""
-    import mlflow
-
-    before = mlflow.last_logged_model()
+    before = _last_logged_model_id()
     try:
         return _log_sklearn(model, signature, example, trusted_types(model))
     except MlflowException as exc:
@@ -131,10 +130,22 @@ def _log_model(model: BaseEstimator, signature: Any, example: pd.DataFrame) -> M
             raise
         log.warning("the kept trusted types of a %s fell short (%s); found again",
                     type(model).__name__, exc)
-        failed = mlflow.last_logged_model()
-        if failed is not None and (before is None or failed.model_id != before.model_id):
-            mlflow.MlflowClient().delete_logged_model(failed.model_id)
+        failed = _last_logged_model_id()
+        if failed is not None and failed != before:
+            with contextlib.suppress(MlflowException):  # then it stays, marked FAILED
+                MlflowClient().delete_logged_model(failed)
         return _log_sklearn(model, signature, example, trusted_types(model, fresh=True))
+
+
+def _last_logged_model_id() -> str | None:
+    """The model this thread last logged to the active store (None if it logged none there)."""
+    import mlflow
+
+    try:
+        model = mlflow.last_logged_model()
+    except MlflowException:  # the last one was logged to another store
+        return None
+    return model.model_id if model is not None else None
 
 
 def _log_sklearn(model: BaseEstimator, signature: Any, example: pd.DataFrame,
