@@ -116,6 +116,21 @@ def wait_for(
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's own cache folder (``XDG_CACHE_HOME``, also for the processes tests start):
+    knobflow's caches (skops' trusted types, the empty MLflow store) are made there, not in the
+    user's ~/.cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real Prefect API (the test harness: a temporary server and database) for the session."""
