@@ -13,7 +13,14 @@ loop asks and tells an in-memory TPE study and calls the same target in-process,
 trial, over the same search space: its time per trial is the floor.
 
     python benchmarks/job_cost.py --trials 50 --rounds 2
+    python benchmarks/job_cost.py --trials 30 --rounds 3 --warm
     python benchmarks/job_cost.py --trials 30 --rounds 2 --tell-modes
+
+``--warm`` runs, in each round beside the command, the same job in one long-lived process (this
+benchmark's: ``flows.tune.tune`` called from Python after an uncounted warm-up job of 15 trials,
+enough to train; one Prefect temporary server for all), which is what a process that runs many
+jobs pays: no imports, no server start, MLflow's store already open. Its process CPU time
+counts the trial processes but not the server's.
 
 ``--tell-modes`` compares instead, in one process (one Prefect server), TPE's trials told with
 cleaning beside the next run (what a sampler that takes pending trials gets) and told before
@@ -90,6 +97,26 @@ def knobflow_job(n: int, seed: int, home: Path, service: str, prefect_home: Path
     return {**result, "wall_s": wall, "cpu_s": cpu}
 
 
+def warm_job(n: int, seed: int, home: Path, service: str, space_file: Path) -> dict:
+    """The same job in this process (``flows.tune.tune``): what a process that has run jobs
+    before pays. Its figures as the command's ``--json`` has them, with ``wall_s`` and ``cpu_s``
+    (this process and its ended children: the trial processes, not the server)."""
+    from flows.tune import tune
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+            resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    before, began = cpu(), time.perf_counter()
+    summary = tune("synthetic", budget=n, seed=seed, workload={"duration": 0.0},
+                   space_file=str(space_file), service=service, home=str(home))
+    return {"duration_s": summary.duration_s, "fixed_s": dict(summary.fixed_s),
+            "trials_s": summary.trials_s, "tell_lag_max": summary.tell_lag_max,
+            "tell_lag_median": summary.tell_lag_median,
+            "wall_s": time.perf_counter() - began, "cpu_s": cpu() - before}
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Every round's job figures and bare loop, and the loads."""
     import yaml
@@ -104,20 +131,33 @@ def measure(args: argparse.Namespace) -> dict:
         print("warm-up job (not counted): Prefect's database, MLflow's store template, .pyc",
               flush=True)
         knobflow_job(3, args.seed, home, "warm-up", prefect_home, space_file)
+        if args.warm:  # this process's own warm-up: imports, its server, the store opened
+            os.environ.update({"PREFECT_HOME": str(root / "prefect-warm"),
+                               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"})
+            os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+            os.environ.pop("PREFECT_API_URL", None)
+            warm_job(15, args.seed, home, "warm-up-in-process", space_file)  # it trains
         for r in range(args.rounds):
             job = knobflow_job(args.trials, args.seed + r, home, f"svc-{r}", prefect_home,
                                space_file)
-            bare = bare_loop(args.trials, args.seed + r, root / f"bare-{r}")
-            rounds.append({"job": job, "bare_s": bare})
-            print(f"round {r + 1}: job {job['duration_s']:.1f} s (fixed "
-                  f"{job['fixed_s']['total']:.1f} s, trials {job['trials_s']:.1f} s), bare "
-                  f"{bare * 1000:.1f} ms per trial", flush=True)
+            rnd = {"job": job}
+            if args.warm:
+                rnd["warm"] = warm_job(args.trials, args.seed + r, home, f"warm-{r}",
+                                       space_file)
+            rnd["bare_s"] = bare_loop(args.trials, args.seed + r, root / f"bare-{r}")
+            rounds.append(rnd)
+            print(f"round {r + 1}: " + "; ".join(
+                f"{kind} {rnd[kind]['duration_s']:.1f} s (fixed "
+                f"{rnd[kind]['fixed_s']['total']:.1f} s, trials {rnd[kind]['trials_s']:.1f} s)"
+                for kind in ("job", "warm") if kind in rnd)
+                + f"; bare {rnd['bare_s'] * 1000:.1f} ms per trial", flush=True)
     loads.append(os.getloadavg()[0])
     return {"rounds": rounds, "loads": loads, "trials": args.trials}
 
 
-def figures(m: dict) -> dict[str, list[float]]:
-    """One row per figure, one value per round."""
+def figures(m: dict, kind: str = "job") -> dict[str, list[float]]:
+    """One row per figure, one value per round, of the command's jobs (``kind`` "job") or of
+    the jobs in this process ("warm")."""
     rows: dict[str, list[float]] = {f"fixed: {p}": [] for p in PARTS}
     for key in ("fixed total", "trials", "whole command (duration_s)", "process wall time",
                 "process CPU time (with its children)",
@@ -126,7 +166,7 @@ def figures(m: dict) -> dict[str, list[float]]:
         rows[key] = []
     n = m["trials"]
     for rnd in m["rounds"]:
-        job = rnd["job"]
+        job = rnd[kind]
         for p in PARTS:
             rows[f"fixed: {p}"].append(job["fixed_s"].get(p, 0.0))
         per_trial = job["trials_s"] / n
@@ -143,13 +183,13 @@ def figures(m: dict) -> dict[str, list[float]]:
     return rows
 
 
-def print_table(rows: dict[str, list[float]], m: dict) -> None:
+def print_table(rows: dict[str, list[float]], m: dict, what: str = "the command") -> None:
     from rich.console import Console
     from rich.table import Table
 
     n = len(m["rounds"])
-    table = Table(title=f"job cost, {m['trials']} instant trials (synthetic, duration 0), "
-                        f"load {m['loads'][0]:.2f} -> {m['loads'][1]:.2f}, 2 cores")
+    table = Table(title=f"job cost of {what}, {m['trials']} instant trials (synthetic, duration "
+                        f"0), load {m['loads'][0]:.2f} -> {m['loads'][1]:.2f}, 2 cores")
     table.add_column("figure (s unless said)")
     for r in range(n):
         table.add_column(f"round {r + 1}", justify="right")
@@ -164,30 +204,36 @@ def print_table(rows: dict[str, list[float]], m: dict) -> None:
     Console(width=140).print(table)
 
 
-def plot(rows: dict[str, list[float]], m: dict) -> None:
+def plot(rows: dict[str, list[float]], m: dict,
+         warm: dict[str, list[float]] | None = None) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.2))
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
-    bottom = 0.0
     colours = plt_colours(len(PARTS))
-    for i, p in enumerate((*PARTS, "trials")):
-        key = "trials" if p == "trials" else f"fixed: {p}"
-        v = statistics.median(rows[key])
-        ax.bar(0, v, bottom=bottom, label=p, hatch="//" if p == "trials" else None,
-               color="white" if p == "trials" else colours[i], edgecolor="black",
-               linewidth=0.4)
-        bottom += v
+    bars = [("command", rows)] + ([("warm process", warm)] if warm else [])
+    for x, (_, figs) in enumerate(bars):
+        bottom = 0.0
+        for i, p in enumerate((*PARTS, "trials")):
+            key = "trials" if p == "trials" else f"fixed: {p}"
+            v = statistics.median(figs[key])
+            ax.bar(x, v, bottom=bottom, label=p if x == 0 else None,
+                   hatch="//" if p == "trials" else None,
+                   color="white" if p == "trials" else colours[i], edgecolor="black",
+                   linewidth=0.4)
+            bottom += v
     ax.axhline(GOALS["fixed"], color="black", linestyle="--", linewidth=1)
-    ax.text(0.45, GOALS["fixed"], "fixed-cost goal", fontsize=8, va="bottom")
-    ax.set_xticks([0], [f"knobflow job, {m['trials']} trials"])
-    ax.set_xlim(-0.6, 2.0)
+    ax.text(len(bars) - 0.55, GOALS["fixed"], "fixed-cost goal", fontsize=8, va="bottom")
+    ax.set_xticks(range(len(bars)), [f"{name}\n{m['trials']} trials" for name, _ in bars],
+                  fontsize=8)
+    ax.set_xlim(-0.6, len(bars) + 1.0)
     ax.set_ylabel("seconds (median of rounds)")
     ax.legend(fontsize=7, loc="center right")
-    per = [statistics.median(rows["knobflow per trial (ms)"]),
-           statistics.median(rows["bare Optuna loop per trial (ms)"])]
-    ax2.bar([0, 1], per, color=["tab:blue", "tab:gray"])
-    ax2.set_xticks([0, 1], ["knobflow", "bare Optuna"])
+    names = [name for name, _ in bars] + ["bare Optuna"]
+    per = [statistics.median(figs["knobflow per trial (ms)"]) for _, figs in bars]
+    per.append(statistics.median(rows["bare Optuna loop per trial (ms)"]))
+    ax2.bar(range(len(per)), per, color=[*["tab:blue", "tab:green"][:len(bars)], "tab:gray"])
+    ax2.set_xticks(range(len(per)), names, fontsize=7)
     ax2.set_ylabel("ms per trial")
     fig.suptitle(f"job cost on an instant target (load {m['loads'][0]:.1f} -> "
                  f"{m['loads'][1]:.1f}, 2 cores)", fontsize=10)
@@ -264,6 +310,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=_at_least(1), default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--warm", action="store_true",
+                        help="also run each round's job in this process, after a warm-up job")
     parser.add_argument("--tell-modes", action="store_true",
                         help="compare results told beside the next run and before every ask")
     args = parser.parse_args()
@@ -273,9 +321,12 @@ def main() -> None:
     m = measure(args)
     rows = figures(m)
     print_table(rows, m)
-    plot(rows, m)
+    warm = figures(m, "warm") if args.warm else None
+    if warm is not None:
+        print_table(warm, m, "the same job in a warm process")
+    plot(rows, m, warm)
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"command": rows, "warm": warm} if warm is not None else rows))
 
 
 if __name__ == "__main__":
