@@ -147,7 +147,8 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     began = time.perf_counter()
     server_ready()
     command_phase("server", time.perf_counter() - began)  # what the imports did not hide
-    with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress, _logs_above_bar():
+    with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress, _logs_above_bar(), \
+            no_heartbeats_to_an_embedded_server():
         try:
             summary = tune(**spec.given(), resume=resume, home=str(root), progress=progress)
         except JobFailed as failed:  # the flow run is Failed; the summary says why (exit 1)
@@ -247,6 +248,25 @@ def _killed_with_us() -> None:
 
     die_with_parent(signal.SIGKILL)  # SIGKILL: its SQLite database survives that, and it ends
     # at once (a graceful stop of uvicorn and Prefect's services takes seconds)
+
+
+@contextlib.contextmanager
+def no_heartbeats_to_an_embedded_server() -> Iterator[None]:
+    """Prefect's flow-run heartbeats off while a job reports to the command's own temporary
+    server (no ``PREFECT_API_URL``): nothing but that server, which ends with the command, would
+    hear them, and the flow run's end waits up to 1 s for the heartbeat thread (it sleeps in
+    1-second steps). With a configured server they stay on, for whatever watches them there."""
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if get_current_settings().api.url:
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def start_embedded_prefect_server() -> None:

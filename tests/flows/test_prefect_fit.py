@@ -127,3 +127,24 @@ def test_a_job_without_a_completed_trial_is_a_failed_flow_run(prefect_api: str, 
     assert [str(a.flow_run_id) for a in artifacts] == [str(flow_run.id)]
     assert ("**No result**: synthetic/local: no trial of 2 completed (crash 2)"
             in artifacts[0].data)
+
+
+def test_flow_run_heartbeats_are_off_only_with_the_commands_own_server() -> None:
+    # the temporary server ends with the command and nothing on it hears heartbeats, while the
+    # flow run's end waits up to 1 s for the heartbeat thread; a configured server keeps them
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from flows.cli_tune import no_heartbeats_to_an_embedded_server
+
+    def frequency() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        before = frequency()
+        assert before is not None  # Prefect's default: on
+        with no_heartbeats_to_an_embedded_server():
+            assert frequency() is None
+        assert frequency() == before
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), \
+            no_heartbeats_to_an_embedded_server():
+        assert frequency() == before
