@@ -262,7 +262,8 @@ def prepare(cluster: Cluster, bindir: Path, log_dir: Path) -> float:
     if cluster.root.parent.is_symlink() or not _ours(cluster.root):
         raise TrialFailed(FailureClass.IO_ERROR, f"refusing to keep a cluster in {cluster.root}: "
                           "it is (below) a symlink or another user's directory")
-    if cluster.relocated:  # whole or not at all: a sweep elsewhere may read it at any moment
+    # written once, whole: a sweep elsewhere may read it at any moment
+    if cluster.relocated and _origin(cluster.root) != cluster.data_dir:
         write_text_atomic(cluster.root / "origin", f"{cluster.data_dir}\n")
     for path in (cluster.root, cluster.sockdir):
         path.mkdir(exist_ok=True)

@@ -66,7 +66,6 @@ _KEY_MASK = (1 << 62) - 1
 _KEY_MULT = 0x1E3779B97F4A7C15  # odd, so key(j) is a bijection of j modulo 2**62
 _VALUE_POOL = 64
 
-
 _SCHEMA = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v BLOB NOT NULL)"
 _SELECT = "SELECT v FROM kv WHERE k = ?"
 _INSERT_SQL = "INSERT INTO kv (k, v) VALUES (?, ?)"

@@ -250,7 +250,7 @@ class Exploration:
             if outcome.failure_class == FailureClass.INTERRUPTED:
                 self._interrupted(trial)
                 return
-            log_file = self.runner.job_dir / "trials" / str(trial.number) / "log.txt"
+            log_file = self.runner.trial_dir(str(trial.number)) / "log.txt"
             fault = self._faults.after(trial.number, instance, outcome, str(log_file))
             if fault is not None:  # the machine's fault: told as failed, and the job stops
                 self._tell(trial, outcome, baseline)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator
@@ -122,7 +122,6 @@ def _log_model(model: BaseEstimator, signature: Any, example: pd.DataFrame) -> M
     falls short, they are found again from the model and the model is logged again (the first
     attempt's logged model, which MLflow marks FAILED, is deleted: the run's models list only
     the one that loads)."""
-    before = _last_logged_model_id()
     try:
         return _log_sklearn(model, signature, example, trusted_types(model))
     except MlflowException as exc:
@@ -130,22 +129,22 @@ def _log_model(model: BaseEstimator, signature: Any, example: pd.DataFrame) -> M
             raise
         log.warning("the kept trusted types of a %s fell short (%s); found again",
                     type(model).__name__, exc)
-        failed = _last_logged_model_id()
-        if failed is not None and failed != before:
-            with contextlib.suppress(MlflowException):  # then it stays, marked FAILED
-                MlflowClient().delete_logged_model(failed)
+        _delete_failed_attempt()
         return _log_sklearn(model, signature, example, trusted_types(model, fresh=True))
 
 
-def _last_logged_model_id() -> str | None:
-    """The model this thread last logged to the active store (None if it logged none there)."""
+def _delete_failed_attempt() -> None:
+    """Delete the model this thread last logged if it is the active run's and did not finish
+    (READY is the only status of a model that loads)."""
     import mlflow
 
-    try:
+    # MlflowException: it was logged to another store, or is not deleted (it stays, FAILED)
+    with contextlib.suppress(MlflowException):
         model = mlflow.last_logged_model()
-    except MlflowException:  # the last one was logged to another store
-        return None
-    return model.model_id if model is not None else None
+        run = mlflow.active_run()
+        if (model is not None and run is not None and model.source_run_id == run.info.run_id
+                and model.status != LoggedModelStatus.READY):
+            MlflowClient().delete_logged_model(model.model_id)
 
 
 def _log_sklearn(model: BaseEstimator, signature: Any, example: pd.DataFrame,

@@ -104,6 +104,10 @@ class TrialRunner:
         """Run ``config`` once on ``instance`` in a child process; return the cleaned outcome."""
         return self.clean(self.execute(key, config, instance, seed))
 
+    def trial_dir(self, key: str) -> Path:
+        """Where run ``key`` keeps its request, result and ``log.txt``."""
+        return self.job_dir / "trials" / key
+
     def execute(
         self, key: str, config: Mapping[str, Any], instance: str, seed: int,
         on_progress: ProgressListener | None = None,
@@ -111,7 +115,7 @@ class TrialRunner:
         """Run ``config`` once in a child process; the outcome is not cleaned yet. With
         ``on_progress`` the target reports intermediate values to it, and the trial is stopped
         (pruned) when it answers True."""
-        trial_dir = self.job_dir / "trials" / key
+        trial_dir = self.trial_dir(key)
         trial_dir.mkdir(parents=True, exist_ok=True)
         data_dir = self.instance_dirs[instance]
         started, wall = time.monotonic(), time.time()
