@@ -31,6 +31,7 @@ from flows.cli_rules import rules_app, validate_command
 from flows.cli_serve import serve_command
 from flows.cli_service import service_app
 from flows.cli_tune import tune_command
+from flows.cli_warm import warm_command
 from flows.cli_watch import watch_command
 from targets.common.errors import EnvironmentFault, KnobflowError, fmt_value
 from targets.common.settings import quiet_environment
@@ -124,6 +125,7 @@ for _name, _command in (("observe", observe_command), ("recommend", recommend_co
                         ("approvals", approvals_command)):
     app.command(_name, cls=PlainCommand)(_command)
 app.command("serve", cls=PlainCommand)(serve_command)
+app.command("warm", cls=PlainCommand)(warm_command)
 app.command("doctor", cls=PlainCommand)(doctor_command)
 
 

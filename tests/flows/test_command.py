@@ -105,7 +105,8 @@ def test_every_command_takes_home(words: tuple[str, ...]) -> None:
 
 def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
     """Each command that needs no job or server runs with --home (tune's runs are in
-    test_cli.py, check-target's in tests/targets/test_contract_guide.py)."""
+    test_cli.py, check-target's in tests/targets/test_contract_guide.py, warm's in
+    test_warm.py)."""
     config = tmp_path / "best.yaml"
     config.write_text("cache_size: -2000\n", encoding="utf-8")
     expert = REPO / "tests" / "data" / "expert" / "sqlite.csv"
@@ -145,7 +146,7 @@ def test_every_command_runs_with_home(home: Path, tmp_path: Path) -> None:
     }
     grouped = ("rules", "instance", "service")
     assert {words[:2] if words[0] in grouped else words[:1] for words in runs} | {
-        ("tune",), ("check-target",)} == set(LEAVES)
+        ("tune",), ("check-target",), ("warm",)} == set(LEAVES)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(restore_defaults={PREFECT_API_URL}):  # whatever ran before
