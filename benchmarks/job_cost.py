@@ -1,9 +1,10 @@
 """What a tuning job costs on an instant target: its fixed part, by part, and its cost per trial,
 beside a bare Optuna loop with the same trials, in one run.
 
-Each knobflow job is the command a user types (``python -m flows.cli tune synthetic ... --json``)
-in a fresh process with Prefect's temporary server (its own ``PREFECT_HOME``, made warm by a
-first job that is not counted, as a user's second job finds it), on the synthetic target with
+Each knobflow job is the command a user types (``knobflow tune synthetic ... --json``, the
+console script's entry, ``KNOBFLOW_NO_WARM`` set) in a fresh process with Prefect's temporary
+server (its own ``PREFECT_HOME``, made warm by a first job that is not counted, as a user's
+second job finds it), on the synthetic target with
 ``duration=0``: a trial does nothing but start its process, measure and be cleaned. Each job is
 the first of a new service in the home (transfer finds no sibling) and trains the service's
 models, as a user's job does. The job's ``--json`` gives the whole command's time from the
@@ -16,11 +17,11 @@ trial, over the same search space: its time per trial is the floor.
     python benchmarks/job_cost.py --trials 30 --rounds 3 --warm
     python benchmarks/job_cost.py --trials 30 --rounds 2 --tell-modes
 
-``--warm`` runs, in each round beside the command, the same job in one long-lived process (this
-benchmark's: ``flows.tune.tune`` called from Python after an uncounted warm-up job of 15 trials,
-enough to train; one Prefect temporary server for all), which is what a process that runs many
-jobs pays: no imports, no server start, MLflow's store already open. Its process CPU time
-counts the trial processes but not the server's.
+``--warm`` runs, in each round beside it, the same command with ``knobflow warm`` serving the
+home (``flows/warm.py``: knobflow loaded once, each command forked from it; its own
+``PREFECT_HOME`` and server, started before the rounds, a first job not counted). The command
+is started as the console script starts it (``flows.entry``); its CPU time is the command's
+and the job's (the warm process's child), not the warm process's own or its server's.
 
 ``--tell-modes`` compares instead, in one process (one Prefect server), TPE's trials told with
 cleaning beside the next run (what a sampler that takes pending trials gets) and told before
@@ -54,6 +55,8 @@ from overhead import SPACE  # noqa: E402  (this folder; the crash and hang regio
 PARTS = ("imports", "server", "start", "transfer", "tracking", "noise_probe", "verification",
          "training", "report", "other")
 GOALS = {"fixed": 10.0, "overhead_ms": 40.0, "lag": 1}
+#: What the ``knobflow`` console script runs (``flows.entry``), as a user's shell starts it.
+ENTRY = "import sys; from flows.entry import main; sys.exit(main())"
 
 
 def bare_loop(n: int, seed: int, data_dir: Path) -> float:
@@ -81,7 +84,8 @@ def knobflow_job(n: int, seed: int, home: Path, service: str, prefect_home: Path
            "MLFLOW_DISABLE_TELEMETRY": "true",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     env.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "flows.cli", "tune", "synthetic", "--budget", str(n),
+    env["KNOBFLOW_NO_WARM"] = "1"  # the console script's command, cold
+    command = [sys.executable, "-c", ENTRY, "tune", "synthetic", "--budget", str(n),
                "--seed", str(seed), "--set-workload", "duration=0", "--space",
                str(space_file), "--service", service, "--home", str(home), "--json"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -97,24 +101,55 @@ def knobflow_job(n: int, seed: int, home: Path, service: str, prefect_home: Path
     return {**result, "wall_s": wall, "cpu_s": cpu}
 
 
-def warm_job(n: int, seed: int, home: Path, service: str, space_file: Path) -> dict:
-    """The same job in this process (``flows.tune.tune``): what a process that has run jobs
-    before pays. Its figures as the command's ``--json`` has them, with ``wall_s`` and ``cpu_s``
-    (this process and its ended children: the trial processes, not the server)."""
-    from flows.tune import tune
+def warm_env(prefect_home: Path) -> dict[str, str]:
+    """The environment of the warm process and of the commands it serves (they must match)."""
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PYTHONPATH": str(REPO),
+           "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("KNOBFLOW_NO_WARM", None)
+    return env
+
+
+def start_warm(home: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``knobflow warm --home HOME``, once it says it is ready."""
+    proc = subprocess.Popen([sys.executable, "-c", ENTRY, "warm", "--home", str(home)],
+                            cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "ready in" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the warm process did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    print(log.read_text().strip().splitlines()[-1], flush=True)
+    return proc
+
+
+def warm_job(n: int, seed: int, home: Path, service: str, space_file: Path,
+             env: dict[str, str], warm: subprocess.Popen) -> dict:
+    """The same ``knobflow tune`` command, served by the warm process: its ``--json`` with
+    ``wall_s`` and ``cpu_s`` (the command's and its job's: the warm process's ended child)."""
+    import psutil
 
     def cpu() -> float:
-        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-            resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        times = psutil.Process(warm.pid).cpu_times()
+        return times.children_user + times.children_system
 
-    before, began = cpu(), time.perf_counter()
-    summary = tune("synthetic", budget=n, seed=seed, workload={"duration": 0.0},
-                   space_file=str(space_file), service=service, home=str(home))
-    return {"duration_s": summary.duration_s, "fixed_s": dict(summary.fixed_s),
-            "trials_s": summary.trials_s, "tell_lag_max": summary.tell_lag_max,
-            "tell_lag_median": summary.tell_lag_median,
-            "wall_s": time.perf_counter() - began, "cpu_s": cpu() - before}
+    command = [sys.executable, "-c", ENTRY, "tune", "synthetic", "--budget", str(n),
+               "--seed", str(seed), "--set-workload", "duration=0", "--space", str(space_file),
+               "--service", service, "--home", str(home), "--json"]
+    before, own, began = cpu(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+    wall = time.perf_counter() - began
+    time.sleep(0.5)  # the job's process reaped by the warm process: its CPU time counted
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0 or "warm process" in done.stderr:
+        raise SystemExit(f"the warm job failed or ran cold ({done.returncode}):\n"
+                         f"{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu_s = cpu() - before + (after.ru_utime - own.ru_utime) + (after.ru_stime - own.ru_stime)
+    return {**result, "wall_s": wall, "cpu_s": cpu_s}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -131,33 +166,48 @@ def measure(args: argparse.Namespace) -> dict:
         print("warm-up job (not counted): Prefect's database, MLflow's store template, .pyc",
               flush=True)
         knobflow_job(3, args.seed, home, "warm-up", prefect_home, space_file)
-        if args.warm:  # this process's own warm-up: imports, its server, the store opened
-            os.environ.update({"PREFECT_HOME": str(root / "prefect-warm"),
-                               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"})
-            os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-            os.environ.pop("PREFECT_API_URL", None)
-            warm_job(15, args.seed, home, "warm-up-in-process", space_file)  # it trains
-        for r in range(args.rounds):
-            job = knobflow_job(args.trials, args.seed + r, home, f"svc-{r}", prefect_home,
-                               space_file)
-            rnd = {"job": job}
-            if args.warm:
-                rnd["warm"] = warm_job(args.trials, args.seed + r, home, f"warm-{r}",
-                                       space_file)
-            rnd["bare_s"] = bare_loop(args.trials, args.seed + r, root / f"bare-{r}")
-            rounds.append(rnd)
-            print(f"round {r + 1}: " + "; ".join(
-                f"{kind} {rnd[kind]['duration_s']:.1f} s (fixed "
-                f"{rnd[kind]['fixed_s']['total']:.1f} s, trials {rnd[kind]['trials_s']:.1f} s)"
-                for kind in ("job", "warm") if kind in rnd)
-                + f"; bare {rnd['bare_s'] * 1000:.1f} ms per trial", flush=True)
+        warm, env = None, warm_env(root / "prefect-warm")
+        if args.warm:
+            warm = start_warm(home, env, root / "warm.log")
+            warm_job(15, args.seed, home, "warm-up-warm", space_file, env, warm)  # not counted
+        try:
+            for r in range(args.rounds):
+                rounds.append(one_round(args, r, home, prefect_home, space_file, root, env,
+                                        warm))
+        finally:
+            if warm is not None:
+                warm.terminate()
+                warm.wait(timeout=120)
     loads.append(os.getloadavg()[0])
     return {"rounds": rounds, "loads": loads, "trials": args.trials}
 
 
+def one_round(args: argparse.Namespace, r: int, home: Path, prefect_home: Path,
+              space_file: Path, root: Path, env: dict[str, str],
+              warm: subprocess.Popen | None) -> dict:
+    """One round: the command's job (then the warm process's, if any; the order alternates
+    between rounds) and the bare loop."""
+    rnd: dict = {}
+    order = ["job", "warm"] if r % 2 == 0 else ["warm", "job"]
+    for kind in order:
+        if kind == "job":
+            rnd["job"] = knobflow_job(args.trials, args.seed + r, home, f"svc-{r}",
+                                      prefect_home, space_file)
+        elif warm is not None:
+            rnd["warm"] = warm_job(args.trials, args.seed + r, home, f"warm-{r}", space_file,
+                                   env, warm)
+    rnd["bare_s"] = bare_loop(args.trials, args.seed + r, root / f"bare-{r}")
+    print(f"round {r + 1}: " + "; ".join(
+        f"{kind} {rnd[kind]['duration_s']:.1f} s (fixed "
+        f"{rnd[kind]['fixed_s']['total']:.1f} s, trials {rnd[kind]['trials_s']:.1f} s)"
+        for kind in ("job", "warm") if kind in rnd)
+        + f"; bare {rnd['bare_s'] * 1000:.1f} ms per trial", flush=True)
+    return rnd
+
+
 def figures(m: dict, kind: str = "job") -> dict[str, list[float]]:
     """One row per figure, one value per round, of the command's jobs (``kind`` "job") or of
-    the jobs in this process ("warm")."""
+    the same commands served by the warm process ("warm")."""
     rows: dict[str, list[float]] = {f"fixed: {p}": [] for p in PARTS}
     for key in ("fixed total", "trials", "whole command (duration_s)", "process wall time",
                 "process CPU time (with its children)",
@@ -211,7 +261,7 @@ def plot(rows: dict[str, list[float]], m: dict,
     fig = Figure(figsize=(8, 4.2))
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     colours = plt_colours(len(PARTS))
-    bars = [("command", rows)] + ([("warm process", warm)] if warm else [])
+    bars = [("command", rows)] + ([("warm command", warm)] if warm else [])
     for x, (_, figs) in enumerate(bars):
         bottom = 0.0
         for i, p in enumerate((*PARTS, "trials")):
@@ -233,7 +283,7 @@ def plot(rows: dict[str, list[float]], m: dict,
     per = [statistics.median(figs["knobflow per trial (ms)"]) for _, figs in bars]
     per.append(statistics.median(rows["bare Optuna loop per trial (ms)"]))
     ax2.bar(range(len(per)), per, color=[*["tab:blue", "tab:green"][:len(bars)], "tab:gray"])
-    ax2.set_xticks(range(len(per)), names, fontsize=7)
+    ax2.set_xticks(range(len(per)), [n.replace(" ", "\n") for n in names], fontsize=7)
     ax2.set_ylabel("ms per trial")
     fig.suptitle(f"job cost on an instant target (load {m['loads'][0]:.1f} -> "
                  f"{m['loads'][1]:.1f}, 2 cores)", fontsize=10)
@@ -311,7 +361,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     parser.add_argument("--warm", action="store_true",
-                        help="also run each round's job in this process, after a warm-up job")
+                        help="also run each round's command with `knobflow warm` serving it")
     parser.add_argument("--tell-modes", action="store_true",
                         help="compare results told beside the next run and before every ask")
     args = parser.parse_args()
@@ -323,7 +373,7 @@ def main() -> None:
     print_table(rows, m)
     warm = figures(m, "warm") if args.warm else None
     if warm is not None:
-        print_table(warm, m, "the same job in a warm process")
+        print_table(warm, m, "the same command served by `knobflow warm`")
     plot(rows, m, warm)
     if args.json:
         print(json.dumps({"command": rows, "warm": warm} if warm is not None else rows))

@@ -332,11 +332,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     if argv is None:  # the process is this command: a job's time counts from its start
-        import psutil
+        from flows.timing import command_started, process_started
 
-        from flows.timing import command_started
-
-        command_started(psutil.Process().create_time())
+        command_started(process_started())
     try:
         quiet_environment()  # bad settings (KNOBFLOW_CONFIG, a secret file) stop every command
     except KnobflowError as exc:

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["FIXED", "JobClock", "command_phase", "command_started", "settle_last"]
+__all__ = ["FIXED", "JobClock", "command_phase", "command_started", "process_started",
+           "settle_last"]
 
 #: The fixed parts of a job, in the order they happen.
 FIXED = ("imports", "server", "start", "transfer", "tracking", "noise_probe", "verification",
@@ -27,6 +28,22 @@ TRIALS = "trials"
 T = TypeVar("T")
 _command: dict[str, float] = {}  # "started" (seconds since the epoch) and the command's parts
 _last: list[JobClock] = []  # the clock of the last job this process ran
+
+
+def process_started() -> float:
+    """When this process started, in seconds since the epoch, to the kernel's clock tick: its
+    start in ticks since boot (``/proc/self/stat``) against the time since boot now. (psutil's
+    ``create_time`` adds the boot time, which Linux gives in whole seconds: up to 1 s off.)
+    Now, where ``/proc`` cannot be read."""
+    import os
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+        return time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
 
 
 def command_started(at: float) -> None:

@@ -233,7 +233,7 @@ def _refusal(request: dict[str, Any], fingerprint: str, environment: dict[str, s
 def _child(conn: socket.socket, listener: socket.socket, fds: list[int],
            request: dict[str, Any], server: Any) -> None:
     """Become the command, run it, and send its exit code once the job's own exit handlers
-    have run; the process ends here (``_exit``)."""
+    have run; the process ends here (``end_process``)."""
     import atexit
     import threading
 
@@ -265,6 +265,7 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int],
     conn.send(json.dumps({"pid": os.getpid()}).encode())
     threading.Thread(target=listen, name="warm-command", daemon=True).start()
     from flows.cli import main
+    from flows.entry import end_process
     from flows.timing import command_started
 
     command_started(float(request["started"]))
@@ -277,7 +278,7 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int],
 
         traceback.print_exc()
         exit_code[0] = 1
-    _exit(exit_code[0])
+    end_process(exit_code[0])
 
 
 def _become(request: dict[str, Any], fds: list[int]) -> None:
@@ -305,25 +306,6 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     sys.argv = ["knobflow", *request["argv"]]
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()  # not the warm process's (every job's same) state
-
-
-def _exit(code: int) -> None:
-    """End the job's process as the interpreter ends a command (its threads joined, then its
-    exit handlers, the report of the exit code among them), without unwinding into the warm
-    process's loop that forked it."""
-    import atexit
-    import threading
-
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    with contextlib.suppress(Exception):
-        threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
 
 
 def _reap(jobs: dict[int, tuple[str, float]], log: Any) -> None:

@@ -229,3 +229,43 @@ def test_only_what_is_read_at_import_time_is_compared() -> None:
            "TERM": "xterm", "COLUMNS": "80", "PATH": "/bin", "KNOBFLOW_NO_WARM": "1",
            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}
     assert set(import_time_environment(env)) == {"PREFECT_HOME", "MLFLOW_X", "PYTHONPATH"}
+
+
+def test_a_process_knows_when_it_started_to_the_tick() -> None:
+    """``duration_s`` counts from the command's start (``flows.timing.process_started``), warm
+    or cold: within the launch of the process, not psutil's up-to-a-second-off boot time."""
+    code = ("import time; time.sleep(1.0); from flows.timing import process_started; "
+            "print(repr(process_started()))")
+    launched = time.time()
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=True)
+    started = float(done.stdout)
+    assert launched - 0.05 <= started <= launched + 0.9  # the sleep is after the start
+
+
+def test_a_cold_command_skips_only_the_teardown_and_keeps_everything_its_job_wrote(
+        tmp_path: Path) -> None:
+    """``knobflow tune`` through the console script ends with ``end_process`` (no teardown of
+    the interpreter's objects): its trials, MLflow run and result are all written, and nothing
+    it started is left running."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "home"
+    env = {**warm_env(tmp_path), "KNOBFLOW_NO_WARM": "1"}
+    done = command(["tune", "synthetic", "--budget", "12", "--set-workload", "duration=0",
+                    "--home", str(home), "--json"], env, start_new_session=True)
+    out, err = done.communicate(timeout=600)
+    assert done.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert json.loads((Path(summary["best_config_file"]).parent / "result.json").read_text())
+    assert len(pd.read_parquet(summary["trial_table"])) == 12
+    uri = summary["tracking_uri"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if str(home) in " ".join(p.info["cmdline"] or []) or
+            (p.info["cmdline"] or [])[-1:] == [str(tmp_path / "prefect")]]
+    wait_for(lambda: not [p for p in left if p.is_running() and
+                          p.status() != psutil.STATUS_ZOMBIE], "the job's processes to end",
+             timeout=10)
