@@ -309,16 +309,11 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
 
 
 def _reap(jobs: dict[int, tuple[str, float]], log: Any) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    from targets.process import ended_children
+
+    for pid, code in ended_children():
         _, began = jobs.pop(pid, ("?", time.perf_counter()))
-        log(f"job {pid} ended: exit {os.waitstatus_to_exitcode(status)} after "
-            f"{time.perf_counter() - began:.1f} s")
+        log(f"job {pid} ended: exit {code} after {time.perf_counter() - began:.1f} s")
 
 
 def _stop_jobs(jobs: dict[int, tuple[str, float]], log: Any) -> None:

@@ -87,14 +87,10 @@ def _say(doc: dict[str, Any]) -> None:
 
 def _reap() -> None:
     """Collect every ended child and tell the tuner its exit code."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _say({"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
+    from targets.process import ended_children  # loaded with the launcher's first imports
+
+    for pid, code in ended_children():
+        _say({"exit": pid, "rc": code})
 
 
 def _spawn(cmd: dict[str, Any], imported: set[str], setproctitle: Any,

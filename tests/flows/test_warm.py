@@ -125,6 +125,16 @@ def test_a_tune_command_runs_in_the_warm_process_with_its_folder_output_and_exit
     assert set(warm.jobs()) - before
 
 
+def test_two_commands_at_once_run_side_by_side(warm: Warm) -> None:
+    before = set(warm.jobs())
+    jobs = [command(job_args(warm, f"side-{i}", 4, 0.5), warm.env) for i in range(2)]
+    results = [job.communicate(timeout=600) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], [err for _, err in results]
+    services = {json.loads(out.strip().splitlines()[-1])["service"] for out, _ in results}
+    assert services == {"side-0", "side-1"}
+    assert len(set(warm.jobs()) - before) == 2
+
+
 def test_ctrl_c_of_the_command_interrupts_its_job_which_resumes(warm: Warm) -> None:
     before = set(warm.jobs())
     job = command(job_args(warm, "ctrl-c", 8, 1.0), warm.env)
