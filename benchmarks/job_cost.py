@@ -74,35 +74,9 @@ def bare_loop(n: int, seed: int, data_dir: Path) -> float:
     return (completion_times(n, workload, seed, data_dir)[-1] - began) / n
 
 
-def knobflow_job(n: int, seed: int, home: Path, service: str, prefect_home: Path,
-                 space_file: Path) -> dict:
-    """One ``knobflow tune`` command in a fresh process: its ``--json`` result, the wall time
-    of the process as seen from outside (``wall_s``) and the CPU time it and its children (the
-    server, the trial processes) used (``cpu_s``: what the job costs whatever else runs)."""
-    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PYTHONPATH": str(REPO),
-           "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-    env.pop("PREFECT_API_URL", None)
-    env["KNOBFLOW_NO_WARM"] = "1"  # the console script's command, cold
-    command = [sys.executable, "-c", ENTRY, "tune", "synthetic", "--budget", str(n),
-               "--seed", str(seed), "--set-workload", "duration=0", "--space",
-               str(space_file), "--service", service, "--home", str(home), "--json"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    began = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900, check=False)
-    wall = time.perf_counter() - began
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if done.returncode != 0:
-        raise SystemExit(f"the job failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {**result, "wall_s": wall, "cpu_s": cpu}
-
-
-def warm_env(prefect_home: Path) -> dict[str, str]:
-    """The environment of the warm process and of the commands it serves (they must match)."""
+def job_env(prefect_home: Path) -> dict[str, str]:
+    """The environment of the commands (and of the warm process, which must match its
+    commands'): their own Prefect home, telemetry off, no configured Prefect API."""
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PYTHONPATH": str(REPO),
            "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -110,6 +84,35 @@ def warm_env(prefect_home: Path) -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)
     env.pop("KNOBFLOW_NO_WARM", None)
     return env
+
+
+def run_tune(n: int, seed: int, home: Path, service: str, space_file: Path,
+             env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``knobflow tune synthetic`` of ``n`` instant trials as the console script runs it, and
+    its wall time as seen from outside."""
+    command = [sys.executable, "-c", ENTRY, "tune", "synthetic", "--budget", str(n),
+               "--seed", str(seed), "--set-workload", "duration=0", "--space",
+               str(space_file), "--service", service, "--home", str(home), "--json"]
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+    return done, time.perf_counter() - began
+
+
+def knobflow_job(n: int, seed: int, home: Path, service: str, prefect_home: Path,
+                 space_file: Path) -> dict:
+    """One ``knobflow tune`` command in a fresh process: its ``--json`` result, the wall time
+    of the process as seen from outside (``wall_s``) and the CPU time it and its children (the
+    server, the trial processes) used (``cpu_s``: what the job costs whatever else runs)."""
+    env = {**job_env(prefect_home), "KNOBFLOW_NO_WARM": "1"}  # the console script's, cold
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done, wall = run_tune(n, seed, home, service, space_file, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if done.returncode != 0:
+        raise SystemExit(f"the job failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "wall_s": wall, "cpu_s": cpu}
 
 
 def start_warm(home: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -135,13 +138,8 @@ def warm_job(n: int, seed: int, home: Path, service: str, space_file: Path,
         times = psutil.Process(warm.pid).cpu_times()
         return times.children_user + times.children_system
 
-    command = [sys.executable, "-c", ENTRY, "tune", "synthetic", "--budget", str(n),
-               "--seed", str(seed), "--set-workload", "duration=0", "--space", str(space_file),
-               "--service", service, "--home", str(home), "--json"]
-    before, own, began = cpu(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900, check=False)
-    wall = time.perf_counter() - began
+    before, own = cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    done, wall = run_tune(n, seed, home, service, space_file, env)
     time.sleep(0.5)  # the job's process reaped by the warm process: its CPU time counted
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0 or "warm process" in done.stderr:
@@ -166,7 +164,7 @@ def measure(args: argparse.Namespace) -> dict:
         print("warm-up job (not counted): Prefect's database, MLflow's store template, .pyc",
               flush=True)
         knobflow_job(3, args.seed, home, "warm-up", prefect_home, space_file)
-        warm, env = None, warm_env(root / "prefect-warm")
+        warm, env = None, job_env(root / "prefect-warm")
         if args.warm:
             warm = start_warm(home, env, root / "warm.log")
             warm_job(15, args.seed, home, "warm-up-warm", space_file, env, warm)  # not counted

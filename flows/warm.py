@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -82,13 +83,11 @@ def serve(home: Path, log: Any = None) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _f: stopping.append(signum))
-    jobs: dict[int, tuple[str, float]] = {}
+    jobs: dict[int, float] = {}
     log(f"ready in {time.perf_counter() - began:.1f} s: `knobflow tune ... --home {home}` runs "
         f"here (socket {path}; Prefect at {server.api_url}); Ctrl-C stops")
     try:
         while not stopping:
-            import select
-
             with contextlib.suppress(InterruptedError):
                 select.select([listener, wake_r], [], [])
             with contextlib.suppress(BlockingIOError):
@@ -179,7 +178,7 @@ _LOADED_BY_A_JOB = (
 
 
 def _accept(conn: socket.socket, listener: socket.socket, server: Any, fingerprint: str,
-            environment: dict[str, str], jobs: dict[int, tuple[str, float]], log: Any) -> None:
+            environment: dict[str, str], jobs: dict[int, float], log: Any) -> None:
     """Read one command's request; refuse it (the reason is sent back) or fork its job."""
     fds: list[int] = []
     try:
@@ -202,9 +201,8 @@ def _accept(conn: socket.socket, listener: socket.socket, server: Any, fingerpri
                 _child(conn, listener, fds, request, server)
             finally:
                 os._exit(1)  # only if _child raised: it ends the process itself
-        shown = " ".join(request["argv"])
-        jobs[pid] = (shown, time.perf_counter())
-        log(f"job {pid}: knobflow {shown}")
+        jobs[pid] = time.perf_counter()
+        log(f"job {pid}: knobflow {' '.join(request['argv'])}")
     except (OSError, ValueError, KeyError) as exc:
         log(f"a command could not be read: {exc}")
     finally:
@@ -308,15 +306,15 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
         sys.modules["numpy"].random.seed()  # not the warm process's (every job's same) state
 
 
-def _reap(jobs: dict[int, tuple[str, float]], log: Any) -> None:
-    from targets.process import ended_children
+def _reap(jobs: dict[int, float], log: Any) -> None:
+    from tasks.launcher import ended_children
 
     for pid, code in ended_children():
-        _, began = jobs.pop(pid, ("?", time.perf_counter()))
+        began = jobs.pop(pid, time.perf_counter())
         log(f"job {pid} ended: exit {code} after {time.perf_counter() - began:.1f} s")
 
 
-def _stop_jobs(jobs: dict[int, tuple[str, float]], log: Any) -> None:
+def _stop_jobs(jobs: dict[int, float], log: Any) -> None:
     """Interrupt the jobs still running (they stop as interrupted: ``--resume`` continues
     them) and wait for them, up to ``STOP_GRACE_S``."""
     if not jobs:

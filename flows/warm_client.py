@@ -116,6 +116,7 @@ def delegate(words: list[str], started: float) -> int | None:
         conn.connect(str(path))
         if peer_uid(conn) != os.getuid():
             _say(f"the warm process at {path} is not this user's; running here")
+            conn.close()
             return None
         from targets.common.settings import quiet_environment
 

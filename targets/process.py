@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,19 +361,6 @@ def last_lines(text: str, pattern: Callable[[str], bool] | None = None, n: int =
     if pattern is not None:
         lines = [ln for ln in lines if pattern(ln)]
     return " | ".join(lines[-n:])
-
-
-def ended_children() -> Iterator[tuple[int, int]]:
-    """Each child of this process that has ended, collected without waiting: its pid and exit
-    code (as ``Popen.returncode``: minus the signal's number if killed)."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        yield pid, os.waitstatus_to_exitcode(status)
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

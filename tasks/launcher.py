@@ -35,11 +35,13 @@ import sys
 import threading
 import traceback
 import weakref
+from collections.abc import Iterator
 from typing import IO, Any
 
 from tasks.trial_process import EXIT_HARNESS, EXIT_LAUNCHER_LOST, kill_group, wait_exit
 
-__all__ = ["Child", "Forked", "Launcher", "LauncherError", "PopenChild", "serve"]
+__all__ = ["Child", "Forked", "Launcher", "LauncherError", "PopenChild", "ended_children",
+           "serve"]
 #: Seconds to wait for the launcher to answer a spawn (it forks at once; a loaded machine is slow).
 SPAWN_TIMEOUT_S = 60.0
 
@@ -87,10 +89,21 @@ def _say(doc: dict[str, Any]) -> None:
 
 def _reap() -> None:
     """Collect every ended child and tell the tuner its exit code."""
-    from targets.process import ended_children  # loaded with the launcher's first imports
-
     for pid, code in ended_children():
         _say({"exit": pid, "rc": code})
+
+
+def ended_children() -> Iterator[tuple[int, int]]:
+    """Each child of this process that has ended, collected without waiting: its pid and exit
+    code (as ``Popen.returncode``: minus the signal's number if killed)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, os.waitstatus_to_exitcode(status)
 
 
 def _spawn(cmd: dict[str, Any], imported: set[str], setproctitle: Any,
