@@ -208,6 +208,30 @@ def test_stopping_the_warm_process_interrupts_its_jobs_and_removes_its_socket(
         process.stop()
 
 
+def test_the_next_warm_process_takes_the_home_of_one_that_was_killed(tmp_path: Path) -> None:
+    process = Warm(tmp_path / "home", warm_env(tmp_path), tmp_path / "warm.log")
+    try:
+        process.proc.kill()  # SIGKILL: no handler runs, the socket stays behind
+        process.proc.wait(timeout=60)
+        assert (process.home / "warm.sock").exists()
+        # a command meanwhile finds nobody listening and runs on its own
+        cold = command(["tune", "synthetic", "--budget", "0", "--home", str(process.home)],
+                       process.env)
+        _, err = cold.communicate(timeout=300)
+        assert cold.returncode == 2 and "'budget' option" in err, err
+        again = Warm(process.home, process.env, tmp_path / "warm-2.log")
+        try:
+            done = command(job_args(again, "after-kill", 3, 0.0), again.env)
+            out, err = done.communicate(timeout=600)
+            assert done.returncode == 0, err
+            assert json.loads(out.strip().splitlines()[-1])["n_trials"] == 3
+            assert again.jobs()  # served by the new warm process
+        finally:
+            again.stop()
+    finally:
+        process.stop()
+
+
 def test_a_socket_left_by_a_killed_warm_process_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "warm.sock"
     left = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
