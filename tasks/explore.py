@@ -55,6 +55,9 @@ from tuners.trials import (
 
 log = logging.getLogger("knobflow.explore")
 
+#: How long a pipelined trial's cleaning waits at most for the next trial process to start.
+CLEAN_WAIT_S = 1.0
+
 __all__ = ["Exploration", "ExploreStats", "TrialListener", "explore"]
 
 
@@ -156,7 +159,7 @@ class Exploration:
 
     def _ask(self) -> optuna.trial.Trial | None:
         """The next candidate, or None when the budget, the time budget or a stop says so."""
-        self._order.wait_turn()
+        self._order.wait_turn(on_wait=self.runner.processes.hurry)
         if self.shared:
             return self._ask_shared()
         with self._lock:
@@ -312,17 +315,18 @@ class Exploration:
         # run, in its own process, is what cleaning should overlap
         following = self._ask()
         self._clean_later(trial, outcome, baseline, after=None if following is None
-                          else self.runner.processes.started)
+                          else self.runner.processes.starts)
         return following
 
     def _clean_later(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
                      baseline: float | None, after: int | None = None) -> Future[None]:
         """Clean and tell ``trial`` on the cleaning thread; with ``after``, once the next trial
-        process has started (or 1 s has passed): the gate's CPU then overlaps the next run, not
-        its start."""
+        process has started: the gate's CPU then overlaps the next run, not its start. When the
+        next candidate is blocked (no process starts) the loop's wait for this tell hurries it
+        (``TrialProcesses.hurry``); ``CLEAN_WAIT_S`` is the bound if nothing does."""
         def later() -> None:
             if after is not None:
-                self.runner.processes.wait_started(after, 1.0)
+                self.runner.processes.wait_started(after, CLEAN_WAIT_S)
             self._tell(trial, outcome, baseline)
 
         cleaning = self._cleaner.submit(copy_context().run, later)

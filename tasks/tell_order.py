@@ -27,15 +27,24 @@ class TellOrder:
         self._untold: dict[int, int] = {}  # trial number -> _seq when its run ended
         self._local = threading.local()  # this worker's last ask, in _seq
 
-    def wait_turn(self) -> None:
+    def wait_turn(self, on_wait: Callable[[], None] | None = None) -> None:
         """Before a worker asks: wait until no result whose run ended before this worker's
-        previous ask is untold (or the exploration stops)."""
+        previous ask is untold (or the exploration stops). ``on_wait`` is called first when
+        the worker has to wait (so what holds those results back can let them go)."""
         asked = getattr(self._local, "asked", None)
         if asked is None:
             return
         with self._cond:
-            while any(ended < asked for ended in self._untold.values()) and not self._stopping():
+            if not self._waits(asked):
+                return
+        if on_wait is not None:
+            on_wait()
+        with self._cond:
+            while self._waits(asked):
                 self._cond.wait(0.5)
+
+    def _waits(self, asked: int) -> bool:
+        return any(ended < asked for ended in self._untold.values()) and not self._stopping()
 
     def asked(self) -> None:
         """This worker was just given a candidate."""

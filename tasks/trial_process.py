@@ -179,13 +179,21 @@ class TrialProcesses:
         self._fork = fork
         self._launcher: Launcher | None = None
         self._started = threading.Condition()
-        self.started = 0  # trial processes started so far
+        self.starts = 0  # trial processes started so far, and hurries (``hurry``)
 
     def wait_started(self, after: int, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) until more than ``after`` trial processes have started."""
+        """Wait (at most ``timeout`` s) until ``starts`` has passed ``after``: a trial process
+        started since ``after`` was read, or ``hurry`` was called, or the job stops."""
         with self._started:
-            self._started.wait_for(lambda: self.started > after or self.stopping.is_set(),
+            self._started.wait_for(lambda: self.starts > after or self.stopping.is_set(),
                                    timeout)
+
+    def hurry(self) -> None:
+        """End the waits of ``wait_started`` now, as a start would: no trial process is about to
+        start (the next candidate was blocked), and the job waits on what they hold back."""
+        with self._started:
+            self.starts += 1
+            self._started.notify_all()
 
     def run(self, request: dict[str, Any], trial_dir: Path, timeout_s: float,
             on_progress: ProgressListener | None = None) -> ChildExit:
@@ -203,7 +211,7 @@ class TrialProcesses:
         with self._lock:
             self._running[child.pid] = child
         with self._started:
-            self.started += 1
+            self.starts += 1
             self._started.notify_all()
         progress = _Progress(Path(request["progress_path"])) if (
             on_progress is not None and request.get("progress_path")) else None

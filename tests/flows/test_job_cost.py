@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
+import yaml
 
 from flows import timing
 from flows.tune import tune
 from model_registry.transfer import NO_SIBLING
+from tasks import explore
 from tuners.study import open_study
 from tuners.trials import ATTR
 
@@ -53,6 +56,24 @@ def test_a_sampler_that_cannot_take_pending_trials_is_told_before_every_ask(
                    train=False, transfer=False, noise_runs=0, verify_repeats=2, home=str(home))
     assert _lags(home, summary.study_name) == [0] * 6
     assert summary.tell_lag_max == 0
+
+
+def test_a_blocked_candidate_does_not_hold_up_the_result_before_it(
+        prefect_api: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipelined trial is cleaned once the next trial's process starts; when the next
+    candidate is blocked by a rule no process starts, and the ask after it waits for that
+    result: it is cleaned then, not when the cleaning's bound (made 60 s here) runs out."""
+    monkeypatch.setattr(explore, "CLEAN_WAIT_S", 60.0)
+    rules = home / "mine.yaml"
+    rules.parent.mkdir(parents=True, exist_ok=True)
+    rules.write_text(yaml.safe_dump({"target": "synthetic", "rules": [
+        {"id": "no-big-x", "kind": "forbid", "when": "x > 0.5", "message": "mine"}]}))
+    started = time.monotonic()
+    summary = tune("synthetic", budget=8, seed=4, workload=INSTANT, rule_files=[str(rules)],
+                   train=False, transfer=False, noise_runs=0, verify_repeats=2, home=str(home))
+    assert summary.n_blocked >= 2 and summary.n_trials == 8
+    assert time.monotonic() - started < 50, summary.trials_s
+    assert summary.tell_lag_max <= 1
 
 
 def test_a_commands_time_counts_from_its_start_and_its_parts_add_up() -> None:
