@@ -275,10 +275,11 @@ def start_embedded_prefect_server() -> None:
     begin_embedded_prefect_server()()
 
 
-def begin_embedded_prefect_server() -> Callable[[], None]:
+def begin_embedded_prefect_server(with_us: bool = True) -> Callable[[], None]:
     """Start Prefect's ephemeral API (when no server is configured) in a session of its own;
     returns a function that waits until it answers (raising what its start raised), so the
-    caller can load its modules meanwhile.
+    caller can load its modules meanwhile. ``with_us=False``: the server does not end when this
+    process is killed (the warm process gives it a watchdog instead, ``flows/warm.py``).
 
     Prefect starts it on first use as a child in our process group, so a Ctrl-C in the terminal
     killed it together with the job, and the job then spent minutes retrying to report its crash
@@ -300,7 +301,8 @@ def begin_embedded_prefect_server() -> Callable[[], None]:
 
     def popen_own_session(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:
         if "uvicorn" in list(args):  # the server: other processes started meanwhile as asked
-            kwargs.update(start_new_session=True, preexec_fn=_killed_with_us)
+            kwargs.update(start_new_session=True,
+                          preexec_fn=_killed_with_us if with_us else None)
         return popen(args, *rest, **kwargs)
 
     def start() -> None:

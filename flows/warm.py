@@ -11,8 +11,9 @@ code, ``duration_s`` counted from the command's start.
 Faults: Ctrl-C or SIGTERM of the command reach the job (it stops as interrupted, ``--resume``
 continues); a command killed outright leaves its job a closed socket, and the job stops the same
 way; the warm process ending (Ctrl-C, SIGTERM) interrupts its jobs first and waits for them
-(``STOP_GRACE_S``), and if it is killed outright the kernel sends each job SIGTERM. Its Prefect
-server ends with it.
+(``STOP_GRACE_S``), and if it is killed outright the kernel sends each job SIGTERM: they stop as
+interrupted, reporting to its Prefect server, which a watchdog process ends once the warm process
+and every job of it have ended (``_server_lifeline``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,10 +62,11 @@ def serve(home: Path, log: Any = None) -> int:
     _preload()
     import flows.cli_tune as cli_tune
 
-    cli_tune.begin_embedded_prefect_server()()
+    cli_tune.begin_embedded_prefect_server(with_us=False)()
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
+    _server_lifeline(server.server_process.pid)
     _check_threads(log)
     fingerprint = code_fingerprint()
     environment = import_time_environment(dict(os.environ))
@@ -105,6 +108,40 @@ def serve(home: Path, log: Any = None) -> int:
         _stop_jobs(jobs, log)
     log("stopped")
     return 0
+
+
+#: The watchdog of the warm process's Prefect server (argv[1]: its pid; stdin: the lifeline).
+_WATCHDOG = """
+import os, signal, sys
+try:
+    server = os.pidfd_open(int(sys.argv[1]))
+except OSError:
+    server = None  # gone already, or a kernel without pidfds
+while os.read(0, 1):
+    pass
+try:
+    if server is not None:
+        signal.pidfd_send_signal(server, signal.SIGKILL)
+except OSError:
+    pass
+"""
+
+
+def _server_lifeline(pid: int) -> None:
+    """The Prefect server (``pid``) lives as long as the warm process or a job of it does: a
+    watchdog process reads a pipe whose write end this process keeps (its forked jobs inherit
+    it; what anyone execs does not) and kills the server when the last holder has ended. So a
+    warm process killed outright leaves its jobs a server to report their interruption to
+    (they would retry a dead one for minutes), and no server behind once they have stopped."""
+    read, write = os.pipe()  # not inheritable: an exec'd process does not hold the write end
+    subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, str(pid)], stdin=read,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+    os.close(read)
+    _LIFELINE.append(write)  # held, never written, until this process ends
+
+
+_LIFELINE: list[int] = []
 
 
 def _check_threads(log: Any) -> None:
@@ -242,6 +279,8 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int],
 
     def report() -> None:  # the last of the job's exit handlers (registered first)
         signal.alarm(60)  # the warm process's own handlers must not keep this job alive
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the job is over: the
+            signal.signal(sig, signal.SIG_IGN)  # command, gone once it has the code, says so
         with contextlib.suppress(OSError):
             conn.send(json.dumps({"exit": exit_code[0]}).encode())
 

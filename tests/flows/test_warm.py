@@ -208,11 +208,26 @@ def test_stopping_the_warm_process_interrupts_its_jobs_and_removes_its_socket(
         process.stop()
 
 
-def test_the_next_warm_process_takes_the_home_of_one_that_was_killed(tmp_path: Path) -> None:
+def test_a_warm_process_killed_under_a_job_and_the_next_one_that_takes_its_home(
+        tmp_path: Path) -> None:
+    """SIGKILL of the warm process while a job runs: the job stops as interrupted at once (its
+    command exits 130; it reported to the warm process's Prefect server, which outlives it
+    until the job has ended, then ends too); the socket stays behind, a command meanwhile runs
+    on its own, the next warm process takes the home and resumes the job."""
     process = Warm(tmp_path / "home", warm_env(tmp_path), tmp_path / "warm.log")
     try:
+        server = [c for c in psutil.Process(process.proc.pid).children(recursive=True)
+                  if "uvicorn" in " ".join(c.cmdline())]
+        assert len(server) == 1
+        job = command(job_args(process, "warm-killed", 40, 1.0), process.env)
+        new_job(process, set())
+        time.sleep(4)  # into its trials
         process.proc.kill()  # SIGKILL: no handler runs, the socket stays behind
         process.proc.wait(timeout=60)
+        _, err = job.communicate(timeout=90)  # it retried a dead server for minutes before
+        assert job.returncode == 130, err
+        assert "--resume" in err and "Error logging to API" not in err
+        server[0].wait(timeout=30)  # the server ends once its last job has
         assert (process.home / "warm.sock").exists()
         # a command meanwhile finds nobody listening and runs on its own
         cold = command(["tune", "synthetic", "--budget", "0", "--home", str(process.home)],
@@ -221,10 +236,12 @@ def test_the_next_warm_process_takes_the_home_of_one_that_was_killed(tmp_path: P
         assert cold.returncode == 2 and "'budget' option" in err, err
         again = Warm(process.home, process.env, tmp_path / "warm-2.log")
         try:
-            done = command(job_args(again, "after-kill", 3, 0.0), again.env)
+            done = command(["tune", "synthetic", "--budget", "6", "--service", "warm-killed",
+                            "--home", str(process.home), "--resume", "--json"], again.env)
             out, err = done.communicate(timeout=600)
             assert done.returncode == 0, err
-            assert json.loads(out.strip().splitlines()[-1])["n_trials"] == 3
+            assert "Traceback" not in err
+            assert json.loads(out.strip().splitlines()[-1])["n_trials"] >= 6
             assert again.jobs()  # served by the new warm process
         finally:
             again.stop()
