@@ -110,6 +110,9 @@ def serve(home: Path, log: Any = None) -> int:
     return 0
 
 
+#: The write end of the server's lifeline (``_server_lifeline``), held until this process ends.
+_LIFELINE: list[int] = []
+
 #: The watchdog of the warm process's Prefect server (argv[1]: its pid; stdin: the lifeline).
 _WATCHDOG = """
 import os, signal, sys
@@ -139,9 +142,6 @@ def _server_lifeline(pid: int) -> None:
                      start_new_session=True)
     os.close(read)
     _LIFELINE.append(write)  # held, never written, until this process ends
-
-
-_LIFELINE: list[int] = []
 
 
 def _check_threads(log: Any) -> None:

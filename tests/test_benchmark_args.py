@@ -1,5 +1,5 @@
-"""benchmarks/transfer.py, scaling.py, job_cost.py and real_samplers.py refuse bad arguments with
-the exact error, before running anything."""
+"""benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py and real_samplers.py refuse
+bad arguments with the exact error, before running anything."""
 
 from __future__ import annotations
 
@@ -49,6 +49,19 @@ def test_job_cost_refuses_too_few_trials() -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "job_cost.py: error: argument --trials: '1': a whole number >= 2")
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--trials", "1"], "trial_path.py: error: argument --trials: '1': a whole number >= 2"),
+    (["--space", "wide"], "trial_path.py: error: argument --space: invalid choice: 'wide' "
+     "(choose from 'whole', 'narrow')"),
+])
+def test_trial_path_refuses_bad_arguments(args: list[str], error: str) -> None:
+    """benchmarks/trial_path.py: said before any job runs."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "trial_path.py"), *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == error
 
 
 @pytest.mark.parametrize(("args", "error"), [
