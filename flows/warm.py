@@ -66,7 +66,11 @@ def serve(home: Path, log: Any = None) -> int:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    _server_lifeline(server.server_process.pid)
+    if server.server_process is not None:  # not with a configured server (PREFECT_API_URL)
+        _server_lifeline(server.server_process.pid)
+    from prefect.settings import get_current_settings
+
+    api_url = str(get_current_settings().api.url or server.api_url)
     _check_threads(log)
     fingerprint = code_fingerprint()
     environment = import_time_environment(dict(os.environ))
@@ -88,7 +92,7 @@ def serve(home: Path, log: Any = None) -> int:
         signal.signal(sig, lambda signum, _f: stopping.append(signum))
     jobs: dict[int, float] = {}
     log(f"ready in {time.perf_counter() - began:.1f} s: `knobflow tune ... --home {home}` runs "
-        f"here (socket {path}; Prefect at {server.api_url}); Ctrl-C stops")
+        f"here (socket {path}; Prefect at {api_url}); Ctrl-C stops")
     try:
         while not stopping:
             with contextlib.suppress(InterruptedError):

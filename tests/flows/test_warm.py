@@ -320,3 +320,22 @@ def test_a_cold_command_skips_only_the_teardown_and_keeps_everything_its_job_wro
     wait_for(lambda: not [p for p in left if p.is_running() and
                           p.status() != psutil.STATUS_ZOMBIE], "the job's processes to end",
              timeout=10)
+
+
+def test_a_warm_process_on_a_configured_prefect_server_runs_its_jobs_there(
+        tmp_path: Path, prefect_server: dict[str, str]) -> None:
+    """With ``PREFECT_API_URL`` set the warm process starts no server of its own, says which
+    one its jobs report to, and runs them."""
+    env = {**warm_env(tmp_path), **prefect_server}
+    process = Warm(tmp_path / "home", env, tmp_path / "warm.log")
+    try:
+        assert f"Prefect at {prefect_server['PREFECT_API_URL']}" in process.text()
+        assert not [c for c in psutil.Process(process.proc.pid).children(recursive=True)
+                    if "uvicorn" in " ".join(c.cmdline())]
+        done = command(job_args(process, "configured", 3, 0.0), env)
+        out, err = done.communicate(timeout=600)
+        assert done.returncode == 0, err
+        assert json.loads(out.strip().splitlines()[-1])["n_trials"] == 3
+        assert process.jobs()
+    finally:
+        process.stop()
