@@ -60,17 +60,7 @@ def serve(home: Path, log: Any = None) -> int:
     began = time.perf_counter()
     log(f"loading knobflow (pid {os.getpid()}) ...")
     _preload()
-    import flows.cli_tune as cli_tune
-
-    cli_tune.begin_embedded_prefect_server(with_us=False)()
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    if server.server_process is not None:  # not with a configured server (PREFECT_API_URL)
-        _server_lifeline(server.server_process.pid)
-    from prefect.settings import get_current_settings
-
-    api_url = str(get_current_settings().api.url or server.api_url)
+    server, api_url = _start_server()
     _check_threads(log)
     fingerprint = code_fingerprint()
     environment = import_time_environment(dict(os.environ))
@@ -112,6 +102,21 @@ def serve(home: Path, log: Any = None) -> int:
         _stop_jobs(jobs, log)
     log("stopped")
     return 0
+
+
+def _start_server() -> tuple[Any, str]:
+    """Prefect's temporary server, started with its lifeline (none with a configured server:
+    ``PREFECT_API_URL``), and the API its jobs report to."""
+    import flows.cli_tune as cli_tune
+
+    cli_tune.begin_embedded_prefect_server(with_us=False)()
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    server = SubprocessASGIServer()
+    if server.server_process is not None:  # not started here: a configured server is used
+        _server_lifeline(server.server_process.pid)
+    return server, str(get_current_settings().api.url or server.api_url)
 
 
 #: The write end of the server's lifeline (``_server_lifeline``), held until this process ends.
