@@ -1,11 +1,12 @@
 """The surrogate sampler: it asks the rules before it proposes, follows the study's direction,
-and suggests in well under a second on a history of 200 trials."""
+and on a long history fits its model on a bounded sample of it."""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
@@ -58,13 +59,26 @@ def test_it_follows_the_direction_of_the_study() -> None:
     assert asked[0] == asked[1]  # maximizing -f is minimizing f, draw for draw
 
 
-def test_a_suggestion_on_200_trials_takes_under_a_second() -> None:
-    study = optuna.create_study(sampler=SurrogateSampler(seed=1))
+def test_a_suggestion_on_200_trials_fits_a_bounded_model_and_picks_well(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a long history the Gaussian process is fit on at most ``gp_max_points`` trials: what
+    keeps a suggestion's time bounded (its time at 200 trials is measured by
+    ``benchmarks/samplers.py``, not here: a timed test fails on a loaded machine)."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    fitted: list[int] = []
+    fit = GaussianProcessRegressor.fit
+
+    def counted(self: GaussianProcessRegressor, x: Any, y: Any) -> GaussianProcessRegressor:
+        fitted.append(len(x))
+        return fit(self, x, y)
+
+    monkeypatch.setattr(GaussianProcessRegressor, "fit", counted)
+    study = optuna.create_study(sampler=SurrogateSampler(seed=1, gp_max_points=80))
     seed = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seed.optimize(lambda t: _value({k: t._suggest(k, d) for k, d in DISTS.items()}), 200)
     study.add_trials([create_trial(params=t.params, distributions=DISTS, value=t.value)
                       for t in seed.trials])
-    began = time.perf_counter()
     trial = study.ask(DISTS)
-    assert time.perf_counter() - began < 1.0
+    assert fitted == [80]
     assert _value(trial.params) < sorted(t.value for t in seed.trials)[20]  # a model's pick
