@@ -37,7 +37,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 from job_cost import _at_least  # noqa: E402  (this folder)
 from overhead import SPACE  # noqa: E402
 
-#: step name -> (object, attribute) wrapped with a timer; in the loop's order
+#: step name -> (module, class or None, attribute) wrapped with a timer; in the loop's order
 STEPS = {
     "ask (with the wait)": ("tasks.explore", "Exploration", "_ask"),
     "wait for the tell before": ("tasks.tell_order", "TellOrder", "wait_turn"),

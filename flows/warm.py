@@ -119,9 +119,6 @@ def _start_server() -> tuple[Any, str]:
     return server, str(get_current_settings().api.url or server.api_url)
 
 
-#: The write end of the server's lifeline (``_server_lifeline``), held until this process ends.
-_LIFELINE: list[int] = []
-
 #: The watchdog of the warm process's Prefect server (argv[1]: its pid; stdin: the lifeline).
 _WATCHDOG = """
 import os, signal, sys
@@ -145,12 +142,13 @@ def _server_lifeline(pid: int) -> None:
     it; what anyone execs does not) and kills the server when the last holder has ended. So a
     warm process killed outright leaves its jobs a server to report their interruption to
     (they would retry a dead one for minutes), and no server behind once they have stopped."""
-    read, write = os.pipe()  # not inheritable: an exec'd process does not hold the write end
+    # not inheritable: an exec'd process does not hold the write end, which this process never
+    # writes nor closes (its end, even by SIGKILL, closes it)
+    read, _ = os.pipe()
     subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, str(pid)], stdin=read,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)
     os.close(read)
-    _LIFELINE.append(write)  # held, never written, until this process ends
 
 
 def _check_threads(log: Any) -> None:
