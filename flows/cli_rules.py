@@ -206,10 +206,11 @@ def validate_command(
         out.print(f"warning: {display_path(config)} gives up {name}: " + "; ".join(
             f"{', '.join(f'{k}={fmt_value(v)}' for k, v in f.values.items())} (rule {f.rule}: "
             f"{f.message})" for f in broken) + f". Add --policy {name} to hold it to that policy",
-            markup=False, highlight=False)
+            markup=False, highlight=False, soft_wrap=True)  # one line, the path whole: greppable
     verdict_text = "BLOCKED" if verdict.blocked else "passes"
     out.print(f"{display_path(config)}: {verdict_text} ({len(verdict.errors)} errors, "
-              f"{len(verdict.warnings)} warnings, {len(ruleset.config_rules)} rules checked)")
+              f"{len(verdict.warnings)} warnings, {len(ruleset.config_rules)} rules checked)",
+              markup=False, highlight=False, soft_wrap=True)
     if verdict.blocked:
         raise typer.Exit(BLOCKED_EXIT)
 
