@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,12 @@ quiet_environment()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("KNOBFLOW_HOME", None)
+# A suite started in the background of a shell without job control (`nohup pytest &`, a CI
+# step's `&`) inherits SIGINT and SIGQUIT ignored, and so would every process a test starts:
+# the tests that stop a served flow, a worker or a job with Ctrl-C's signal would wait forever.
+for _sig in (signal.SIGINT, signal.SIGQUIT):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.default_int_handler if _sig == signal.SIGINT else signal.SIG_DFL)
 
 REPO = Path(__file__).resolve().parent.parent
 #: Set (to anything but "") to fail, not skip, the tests of a real system that is missing.
