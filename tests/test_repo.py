@@ -19,7 +19,7 @@ def _readme_commands() -> list[str]:
 def test_readme_starts_with_the_job_command_then_the_test_command() -> None:
     commands = _readme_commands()
     assert "knobflow tune rocksdb --budget 20" in commands[0]
-    assert commands[1].rstrip().endswith("pytest")
+    assert re.search(r"&& \.venv/bin/pytest( -n 2 --dist worksteal)?$", commands[1].rstrip())
 
 
 def test_ci_runs_the_readme_test_command() -> None:
