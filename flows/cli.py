@@ -86,6 +86,9 @@ def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
         err.print(f"knobflow: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except Exception as exc:
+        if _raised_by_an_interrupt(exc):
+            err.print(interrupted, markup=False)
+            return 130
         err.print(f"knobflow: failed: {type(exc).__name__}: {exc}", markup=False,
                   highlight=False, soft_wrap=True)
         if os.environ.get("KNOBFLOW_DEBUG"):
@@ -94,6 +97,20 @@ def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
     if code == 130:  # typer turned a KeyboardInterrupt (Ctrl-C, SIGTERM) into Exit(130)
         err.print(interrupted, markup=False)
     return code if isinstance(code, int) else 0
+
+
+def _raised_by_an_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a Ctrl-C or SIGTERM was being handled: Prefect's task
+    engine, interrupted before its task run exists, raises ``ValueError: Task run is not set``
+    from its crash handler in the interrupt's place. The command was interrupted, not failed."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ if cause.__cause__ is not None else cause.__context__
+    return False
 
 
 _INTERRUPTED = "knobflow: interrupted; finished trials are kept (continue with --resume)"
