@@ -38,6 +38,7 @@ import weakref
 from collections.abc import Iterator
 from typing import IO, Any
 
+from tasks.process_groups import wait_group_gone
 from tasks.trial_process import EXIT_HARNESS, EXIT_LAUNCHER_LOST, kill_group, wait_exit
 
 __all__ = ["Child", "Forked", "Launcher", "LauncherError", "PopenChild", "ended_children",
@@ -331,6 +332,7 @@ class Forked(Child):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         self._ended.wait(self.REAP_TIMEOUT_S)
+        wait_group_gone(self.pid)
 
 
 if __name__ == "__main__":

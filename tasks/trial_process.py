@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks.process_groups import wait_group_gone
+
 if TYPE_CHECKING:  # the tuner's side imports them when it starts a trial; the child never does
     import subprocess
 
@@ -357,6 +359,7 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    wait_group_gone(proc.pid)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
