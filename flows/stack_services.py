@@ -29,6 +29,7 @@ import psutil
 
 from targets.common.errors import EnvironmentFault
 from targets.process import free_port, last_lines, new_secret, write_private
+from tasks.process_groups import group_runs
 
 __all__ = [
     "QUEUES",
@@ -79,15 +80,6 @@ def alive(record: Mapping[str, Any] | None) -> bool:
         return False
 
 
-def _group(pgid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-    return found
-
-
 def end_group(record: Mapping[str, Any] | None, signals: tuple[tuple[int, float], ...],
               proc: subprocess.Popen[bytes] | None = None) -> None:
     """End the process group led by ``record``'s process: each (signal, seconds to wait) in
@@ -95,7 +87,7 @@ def end_group(record: Mapping[str, Any] | None, signals: tuple[tuple[int, float]
     if not record or not record.get("pid"):
         return
     pgid = int(record["pid"])
-    if not alive(record) and not _group(pgid):
+    if not alive(record) and not group_runs(pgid):
         return
     for sig, wait_s in (*signals, (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -104,7 +96,7 @@ def end_group(record: Mapping[str, Any] | None, signals: tuple[tuple[int, float]
         while time.monotonic() < deadline:
             if proc is not None:
                 proc.poll()  # reap our own child
-            if not _group(pgid):
+            if not group_runs(pgid):
                 break
             time.sleep(0.1)
         else:

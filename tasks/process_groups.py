@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["GROUP_GONE_S", "wait_group_gone"]
+__all__ = ["GROUP_GONE_S", "group_runs", "wait_group_gone"]
 
 #: Seconds a killed trial's group gets to be gone once its leader is reaped.
 GROUP_GONE_S = 5.0
@@ -21,21 +21,23 @@ def wait_group_gone(pgid: int, timeout: float = GROUP_GONE_S) -> bool:
     all ended: a loaded machine still showed a trial's redis-benchmark after the trial had
     returned (the contract's hang check, CI). Costs nothing when the group is gone already."""
     deadline = time.monotonic() + timeout
-    while _group_runs(pgid):
+    while group_runs(pgid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
     return True
 
 
-def _group_runs(pgid: int) -> bool:
+def group_runs(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` runs (a zombie has ended: one left to an init
+    that does not reap still takes signals, so a signal alone cannot tell)."""
     try:
         os.killpg(pgid, 0)
-        return _live_member(pgid)  # a zombie left to an init that does not reap takes signals
     except ProcessLookupError:
         return False
     except PermissionError:  # a member of another user (a server run as its own user)
-        return _live_member(pgid)
+        pass
+    return _live_member(pgid)
 
 
 def _live_member(pgid: int) -> bool:

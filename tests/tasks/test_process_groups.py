@@ -1,5 +1,5 @@
 """A killed trial's process group is waited for until no member runs: members outlive the
-leader's reaping by a moment, and a zombie left to an init that does not reap is ended."""
+leader's reaping by a moment, and a zombie member has ended."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def test_it_gives_up_after_its_timeout_while_a_member_runs() -> None:
 
 def test_a_zombie_member_counts_as_ended() -> None:
     # the leader's child exits at once and the leader never reaps it: once the leader is
-    # killed, the zombie is left to init (this container's does not reap), in the group, and
-    # signals still reach it (os.killpg(pgid, 0) succeeds)
+    # killed, the zombie is left to init, in the group until init reaps it (one that never does
+    # leaves it there, and signals still reach it: os.killpg(pgid, 0) succeeds)
     leader = _group("import os, time\nif os.fork() == 0: os._exit(0)\ntime.sleep(30)")
     try:
         time.sleep(0.5)
