@@ -54,9 +54,9 @@ class Approval(RunInput):
 def require_server(what: str) -> str:
     """The Prefect API's URL; a KnobflowError when only Prefect's temporary server would run
     (``PREFECT_API_URL`` unset): a paused run there could never be answered."""
-    from prefect.settings import get_current_settings
+    from flows.temporary_api import configured_api
 
-    url = get_current_settings().api.url
+    url = configured_api()
     if not url:
         raise KnobflowError(f"{what} needs a Prefect server; start one with `knobflow serve` "
                             "or set PREFECT_API_URL (and PREFECT_API_AUTH_STRING) to yours")

@@ -96,10 +96,10 @@ def recommend_command(
     from tasks.instances import InstanceStore
 
     InstanceStore(root).get(name)  # an unknown name answers at once, before Prefect starts
-    from flows.cli_tune import start_embedded_prefect_server
+    from flows import temporary_api
     from flows.recommend import recommend_flow
 
-    start_embedded_prefect_server()
+    temporary_api.start()
     with _flow_progress():
         result = recommend_flow(instance=name, home=str(root), windows=windows,
                                 window_s=window_s)
@@ -140,10 +140,10 @@ def apply_command(
         InstanceStore(root).get(name)  # an unknown name answers at once, before Prefect starts
     changes = _read_changes(root, name, service, config)
     _check_approval(root, service or InstanceStore(root).get(str(name)).service, dry_run)
+    from flows import temporary_api
     from flows.apply import apply_flow
-    from flows.cli_tune import start_embedded_prefect_server
 
-    start_embedded_prefect_server()
+    temporary_api.start()
     with _flow_progress():
         result = apply_flow(instance=name, service=service, config=changes,
                             source=f"file {config}" if config else "recommendation",

@@ -57,12 +57,12 @@ def check_regression_command(
         check = regression_check(root, name, config=str(config) if config else None,
                                  windows=windows, window_s=window_s)
     else:
+        from flows import temporary_api
         from flows.cli_live import _flow_progress
-        from flows.cli_tune import start_embedded_prefect_server
         from flows.regression import candidate_config, check_regression
 
         candidate_config(job, str(config))  # a bad file answers before Prefect starts
-        start_embedded_prefect_server()
+        temporary_api.start()
         try:
             with _flow_progress():
                 check = RegressionCheck.from_dict(check_regression(

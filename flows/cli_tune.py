@@ -17,21 +17,18 @@ import inspect
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.models import ParameterInfo
 
+from flows import temporary_api
 from flows.cli_help import HOME_OPTION
 from flows.spec import Cli, JobSpec
-from targets.common.errors import KnobflowError
 
 __all__ = ["given_spec", "prefect_console", "spec_value", "tune_command"]
 
@@ -132,7 +129,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
         from flows.worker import check_fleet
 
         check_fleet(root, spec.workers or 0)
-    server_ready = begin_embedded_prefect_server()  # it starts while the flow's modules load
+    server_ready = temporary_api.begin()  # it starts while the flow's modules load
     from flows.progress import TuneProgress, print_summary
     from flows.timing import command_phase, settle_last
     from flows.tune import JobFailed, tune
@@ -148,7 +145,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     server_ready()
     command_phase("server", time.perf_counter() - began)  # what the imports did not hide
     with TuneProgress(err, f"{spec.target}/{spec.instance}") as progress, _logs_above_bar(), \
-            no_heartbeats_to_an_embedded_server():
+            temporary_api.no_heartbeats_to_a_temporary_server():
         try:
             summary = tune(**spec.given(), resume=resume, home=str(root), progress=progress)
         except JobFailed as failed:  # the flow run is Failed; the summary says why (exit 1)
@@ -224,107 +221,3 @@ def _logs_above_bar() -> Iterator[None]:
     finally:
         for handler, file in zip(handlers, kept, strict=True):
             handler.console.file = file
-
-
-def _check_prefect_api(url: str, timeout: float = 5.0) -> None:
-    """A configured Prefect API must answer its health check in seconds (Prefect's client
-    retries for minutes); else one line that says what to do."""
-    import httpx
-
-    try:
-        httpx.get(url.rstrip("/") + "/health", timeout=timeout).raise_for_status()
-    except httpx.HTTPError as exc:
-        reason = (f"no answer in {timeout:g} s" if isinstance(exc, httpx.TimeoutException)
-                  else "cannot connect" if isinstance(exc, httpx.TransportError)
-                  else f"HTTP {getattr(getattr(exc, 'response', None), 'status_code', '?')}")
-        raise KnobflowError(f"the Prefect API {url} does not answer ({reason}); start the "
-                            "server, or unset PREFECT_API_URL to run with a temporary "
-                            "one") from None
-
-
-def _killed_with_us() -> None:
-    """In the Prefect server's process, before it starts: it ends when the CLI does."""
-    from targets.process import die_with_parent
-
-    die_with_parent(signal.SIGKILL)  # SIGKILL: its SQLite database survives that, and it ends
-    # at once (a graceful stop of uvicorn and Prefect's services takes seconds)
-
-
-@contextlib.contextmanager
-def no_heartbeats_to_an_embedded_server() -> Iterator[None]:
-    """Prefect's flow-run heartbeats off while a job reports to the command's own temporary
-    server (no ``PREFECT_API_URL``): nothing but that server, which ends with the command, would
-    hear them, and the flow run's end waits up to 1 s for the heartbeat thread (it sleeps in
-    1-second steps). With a configured server they stay on, for whatever watches them there."""
-    from prefect.settings import (
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        get_current_settings,
-        temporary_settings,
-    )
-
-    if get_current_settings().api.url:
-        yield
-        return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-
-
-def start_embedded_prefect_server() -> None:
-    """Start Prefect's ephemeral API (when no server is configured) and wait until it answers
-    (``begin_embedded_prefect_server``)."""
-    begin_embedded_prefect_server()()
-
-
-def begin_embedded_prefect_server(with_us: bool = True) -> Callable[[], None]:
-    """Start Prefect's ephemeral API (when no server is configured) in a session of its own;
-    returns a function that waits until it answers (raising what its start raised), so the
-    caller can load its modules meanwhile. ``with_us=False``: the server does not end when this
-    process is killed (the warm process gives it a watchdog instead, ``flows/warm.py``).
-
-    Prefect starts it on first use as a child in our process group, so a Ctrl-C in the terminal
-    killed it together with the job, and the job then spent minutes retrying to report its crash
-    to a dead API. Started here in its own session it outlives the interrupt and is stopped at
-    exit as usual; the flow's client reuses this instance (Prefect keeps one per process). If
-    this process is killed (SIGKILL), the kernel ends the server with it (``die_with_parent``).
-    """
-    from prefect.settings import get_current_settings
-
-    if get_current_settings().api.url:
-        _check_prefect_api(str(get_current_settings().api.url))
-        return lambda: None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    if server.running:
-        return lambda: None
-    popen, failed, started = subprocess.Popen, [], threading.Event()
-
-    def popen_own_session(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:
-        if "uvicorn" in list(args):  # the server: other processes started meanwhile as asked
-            kwargs.update(start_new_session=True,
-                          preexec_fn=_killed_with_us if with_us else None)
-        return popen(args, *rest, **kwargs)
-
-    def start() -> None:
-        try:
-            server.start()
-        except BaseException as exc:  # raised to the caller when it waits
-            failed.append(exc)
-            return
-        started.set()
-        # the server dies with the thread that started it (PR_SET_PDEATHSIG follows the
-        # thread): this one lives as long as the process
-        threading.Event().wait()
-
-    subprocess.Popen = popen_own_session  # type: ignore[assignment,misc] - until it answers
-    starting = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    starting.start()
-
-    def wait() -> None:
-        while not started.wait(0.1) and not failed:
-            pass
-        subprocess.Popen = popen  # type: ignore[misc]
-        if failed:
-            raise failed[0]
-
-    return wait

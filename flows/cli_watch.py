@@ -52,9 +52,9 @@ def watch_command(
     from tasks.instances import InstanceStore
 
     InstanceStore(root).get(name)  # an unknown name answers at once
-    from prefect.settings import get_current_settings
+    from flows.temporary_api import configured_api
 
-    emit = bool(get_current_settings().api.url)
+    emit = bool(configured_api())
     options = {"windows": windows, "window_s": window_s, "emit": emit,
                "say": progress_printer()}
     if once or reset:

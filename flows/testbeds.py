@@ -119,10 +119,9 @@ def limit_name(testbed: str) -> str:
 
 
 def _prefect_server() -> str | None:
-    from prefect.settings import get_current_settings
+    from flows.temporary_api import configured_api
 
-    url = get_current_settings().api.url
-    return str(url) if url else None
+    return configured_api()
 
 
 @contextlib.contextmanager

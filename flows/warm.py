@@ -107,16 +107,14 @@ def serve(home: Path, log: Any = None) -> int:
 def _start_server() -> tuple[Any, str]:
     """Prefect's temporary server, started with its lifeline (none with a configured server:
     ``PREFECT_API_URL``), and the API its jobs report to."""
-    import flows.cli_tune as cli_tune
+    from flows import temporary_api
 
-    cli_tune.begin_embedded_prefect_server(with_us=False)()
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import get_current_settings
-
-    server = SubprocessASGIServer()
-    if server.server_process is not None:  # not started here: a configured server is used
-        _server_lifeline(server.server_process.pid)
-    return server, str(get_current_settings().api.url or server.api_url)
+    temporary_api.begin(with_us=False)()
+    server = temporary_api.temporary_server()
+    if server is None:  # a configured server is used
+        return None, str(temporary_api.configured_api())
+    _server_lifeline(server.pid)
+    return server, server.url
 
 
 #: The watchdog of the warm process's Prefect server (argv[1]: its pid; stdin: the lifeline).
@@ -281,7 +279,8 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int],
 
     listener.close()
     _become(request, fds)
-    atexit.unregister(server.stop)  # the warm process's server: not this job's to stop
+    if server is not None:  # the warm process's server: not this job's to stop
+        atexit.unregister(server.stop)
     exit_code = [1]
 
     def report() -> None:  # the last of the job's exit handlers (registered first)

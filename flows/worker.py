@@ -62,13 +62,12 @@ def work_pool() -> str:
 
 
 def _prefect_api_url() -> str | None:
-    from prefect.settings import get_current_settings
-
+    from flows.temporary_api import configured_api
     from targets.common.settings import configured, current_settings
 
     if configured() and current_settings().prefect_api_url:
         return current_settings().prefect_api_url
-    return str(get_current_settings().api.url or "") or os.environ.get("PREFECT_API_URL") or None
+    return configured_api() or os.environ.get("PREFECT_API_URL") or None
 
 
 def check_fleet(home: Path, workers: int) -> None:

@@ -134,7 +134,7 @@ def test_flow_run_heartbeats_are_off_only_with_the_commands_own_server() -> None
     # flow run's end waits up to 1 s for the heartbeat thread; a configured server keeps them
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from flows.cli_tune import no_heartbeats_to_an_embedded_server
+    from flows.temporary_api import no_heartbeats_to_a_temporary_server
 
     def frequency() -> int | None:
         return get_current_settings().flows.heartbeat_frequency
@@ -142,9 +142,9 @@ def test_flow_run_heartbeats_are_off_only_with_the_commands_own_server() -> None
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         before = frequency()
         assert before is not None  # Prefect's default: on
-        with no_heartbeats_to_an_embedded_server():
+        with no_heartbeats_to_a_temporary_server():
             assert frequency() is None
         assert frequency() == before
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), \
-            no_heartbeats_to_an_embedded_server():
+            no_heartbeats_to_a_temporary_server():
         assert frequency() == before
