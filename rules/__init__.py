@@ -1,10 +1,14 @@
 """Rule engine: constraints, dependencies, known-bad configs and actuation triggers, in a safe
 expression language; verdicts with reasons; rules learned from failures.
 
-Every name below is imported when first used.
+Every name below is imported when first used. rule-engine's parser tables are handed over
+first, if kept (``rules.engine_tables``).
 """
 
+from rules.engine_tables import provide
 from targets.common.exports import lazy_exports
+
+provide()
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "language": ("RuleError", "compile_expression"),

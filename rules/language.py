@@ -26,8 +26,11 @@ import numpy as np
 import rule_engine
 from rule_engine import ast
 
+from rules.engine_tables import keep
 from rules.lexing import FUNCTIONS, MAX_DEPTH, MAX_EXPONENT, MAX_STRING, scan
 from targets.common.errors import KnobflowError, did_you_mean
+
+keep()  # rule-engine's parser tables, for the next process (once per version)
 
 NUMBER, STRING, BOOL = "number", "string", "bool"
 NAMESPACES = ("machine", "workload", "before", "after")

@@ -25,6 +25,8 @@ from typing import Any
 
 from sklearn.base import BaseEstimator
 
+from targets.common.files import user_cache_dir
+
 __all__ = ["REQUIREMENTS", "import_now", "pip_requirements", "trusted_types"]
 
 log = logging.getLogger("knobflow.train")
@@ -107,8 +109,7 @@ def _key(model: BaseEstimator) -> str:
 def _cache_file() -> Path | None:
     if os.environ.get("KNOBFLOW_TYPES_CACHE", "1") == "0":
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "knobflow" / "skops-trusted-types.json"
+    return user_cache_dir() / "skops-trusted-types.json"
 
 
 def _read_cache(path: Path | None) -> dict[str, list[str]]:

@@ -66,6 +66,13 @@ def display_path(path: str | os.PathLike[str]) -> str:
     return str(p)
 
 
+def user_cache_dir() -> Path:
+    """knobflow's folder in the user's cache (``$XDG_CACHE_HOME/knobflow``, else
+    ``~/.cache/knobflow``): what a process may keep for the next one (never needed: each entry
+    is made again when missing)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knobflow"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` when the block ends
