@@ -122,6 +122,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     _import_scipy_special_first()  # before flows.job loads Prefect, pandas and MLflow
     from flows.job import check_spec
     from model_registry.store import check_reachable
+    from model_registry.store import import_now as import_store
 
     check_spec(spec, root, resume)  # before Prefect's server starts: bad input answers at once
     check_reachable(tracking_uri(root))
@@ -139,6 +140,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     import_now()  # every job cleans with it: loaded while the server starts, not in a trial
     if spec.train:  # the training step's imports, likewise (skops, matplotlib, MLflow's)
         import_model_io()
+    import_store(tracking_uri(root))  # MLflow's SQL stores, likewise
     command_phase("imports")  # the process's start-up, the imports and the checks until now
     out, err = Console(), Console(stderr=True)
     began = time.perf_counter()

@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 
 from targets.common.errors import KnobflowError
-from targets.common.files import file_lock
+from targets.common.files import file_lock, user_cache_dir
 from targets.common.records import records
 
 __all__ = [
@@ -106,8 +106,7 @@ def _template() -> Path | None:
         return None
     import mlflow
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "knobflow" / f"mlflow-{mlflow.__version__}-empty.db"
+    return user_cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
 
 
 def _keep_template(store: Path, template: Path) -> None:
@@ -120,6 +119,16 @@ def _keep_template(store: Path, template: Path) -> None:
         os.replace(part, template)
     except OSError as exc:
         log.debug("the empty MLflow store was not kept as a template: %s", exc)
+
+
+def import_now(tracking_uri: str) -> None:
+    """Load now MLflow's SQL stores, which the job's first use of an embedded store would load
+    (0.5-0.9 s: their modules map MLflow's tables; the command does it while Prefect's
+    temporary server starts). A tracking server needs MLflow's REST store instead."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return
+    import mlflow.store.model_registry.sqlalchemy_store
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
