@@ -23,6 +23,7 @@ the temporary server.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import importlib.util
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,8 @@ def begin(with_us: bool = True) -> Callable[[], None]:
         except BaseException as exc:  # raised to the caller when it waits
             failed.append(exc)
         done.set()
+        if found:
+            _warm_up(found[0])
         # the server dies with the thread that started it (PR_SET_PDEATHSIG follows the
         # thread): this one lives as long as the process
         threading.Event().wait()
@@ -161,6 +165,19 @@ def _launch(auth: str, with_us: bool) -> TemporaryServer:
             return TemporaryServer(url=url, auth=auth, proc=proc)
     raise KnobflowError(f"Prefect's temporary server exited with code {proc.returncode} "
                         "(its error is above); set PREFECT_API_URL to a running server")
+
+
+def _warm_up(server: TemporaryServer) -> None:
+    """Ask the new server what a flow run's start asks first (its API version, then a read of
+    flow runs): its first answers take ~0.4 s (the API loads what its routes need), which the
+    command would otherwise wait for; here the server does it while the command loads."""
+    token = base64.b64encode(server.auth.encode()).decode()
+    for path, body in (("admin/version", None), ("flow_runs/filter", b'{"limit": 1}')):
+        request = urllib.request.Request(f"{server.url}/{path}", data=body, headers={
+            "Authorization": f"Basic {token}", "Content-Type": "application/json"})
+        with contextlib.suppress(OSError, ValueError), \
+                urllib.request.urlopen(request, timeout=30):
+            pass
 
 
 def _popen(port: int, auth: str, with_us: bool) -> subprocess.Popen[bytes]:
