@@ -202,7 +202,11 @@ def test_crash_and_hang_regions_read_as_no_throughput_and_the_server_stays_up(
     hung = live.observe(1, WINDOW_S)[0]
     assert hung.metrics["throughput"] == 0.0
     assert hung.metrics["latency_ms"] == pytest.approx(1000.0 * hung.seconds)
-    assert hung.counters["stalled_fraction"] > 0.95
+    # all the server's time under load was stalled (its clock: the window's own seconds, timed
+    # by this process, also hold the reads' round trips, ~10 % of 0.5 s on a loaded machine)
+    assert hung.counters["busy_fraction"] > 0.5
+    assert hung.counters["stalled_fraction"] == pytest.approx(hung.counters["busy_fraction"],
+                                                              abs=0.01)
     live.apply(DEFAULTS)
     assert live.observe(2, WINDOW_S)[-1].metrics["throughput"] > 0
 
