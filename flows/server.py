@@ -31,7 +31,7 @@ from typing import Any
 from targets.common.errors import EnvironmentFault
 from targets.process import free_port, last_lines, new_secret, private_dir, write_private
 
-__all__ = ["PrefectServer", "ServerFault", "api_answers", "api_client"]
+__all__ = ["PrefectServer", "ServerFault", "api_answers", "api_client", "basic_auth"]
 
 USER = "knobflow"
 
@@ -40,12 +40,14 @@ class ServerFault(EnvironmentFault):
     """knobflow's Prefect server did not start, or does not answer."""
 
 
+def basic_auth(auth: str | None) -> dict[str, str]:
+    """The header that gives ``auth`` (``user:secret``) to Prefect's basic auth; none without."""
+    return {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
+
+
 def api_answers(url: str, auth: str | None, timeout: float = 2.0) -> bool:
     """Whether the Prefect API at ``url`` (ending in ``/api``) answers its health check."""
-    request = urllib.request.Request(f"{url}/health")
-    if auth:
-        token = base64.b64encode(auth.encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+    request = urllib.request.Request(f"{url}/health", headers=basic_auth(auth))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return bool(answer.status == 200)

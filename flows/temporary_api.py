@@ -23,7 +23,6 @@ the temporary server.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import importlib.util
 import os
@@ -130,8 +129,7 @@ def begin(with_us: bool = True) -> Callable[[], None]:
 
     def wait() -> None:
         global _server
-        while not done.wait(0.1):
-            pass
+        done.wait()
         if failed:
             raise failed[0]
         _server = found[0]
@@ -171,10 +169,11 @@ def _warm_up(server: TemporaryServer) -> None:
     """Ask the new server what a flow run's start asks first (its API version, then a read of
     flow runs): its first answers take ~0.4 s (the API loads what its routes need), which the
     command would otherwise wait for; here the server does it while the command loads."""
-    token = base64.b64encode(server.auth.encode()).decode()
+    from flows.server import basic_auth
+
     for path, body in (("admin/version", None), ("flow_runs/filter", b'{"limit": 1}')):
         request = urllib.request.Request(f"{server.url}/{path}", data=body, headers={
-            "Authorization": f"Basic {token}", "Content-Type": "application/json"})
+            **basic_auth(server.auth), "Content-Type": "application/json"})
         with contextlib.suppress(OSError, ValueError), \
                 urllib.request.urlopen(request, timeout=30):
             pass
