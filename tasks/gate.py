@@ -9,6 +9,11 @@ an expert's import. A failed expectation becomes a reason that names the column,
 Great Expectations costs seconds to import: it is imported on the first validation, once per
 process, and one suite and batch definition per suite file is reused for every trial. Rows that
 pass are validated once with GE's verdict only; rows that fail, again in full, for their reasons.
+
+During a validation, each expectation's ``configuration`` is made once and remembered
+(``_remember_configurations``): GE rebuilds it from the expectation's fields every time it is
+read, ~85 times per expectation in one run, which was ~30 % of a one-row validation's CPU. Only
+the thread inside ``_run`` remembers, and only until its run ends.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,8 @@ DEFAULT_SUITE = Path(__file__).resolve().parent / "expectations" / "default.json
 _lock = threading.Lock()
 _context: Any = None
 _validations: dict[Path, Any] = {}
+#: the configurations made in the current validation run, per thread (``_run``)
+_made = threading.local()
 
 
 class SuiteError(KnobflowError):
@@ -95,6 +103,7 @@ def _validation(path: Path) -> Any:
             globally=False, metric_calculations=False
         )
         _context.data_sources.add_pandas("knobflow")
+        _remember_configurations()
     doc = load_suite_document(path)
     name = f"{doc.get('name', path.stem)}-{len(_validations)}"
     try:
@@ -160,7 +169,42 @@ def _run(validation: Any, rows: pd.DataFrame, result_format: str) -> Any:
     definition's ``run`` would also keep every result in the context's store (~10 % of a one-row
     run, and memory that grows with every trial of a long job)."""
     batch = validation.data.get_batch(batch_parameters={"dataframe": rows})
-    return batch.validate(validation.suite, result_format=result_format)
+    _made.memo = {}
+    try:
+        return batch.validate(validation.suite, result_format=result_format)
+    finally:
+        _made.memo = None
+
+
+def _remember_configurations() -> None:
+    """Make GE's ``Expectation.configuration`` remember what it made, for one validation run
+    (``_run``) on the thread doing it; elsewhere it is GE's own. An expectation is a pydantic
+    model that a run does not change (GE's validator changes deep copies of configurations), so
+    within a run the configuration it would make again is the same; the memo holds each
+    expectation it was made for, so no id is reused while it lasts.
+    ``tests/tasks/test_gate.py`` checks that every case of the measurement corpus gets the same
+    result both ways. A GE without the property as this one has it is left alone."""
+    from great_expectations.expectations.expectation import Expectation
+
+    made = Expectation.__dict__.get("configuration")
+    if not isinstance(made, property) or made.fget is None or hasattr(made.fget, "knobflow"):
+        return
+    Expectation.configuration = _remembering(made.fget)  # type: ignore[method-assign]
+
+
+def _remembering(make: Callable[[Any], Any]) -> property:
+    """``make`` as a property that remembers its value per object in a run of ``_run``."""
+    def configuration(self: Any) -> Any:
+        memo: dict[int, tuple[Any, Any]] | None = getattr(_made, "memo", None)
+        if memo is None:
+            return make(self)
+        hit = memo.get(id(self))
+        if hit is None or hit[0] is not self:
+            hit = memo[id(self)] = (self, make(self))
+        return hit[1]
+
+    configuration.knobflow = make  # type: ignore[attr-defined]  (what it wraps)
+    return property(configuration, doc=make.__doc__)
 
 
 def _columns(validation: Any) -> list[str]:

@@ -1,0 +1,85 @@
+"""The measurement gate remembers each expectation's configuration for one validation run only,
+and gives every case of the measurement corpus the result Great Expectations gives without it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pandas as pd
+import pytest
+from great_expectations.expectations.expectation import Expectation
+
+from targets.synthetic import SyntheticTarget
+from tasks import gate
+from tests.tasks.test_clean import BAD, GOOD, clean, load_case
+
+ROW = {"timestamps_monotonic": True, "samples_finite": True, "config_consistent": True,
+       "knobs_not_read_back": 0, "error_rate": 0.0, "duration_s": 0.5,
+       "metric.throughput": 5.0, "metric.latency_ms": 1.0, "n_samples": 10}
+
+
+def ge_own() -> Any:
+    """Great Expectations' own ``configuration`` (what the gate's memo wraps)."""
+    gate.validate_rows(SyntheticTarget, pd.DataFrame([ROW]))  # the memo is in place from here
+    return Expectation.__dict__["configuration"].fget.knobflow
+
+
+def comparable(validation: dict[str, Any]) -> dict[str, Any]:
+    """GE's result without the time the batch was loaded (the only field that differs between
+    two runs of one row)."""
+    meta = {**validation["meta"], "batch_markers": {
+        k: v for k, v in validation["meta"]["batch_markers"].items() if k != "ge_load_time"}}
+    return {**validation, "meta": meta}
+
+
+def test_every_case_gets_the_same_result_with_and_without_the_memo(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = [load_case(path) for path in BAD + GOOD]
+    remembered = [clean(case) for case in cases]
+    monkeypatch.setattr(Expectation, "configuration", property(ge_own()))
+    for path, case, with_memo in zip(BAD + GOOD, cases, remembered, strict=True):
+        made_each_time = clean(case)
+        assert with_memo.valid == made_each_time.valid, path.stem
+        assert with_memo.reasons == made_each_time.reasons, path.stem
+        assert comparable(with_memo.validation) == comparable(made_each_time.validation), \
+            path.stem
+
+
+def test_a_run_makes_each_configuration_once_and_forgets_it_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    own = ge_own()
+    made: list[int] = []
+
+    def counted(self: Any) -> Any:
+        made.append(id(self))
+        return own(self)
+
+    monkeypatch.setattr(Expectation, "configuration", gate._remembering(counted))
+    result = gate.validate_rows(SyntheticTarget, pd.DataFrame([ROW]))
+    assert result.reasons == [[]]
+    assert made, "the validation read no configuration"
+    assert len(made) == len(set(made)), "a configuration was made twice in one run"
+    # outside a run nothing is remembered: two reads make two configurations
+    expectation = gate._validation(gate.suite_path(SyntheticTarget)).suite.expectations[0]
+    made.clear()
+    first, second = expectation.configuration, expectation.configuration
+    assert first is not second
+    assert len(made) == 2
+
+
+def test_only_the_validating_thread_remembers(monkeypatch: pytest.MonkeyPatch) -> None:
+    ge_own()
+    expectation = gate._validation(gate.suite_path(SyntheticTarget)).suite.expectations[0]
+    gate._made.memo = {}  # as inside a run on this thread
+    try:
+        assert expectation.configuration is expectation.configuration
+        seen: list[Any] = []
+        other = threading.Thread(target=lambda: seen.extend(
+            [expectation.configuration, expectation.configuration]))
+        other.start()
+        other.join()
+        assert seen[0] is not seen[1]
+    finally:
+        gate._made.memo = None
+    assert expectation.configuration is not expectation.configuration
