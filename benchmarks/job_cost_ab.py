@@ -2,7 +2,8 @@
 synthetic --set-workload duration=0 --json`` in a fresh process, each job the first of a new
 service, Prefect's temporary server with a warm ``PREFECT_HOME``) from checkout A, then from B,
 alternating for ``--rounds`` rounds, after one uncounted warm-up job each (its own home and
-``PREFECT_HOME`` per checkout). Prints the fixed parts of every job and the load average, and
+``PREFECT_HOME`` per checkout). Prints the fixed parts of every job, its exploration's time per
+trial, the CPU time of the command and its children, and the load average, and
 writes them as JSON with ``--json FILE``.
 
     nice -n 5 python benchmarks/job_cost_ab.py /work/wt/base /work/wt/train --trials 30 --rounds 3
@@ -58,16 +59,25 @@ def main() -> None:
                 job["load"] = os.getloadavg()[0]
                 jobs[side].append(job)
                 parts = "  ".join(f"{p} {job['fixed_s'][p]:.2f}" for p in SHOWN)
-                print(f"round {r + 1} {side}: {parts}  (s; load {job['load']:.2f})", flush=True)
+                print(f"round {r + 1} {side}: {parts}  (s)  per trial "
+                      f"{_per_trial_ms(job, args.trials):.1f} ms  CPU {job['cpu_s']:.1f} s  "
+                      f"(load {job['load']:.2f})", flush=True)
     loads.append(os.getloadavg())
     for side, done in jobs.items():
         medians = "  ".join(f"{p} {statistics.median(j['fixed_s'][p] for j in done):.2f}"
                             for p in SHOWN)
-        print(f"median {side} ({checkouts[side]}): {medians}")
+        per_trial = statistics.median(_per_trial_ms(j, args.trials) for j in done)
+        print(f"median {side} ({checkouts[side]}): {medians}  per trial {per_trial:.1f} ms  "
+              f"CPU {statistics.median(j['cpu_s'] for j in done):.1f} s")
     print(f"load average at the start {loads[0]}, at the end {loads[1]}")
     if args.json:
         args.json.write_text(json.dumps({"checkouts": {k: str(v) for k, v in checkouts.items()},
                                          "loads": loads, "jobs": jobs}, default=str))
+
+
+def _per_trial_ms(job: dict, trials: int) -> float:
+    """The exploration's time per trial (``trials_s``: the fixed parts are not in it)."""
+    return 1000 * job["trials_s"] / trials
 
 
 if __name__ == "__main__":
