@@ -29,13 +29,18 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.job import Job
 from targets.common.errors import KnobflowError
 from tasks.isolation import Isolation, IsolationError, plan_isolation
 from tasks.services import service_settings
+
+if TYPE_CHECKING:
+    from tasks.runner import TrialRunner
+    from tasks.track import JobTracker
 
 __all__ = [
     "LEASE_S", "QUEUES", "ensure_queues", "hold_testbed", "host_testbed", "isolate",
@@ -200,3 +205,34 @@ def isolate(job: Job) -> Isolation:
     except IsolationError as exc:
         raise KnobflowError(str(exc)) from None
     return plan
+
+
+@contextlib.contextmanager
+def on_testbed(job: Job, runner: TrialRunner, tracker: JobTracker, resume: bool,
+                logger: logging.Logger | logging.LoggerAdapter[Any]) -> Iterator[None]:
+    """Run the job's trials on its test-bed: each instance isolated as this host allows (its
+    CPU set, its memory limit), one slot of the test-bed's concurrency limit held throughout;
+    what was given is recorded in job.json and the MLflow run."""
+    runner.isolation = isolate(job)
+    try:
+        with hold_testbed(job.testbed, job.testbed_slots, logger) as held:
+            job.isolation = {"testbed": held["testbed"], "limit": held["limit"],
+                             "slots": held["slots"], "waited_s": held.get("waited_s"),
+                             "held_since": datetime.now(UTC).isoformat(),
+                             **runner.isolation.record()}
+            job.save()
+            cpus = ";".join(f"{k}={v}" for k, v in job.isolation["cpus"].items())
+            tags = {"knobflow.testbed": held["testbed"], "knobflow.isolation.cpus": cpus,
+                    "knobflow.isolation.memory": job.isolation["memory"]}
+            params = {} if resume else {"testbed": held["testbed"],
+                                        "isolation.memory": job.isolation["memory"],
+                                        "isolation.cpus": cpus[:500]}
+            tracker.annotate(params=params, tags=tags)
+            logger.info("isolation of the instances: cpus %s; memory %s%s", cpus,
+                        job.isolation["memory"],
+                        f" ({job.isolation['why_not_cgroup']})"
+                        if job.isolation.get("why_not_cgroup") else "")
+            yield
+    finally:
+        runner.processes.close()  # the trial launcher: its trials have ended
+        runner.isolation.release()

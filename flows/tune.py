@@ -33,7 +33,7 @@ import inspect
 import logging
 import statistics
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -49,7 +49,7 @@ from flows.pareto import job_result, mean_metrics, measure_default_metrics, metr
 from flows.publish import JobFailed, no_result, publish_result
 from flows.report import RunSummary, TuneListener, report
 from flows.spec import JobSpec, with_spec_signature
-from flows.testbeds import hold_testbed, isolate
+from flows.testbeds import on_testbed
 from flows.timing import JobClock
 from flows.trials import service_table, write_job_table
 from flows.worker import check_fleet, fan_out
@@ -128,48 +128,42 @@ def tune(target: str, **options: Any) -> RunSummary:
     check_fleet(root, spec.workers or 0)
     with hold_instance(root, spec):  # one job per instance at a time
         job = prepare_job(spec, root, resume)
-        check_fleet(root, job.workers)  # a resumed job's workers continue its shared study
-        listener.job_started(job, resume)
-        space, rules = job.search_space(), job.rule_set()
-        warnings = check_space(rules, space, f"search space of {job.target}")
-        for warning in warnings:
-            logger.warning("rules: %s", warning)
-        study = open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
-                               space.default_params(), resume, metric_names(job),
-                               accept=RuleFilter(rules, space),
-                               directions=job.objective_directions if job.several else None,
-                               pruner=job.pruner,
-                               max_resource=reports_per_run(job.target_cls, job.workload))
-        table = service_table(job.home, job.service)
-        clock.lap("start")
-        plan = clock.timed("transfer", _transfer, job, study, table, space, rules, resume)
-        focus = knob_focus(job, space, logger)
-        tracker = clock.timed("tracking", _start_tracking, job, space, study, resume)
-        guard = CandidateGuard(rules, learn=RuleLearner(
-            job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
-        ) if job.learn_rules else None)
-        runner = job.trial_runner()
-        with _interrupted_on_error(job, tracker), _on_testbed(job, runner, tracker, resume,
-                                                                 logger):
-            first_baseline = clock.timed("noise_probe", _probe_noise, job, study, runner,
-                                         tracker, logger)
-            clock.timed("noise_probe", measure_default_metrics, job, runner, tracker, logger)
-            if job.workers:  # the work pool's workers explore; the job waits for them
-                study = clock.timed("trials", fan_out, job, tracker.run_id, logger, listener)
-            else:
-                clock.timed("trials", _explore, job, study, space, runner, guard, tracker,
-                            listener, logger, first_baseline, focus)
-            focused = focus_record(job, study, focus, tracker, logger)
-            best, verification, front = clock.timed("verification", job_result, job, study,
-                                                    rules, runner, tracker, listener, logger)
-            trial_table = write_job_table(job, study)
-            model = clock.timed("training", _train, job, logger) if job.train else None
-            summary, files = report(
-                job, study, best, verification, **clock.times(), space=space, ruleset=rules,
-                guard=guard, rule_warnings=warnings, plan=plan, model=model, noise=job.noise,
-                pareto_front=front, knob_focus=focused,
-                trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
-            files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
+        with _interrupted_on_error(job) as stopped:
+            check_fleet(root, job.workers)  # a resumed job's workers continue its shared study
+            listener.job_started(job, resume)
+            space, rules = job.search_space(), job.rule_set()
+            warnings = check_space(rules, space, f"search space of {job.target}")
+            for warning in warnings:
+                logger.warning("rules: %s", warning)
+            study = _open_study(job, space, rules, resume)
+            table = service_table(job.home, job.service)
+            clock.lap("start")
+            plan = clock.timed("transfer", _transfer, job, study, table, space, rules, resume)
+            focus = knob_focus(job, space, logger)
+            tracker = clock.timed("tracking", _start_tracking, job, space, study, resume)
+            stopped.tracker = tracker
+            guard = _guard(job, rules, study, space, table, logger)
+            runner = job.trial_runner()
+            with on_testbed(job, runner, tracker, resume, logger):
+                first_baseline = clock.timed("noise_probe", _probe_noise, job, study, runner,
+                                             tracker, logger)
+                clock.timed("noise_probe", measure_default_metrics, job, runner, tracker, logger)
+                if job.workers:  # the work pool's workers explore; the job waits for them
+                    study = clock.timed("trials", fan_out, job, tracker.run_id, logger, listener)
+                else:
+                    clock.timed("trials", _explore, job, study, space, runner, guard, tracker,
+                                listener, logger, first_baseline, focus)
+                focused = focus_record(job, study, focus, tracker, logger)
+                best, verification, front = clock.timed("verification", job_result, job, study,
+                                                        rules, runner, tracker, listener, logger)
+                trial_table = write_job_table(job, study)
+                model = clock.timed("training", _train, job, logger) if job.train else None
+                summary, files = report(
+                    job, study, best, verification, **clock.times(), space=space, ruleset=rules,
+                    guard=guard, rule_warnings=warnings, plan=plan, model=model, noise=job.noise,
+                    pareto_front=front, knob_focus=focused,
+                    trial_table=str(trial_table), tracking_uri=tracking_uri(job.home))
+                files = [*files, *settle_reference(job, summary, study, runner, tracker, logger)]
         _finish(job, tracker, summary, [*files, job.dir / "job.json", job.dir / "transfer.json",
                                         trial_table], plan, logger)
         _publish(job, summary, logger)
@@ -177,49 +171,46 @@ def tune(target: str, **options: Any) -> RunSummary:
         return no_result(summary) or regression_failed(summary) or summary
 
 
+def _open_study(job: Job, space: SearchSpace, rules: RuleSet, resume: bool) -> optuna.Study:
+    """The job's Optuna study (new, or the one it resumes)."""
+    return open_job_study(job.home, job.study_name, job.direction, job.tuner, job.seed,
+                          space.default_params(), resume, metric_names(job),
+                          accept=RuleFilter(rules, space),
+                          directions=job.objective_directions if job.several else None,
+                          pruner=job.pruner,
+                          max_resource=reports_per_run(job.target_cls, job.workload))
+
+
+def _guard(job: Job, rules: RuleSet, study: optuna.Study, space: SearchSpace, table: Any,
+           logger: logging.Logger | logging.LoggerAdapter[Any]) -> CandidateGuard:
+    """What checks each candidate: the rules, and what the job's failures teach (if it learns)."""
+    return CandidateGuard(rules, learn=RuleLearner(
+        job.learned_rules(), study, space, rules, table, logger, job.trial_timeout,
+    ) if job.learn_rules else None)
+
+
+@dataclass
+class _Stopped:
+    """What a stop must close: the job's MLflow run, once it is started."""
+
+    tracker: JobTracker | None = None
+
+
 @contextlib.contextmanager
-def _interrupted_on_error(job: Job, tracker: JobTracker) -> Iterator[None]:
-    """A job stopped by anything (Ctrl-C, SIGTERM, a full disk, a bug) is recorded as
-    interrupted, resumable, and its MLflow run closed as killed."""
+def _interrupted_on_error(job: Job) -> Iterator[_Stopped]:
+    """A job stopped by anything (Ctrl-C, SIGTERM, a full disk, a bug) from its preparation
+    on is recorded as interrupted, resumable, and its MLflow run (if started: the caller sets
+    ``tracker`` on what this yields) closed as killed."""
+    stopped = _Stopped()
     try:
-        yield
+        yield stopped
     except BaseException:
         job.status = JobStatus.INTERRUPTED
         job.save()
-        tracker.finish_job({}, [], {}, status="KILLED")
-        tracker.close()
+        if stopped.tracker is not None:
+            stopped.tracker.finish_job({}, [], {}, status="KILLED")
+            stopped.tracker.close()
         raise
-
-
-@contextlib.contextmanager
-def _on_testbed(job: Job, runner: TrialRunner, tracker: JobTracker, resume: bool,
-                logger: logging.Logger | logging.LoggerAdapter[Any]) -> Iterator[None]:
-    """Run the job's trials on its test-bed: each instance isolated as this host allows (its
-    CPU set, its memory limit), one slot of the test-bed's concurrency limit held throughout;
-    what was given is recorded in job.json and the MLflow run."""
-    runner.isolation = isolate(job)
-    try:
-        with hold_testbed(job.testbed, job.testbed_slots, logger) as held:
-            job.isolation = {"testbed": held["testbed"], "limit": held["limit"],
-                             "slots": held["slots"], "waited_s": held.get("waited_s"),
-                             "held_since": datetime.now(UTC).isoformat(),
-                             **runner.isolation.record()}
-            job.save()
-            cpus = ";".join(f"{k}={v}" for k, v in job.isolation["cpus"].items())
-            tags = {"knobflow.testbed": held["testbed"], "knobflow.isolation.cpus": cpus,
-                    "knobflow.isolation.memory": job.isolation["memory"]}
-            params = {} if resume else {"testbed": held["testbed"],
-                                        "isolation.memory": job.isolation["memory"],
-                                        "isolation.cpus": cpus[:500]}
-            tracker.annotate(params=params, tags=tags)
-            logger.info("isolation of the instances: cpus %s; memory %s%s", cpus,
-                        job.isolation["memory"],
-                        f" ({job.isolation['why_not_cgroup']})"
-                        if job.isolation.get("why_not_cgroup") else "")
-            yield
-    finally:
-        runner.processes.close()  # the trial launcher: its trials have ended
-        runner.isolation.release()
 
 
 def _transfer(job: Job, study: optuna.Study, table: pd.DataFrame, space: SearchSpace,

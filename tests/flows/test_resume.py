@@ -176,9 +176,9 @@ def test_an_interrupt_as_prefect_creates_a_task_run_stops_the_job_as_interrupted
     assert "interrupted; finished trials are kept (continue with --resume)" in first.stderr
     assert "knobflow: failed" not in first.stderr
     monkeypatch.undo()
-    if task_name == "run-trial":  # in the trials: recorded as interrupted (before: as running)
-        job = json.loads(next((home / "jobs").glob("*/job.json")).read_text())
-        assert job["status"] == "interrupted"
+    # before the trials (transfer) as in them: recorded as interrupted (it was left "running")
+    job = json.loads(next((home / "jobs").glob("*/job.json")).read_text())
+    assert job["status"] == "interrupted"
     resumed = invoke_cli(["tune", "synthetic", "--resume", "--home", str(home), "--json"])
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["n_trials"] == 4
