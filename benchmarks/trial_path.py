@@ -7,7 +7,10 @@ rule check, the trial's Prefect task and its process, the cleaning held for the 
 start, the cleaning and tell, the Great Expectations gate, Optuna's tell. Prints per step how
 often it ran, its median, 90th percentile and total; then the time from one trial's start to the
 next (median, 90th percentile, longest) and the gaps over ``--stall`` seconds with the step that
-took longest in each. ``--space whole`` (default) is the target's whole space with its shipped
+took longest in each. Last, the CPU each trial of the exploration cost in the job's process (the
+Great Expectations gate's share apart) and in Prefect's temporary server (its task-run records):
+on a 2-core machine their sum over 2 is a floor under the time per instant trial.
+``--space whole`` (default) is the target's whole space with its shipped
 rules (some candidates are blocked); ``narrow`` is ``overhead.py``'s space (none are).
 
     python benchmarks/trial_path.py --trials 60
@@ -16,6 +19,7 @@ rules (some candidates are blocked); ``narrow`` is ``overhead.py``'s space (none
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import statistics
@@ -100,8 +104,60 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.2f}")
     tune("synthetic", budget=5, service="warm-up", **options)
     events.clear()
+    cpu: dict[str, float] = {}
+    count_cpu(cpu)
     summary = tune("synthetic", budget=args.trials, service="measured", **options)
     report(console, events, summary, args.stall)
+    per = {k: v * 1000 / args.trials for k, v in cpu.items()}
+    console.print(f"CPU per trial of the exploration: the job's process {per['job']:.0f} ms "
+                  f"(the GE gate {per['gate']:.0f} ms of it), Prefect's server "
+                  f"{per['server']:.0f} ms; over 2 cores at best "
+                  f"{(per['job'] + per['server']) / 2:.0f} ms per trial")
+
+
+def count_cpu(cpu: dict[str, float]) -> None:
+    """Add to ``cpu`` the CPU seconds of the exploration (``flows.tune.explore``) in this process
+    (``job``), in the GE gate's calls (``gate``, the calling thread's) and in Prefect's server
+    (``server``: the uvicorn process among this one's children)."""
+    import psutil
+
+    import flows.tune
+    import tasks.gate
+
+    me = psutil.Process()
+
+    def used(proc: psutil.Process | None) -> float:
+        times = proc.cpu_times() if proc is not None else None
+        return times.user + times.system if times is not None else 0.0
+
+    def server() -> psutil.Process | None:
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "uvicorn" in " ".join(child.cmdline()):
+                    return child
+        return None
+
+    explore, validate = flows.tune.explore, tasks.gate.validate_rows
+    cpu.update(job=0.0, gate=0.0, server=0.0)
+
+    def counted_explore(*args: Any, **kwargs: Any) -> Any:
+        srv = server()
+        began = used(me), used(srv)
+        try:
+            return explore(*args, **kwargs)
+        finally:
+            cpu["job"] += used(me) - began[0]
+            cpu["server"] += used(srv) - began[1]
+
+    def counted_validate(*args: Any, **kwargs: Any) -> Any:
+        began = time.thread_time()
+        try:
+            return validate(*args, **kwargs)
+        finally:
+            cpu["gate"] += time.thread_time() - began
+
+    flows.tune.explore = counted_explore
+    tasks.gate.validate_rows = counted_validate
 
 
 def report(console: Console, events: list[tuple[str, float, float]], summary: Any,
