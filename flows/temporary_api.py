@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from targets.common.errors import KnobflowError
+from targets.common.files import display_path
 
 __all__ = ["TemporaryServer", "begin", "configured_api", "no_heartbeats_to_a_temporary_server",
            "start", "temporary_server"]
@@ -44,6 +46,8 @@ __all__ = ["TemporaryServer", "begin", "configured_api", "no_heartbeats_to_a_tem
 #: How long the temporary server may take to answer (Prefect's own default is 20 s; a loaded
 #: 2-core machine has needed more).
 START_TIMEOUT_S = 120.0
+#: how many times the server is started before the command gives up (a port taken meanwhile)
+START_ATTEMPTS = 5
 
 
 @dataclass
@@ -140,14 +144,18 @@ def begin(with_us: bool = True) -> Callable[[], None]:
 
 
 def _launch(auth: str, with_us: bool) -> TemporaryServer:
-    """Run the server on a free port until it answers (a port taken meanwhile: another one)."""
+    """Run the server on a free port until it answers. It is started again only when its port
+    was taken meanwhile; any other exit is an error that quotes the server's own, which is kept
+    in its log (``server_log``)."""
     from flows.server import api_answers
     from targets.process import free_port
 
-    for _ in range(5):
+    log = server_log()
+    for _ in range(START_ATTEMPTS):
         port = free_port()
         url = f"http://127.0.0.1:{port}/api"
-        proc = _popen(port, auth, with_us)
+        since = log.stat().st_size if log.exists() else 0
+        proc = _popen(port, auth, with_us, log)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not api_answers(url, auth, timeout=1.0):
             if proc.poll() is not None:
@@ -156,13 +164,42 @@ def _launch(auth: str, with_us: bool) -> TemporaryServer:
                 proc.kill()
                 proc.wait()
                 raise KnobflowError(f"Prefect's temporary server did not answer within "
-                                    f"{START_TIMEOUT_S:g} s; set PREFECT_API_URL to a running "
-                                    "server, or try again when the machine is less loaded")
+                                    f"{START_TIMEOUT_S:g} s (its log: {display_path(log)}); set "
+                                    "PREFECT_API_URL to a running server, or try again when the "
+                                    "machine is less loaded")
             time.sleep(0.05)
         else:
             return TemporaryServer(url=url, auth=auth, proc=proc)
-    raise KnobflowError(f"Prefect's temporary server exited with code {proc.returncode} "
-                        "(its error is above); set PREFECT_API_URL to a running server")
+        said = _written_since(log, since)
+        if "address already in use" not in said.lower():
+            break
+    raise KnobflowError(f"Prefect's temporary server exited with code {proc.returncode}: "
+                        f"{_last_error(said)} (all of it: {display_path(log)}); set "
+                        "PREFECT_API_URL to a running server")
+
+
+def server_log() -> Path:
+    """Where the temporary servers of this ``PREFECT_HOME`` write their errors (appended, 0600):
+    the terminal would show them in the middle of the progress bar, or not at all."""
+    from prefect.settings import get_current_settings
+
+    home = Path(get_current_settings().home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home / "knobflow-temporary-server.log"
+
+
+def _written_since(log: Path, offset: int) -> str:
+    with contextlib.suppress(OSError), log.open("rb") as text:
+        text.seek(offset)
+        return text.read(1 << 20).decode("utf-8", "replace")
+    return ""
+
+
+def _last_error(said: str) -> str:
+    """The last exception line of ``said`` (a traceback's last line), else its last line."""
+    lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln)]
+    return (errors or lines or ["it wrote nothing"])[-1][:300]
 
 
 def _warm_up(server: TemporaryServer) -> None:
@@ -179,7 +216,7 @@ def _warm_up(server: TemporaryServer) -> None:
             pass
 
 
-def _popen(port: int, auth: str, with_us: bool) -> subprocess.Popen[bytes]:
+def _popen(port: int, auth: str, with_us: bool, log: Path) -> subprocess.Popen[bytes]:
     from prefect.settings import get_current_settings
 
     spec = importlib.util.find_spec("prefect")
@@ -187,14 +224,19 @@ def _popen(port: int, auth: str, with_us: bool) -> subprocess.Popen[bytes]:
     env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
            "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
            "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_API_AUTH_STRING": auth,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
+           "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "ERROR"}  # its errors, to its log
     env.pop("PREFECT_API_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent),
-         "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_killed_with_us if with_us else None)
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent),
+             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            preexec_fn=_killed_with_us if with_us else None)
+    finally:
+        os.close(out)
 
 
 def _killed_with_us() -> None:

@@ -106,3 +106,56 @@ def test_an_operators_server_is_the_configured_one() -> None:
         assert configured_api() == url
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         assert configured_api() is None
+
+
+#: A server that will not start: its database is where no folder can be (or, "silent", one that
+#: never answers). Prints the error, the seconds it took, and for "silent" whether it was killed.
+NO_START = """
+import os, subprocess, sys, time
+from flows import temporary_api
+from targets.common.errors import KnobflowError
+
+if sys.argv[1] == "silent":  # a server that never answers (a hung start)
+    temporary_api.START_TIMEOUT_S = 2.0
+    started = []
+
+    def popen(port, auth, with_us, log):
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        return started[-1]
+
+    temporary_api._popen = popen
+began = time.monotonic()
+try:
+    temporary_api.begin()()
+except KnobflowError as exc:
+    print(exc)
+    print(round(time.monotonic() - began))
+    if sys.argv[1] == "silent":
+        print(all(p.poll() is not None for p in started), len(started))
+"""
+
+
+@pytest.mark.parametrize("fault", ["exits", "silent"])
+def test_a_server_that_will_not_start_is_a_clear_error(tmp_path: Path, fault: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = \
+        f"sqlite+aiosqlite:///{tmp_path}/no-such-dir/sub/prefect.db"
+    (tmp_path / "no-such-dir").write_text("a file where the database's folder would be")
+    done = subprocess.run([sys.executable, "-c", NO_START, fault], capture_output=True,
+                          text=True, timeout=120, env=env,
+                          cwd=Path(__file__).resolve().parents[2], check=False)
+    lines = done.stdout.splitlines()
+    assert lines, done.stderr
+    assert "set PREFECT_API_URL to a running server" in lines[0], done.stdout
+    log = tmp_path / "prefect" / "knobflow-temporary-server.log"
+    assert str(log) in lines[0] or "knobflow-temporary-server.log" in lines[0]
+    if fault == "exits":  # the server's own error, said at the first exit (no second start)
+        assert lines[0].startswith("Prefect's temporary server exited with code 3: ")
+        assert "unable to open database file" in lines[0]
+        assert log.read_text().count("Application startup failed") == 1
+        assert log.stat().st_mode & 0o777 == 0o600
+    else:
+        assert lines[0].startswith("Prefect's temporary server did not answer within 2 s")
+        assert lines[2] == "True 1", "the silent server was not killed (or was started again)"
+        assert int(lines[1]) < 30
