@@ -4,6 +4,7 @@ and gives every case of the measurement corpus the result Great Expectations giv
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -83,3 +84,17 @@ def test_only_the_validating_thread_remembers(monkeypatch: pytest.MonkeyPatch) -
     finally:
         gate._made.memo = None
     assert expectation.configuration is not expectation.configuration
+
+
+def test_many_rows_in_one_run_get_the_same_result_with_and_without_the_memo(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expert's import validates all its rows in one run (some pass, some fail)."""
+    from targets.registry import load_target
+    from tasks.expert import check_rows
+
+    csv = Path(__file__).resolve().parent.parent / "data" / "expert" / "sqlite.csv"
+    remembered = check_rows(csv, load_target("sqlite"))
+    monkeypatch.setattr(Expectation, "configuration", property(ge_own()))
+    made_each_time = check_rows(csv, load_target("sqlite"))
+    assert remembered.kept and remembered.rejected, "the file should have rows of both kinds"
+    assert remembered == made_each_time
