@@ -12,7 +12,7 @@ pass are validated once with GE's verdict only; rows that fail, again in full, f
 
 During a validation, each expectation's ``configuration`` is made once and remembered
 (``_remember_configurations``): GE rebuilds it from the expectation's fields every time it is
-read, ~85 times per expectation in one run, which was ~30 % of a one-row validation's CPU. Only
+read, ~85 times per expectation in one run: a one-row validation took 42 ms, now 26 ms. Only
 the thread inside ``_run`` remembers, and only until its run ends.
 """
 
