@@ -172,9 +172,15 @@ def test_aof_fsync_always_lowers_throughput(instance: tuple[Path, RedisLive]) ->
         assert all(w.counters["aof_enabled"] == 1 for w in after)
     finally:
         live.apply({"appendonly": False, "appendfsync": "everysec"})
+    # the default measured before and after (A-B-A): a burst of load from a test beside this one
+    # in one phase weighs half as much (CI once read 0.94 with the before-windows alone; the cause
+    # was not found). The
+    # ratio measured here: 0.42-0.52 (RESULTS, issue 14), 0.50 and 0.58 (2026-12-04); 0.75 leaves
+    # room for a faster fsync and still means a clear drop
+    again = live.observe(3, 1.0)
     ratio = (statistics.median(w.metrics["rps"] for w in after)
-             / statistics.median(w.metrics["rps"] for w in before))
-    assert ratio < 0.6, f"rps after / before = {ratio:.2f}"
+             / statistics.median(w.metrics["rps"] for w in before + again))
+    assert ratio < 0.75, f"rps with fsync always / the default around it = {ratio:.2f}"
     assert live.read_config() == RedisTarget.knob_spec().defaults()
 
 
