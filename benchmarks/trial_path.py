@@ -127,8 +127,10 @@ def count_cpu(cpu: dict[str, float]) -> None:
     me = psutil.Process()
 
     def used(proc: psutil.Process | None) -> float:
-        times = proc.cpu_times() if proc is not None else None
-        return times.user + times.system if times is not None else 0.0
+        if proc is None:
+            return 0.0
+        times = proc.cpu_times()
+        return times.user + times.system
 
     def server() -> psutil.Process | None:
         for child in me.children(recursive=True):

@@ -197,9 +197,12 @@ def _written_since(log: Path, offset: int) -> str:
 
 def _last_error(said: str) -> str:
     """The last exception line of ``said`` (a traceback's last line), else its last line."""
-    lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln)]
-    return (errors or lines or ["it wrote nothing"])[-1][:300]
+    from targets.process import last_lines
+
+    def is_error(line: str) -> bool:
+        return re.match(r"^[\w.]+(Error|Exception|Exit)\b", line) is not None
+
+    return (last_lines(said, is_error, n=1) or last_lines(said, n=1) or "it wrote nothing")[:300]
 
 
 def _warm_up(server: TemporaryServer) -> None:
