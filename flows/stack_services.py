@@ -51,6 +51,12 @@ __all__ = [
 ]
 
 USER = "knobflow"
+#: How long MLflow's auth app keeps a checked credential (its ``auth_cache_ttl_seconds``, off by
+#: default). Each check is a scrypt hash (~0.1 s of CPU here) on every request, and a job's
+#: trial record is five requests: without the cache a 60-trial job on the stack waited ~45 s
+#: at its end for its records. The cache is keyed by an HMAC of the password under a key made
+#: at the server's start; a wrong password is still checked (and refused) every time.
+AUTH_CACHE_S = 300
 #: The work queues of the stack's pool and their priorities (1 is served first).
 QUEUES = {"production": 1, "default": 10}
 
@@ -152,16 +158,17 @@ def prefect_answers(url: str, secret: str | None) -> bool:
 
 
 def start_mlflow(dir: Path, *, backend_uri: str, host: str, port: int, secret: str,
-                 pgpass: Path, timeout: float = 180.0) -> subprocess.Popen[bytes]:
+                 pgpass: Path, auth_cache_s: int = AUTH_CACHE_S) -> subprocess.Popen[bytes]:
     """Start MLflow's tracking server with basic auth (knobflow is its admin, nobody else may
-    do anything) and served artifacts; return once knobflow gets an answer and an
-    unauthenticated request is refused. The database password reaches psycopg2 through
-    ``PGPASSFILE``, the admin's through the 0600 auth config."""
+    do anything) and served artifacts (``wait_mlflow`` waits for it). A checked credential is
+    kept ``auth_cache_s`` seconds (``AUTH_CACHE_S``). The database password reaches psycopg2
+    through ``PGPASSFILE``, the admin's through the 0600 auth config."""
     config = dir / "mlflow-auth.ini"
     write_private(config, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                   f"database_uri = sqlite:///{dir / 'mlflow-auth.db'}\n"
                   f"admin_username = {USER}\nadmin_password = {secret.replace('%', '%%')}\n"
-                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                  f"auth_cache_ttl_seconds = {int(auth_cache_s)}\n")
     (dir / "artifacts").mkdir(mode=0o700, exist_ok=True)
     flask_key = dir / "mlflow-flask.key"  # signs its CSRF tokens: kept across restarts
     if not flask_key.exists():

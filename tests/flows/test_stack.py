@@ -104,6 +104,9 @@ def test_every_server_admits_knobflow_only(started: Path) -> None:
     assert http_status(probe) == 401
     assert http_status(probe, ("knobflow", "wrong")) == 401
     assert http_status(probe, ("knobflow", secret)) == 200
+    # the auth app keeps a checked credential (AUTH_CACHE_S): a wrong one after it is refused
+    assert http_status(probe, ("knobflow", secret[:-1])) == 401
+    assert http_status(probe, ("knobflow", secret)) == 200
     prefect = data["prefect"]["url"]
     assert http_status(f"{prefect}/admin/version") == 401
     assert not prefect_answers(prefect, "wrong")
