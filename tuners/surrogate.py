@@ -7,17 +7,19 @@ database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSampler``:
 * draws its first ``n_startup_trials`` candidates from a scrambled Sobol sequence (space
   filling, seeded);
 * then fits a model on the finished trials of the study (numeric knobs scaled to [0, 1], log
-  knobs in log space, categorical and bool knobs one-hot), with the objective turned into
-  normal scores of its ranks (robust to outliers and to imputed failures): a random forest
-  (the spread across its trees as the uncertainty) until ``gp_after`` trials have finished,
-  a Gaussian process after (Matern 5/2, one length scale per feature, a noise term; on at most
-  ``gp_max_points`` trials, the best half and a random rest). The forest finds the good
-  categories early; the process then carries a trend into untried directions, where a forest
-  stays put on a plateau (``benchmarks/RESULTS.md``, issue 17);
+  knobs in log space, categorical and bool knobs one-hot): a random forest on the normal scores
+  of the objective's ranks (robust to outliers and to imputed failures; the spread across its
+  trees as the uncertainty) until ``gp_after`` trials have finished, a Gaussian process after
+  (Matern 5/2, one length scale per feature, a noise term; on at most ``gp_max_points``
+  trials, the best half and a random rest) on the values themselves, the worst tenth capped at
+  their 90th percentile (``CAP_QUANTILE``). The forest finds the good categories early; the
+  process then carries a trend into untried directions, where a forest stays put on a
+  plateau, and on the values it sees how much better the best region is, which ranks hide
+  near an optimum (``benchmarks/RESULTS.md``, issue 17);
 * learns from what did not run well: a failed trial, a candidate the rules blocked (PRUNED with
   constraint ``rules`` > 0, as ``tuners.trials.blocked_trial`` tells it) and a complete trial with a
-  constraint above zero count as the worst value seen; a trial a pruner stopped early is left
-  out (it is neither good nor failed);
+  constraint above zero count as the worst value seen (the forest) or the cap (the process); a
+  trial a pruner stopped early is left out (it is neither good nor failed);
 * maximises expected improvement over thousands of random candidates and of perturbations of
   the best few trials, and takes the best one ``accept(params)`` (the rule engine) lets run.
 
@@ -55,6 +57,9 @@ Accept = Callable[[dict[str, Any]], bool]
 
 #: A fitted model: features of candidates -> (mean, standard deviation) of their scores.
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: The Gaussian process's values are capped (worse values, failures) at this quantile of the
+#: good ones: a handful of bad trials or outliers do not flatten the region of the best.
+CAP_QUANTILE = 0.9
 
 
 class _Encoder:
@@ -279,17 +284,23 @@ class SurrogateSampler(BaseSampler):
         from scipy.stats import norm, rankdata
 
         good = ~np.isnan(values)
-        imputed = np.where(good, values, np.nanmax(values))  # a failure is the worst seen
-        # normal scores of the ranks: outliers and imputed failures do not flatten the rest
-        scores = norm.ppf((rankdata(imputed) - 0.5) / len(imputed))
-        use_gp = self._gp_after is not None and len(points) >= self._gp_after
-        fit = self._fit_gp if use_gp else self._fit_forest
-        predict = fit(encoder.features(points), scores)
+        if self._gp_after is not None and len(points) >= self._gp_after:
+            # the values themselves, the worst tenth and the failures capped
+            cap = np.quantile(values[good], CAP_QUANTILE)
+            scores = np.minimum(np.where(good, values, cap), cap)
+            predict = self._fit_gp(encoder.features(points), scores)
+            xi = self._xi * float(np.std(scores[good]))  # the same margin on this scale
+        else:
+            imputed = np.where(good, values, np.nanmax(values))  # a failure is the worst seen
+            # normal scores of the ranks: outliers and imputed failures do not flatten the rest
+            scores = norm.ppf((rankdata(imputed) - 0.5) / len(imputed))
+            predict = self._fit_forest(encoder.features(points), scores)
+            xi = self._xi
         candidates = np.vstack([encoder.random(self._rng, self._n_candidates),
                                 self._local(encoder, points, scores, good)])
         mean, std = predict(encoder.features(candidates))
         best = scores[good].min()
-        ei = _expected_improvement(mean, std, best, self._xi)
+        ei = _expected_improvement(mean, std, best, xi)
         order = np.lexsort((mean, -ei))  # most improvement first; ties: the lower mean
         return self._first_accepted(encoder, candidates[order], seen)
 

@@ -82,3 +82,36 @@ def test_a_suggestion_on_200_trials_fits_a_bounded_model_and_picks_well(
     trial = study.ask(DISTS)
     assert fitted == [80]
     assert _value(trial.params) < sorted(t.value for t in seed.trials)[20]  # a model's pick
+
+
+def test_the_process_models_the_values_with_the_worst_tenth_and_failures_capped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``gp_after`` trials the process is fit on the values themselves (how much better
+    the best are shows), with the failures and the worst tenth capped at the 90th percentile."""
+    import numpy as np
+
+    seen: list[Any] = []
+    fit = SurrogateSampler._fit_gp
+
+    def recorded(self: SurrogateSampler, x: Any, y: Any) -> Any:
+        seen.append(np.array(y))
+        return fit(self, x, y)
+
+    monkeypatch.setattr(SurrogateSampler, "_fit_gp", recorded)
+    seed = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    seed.optimize(lambda t: _value({k: t._suggest(k, d) for k, d in DISTS.items()}), 30)
+    trials = [create_trial(params=t.params, distributions=DISTS, value=t.value)
+              for t in seed.trials]
+    trials.append(create_trial(params=trials[0].params, distributions=DISTS, value=1e9))
+    trials.append(create_trial(params=trials[1].params, distributions=DISTS,
+                               state=optuna.trial.TrialState.FAIL))
+    study = optuna.create_study(sampler=SurrogateSampler(seed=1, gp_after=30))
+    study.add_trials(trials)
+    study.ask(DISTS)
+    values = np.array([t.value for t in seed.trials] + [1e9])
+    cap = np.quantile(values, 0.9)
+    assert len(seen) == 1 and len(seen[0]) == 32
+    assert seen[0].max() == pytest.approx(cap)  # the outlier and the failure: the cap
+    assert seen[0][-2:] == pytest.approx([cap, cap])
+    below = values < cap
+    assert seen[0][:31][below] == pytest.approx(values[below])  # the rest as measured
