@@ -33,6 +33,7 @@ multi-objective study is left to TPE. Same seed and same history: same suggestio
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -151,7 +152,7 @@ class SurrogateSampler(BaseSampler):
     def __init__(self, seed: int | None = None, *, accept: Accept | None = None,
                  n_startup_trials: int = 10, n_trees: int = 32, n_candidates: int = 1000,
                  n_best: int = 5, n_local: int = 300, min_samples_leaf: int = 1,
-                 max_accept_checks: int = 2000, xi: float = 0.01, gp_after: int | None = 30,
+                 max_accept_checks: int = 2000, xi: float = 0.01, gp_after: int | None = 20,
                  gp_max_points: int = 80) -> None:
         if gp_max_points < 2:
             raise ValueError(f"gp_max_points must be at least 2, but got {gp_max_points}")
@@ -319,6 +320,7 @@ class SurrogateSampler(BaseSampler):
 
     def _fit_gp(self, x: np.ndarray, y: np.ndarray) -> Predict:
         from scipy.optimize import minimize
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
         from threadpoolctl import threadpool_limits  # installed with scikit-learn
@@ -337,7 +339,10 @@ class SurrogateSampler(BaseSampler):
 
         kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
             np.full(x.shape[1], 0.5), (1e-2, 20.0), nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
-        with threadpool_limits(1):  # small matrices: BLAS threads only contend (3x slower)
+        # small matrices: BLAS threads only contend (3x slower); a length scale at its bound is
+        # expected (a knob that does not matter), not a warning for the operator's terminal
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer=optimizer,
                                           random_state=self._rng.randint(2**31 - 1)).fit(x, y)
 
