@@ -43,6 +43,9 @@ __all__ = ["STOP_GRACE_S", "WarmError", "serve"]
 
 #: Seconds the warm process waits for its jobs to stop when it is asked to end.
 STOP_GRACE_S = 60.0
+#: Seconds a connection may take to send its command (a client sends it at once); one that
+#: stays silent holds up no other command meanwhile.
+REQUEST_WAIT_S = 10.0
 
 
 class WarmError(Exception):
@@ -81,27 +84,47 @@ def serve(home: Path, log: Any = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _f: stopping.append(signum))
     jobs: dict[int, float] = {}
+    pending: dict[socket.socket, float] = {}  # connections yet to send, and until when
     log(f"ready in {time.perf_counter() - began:.1f} s: `knobflow tune ... --home {home}` runs "
         f"here (socket {path}; Prefect at {api_url}); Ctrl-C stops")
     try:
         while not stopping:
+            wait = max(0.0, min(pending.values()) - time.monotonic()) if pending else None
+            ready: list[Any] = []
             with contextlib.suppress(InterruptedError):
-                select.select([listener, wake_r], [], [])
+                ready, _, _ = select.select([listener, wake_r, *pending], [], [], wait)
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
             _reap(jobs, log)
             if stopping:
                 break
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                conn, _ = listener.accept()
+            if listener in ready:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    pending[listener.accept()[0]] = time.monotonic() + REQUEST_WAIT_S
+            for conn in _requests(pending, ready, log):
                 _accept(conn, listener, server, fingerprint, environment, jobs, log)
     finally:
+        for conn in pending:
+            conn.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         listener.close()
         _stop_jobs(jobs, log)
     log("stopped")
     return 0
+
+
+def _requests(pending: dict[socket.socket, float], ready: list[Any],
+              log: Any) -> list[socket.socket]:
+    """The connections of ``pending`` whose request came; those past their wait are closed."""
+    came = [conn for conn in pending if conn in ready]
+    for conn in came:
+        del pending[conn]
+    for conn in [c for c, until in pending.items() if until <= time.monotonic()]:
+        del pending[conn]
+        conn.close()
+        log(f"a connection sent no command within {REQUEST_WAIT_S:g} s: closed")
+    return came
 
 
 def _start_server() -> tuple[Any, str]:
@@ -225,7 +248,7 @@ def _accept(conn: socket.socket, listener: socket.socket, server: Any, fingerpri
     fds: list[int] = []
     try:
         conn.setblocking(True)
-        conn.settimeout(10.0)
+        conn.settimeout(REQUEST_WAIT_S)  # it is readable: its request (or its end) is there
         data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
         if peer_uid(conn) != os.getuid():
             return  # not this user's: closed without a word
@@ -325,8 +348,7 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int],
 
 
 def _become(request: dict[str, Any], fds: list[int]) -> None:
-    """This forked process takes the command's terminal, folder, environment, umask and
-    arguments, its own process group and default signal handling."""
+    """This forked process takes the command's terminal, folder, environment, umask, argv."""
     os.setpgid(0, 0)  # a Ctrl-C in the warm process's terminal is not this job's
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):

@@ -135,6 +135,27 @@ def test_two_commands_at_once_run_side_by_side(warm: Warm) -> None:
     assert len(set(warm.jobs()) - before) == 2
 
 
+def test_a_silent_connection_holds_up_no_command(warm: Warm) -> None:
+    """A client that connects and sends nothing waits on its own: a command sent meanwhile is
+    served at once, and the silent one is closed after ``REQUEST_WAIT_S``."""
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    idle.connect(str(warm.home / "warm.sock"))
+    try:
+        start, before = len(warm.text()), set(warm.jobs())
+        done = command(job_args(warm, "beside-silent", 2, 0.0), warm.env)
+        _, err = done.communicate(timeout=600)
+        assert done.returncode == 0 and "warm process" not in err, err
+        pid = new_job(warm, before)
+        closed = "a connection sent no command within"
+        wait_for(lambda: closed in warm.text()[start:], lambda: warm.text()[start:],
+                 timeout=60)
+        log = warm.text()[start:]
+        assert log.index(f"job {pid}:") < log.index(closed), log  # served before it was closed
+        assert idle.recv(16) == b""  # closed by the warm process
+    finally:
+        idle.close()
+
+
 def test_ctrl_c_of_the_command_interrupts_its_job_which_resumes(warm: Warm) -> None:
     before = set(warm.jobs())
     job = command(job_args(warm, "ctrl-c", 8, 1.0), warm.env)
