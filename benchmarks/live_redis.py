@@ -11,8 +11,8 @@ no expiry, no eviction). The first window after each apply is left out when ``--
 (turning AOF on forks an AOF rewrite).
 
     python benchmarks/live_redis.py --windows 5 --seconds 2 [--settle] [--tests set,get]
-        [--requests 100000] [--pipeline 16] [--configs aof-always,hz-11,samples-6] [--repeat 1]
-        [--dir DIR]
+        [--requests 100000] [--pipeline 16] [--clients 20]
+        [--configs aof-always,hz-11,samples-6] [--repeat 1] [--dir DIR]
 
 Prints per config: rps before and after (median, min-max over the windows), the ratio of the
 medians, server CPU s/s, and the file system of the instance's directory (fsync on tmpfs costs
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000,
                         help="of each test in one loop: far below a window's, for a steady mix")
     parser.add_argument("--pipeline", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=20, help="connections of the load")
     parser.add_argument("--settle", action="store_true", help="leave out the first window after")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the configs")
@@ -70,11 +71,12 @@ def main() -> None:
     data_dir = base / "instance"
     live = live_system(launch("redis", data_dir, {"tests": args.tests,
                                                    "requests": args.requests,
-                                                   "pipeline": args.pipeline}))
+                                                   "pipeline": args.pipeline,
+                                                   "clients": args.clients}))
     default = live.read_config()
     print(f"{live.ping()} in {data_dir} ({fs_type(data_dir)}), workload tests={args.tests} "
           f"requests={args.requests} "
-          f"pipeline={args.pipeline}, "
+          f"pipeline={args.pipeline} clients={args.clients}, "
           f"{args.windows} windows of {args.seconds:g} s")
     print(f"{'config':<12} {'before rps (min-max)':>30} {'after rps (min-max)':>30} "
           f"{'ratio':>6} {'cpu b/a':>11}")

@@ -29,9 +29,9 @@ needs_postgres = needs(
 #: Short verifications: 4 windows of 1 s before and after.
 WINDOWS = ["--windows", "4", "--window-s", "1"]
 #: Without pipelining each write waits for its own event-loop round, so an fsync per round
-#: (appendfsync always) costs every write: 0.22-0.37 of the default's requests per second here
-#: (2026-12-04, idle; 0.03-0.04 beside two busy loops). With 16 commands per round it was 0.4
-#: idle, and CI twice saw it no worse than the noise of the windows before: kept, not rolled back.
+#: (appendfsync always) costs every write: 0.22-0.38 of the default's requests per second idle,
+#: against 0.40-0.43 with 16 commands per round (RESULTS, "Smaller figures of the evening").
+#: CI twice kept fsync-always with 16 per round (cause not found).
 REDIS_LOAD = {"clients": 10, "pipeline": 1, "requests": 100000}
 FSYNC_EVERY_WRITE = {"appendonly": True, "appendfsync": "always"}
 # a store made once per session (tests/conftest.py): these tests are not about making one
