@@ -1,5 +1,5 @@
-"""benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py and real_samplers.py refuse
-bad arguments with the exact error, before running anything."""
+"""benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py and
+stack_tracking.py refuse bad arguments with the exact error, before running anything."""
 
 from __future__ import annotations
 
@@ -80,3 +80,12 @@ def test_real_samplers_refuses_bad_arguments(args: list[str], error: str,
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"real_samplers.py: error: {error}"
     assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("args", [["--trials", "0"], ["--rounds", "0"]])
+def test_stack_tracking_refuses_counts_below_one(args: list[str]) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stack_tracking.py"), *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "stack_tracking.py: error: --trials and --rounds must be at least 1")
