@@ -157,8 +157,18 @@ def _regret_curve(prob: Problem, values: list[float | None], truths: list[float 
     return curve
 
 
-def run_optuna(prob: Problem, tuner: str, seed: int, trials: int) -> tuple[list[float], float]:
-    """One search with a knobflow sampler: the regret curve and the seconds per suggestion."""
+def _best_params(values: list[float | None], tried: list[dict[str, Any]]) -> dict[str, Any]:
+    """The params of the best measured value (the first if none ran)."""
+    ran = [i for i, v in enumerate(values) if v is not None]
+    return tried[min(ran, key=lambda i: values[i]) if ran else 0]  # type: ignore[arg-type]
+
+
+#: One search: its regret curve, the seconds per suggestion, the params of its best value.
+Run = tuple[list[float], float, dict[str, Any]]
+
+
+def run_optuna(prob: Problem, tuner: str, seed: int, trials: int) -> Run:
+    """One search with a knobflow sampler."""
     accept = prob.accept if tuner == "surrogate" else None
     study = optuna.create_study(sampler=make_sampler(tuner, seed, accept=accept))
     if prob.default is not None:
@@ -166,6 +176,7 @@ def run_optuna(prob: Problem, tuner: str, seed: int, trials: int) -> tuple[list[
     rng = random.Random(seed)
     values: list[float | None] = []
     truths: list[float | None] = []
+    tried: list[dict[str, Any]] = []
     asking, blocked = 0.0, 0
     while len(values) < trials and blocked < 500:
         began = time.perf_counter()
@@ -179,14 +190,16 @@ def run_optuna(prob: Problem, tuner: str, seed: int, trials: int) -> tuple[list[
         value = prob.evaluate(params, rng)
         truths.append(_TRUTH.pop(id(params), None))
         values.append(value)
+        tried.append(params)
         if value is None:
             study.tell(trial, state=TrialState.FAIL)
         else:
             study.tell(trial, value)
-    return _regret_curve(prob, values, truths), asking / max(1, len(study.trials))
+    return (_regret_curve(prob, values, truths), asking / max(1, len(study.trials)),
+            _best_params(values, tried))
 
 
-def run_smac(prob: Problem, seed: int, trials: int, tmp: Path) -> tuple[list[float], float]:
+def run_smac(prob: Problem, seed: int, trials: int, tmp: Path) -> Run:
     """One search with SMAC3's HPO facade (its own loop; a failure is told as a crash)."""
     from ConfigSpace import (
         Categorical,
@@ -213,6 +226,7 @@ def run_smac(prob: Problem, seed: int, trials: int, tmp: Path) -> tuple[list[flo
     rng = random.Random(seed)
     values: list[float | None] = []
     truths: list[float | None] = []
+    tried: list[dict[str, Any]] = []
     asking = 0.0
     while len(values) < trials:
         began = time.perf_counter()
@@ -232,8 +246,9 @@ def run_smac(prob: Problem, seed: int, trials: int, tmp: Path) -> tuple[list[flo
         value = prob.evaluate(params, rng)
         truths.append(_TRUTH.pop(id(params), None))
         values.append(value)
+        tried.append(params)
         smac.tell(info, TrialValue(cost=value if value is not None else worst))
-    return _regret_curve(prob, values, truths), asking / trials
+    return _regret_curve(prob, values, truths), asking / trials, _best_params(values, tried)
 
 
 def time_at(prob: Problem, tuner: str, history: int, asks: int = 5) -> float:
@@ -290,15 +305,18 @@ def main() -> None:
     contenders = tuners + (["smac3"] if args.smac else [])
     curves: dict[tuple[str, str], list[list[float]]] = {}
     ask_s: dict[tuple[str, str], list[float]] = {}
+    bests: dict[tuple[str, str], list[dict[str, Any]]] = {}
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="knobflow-samplers-") as tmp:
         for name in problems:
             prob = problem(name)
             for who in contenders:
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
-                    curve, per_ask = (run_smac(prob, seed, args.trials, Path(tmp)) if who == "smac3"
-                                      else run_optuna(prob, who, seed, args.trials))
+                    curve, per_ask, best = (run_smac(prob, seed, args.trials, Path(tmp))
+                                            if who == "smac3"
+                                            else run_optuna(prob, who, seed, args.trials))
                     curves.setdefault((name, who), []).append(curve)
+                    bests.setdefault((name, who), []).append(best)
                     ask_s.setdefault((name, who), []).append(per_ask)
                 print(f"{name} {who}: done ({time.monotonic() - began:.0f} s)", flush=True)
     at_history = {t: time_at(problem("mixed"), t, args.history) for t in tuners}
@@ -328,8 +346,37 @@ def main() -> None:
     for t, s in at_history.items():
         times.add_row(t, f"{s:.3f}")
     console.print(times)
+    if "synthetic" in problems:
+        console.print(_losses_table({w: bests[("synthetic", w)] for w in contenders},
+                                    args.trials))
     print(f"total {time.monotonic() - began:.0f} s")
     _plot(curves, problems, contenders, args.trials, args.seeds, Path(args.plot))
+
+
+def _losses_table(bests: dict[str, list[dict[str, Any]]], trials: int) -> Table:
+    """Where each sampler's regret on ``synthetic`` comes from: the median loss of its best
+    config's true value, per factor of the surface (``SyntheticTarget.factors``), against the
+    factor's best (the mode's: the best mode with compression)."""
+    workload = SYNTHETIC_WORKLOAD
+    top = {"mode": max(SyntheticTarget.factors({**SyntheticTarget.knob_spec().defaults(),
+                                                "mode": m, "compress": c}, workload)["mode"]
+                       for m in ("alpha", "beta", "gamma") for c in (False, True))}
+    table = Table(title=f"synthetic: the loss of the best config after {trials} trials, by "
+                        "factor (median over seeds; 1 - factor / its best)")
+    names = ("x", "y", "threads", "buffer_kb", "mode")
+    for col in ("sampler", *names, "best mode (seeds)"):
+        table.add_column(col)
+    for who, configs in bests.items():
+        losses = [SyntheticTarget.factors(c, workload) for c in configs]
+        modes: dict[str, int] = {}
+        for c in configs:
+            key = f"{c['mode']}{'+compress' if c['compress'] else ''}"
+            modes[key] = modes.get(key, 0) + 1
+        medians = [statistics.median(1 - f[n] / top.get(n, 1.0) for f in losses) for n in names]
+        counted = sorted(modes.items(), key=lambda kv: -kv[1])
+        table.add_row(who, *(f"{m:.4f}" for m in medians),
+                      ", ".join(f"{k} {v}" for k, v in counted))
+    return table
 
 
 def _plot(curves: dict[tuple[str, str], list[list[float]]], problems: list[str],

@@ -170,19 +170,27 @@ class SyntheticTarget(Target):
     @classmethod
     def true_value(cls, config: Mapping[str, Any], workload: Mapping[str, Any]) -> float:
         """The noiseless throughput of ``config`` under ``workload``."""
+        return max(_PEAK * math.prod(cls.factors(config, workload).values()), 1.0)
+
+    @classmethod
+    def factors(cls, config: Mapping[str, Any], workload: Mapping[str, Any]) -> dict[str, float]:
+        """The noiseless throughput's factors, each at most 1 but the mode's (alpha: 1 at shift
+        0): what each knob (x, y, threads, buffer_kb) and the mode with compression give. Their
+        product times the peak is ``true_value`` (at least 1 op/s); a benchmark reads from them
+        which knobs a search's best config got wrong."""
         cfg = _effective(config)
         shift = float(workload.get("shift", 0.0))
         x, y = float(cfg["x"]), float(cfg["y"])
         x_best = 0.25 + 0.5 * shift
         # the best y depends on x: an interaction a one-knob-at-a-time search misses
         ly_best = 0.5 + 1.0 * shift + 1.5 * (x - 0.5)
-        value = _PEAK
-        value *= math.exp(-(((x - x_best) / 0.5) ** 4))
-        value *= math.exp(-(((math.log10(y) - ly_best) / 2.0) ** 4))
-        value *= _threads_factor(int(cfg["threads"]), cfg["mode"])
-        value *= _buffer_factor(int(cfg["buffer_kb"]), shift)
-        value *= _mode_factor(cfg["mode"], bool(cfg["compress"]), shift)
-        return max(value, 1.0)  # even the worst config does something: 1 op/s
+        return {
+            "x": math.exp(-(((x - x_best) / 0.5) ** 4)),
+            "y": math.exp(-(((math.log10(y) - ly_best) / 2.0) ** 4)),
+            "threads": _threads_factor(int(cfg["threads"]), cfg["mode"]),
+            "buffer_kb": _buffer_factor(int(cfg["buffer_kb"]), shift),
+            "mode": _mode_factor(cfg["mode"], bool(cfg["compress"]), shift),
+        }
 
     @classmethod
     def known_optimum_value(cls, workload: Mapping[str, Any]) -> float:
