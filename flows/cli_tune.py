@@ -131,6 +131,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
 
         check_fleet(root, spec.workers or 0)
     server_ready = temporary_api.begin()  # it starts while the flow's modules load
+    from flows.entry import imports_done
     from flows.progress import TuneProgress, print_summary
     from flows.timing import command_phase, settle_last
     from flows.tune import JobFailed, tune
@@ -141,6 +142,7 @@ def tune_command(ctx: typer.Context, **values: Any) -> None:
     if spec.train:  # the training step's imports, likewise (skops, matplotlib, MLflow's)
         import_model_io()
     import_store(tracking_uri(root))  # MLflow's SQL stores, likewise
+    imports_done()  # the garbage collector, off while they were made, is on again
     command_phase("imports")  # the process's start-up, the imports and the checks until now
     out, err = Console(), Console(stderr=True)
     began = time.perf_counter()

@@ -7,17 +7,25 @@ A ``tune`` command ends with ``end_process``: its threads joined and exit handle
 exit, then the process ends without the interpreter's teardown of every object it loaded (~3 s
 after the result was printed, measured here; nothing of a job's is left to it: what must be
 written is written before the result, and the exit handlers stop Prefect's server and flush its
-logs)."""
+logs).
+
+Python's cyclic garbage collector is off while a cold command imports (``imports_done`` turns it
+back on): every full collection walks every object the imports made so far, and a ``tune``
+command's imports (~5,000 modules) ran ~1,400 collections that took 2.3-2.5 s of their 14 s on a
+slow VM (``benchmarks/RESULTS.md``). What the imports made is then frozen (``gc.freeze``): the
+collections of the job that follows walk only what the job makes."""
 
 from __future__ import annotations
 
+import gc
 import sys
 
-__all__ = ["end_process", "main"]
+__all__ = ["end_process", "imports_done", "main"]
 
 
 def main() -> int:
     """Entry point of the console script; returns the exit code."""
+    gc.disable()  # until the command's imports are done (the module's docstring)
     from flows.timing import process_started
     from flows.warm_client import delegate
 
@@ -27,10 +35,25 @@ def main() -> int:
         return code
     from flows.cli import main as here
 
-    code = here()
+    if sys.argv[1:2] != ["tune"]:  # tune imports more before its job (``flows.cli_tune``)
+        imports_done()
+    try:
+        code = here()
+    finally:
+        imports_done()
     if sys.argv[1:2] == ["tune"]:
         end_process(code)
     return code
+
+
+def imports_done() -> None:
+    """The command's imports are done: what they made is frozen (later collections skip it) and
+    the collector is on again. Does nothing if ``main`` did not turn it off (a command run
+    in-process, by a test or a warm child) or it is on already."""
+    if gc.isenabled():
+        return
+    gc.freeze()
+    gc.enable()
 
 
 def end_process(code: int) -> None:

@@ -19,6 +19,7 @@ and every job of it have ended (``_server_lifeline``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -167,14 +168,12 @@ def _server_lifeline(pid: int) -> None:
     # writes nor closes (its end, even by SIGKILL, closes it)
     read, _ = os.pipe()
     subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, str(pid)], stdin=read,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True)
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     os.close(read)
 
 
 def _check_threads(log: Any) -> None:
-    """Say which threads the loading left running besides the server's starter: a forked job
-    has none of them (a lock one held stays locked in the job)."""
+    """Say which threads the loading left besides the server's starter (a fork keeps none)."""
     import threading
 
     others = [t.name for t in threading.enumerate()
@@ -227,6 +226,7 @@ def _preload() -> None:
     for extra in _LOADED_BY_A_JOB:
         with contextlib.suppress(ImportError):
             importlib.import_module(extra)
+    gc.freeze()  # a forked job's collections skip what every job has (``flows.entry``)
 
 
 #: What a job imports inside functions (the new entries of a warm job's ``sys.modules``, 377
