@@ -89,3 +89,12 @@ def test_stack_tracking_refuses_counts_below_one(args: list[str]) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "stack_tracking.py: error: --trials and --rounds must be at least 1")
+
+
+def test_import_gc_refuses_rounds_below_one() -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "import_gc.py"),
+                           "--rounds", "0"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "import_gc.py: error: --rounds must be at least 1")
