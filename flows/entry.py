@@ -11,9 +11,9 @@ logs).
 
 Python's cyclic garbage collector is off while a cold command imports (``imports_done`` turns it
 back on): every full collection walks every object the imports made so far, and a ``tune``
-command's imports (~5,000 modules) ran ~1,400 collections that took 2.3-2.5 s of their 14 s on a
-slow VM (``benchmarks/RESULTS.md``). What the imports made is then frozen (``gc.freeze``): the
-collections of the job that follows walk only what the job makes."""
+command's imports (~5,000 modules) ran ~1,500 collections that took 1.9 s of their 12 s on a
+slow VM (``benchmarks/import_gc.py``; ``benchmarks/RESULTS.md``). What the imports made is then
+frozen (``gc.freeze``): the collections of the job that follows walk only what the job makes."""
 
 from __future__ import annotations
 
