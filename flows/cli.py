@@ -289,7 +289,8 @@ def export_command(
     path = write_parquet(table, Path(out_file))
     counts = Counter(zip(table["source"], table["status"], strict=True))
     summary = ", ".join(f"{n} {src}/{status}" for (src, status), n in sorted(counts.items()))
-    out.print(f"{len(table)} rows -> {path}" + (f" ({summary})" if summary else ""))
+    out.print(f"{len(table)} rows -> {path}" + (f" ({summary})" if summary else ""),
+              markup=False, highlight=False, soft_wrap=True)  # one line, the path whole
 
 
 @app.command("check-target", cls=PlainCommand)

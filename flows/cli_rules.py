@@ -48,7 +48,8 @@ def rules_check(
                         dict(target_cls.workload_defaults))
     kinds = ", ".join(f"{sum(r.kind == k for r in rules)} {k}" for k in ("constraint", "forbid",
                                                                           "trigger"))
-    out.print(f"{file}: {len(rules)} rules for target '{target}' are valid ({kinds})")
+    out.print(f"{file}: {len(rules)} rules for target '{target}' are valid ({kinds})",
+              markup=False, highlight=False, soft_wrap=True)  # one line, the path whole
 
 
 def _read_rule_file(file: str) -> str:
@@ -131,7 +132,8 @@ def rules_list(
                       doc.get("when") or doc.get("expr", ""), why)
     out.print(table)
     if not docs:
-        out.print(f"no learned rules for {target} yet ({store.path})")
+        out.print(f"no learned rules for {target} yet ({store.path})", markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 def _set_status(target: str, rule_id: str, status: str, home: str | None,
@@ -143,7 +145,8 @@ def _set_status(target: str, rule_id: str, status: str, home: str | None,
     store = LearnedRules.of(knobflow_home(home), service or target,
                          load_target(target).knob_spec())
     doc = store.set_status(rule_id, status)
-    out.print(f"{rule_id}: {status} ({doc.get('when')})")
+    out.print(f"{rule_id}: {status} ({doc.get('when')})", markup=False, highlight=False,
+              soft_wrap=True)
 
 
 @rules_app.command("accept", cls=PlainCommand)
