@@ -1,5 +1,6 @@
-"""benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py and
-stack_tracking.py refuse bad arguments with the exact error, before running anything."""
+"""benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py,
+stack_tracking.py and import_gc.py refuse bad arguments with the exact error, before running
+anything."""
 
 from __future__ import annotations
 
@@ -41,27 +42,22 @@ def test_scaling_refuses_bad_counts(args: list[str], error: str, tmp_path: Path)
     assert not (tmp_path / "p.png").exists()
 
 
-def test_job_cost_refuses_too_few_trials() -> None:
-    """benchmarks/job_cost.py: a per-trial cost needs 2 trials at least; said before any job."""
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "job_cost.py"),
-                           "--trials", "1"], capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
-        "job_cost.py: error: argument --trials: '1': a whole number >= 2")
-
-
-@pytest.mark.parametrize(("args", "error"), [
-    (["--trials", "1"], "trial_path.py: error: argument --trials: '1': a whole number >= 2"),
-    (["--space", "wide"], "trial_path.py: error: argument --space: invalid choice: 'wide' "
+@pytest.mark.parametrize(("script", "args", "error"), [
+    # a per-trial cost needs 2 trials at least; said before any job
+    ("job_cost.py", ["--trials", "1"], "argument --trials: '1': a whole number >= 2"),
+    ("trial_path.py", ["--trials", "1"], "argument --trials: '1': a whole number >= 2"),
+    ("trial_path.py", ["--space", "wide"], "argument --space: invalid choice: 'wide' "
      "(choose from 'whole', 'narrow')"),
+    ("stack_tracking.py", ["--trials", "0"], "--trials and --rounds must be at least 1"),
+    ("stack_tracking.py", ["--rounds", "0"], "--trials and --rounds must be at least 1"),
+    ("import_gc.py", ["--rounds", "0"], "--rounds must be at least 1"),
 ])
-def test_trial_path_refuses_bad_arguments(args: list[str], error: str) -> None:
-    """benchmarks/trial_path.py: said before any job runs."""
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "trial_path.py"), *args],
+def test_a_benchmark_refuses_bad_arguments_before_it_runs(script: str, args: list[str],
+                                                          error: str) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == error
+    assert done.stderr.strip().splitlines()[-1] == f"{script}: error: {error}"
 
 
 @pytest.mark.parametrize(("args", "error"), [
@@ -80,21 +76,3 @@ def test_real_samplers_refuses_bad_arguments(args: list[str], error: str,
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"real_samplers.py: error: {error}"
     assert not (tmp_path / "p.png").exists()
-
-
-@pytest.mark.parametrize("args", [["--trials", "0"], ["--rounds", "0"]])
-def test_stack_tracking_refuses_counts_below_one(args: list[str]) -> None:
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stack_tracking.py"), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
-        "stack_tracking.py: error: --trials and --rounds must be at least 1")
-
-
-def test_import_gc_refuses_rounds_below_one() -> None:
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "import_gc.py"),
-                           "--rounds", "0"], capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
-        "import_gc.py: error: --rounds must be at least 1")
