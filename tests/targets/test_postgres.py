@@ -264,19 +264,23 @@ def test_failures_are_classified(instance) -> None:
     assert leftovers(data) == []
 
 
-def test_synchronous_commit_off_is_faster(instance) -> None:
-    # on, off, off, on: a load that comes and goes slows both sides alike (the runs without
-    # fsync are CPU-bound and suffer most; idle, one pair gave 1.48-2.00x in eight pairs, and a
-    # single pair under CI's load once gave 1.27x)
+def test_synchronous_commit_off_stops_commits_waiting_for_the_wal_flush(instance) -> None:
+    # What the knob does, read from pg_stat_wal: with it on, every commit waits for its own WAL
+    # flush (one fsync per commit here, at most 4 commits sharing one with 4 clients); with it
+    # off, the WAL writer flushes a few times a second whatever the commit rate. Throughput is
+    # not asserted: idle, off gave 1.48-2.00x, but beside CI's other worker a TPC-B transaction's
+    # CPU outweighs the fsync it saves (one CI run read 0.93x), and the flush counts do not move.
     data = instance("i1")
     work = {"scale": 1, "duration": 3, "clients": 4, "threads": 2}
-    on, off = [run_once(data, {}, work)], [run_once(data, {"synchronous_commit": "off"}, work)]
-    off.append(run_once(data, {"synchronous_commit": "off"}, work))
-    on.append(run_once(data, {}, work))
-    assert all(m.effective_config["synchronous_commit"] == "off" for m in off)
-    assert off[0].counters["pgbench_init_s"] == 0.0  # the tables of the first run were reused
-    tps_on, tps_off = (sum(m.metrics["tps"] for m in runs) for runs in (on, off))
-    assert tps_off / tps_on > 1.3, ([m.metrics for m in on], [m.metrics for m in off])
+    on = run_once(data, {}, work)
+    off = run_once(data, {"synchronous_commit": "off"}, work)
+    assert on.effective_config["synchronous_commit"] == "on"
+    assert off.effective_config["synchronous_commit"] == "off"
+    assert off.counters["pgbench_init_s"] == 0.0  # the tables of the first run were reused
+    per_commit = {name: m.counters["pg_wal_sync"] / m.counters["pg_xact_commit"]
+                  for name, m in (("on", on), ("off", off))}
+    ratio = off.metrics["tps"] / on.metrics["tps"]
+    assert per_commit["on"] >= 0.2 and per_commit["off"] <= 0.1, (per_commit, ratio)
 
 
 def test_instance_is_usable_after_a_killed_trial(tmp_path: Path, instance) -> None:
