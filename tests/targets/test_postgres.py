@@ -265,22 +265,22 @@ def test_failures_are_classified(instance) -> None:
 
 
 def test_synchronous_commit_off_stops_commits_waiting_for_the_wal_flush(instance) -> None:
-    # What the knob does, read from pg_stat_wal: with it on, every commit waits for its own WAL
-    # flush (one fsync per commit here, at most 4 commits sharing one with 4 clients); with it
-    # off, the WAL writer flushes a few times a second whatever the commit rate. Throughput is
-    # not asserted: idle, off gave 1.48-2.00x, but beside CI's other worker a TPC-B transaction's
-    # CPU outweighs the fsync it saves (one CI run read 0.93x), and the flush counts do not move.
+    # What the knob does, read from pg_stat_wal: with it on, every commit waits for its WAL
+    # flush (2 clients: at most 2 commits share one, so >= 0.5 syncs per commit); with it off,
+    # a run's syncs are a few dozen (pgbench's vacuum, the WAL writer) whatever its commits.
+    # Throughput is not asserted: idle, off gave 1.48-2.00x, but CI's other worker once left
+    # it at 0.93x and once at 0.52x, and a run's commits, not its syncs, are what load moves.
     data = instance("i1")
-    work = {"scale": 1, "duration": 3, "clients": 4, "threads": 2}
+    work = {"scale": 1, "duration": 4, "clients": 2, "threads": 2}
     on = run_once(data, {}, work)
     off = run_once(data, {"synchronous_commit": "off"}, work)
     assert on.effective_config["synchronous_commit"] == "on"
     assert off.effective_config["synchronous_commit"] == "off"
     assert off.counters["pgbench_init_s"] == 0.0  # the tables of the first run were reused
-    per_commit = {name: m.counters["pg_wal_sync"] / m.counters["pg_xact_commit"]
-                  for name, m in (("on", on), ("off", off))}
-    ratio = off.metrics["tps"] / on.metrics["tps"]
-    assert per_commit["on"] >= 0.2 and per_commit["off"] <= 0.1, (per_commit, ratio)
+    seen = {name: (m.counters["pg_wal_sync"], m.counters["pg_xact_commit"], m.metrics["tps"])
+            for name, m in (("on", on), ("off", off))}
+    per_commit = {name: syncs / commits for name, (syncs, commits, _) in seen.items()}
+    assert per_commit["on"] >= 0.4 and per_commit["off"] <= 0.25, seen
 
 
 def test_instance_is_usable_after_a_killed_trial(tmp_path: Path, instance) -> None:
