@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from targets import postgres_cluster as pgc
+from targets import postgres_leftovers as pgl
 from targets.base import TrialFailed
 from targets.common.errors import EnvironmentFault
 from targets.process import last_lines, write_private
@@ -158,7 +159,7 @@ class StackPostgres:
         bindir = pgc.find_bindir()
         cluster = pgc.locate(self.dir, create=False)
         assert bindir is not None and cluster is not None
-        pgc.end_leftovers(cluster)  # a postmaster.pid of a killed server, its segments
+        pgl.end_leftovers(cluster)  # a postmaster.pid of a killed server, its segments
         cmd = [str(bindir / "postgres"), "-D", str(cluster.pgdata),
                "-c", f"listen_addresses={self.host}", "-c", f"port={port}",
                "-c", f"unix_socket_directories={cluster.sockdir}",
@@ -223,7 +224,7 @@ class StackPostgres:
                 os.kill(pid, signal.SIGINT)  # fast shutdown: roll back, disconnect, stop
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and (
-                    cluster is not None and pgc.cluster_processes(cluster)):
+                    cluster is not None and pgl.cluster_processes(cluster)):
                 if self.proc is not None:
                     self.proc.poll()
                 time.sleep(0.1)
@@ -232,12 +233,12 @@ class StackPostgres:
                 self.proc.wait(timeout=5)
             self.proc = None
         if cluster is not None:
-            pgc.end_leftovers(cluster)
+            pgl.end_leftovers(cluster)
 
     def processes(self) -> list[int]:
         """Pids of the cluster's processes (postmaster and backends)."""
         cluster = self.cluster()
-        return [] if cluster is None else [p.pid for p in pgc.cluster_processes(cluster)]
+        return [] if cluster is None else [p.pid for p in pgl.cluster_processes(cluster)]
 
 
 def _gid(user: str) -> int:

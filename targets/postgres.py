@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
 
 from targets import postgres_cluster as pgc
+from targets import postgres_leftovers as pgl
+from targets import postgres_log as pglog
 from targets import postgres_pgbench as pgb
 from targets.base import (
     MAXIMIZE,
@@ -37,7 +39,6 @@ from targets.base import (
     FailureClass,
     Measurement,
     Target,
-    TrialFailed,
 )
 from targets.common.errors import WorkloadError, fmt_value
 from targets.process import (
@@ -132,7 +133,7 @@ class PostgresTarget(Target):
         assert cluster is not None
         self._cluster = cluster
         self._timings = {"initdb_s": pgc.prepare(cluster, self._bindir, self.log_dir)}
-        pgc.end_leftovers(cluster)  # a killed trial's postmaster.pid, segment, backends
+        pgl.end_leftovers(cluster)  # a killed trial's postmaster.pid, segment, backends
         started = time.monotonic()
         self._start_server()
         self._timings["server_start_s"] = time.monotonic() - started
@@ -205,8 +206,8 @@ class PostgresTarget(Target):
         if server is None:
             return
         server.stop(timeout=_STOP_TIMEOUT_S, sig=signal.SIGINT)
-        if self._cluster is not None and pgc.cluster_processes(self._cluster):
-            pgc.end_leftovers(self._cluster)  # the shutdown timed out and was killed
+        if self._cluster is not None and pgl.cluster_processes(self._cluster):
+            pgl.end_leftovers(self._cluster)  # the shutdown timed out and was killed
 
     @classmethod
     def cleanup(cls, data_dir: Path) -> None:
@@ -217,7 +218,7 @@ class PostgresTarget(Target):
             (Path(data_dir) / PID_FILE).unlink(missing_ok=True)
             return
         kill_from_pid_file(Path(data_dir) / PID_FILE, must_contain=str(cluster.pgdata))
-        pgc.end_leftovers(cluster)
+        pgl.end_leftovers(cluster)
         for stale in cluster.sockdir.glob(".s.PGSQL.*"):  # a killed server leaves its socket
             stale.unlink(missing_ok=True)  # and the socket's lock file behind
 
@@ -305,10 +306,10 @@ class PostgresTarget(Target):
             try:
                 server.start(lambda s=server, f=pid_path: _ready(f, s), timeout=_START_TIMEOUT_S)
             except ServerExited as exc:
-                pgc.end_leftovers(cluster)
+                pgl.end_leftovers(cluster)
                 if "Address already in use" in exc.log and attempt < _PORT_TRIES:
                     continue  # another process took the free port first
-                raise _startup_failure(exc) from None
+                raise pglog.startup_failure(exc) from None
             self._server, self._port = server, port
             return
 
@@ -382,25 +383,10 @@ class PostgresTarget(Target):
 
     def _raise_server_failure(self, log_start: int, client_text: str = "") -> None:
         """Raise TrialFailed when the server's log (or the client) shows why it failed."""
-        server = self._server
-        log = self._log_text(log_start)
-        failure = pgc.classify(log) or pgc.classify(client_text)
-        signalled = [ln for ln in log.splitlines() if "terminated by signal" in ln]
-        gone = server is not None and not server.running
-        if failure is None and signalled:
-            killed = any("signal 9" in ln for ln in signalled)
-            failure = FailureClass.OUT_OF_MEMORY if killed else FailureClass.CRASH
-        if failure is None and (gone or "PANIC:" in log):
-            failure = FailureClass.CRASH
-        if failure is None:
-            return
-        note = " (SIGKILL: most likely the kernel's OOM killer)" if signalled and any(
-            "signal 9" in ln for ln in signalled) else ""
-        lines = _server_tail(log, lambda ln: any(
-            tag in ln for tag in ("FATAL", "PANIC", "ERROR", "terminated", "LOG:  server"))
-        ) or _server_tail(log) or last_lines(client_text)
-        state = "the server exited" if gone else "the server failed"
-        raise TrialFailed(failure, f"{state}{note}: {lines}")
+        gone = self._server is not None and not self._server.running
+        failure = pglog.run_failure(self._log_text(log_start), client_text, gone)
+        if failure is not None:
+            raise failure
 
     def _log_size(self) -> int:
         try:
@@ -433,7 +419,7 @@ class PostgresTarget(Target):
             f"(stddev {summary.get('latency_stddev_ms', 0.0):.3f}), "
             f"{summary.get('failed_transactions', 0):.0f} failed"
         )
-        lines += [f"server: {pgc.message(ln)}"
+        lines += [f"server: {pglog.message(ln)}"
                   for ln in self._log_text().splitlines()[-_LOG_LINES:] if ln.strip()]
         lines += [f"pgbench: {ln}" for ln in pgb.other_lines(client.stderr)[-_LOG_LINES:]]
         return lines
@@ -455,23 +441,3 @@ def _ready(pid_path: Path, server: Server) -> bool:
         return False
     return (server.proc is not None and len(lines) >= 8 and lines[0].strip() == str(
         server.proc.pid) and lines[7].strip() == "ready")
-
-
-def _startup_failure(exc: ServerExited) -> Exception:
-    """A start-up that ended before ready: refused config, out of memory, I/O error, or crash."""
-    failure = pgc.classify(exc.log)
-    tail = _server_tail(exc.log, lambda ln: "FATAL" in ln or "HINT" in ln, n=2) or _server_tail(
-        exc.log, n=3)
-    if failure is not None:
-        return TrialFailed(failure, tail)
-    refused = pgc.refusal(exc.log)
-    if refused is not None:
-        return ConfigRefused(refused)
-    if exc.returncode is None:
-        return TrialFailed(FailureClass.CRASH, f"the server did not become ready: {tail}")
-    return TrialFailed(FailureClass.CRASH, f"the server exited with code {exc.returncode}: {tail}")
-
-
-def _server_tail(log: str, pattern: Callable[[str], bool] | None = None, n: int = 5) -> str:
-    """The last ``n`` server log lines (matching ``pattern``), without time stamps and pids."""
-    return last_lines("\n".join(pgc.message(ln) for ln in log.splitlines()), pattern, n)

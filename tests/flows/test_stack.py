@@ -43,6 +43,7 @@ def exports(text: str) -> dict[str, str]:
 def left_behind(dir: Path) -> list[str]:
     """Processes whose command line names ``dir``, and the processes of its cluster."""
     from targets import postgres_cluster as pgc
+    from targets import postgres_leftovers as pgl
 
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -53,7 +54,7 @@ def left_behind(dir: Path) -> list[str]:
             continue
     cluster = pgc.locate(dir)
     if cluster is not None:
-        found += [f"postgres {p.pid}" for p in pgc.cluster_processes(cluster)]
+        found += [f"postgres {p.pid}" for p in pgl.cluster_processes(cluster)]
     return found
 
 

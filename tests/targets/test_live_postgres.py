@@ -24,6 +24,7 @@ from conftest import needs
 
 from rules.ruleset import RuleSet
 from targets import postgres_cluster as pgc
+from targets import postgres_leftovers as pgl
 from targets import postgres_pgbench as pgb
 from targets.live import ActuationRefused, Connection, LiveError
 from targets.live_daemon import launch, set_workload, stop_launched
@@ -283,7 +284,7 @@ def test_a_killed_daemon_leaves_nothing_after_stop(tmp_path: Path) -> None:
     root = tmp_path / "killed"
     launch("postgres", root, {**WORKLOAD, "clients": 2, "threads": 1})
     cluster = pgc.locate(root / "server")
-    assert cluster is not None and pgc.cluster_processes(cluster)
+    assert cluster is not None and pgl.cluster_processes(cluster)
     daemon = int((root / "daemon.pid").read_text())
     os.kill(daemon, 9)
     psutil.wait_procs([psutil.Process(daemon)], timeout=5)
@@ -291,5 +292,5 @@ def test_a_killed_daemon_leaves_nothing_after_stop(tmp_path: Path) -> None:
     left = [" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"])
             if str(root) in " ".join(p.info["cmdline"] or ())
             or str(cluster.root) in " ".join(p.info["cmdline"] or ())]
-    assert left == [] and pgc.cluster_processes(cluster) == []
+    assert left == [] and pgl.cluster_processes(cluster) == []
     assert not root.exists() and not cluster.root.exists()

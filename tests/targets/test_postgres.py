@@ -22,6 +22,7 @@ import pytest
 from conftest import needs
 
 from targets import postgres_cluster as pgc
+from targets import postgres_leftovers as pgl
 from targets import postgres_pgbench as pgb
 from targets.base import ConfigRefused, FailureClass, Measurement, TrialFailed
 from targets.common.errors import WorkloadError
@@ -328,7 +329,7 @@ def test_a_killed_servers_shared_memory_is_removed(instance) -> None:
     data = instance("i1")
     target = PostgresTarget(data, PostgresTarget.parse_workload(SHORT))
     target.start({})
-    procs = pgc.cluster_processes(pgc.locate(data))
+    procs = pgl.cluster_processes(pgc.locate(data))
     mapped: set[str] = set()
     for proc in procs:
         with contextlib.suppress(OSError):  # a short-lived backend may be gone already
