@@ -225,6 +225,20 @@ class KnobSpec:
 
 def _parse_knob(name: Any, body: Any, where: str) -> Knob:
     """Validate one knob entry of a spec file."""
+    at, common = _knob_fields(name, body, where)
+    knob = _typed_knob(str(common["type"]), body, at, common)
+    if knob.log and not knob.is_numeric:
+        raise SpecError(f"{at}: field 'log' applies to int/float knobs only; remove it")
+    if knob.type == "float" and _is_int(knob.default):
+        knob = Knob(**{**knob.__dict__, "default": float(knob.default)})
+    problem = knob.problem_with(knob.default)
+    if problem:
+        raise SpecError(f"{at}: default {problem}")
+    return knob
+
+
+def _knob_fields(name: Any, body: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """Where a knob's errors point (``at``) and the fields every knob type has, checked."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SpecError(
             f"{where}: knob name {excerpt(name)} must start with a letter or '_' and hold "
@@ -259,6 +273,11 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
         "description": " ".join(str(body.get("description", "")).split()),
         "restart": bool(body.get("restart", False)),
     }
+    return at, common
+
+
+def _typed_knob(ktype: str, body: Mapping[str, Any], at: str, common: dict[str, Any]) -> Knob:
+    """The knob of its type: a range for int and float, none for bool, values otherwise."""
     if ktype in ("int", "float"):
         if "values" in body:
             raise SpecError(
@@ -289,13 +308,6 @@ def _parse_knob(name: Any, body: Any, where: str) -> Knob:
         if any(a == b for i, a in enumerate(values) for b in values[i + 1 :]):
             raise SpecError(f"{at}: field 'values' lists a value twice; list each once")
         knob = Knob(values=tuple(values), **common)
-    if knob.log and not knob.is_numeric:
-        raise SpecError(f"{at}: field 'log' applies to int/float knobs only; remove it")
-    if ktype == "float" and _is_int(knob.default):
-        knob = Knob(**{**knob.__dict__, "default": float(knob.default)})
-    problem = knob.problem_with(knob.default)
-    if problem:
-        raise SpecError(f"{at}: default {problem}")
     return knob
 
 

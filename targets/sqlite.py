@@ -1,10 +1,10 @@
 """The sqlite target: SQLite's PRAGMA knobs, tuned on a seeded key-value workload (stdlib sqlite3).
 
 It owns applying a config to a fresh database file in the instance's data directory (page_size
-first, then the other PRAGMAs), reading every PRAGMA back as the effective config, the workload (a
-load phase of batched inserts, then a mix of point lookups, inserts and updates), the metrics built
-from per-operation timings, the config as PRAGMA lines (``.sql``), and the clean-up of the files
-a killed trial leaves behind.
+first, then the other PRAGMAs, in ``targets/sqlite_pragmas.py``'s order), reading every PRAGMA back
+as the effective config, the workload (a load phase of batched inserts, then a mix of point
+lookups, inserts and updates), the metrics built from per-operation timings, the config as PRAGMA
+lines (``.sql``), and the clean-up of the files a killed trial leaves behind.
 
 SQLite never rejects a bad PRAGMA value: it ignores or maps it (page_size 1000 stays 4096,
 journal_mode=bogus stays delete, synchronous=9 becomes normal, cache_size='abc' becomes 0). Only
@@ -19,7 +19,6 @@ are the OS's page cache and are not counted.
 from __future__ import annotations
 
 import random
-import re
 import sqlite3
 import time
 from array import array
@@ -38,28 +37,11 @@ from targets.base import (
     Target,
 )
 from targets.sqlite_heap import HEAP
+from targets.sqlite_pragmas import ordered, pragma_value, read_back
 
 DB_NAME = "knobflow.db"
 #: Files SQLite keeps beside a database; a killed trial can leave any of them behind.
 SIDE_SUFFIXES = ("-journal", "-wal", "-shm")
-
-#: Order in which PRAGMAs are applied: page_size before anything writes the file, locking_mode
-#: before journal_mode (exclusive mode on entering WAL keeps the WAL index in heap memory).
-PRAGMA_ORDER = (
-    "page_size",
-    "locking_mode",
-    "journal_mode",
-    "synchronous",
-    "cache_size",
-    "cache_spill",
-    "mmap_size",
-    "temp_store",
-    "wal_autocheckpoint",
-)
-_SYNCHRONOUS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
-_TEMP_STORE = {0: "default", 1: "file", 2: "memory"}
-_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 _READ, _INSERT, _UPDATE = 0, 1, 2
 _KEY_MASK = (1 << 62) - 1
@@ -70,52 +52,6 @@ _SCHEMA = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v BLOB NOT NULL)"
 _SELECT = "SELECT v FROM kv WHERE k = ?"
 _INSERT_SQL = "INSERT INTO kv (k, v) VALUES (?, ?)"
 _UPDATE_SQL = "UPDATE kv SET v = ? WHERE k = ?"
-
-
-def pragma_value(value: Any) -> str:
-    """A value as SQLite reads it on the right of ``PRAGMA name = ...``.
-
-    Numbers and identifiers stay bare (``wal``, ``-2000``); booleans become true/false (the
-    word form leaves cache_spill's threshold alone); any other text is quoted, so an odd value
-    reaches SQLite as the value it is and SQLite decides what to make of it.
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    text = str(value).strip()
-    if _WORD.match(text) or _INTEGER.match(text):
-        return text
-    return "'" + text.replace("'", "''") + "'"
-
-
-def read_back(conn: sqlite3.Connection) -> dict[str, Any]:
-    """What SQLite applied, for each knob: names for enums, ints for sizes, bool for cache_spill."""
-    raw = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in PRAGMA_ORDER}
-    return {
-        "page_size": int(raw["page_size"]),
-        "locking_mode": str(raw["locking_mode"]).lower(),
-        "journal_mode": str(raw["journal_mode"]).lower(),
-        "synchronous": _SYNCHRONOUS.get(int(raw["synchronous"]), str(raw["synchronous"])),
-        "cache_size": int(raw["cache_size"]),
-        # 0 when spilling is off, else the spill threshold in pages
-        "cache_spill": int(raw["cache_spill"]) != 0,
-        "mmap_size": int(raw["mmap_size"]),
-        "temp_store": _TEMP_STORE.get(int(raw["temp_store"]), str(raw["temp_store"])),
-        "wal_autocheckpoint": int(raw["wal_autocheckpoint"]),
-    }
-
-
-def _ordered(config: Mapping[str, Any]) -> list[str]:
-    unknown = [k for k in config if k not in PRAGMA_ORDER]
-    if unknown:
-        raise ConfigRefused(
-            f"the sqlite target has no knob {', '.join(map(repr, unknown))}; "
-            f"knobs are {', '.join(PRAGMA_ORDER)}"
-        )
-    return [k for k in PRAGMA_ORDER if k in config]
 
 
 def _key(j: int, salt: int) -> int:
@@ -210,7 +146,7 @@ class SqliteTarget(Target):
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, config: Mapping[str, Any]) -> None:
         """Create a fresh database with ``config`` applied, and read every PRAGMA back."""
-        names = _ordered(config)
+        names = ordered(config)
         self.stop()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._remove_files(self.data_dir)
@@ -294,7 +230,7 @@ class SqliteTarget(Target):
             "-- page_size applies only to a new database (before its first table) or after VACUUM,",
             "-- and cannot change while the database is in WAL mode.",
         ]
-        lines += [f"PRAGMA {name} = {pragma_value(config[name])};" for name in _ordered(config)]
+        lines += [f"PRAGMA {name} = {pragma_value(config[name])};" for name in ordered(config)]
         return "\n".join(lines) + "\n"
 
     # -- workload -------------------------------------------------------------------------------

@@ -90,21 +90,33 @@ def test_a_planted_upward_import_breaks_the_check(tmp_path: Path, module: str,
 #: The folders whose modules stay small enough to read (the issue that set the layers).
 SMALL = ("flows", "tasks", "rules", "model_registry", "tuners")
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+#: The targets hold each system's own details: STYLE.md's upper bound for a module.
+MAX_TARGET_MODULE_LINES = 450
+#: Functions allowed past MAX_FUNCTION_LINES, and why.
+LONG_FUNCTIONS = {
+    # the measured loop: a call per operation would add to the latency it measures
+    ("targets/sqlite.py", "_execute"),
+}
+
+
+def _too_long(folder: str, module_lines: int) -> list[str]:
+    found = []
+    for path in sorted((REPO / folder).rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(REPO)
+        if text.count("\n") > module_lines:
+            found.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and (str(name), node.name) not in LONG_FUNCTIONS:
+                    found.append(f"{name}: {node.name}() {lines} lines")
+    return found
 
 
 def test_modules_and_functions_stay_small() -> None:
-    too_long = []
-    for folder in SMALL:
-        for path in sorted((REPO / folder).rglob("*.py")):
-            text = path.read_text(encoding="utf-8")
-            name = path.relative_to(REPO)
-            if text.count("\n") > MAX_MODULE_LINES:
-                too_long.append(f"{name}: {text.count(chr(10))} lines")
-            for node in ast.walk(ast.parse(text)):
-                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
-                    if lines > MAX_FUNCTION_LINES:
-                        too_long.append(f"{name}: {node.name}() {lines} lines")
+    too_long = [line for folder in SMALL for line in _too_long(folder, MAX_MODULE_LINES)]
+    too_long += _too_long("targets", MAX_TARGET_MODULE_LINES)
     assert not too_long, too_long
 
 

@@ -14,7 +14,8 @@ from targets.base import ConfigRefused, Measurement
 from targets.common.errors import ConfigError, WorkloadError
 from targets.registry import load_target
 from targets.spec import load_spec
-from targets.sqlite import DB_NAME, PRAGMA_ORDER, SIDE_SUFFIXES, SqliteTarget, read_back
+from targets.sqlite import DB_NAME, SIDE_SUFFIXES, SqliteTarget
+from targets.sqlite_pragmas import PRAGMA_ORDER, read_back
 
 SMALL = {"rows": 2000, "ops": 3000, "batch_size": 50}
 KNOBS = [
