@@ -244,12 +244,18 @@ def trial_processes(marker: str) -> list[int]:
     return found
 
 
+#: ``knobflow`` as its console script runs it (``flows.entry``: the collector off while the
+#: command imports, a ``tune`` ending without the interpreter's teardown); with
+#: ``KNOBFLOW_NO_WARM`` set, never handed to a warm process.
+CLI = [sys.executable, "-c", "import sys; from flows.entry import main; sys.exit(main())"]
+
+
 def start_cli(args: list[str], api_url: str) -> subprocess.Popen[str]:
     """Start ``knobflow ARGS`` in the background against the session's Prefect API."""
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
+        [*CLI, *args],
         cwd=REPO,
-        env={**os.environ, "PREFECT_API_URL": api_url},
+        env={"KNOBFLOW_NO_WARM": "1", **os.environ, "PREFECT_API_URL": api_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -265,11 +271,11 @@ def run_cli(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``knobflow ARGS`` in a new process, as a user would, and capture its output."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {"KNOBFLOW_NO_WARM": "1", **os.environ, **(env or {})}
     if api_url:
         full_env["PREFECT_API_URL"] = api_url  # use the session's server, not a new ephemeral one
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [*CLI, *args],
         capture_output=True,
         text=True,
         cwd=cwd or REPO,

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from targets.live_daemon import stop_launched
 from tasks.actlog import ActuationLog
 from tasks.instances import Instance, InstanceStore
 from tasks.services import ServiceSettings, service_settings, set_service_settings, settings_path
-from tests.conftest import REPO, invoke_cli, wait_for
+from tests.conftest import CLI, REPO, invoke_cli, wait_for
 from tests.flows.test_live_apply import WINDOWS, history, show, start_instance, write_config
 
 GOOD = {"x": 0.25, "threads": 16}  # better than the synthetic default (0.7, 2): kept
@@ -203,7 +202,7 @@ def form_of(run: Any) -> str:
 
 
 def start_apply(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "apply", *args, *WINDOWS],
+    return subprocess.Popen([*CLI, "apply", *args, *WINDOWS],
                             cwd=REPO, env={**os.environ, **env}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.server import api_client
 from tasks.instances import InstanceStore
-from tests.conftest import REPO, invoke_cli, wait_for
+from tests.conftest import CLI, REPO, invoke_cli, wait_for
 from tests.flows.test_live_apply import history, start_instance
 
 
@@ -39,7 +39,7 @@ def flow_runs(env: dict[str, str], deployment: str) -> list[Any]:
 def start_serve(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """``knobflow serve`` in the background with exactly the environment ``env``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--home", str(home), *args], cwd=REPO,
+        [*CLI, "serve", "--home", str(home), *args], cwd=REPO,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     return proc

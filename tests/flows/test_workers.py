@@ -24,7 +24,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tests.conftest import REPO, SharedStack, run_cli, trial_processes, wait_for
+from tests.conftest import CLI, REPO, SharedStack, run_cli, trial_processes, wait_for
 
 BUDGET = 12
 #: Heartbeats every second; a trial without one for 6 s is dead (a loaded machine: not less).
@@ -73,7 +73,7 @@ def test_three_workers_one_study_one_killed(shared_stack: SharedStack, tmp_path:
     job = None
     try:
         job = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "tune", "synthetic", "--workers", "3",
+            [*CLI, "tune", "synthetic", "--workers", "3",
              "--budget", str(BUDGET), "--set-workload", "duration=1",
              "--set-workload", "noise=0", "--noise-runs", "0", "--no-train", "--verify-repeats",
              "2", "--home", str(tmp_path / "job-home"), "--json"],

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, run_cli, wait_for
+from conftest import CLI, REPO, run_cli, wait_for
 from test_faults_teach_no_rules import small_disk
 
 
@@ -53,7 +52,7 @@ def test_a_dead_server_is_found_in_seconds(variable: str, message: str, home: Pa
 
 
 def test_sigterm_of_a_command_without_trials_does_not_speak_of_trials() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "check-target", "sqlite"],
+    proc = subprocess.Popen([*CLI, "check-target", "sqlite"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # a trial process of the contract is running: the command's SIGTERM handler is installed
     wait_for(lambda: proc.poll() is not None or psutil.Process(proc.pid).children(),

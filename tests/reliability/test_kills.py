@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pandas as pd
 import psutil
 import pytest
 from conftest import (
+    CLI,
     JobProcesses,
     invoke_cli,
     require,
@@ -140,7 +140,7 @@ def test_a_killed_cli_takes_its_prefect_server_and_postgres_with_it(home: Path) 
     shm_before = set(Path("/dev/shm").glob("PostgreSQL.*"))
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "tune", "postgres", "--budget", "5", "--home",
+        [*CLI, "tune", "postgres", "--budget", "5", "--home",
          str(home), "--set-workload", "scale=1", "--set-workload", "duration=20"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     seen = JobProcesses(proc.pid, home)
