@@ -315,34 +315,6 @@ def test_a_process_knows_when_it_started_to_the_tick() -> None:
     assert launched - 0.05 <= started <= launched + 0.9  # the sleep is after the start
 
 
-def test_a_cold_command_skips_only_the_teardown_and_keeps_everything_its_job_wrote(
-        tmp_path: Path) -> None:
-    """``knobflow tune`` through the console script ends with ``end_process`` (no teardown of
-    the interpreter's objects): its trials, MLflow run and result are all written, and nothing
-    it started is left running."""
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-
-    home = tmp_path / "home"
-    env = {**warm_env(tmp_path), "KNOBFLOW_NO_WARM": "1"}
-    done = command(["tune", "synthetic", "--budget", "12", "--set-workload", "duration=0",
-                    "--home", str(home), "--json"], env, start_new_session=True)
-    out, err = done.communicate(timeout=600)
-    assert done.returncode == 0, err
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert json.loads((Path(summary["best_config_file"]).parent / "result.json").read_text())
-    assert len(pd.read_parquet(summary["trial_table"])) == 12
-    uri = summary["tracking_uri"]
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
-    left = [p for p in psutil.process_iter(["cmdline"])
-            if str(home) in " ".join(p.info["cmdline"] or []) or
-            (p.info["cmdline"] or [])[-1:] == [str(tmp_path / "prefect")]]
-    wait_for(lambda: not [p for p in left if p.is_running() and
-                          p.status() != psutil.STATUS_ZOMBIE], "the job's processes to end",
-             timeout=10)
-
-
 def test_a_warm_process_on_a_configured_prefect_server_runs_its_jobs_there(
         tmp_path: Path, prefect_server: dict[str, str]) -> None:
     """With ``PREFECT_API_URL`` set the warm process starts no server of its own, says which
