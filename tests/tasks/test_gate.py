@@ -1,5 +1,6 @@
 """The measurement gate remembers each expectation's configuration for one validation run only,
-and gives every case of the measurement corpus the result Great Expectations gives without it."""
+and each suite's metric graphs for the process, and gives every case of the measurement corpus
+the result Great Expectations gives without them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from great_expectations.expectations.expectation import Expectation
+from great_expectations.validator.validator import Validator
 
 from targets.synthetic import SyntheticTarget
 from tasks import gate
@@ -26,6 +28,15 @@ def ge_own() -> Any:
     return Expectation.__dict__["configuration"].fget.knobflow
 
 
+GRAPHS = "_generate_metric_dependency_subgraphs_for_each_expectation_configuration"
+
+
+def without_memos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Great Expectations as it is: configurations and metric graphs made anew every time."""
+    monkeypatch.setattr(Expectation, "configuration", property(ge_own()))
+    monkeypatch.setattr(Validator, GRAPHS, getattr(Validator, GRAPHS).knobflow)
+
+
 def comparable(validation: dict[str, Any]) -> dict[str, Any]:
     """GE's result without the time the batch was loaded (the only field that differs between
     two runs of one row)."""
@@ -38,7 +49,8 @@ def test_every_case_gets_the_same_result_with_and_without_the_memo(
         monkeypatch: pytest.MonkeyPatch) -> None:
     cases = [load_case(path) for path in BAD + GOOD]
     remembered = [clean(case) for case in cases]
-    monkeypatch.setattr(Expectation, "configuration", property(ge_own()))
+    assert gate._graphs, "no metric graph was kept"
+    without_memos(monkeypatch)
     for path, case, with_memo in zip(BAD + GOOD, cases, remembered, strict=True):
         made_each_time = clean(case)
         assert with_memo.valid == made_each_time.valid, path.stem
@@ -94,7 +106,34 @@ def test_many_rows_in_one_run_get_the_same_result_with_and_without_the_memo(
 
     csv = Path(__file__).resolve().parent.parent / "data" / "expert" / "sqlite.csv"
     remembered = check_rows(csv, load_target("sqlite"))
-    monkeypatch.setattr(Expectation, "configuration", property(ge_own()))
+    without_memos(monkeypatch)
     made_each_time = check_rows(csv, load_target("sqlite"))
     assert remembered.kept and remembered.rejected, "the file should have rows of both kinds"
     assert remembered == made_each_time
+
+
+def test_a_suites_graphs_are_built_once_per_result_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows that pass are validated for GE's verdict only, rows that fail again in full: one
+    build of the graphs for each, then every row of either kind reuses it; a run outside the
+    gate (GE called directly) builds its own and keeps nothing."""
+    ge_own()
+    own = getattr(Validator, GRAPHS).knobflow
+    built: list[str] = []
+
+    def counted(self: Any, **kwargs: Any) -> Any:
+        built.append(str((kwargs["runtime_configuration"] or {}).get("result_format")))
+        return own(self, **kwargs)
+
+    monkeypatch.setattr(gate, "_graphs", {})
+    monkeypatch.setattr(Validator, GRAPHS, counted)
+    gate._remember_graphs()  # the gate's wrapper around the counting build
+    good, bad = pd.DataFrame([ROW]), pd.DataFrame([{**ROW, "error_rate": 0.5}])
+    for _ in range(3):
+        assert gate.validate_rows(SyntheticTarget, good).reasons == [[]]
+        assert gate.validate_rows(SyntheticTarget, bad).reasons[0][0].startswith("error_rate")
+    assert sorted(built) == ["BOOLEAN_ONLY", "COMPLETE"], built
+    assert len(gate._graphs) == 2
+    validation = gate._validation(gate.suite_path(SyntheticTarget))
+    batch = validation.data.get_batch(batch_parameters={"dataframe": good})
+    assert batch.validate(validation.suite, result_format="SUMMARY").success
+    assert len(built) == 3 and len(gate._graphs) == 2
