@@ -43,7 +43,8 @@ DEFAULT_SUITE = Path(__file__).resolve().parent / "expectations" / "default.json
 _lock = threading.Lock()
 _context: Any = None
 _validations: dict[Path, Any] = {}
-#: the configurations made in the current validation run, per thread (``_run``)
+#: per thread, inside ``_run``: the configurations made in the run (``memo``), the id of the
+#: validation whose suite it runs (``graphs``)
 _made = threading.local()
 #: each suite's metric graphs, per result format, batch and engine (``_remember_graphs``)
 _graphs: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
@@ -178,7 +179,7 @@ def _run(validation: Any, rows: pd.DataFrame, result_format: str) -> Any:
     run, and memory that grows with every trial of a long job)."""
     batch = validation.data.get_batch(batch_parameters={"dataframe": rows})
     _made.memo = {}
-    _made.graphs = (id(validation), result_format)
+    _made.graphs = id(validation)
     try:
         return batch.validate(validation.suite, result_format=result_format)
     finally:
@@ -224,8 +225,9 @@ def _columns(validation: Any) -> list[str]:
 
 def _remember_graphs() -> None:
     """Make GE's validator keep the metric graphs it builds for a suite's expectations, inside
-    ``_run`` on the thread doing it, keyed by the suite and result format (``_made.graphs``), the
-    batch's id and the execution engine's class; elsewhere it is GE's own. A graph names metrics
+    ``_run`` on the thread doing it, keyed by the suite (``_made.graphs``), the batch's id, the
+    execution engine's class and the runtime configuration (the result format); elsewhere it is
+    GE's own. A graph names metrics
     (their names, domains and values' arguments), never their values: each run resolves the
     kept graph on its own batch. Graphs whose build failed for an expectation are not kept.
     ``tests/tasks/test_gate.py`` checks that every case of the measurement corpus gets the same
@@ -244,10 +246,10 @@ def _remember_graphs() -> None:
                 "processed_configurations": processed_configurations,
                 "catch_exceptions": catch_exceptions,
                 "runtime_configuration": runtime_configuration}
-        run = getattr(_made, "graphs", None)
-        if run is None:
+        suite = getattr(_made, "graphs", None)
+        if suite is None:
             return build(self, **args)
-        key = (*run, self.active_batch_id, type(self._execution_engine),
+        key = (suite, self.active_batch_id, type(self._execution_engine),
                json.dumps(runtime_configuration or {}, sort_keys=True, default=repr))
         kept = _graphs.get(key)
         if kept is None:

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO, wait_for
 
 #: The console script's entry, with a probe: at the job's start (``flows.tune.tune`` called) and
 #: at the process's exit, whether the collector is on and how many objects are frozen.

@@ -21,12 +21,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, wait_for
+from conftest import CLI, REPO, wait_for
 
 from flows.warm import WarmError, _check_free, _refusal
 from flows.warm_client import code_fingerprint, import_time_environment
-
-ENTRY = "import sys; from flows.entry import main; sys.exit(main())"
 
 
 class Warm:
@@ -34,7 +32,7 @@ class Warm:
 
     def __init__(self, home: Path, env: dict[str, str], log: Path) -> None:
         self.home, self.env, self.log = home, env, log
-        self.proc = subprocess.Popen([sys.executable, "-c", ENTRY, "warm", "--home", str(home)],
+        self.proc = subprocess.Popen([*CLI, "warm", "--home", str(home)],
                                      cwd=REPO, env=env, stdout=log.open("w"),
                                      stderr=subprocess.STDOUT, text=True)
         wait_for(lambda: "ready in" in self.text() or self.proc.poll() is not None,
@@ -82,7 +80,7 @@ def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warm]:
 def command(args: list[str], env: dict[str, str], cwd: Path = REPO,
             **kwargs: object) -> subprocess.Popen[str]:
     """``knobflow ARGS`` started as the console script starts it."""
-    return subprocess.Popen([sys.executable, "-c", ENTRY, *args], cwd=cwd, env=env,
+    return subprocess.Popen([*CLI, *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **kwargs)  # type: ignore[call-overload]
 
