@@ -39,7 +39,7 @@ from tasks.explore_stats import ExploreStats, stats_so_far
 from tasks.faults import FaultWatch
 from tasks.guard import CandidateGuard, blocked_as
 from tasks.pruning import progress_listener, pruning_on
-from tasks.runner import TrialRunner, clean_trial, execute_trial, run_trial
+from tasks.runner import TrialRunner, execute_trial, run_trial
 from tasks.tell_order import TellOrder
 from tasks.told import objective_values, relative_to, tell_constraints
 from tuners.focus import KnobFocus
@@ -344,7 +344,7 @@ class Exploration:
     def _clean_and_tell(self, trial: optuna.trial.Trial, outcome: TrialOutcome,
                         baseline: float | None) -> None:
         if outcome.measurement is not None:
-            outcome = clean_trial(self.runner, str(trial.number), outcome)
+            outcome = self.runner.clean(outcome)
         if self.baseline_every and outcome.ok:
             relative_to(outcome, baseline)
         if self.guard is not None and outcome.failure_class in LEARN_FROM:

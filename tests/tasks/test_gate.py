@@ -1,6 +1,6 @@
 """The measurement gate remembers each expectation's configuration for one validation run only,
 and each suite's metric graphs for the process, and gives every case of the measurement corpus
-the result Great Expectations gives without them."""
+the result Great Expectations gives without them; its batches carry no data fingerprint."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from great_expectations.execution_engine import pandas_execution_engine
 from great_expectations.expectations.expectation import Expectation
 from great_expectations.validator.validator import Validator
 
@@ -137,3 +138,30 @@ def test_a_suites_graphs_are_built_once_per_result_format(monkeypatch: pytest.Mo
     batch = validation.data.get_batch(batch_parameters={"dataframe": good})
     assert batch.validate(validation.suite, result_format="SUMMARY").success
     assert len(built) == 3 and len(gate._graphs) == 2
+
+
+def test_the_gates_batches_are_not_fingerprinted_and_others_still_are(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """GE hashes every cell of a pandas batch for its ``pandas_data_fingerprint`` marker: not in
+    the gate's runs (rows that pass and rows that fail), still in a run outside it."""
+    ge_own()  # the gate's wrapper is in place from here
+    own = pandas_execution_engine.hash_pandas_dataframe.knobflow
+    hashed: list[int] = []
+
+    def counted(df: pd.DataFrame) -> str:
+        hashed.append(len(df))
+        return own(df)
+
+    monkeypatch.setattr(pandas_execution_engine, "hash_pandas_dataframe", counted)
+    gate._skip_fingerprints()  # the gate's wrapper around the counting hash
+    good, bad = pd.DataFrame([ROW]), pd.DataFrame([{**ROW, "error_rate": 0.5}])
+    for rows, passes in ((good, True), (bad, False)):
+        result = gate.validate_rows(SyntheticTarget, rows)
+        assert (result.reasons == [[]]) is passes
+        assert result.details["meta"]["batch_markers"]["pandas_data_fingerprint"] is None
+    assert hashed == []
+    validation = gate._validation(gate.suite_path(SyntheticTarget))
+    batch = validation.data.get_batch(batch_parameters={"dataframe": good})
+    outside = batch.validate(validation.suite, result_format="SUMMARY").to_json_dict()
+    assert hashed and set(hashed) == {1}, hashed  # GE hashes the batch twice in a run
+    assert outside["meta"]["batch_markers"]["pandas_data_fingerprint"] == own(good)
