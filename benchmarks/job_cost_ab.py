@@ -1,10 +1,12 @@
 """Two checkouts' job cost side by side, in one run: ``job_cost.py``'s job (``knobflow tune
 synthetic --set-workload duration=0 --json`` in a fresh process, each job the first of a new
-service, Prefect's temporary server with a warm ``PREFECT_HOME``) from checkout A, then from B,
-alternating for ``--rounds`` rounds, after one uncounted warm-up job each (its own home and
-``PREFECT_HOME`` per checkout). Prints the fixed parts of every job, its exploration's time per
-trial, the CPU time of the command and its children, and the load average, and
-writes them as JSON with ``--json FILE``.
+service, Prefect's temporary server with a warm ``PREFECT_HOME``) from checkouts A and B,
+for ``--rounds`` rounds, after one uncounted warm-up job each (its own home and
+``PREFECT_HOME`` per checkout). The order turns every round (A B, B A, A B, ...): with A always
+first, B's imports or training read 0.2-0.65 s longer in runs where B's change could not touch
+them (RESULTS, 2026-12-04 and 12-05); an even number of rounds puts each checkout first as often.
+Prints the fixed parts of every job, its exploration's time per trial, the CPU time of the
+command and its children, and the load average, and writes them as JSON with ``--json FILE``.
 
     nice -n 5 python benchmarks/job_cost_ab.py /work/wt/base /work/wt/train --trials 30 --rounds 3
 """
@@ -54,12 +56,13 @@ def main() -> None:
             print(f"warm-up job of {side} ({checkouts[side]}), not counted", flush=True)
             run(side, 3, "warm-up", args.seed)
         for r in range(args.rounds):
-            for side in checkouts:
+            for side in ("A", "B") if r % 2 == 0 else ("B", "A"):
                 job = run(side, args.trials, f"svc-{r}", args.seed + r)
                 job["load"] = os.getloadavg()[0]
                 jobs[side].append(job)
                 parts = "  ".join(f"{p} {job['fixed_s'][p]:.2f}" for p in SHOWN)
-                print(f"round {r + 1} {side}: {parts}  (s)  per trial "
+                place = "first" if (side == "A") == (r % 2 == 0) else "second"
+                print(f"round {r + 1} {side} ({place}): {parts}  (s)  per trial "
                       f"{_per_trial_ms(job, args.trials):.1f} ms  CPU {job['cpu_s']:.1f} s  "
                       f"(load {job['load']:.2f})", flush=True)
     loads.append(os.getloadavg())
