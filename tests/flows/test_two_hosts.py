@@ -54,6 +54,14 @@ def test_an_instance_on_a_second_host_starts_from_the_first_hosts_configs_and_ch
              tuner="random", **LEAN)
     assert a.model is not None and a.model["champion_moved"], a.model
     assert a.model["name"] == NAME
+    # each trial's child run keeps its record and the gate's result on the server's artifacts
+    child = client.search_runs([client.get_run(a.mlflow_run_id).info.experiment_id],
+                               filter_string=f"tags.`mlflow.parentRunId` = '{a.mlflow_run_id}' "
+                               "and tags.`knobflow.phase` = 'explore' "
+                               "and tags.`knobflow.status` = 'ok'", max_results=1)[0]
+    assert child.info.artifact_uri.startswith("mlflow-artifacts:"), child.info.artifact_uri
+    kept = {f.path for f in client.list_artifacts(child.info.run_id)}
+    assert {"trial.json", "validation.json"} <= kept, kept
 
     # host B tunes b-1 with local history: it still starts from A's configs and champion
     b = tune("synthetic", instance="b-1", budget=6, seed=2, workload=workload_b,
