@@ -172,14 +172,17 @@ class SyncOnTell(JournalFileBackend):
     """Optuna's journal file, flushed to disk (fsync) when a trial ends or the study changes, not
     at each of an asked trial's parameters: Optuna syncs every append, and the 4-6 appends of
     one ask cost ~20 ms of fsync on the path to the next trial (an ask on a 30-trial journal:
-    32 ms, 12 ms without).
+    32 ms, 12 ms without). A trial's record (its user attributes, set just before it is told)
+    is synced with the tell that follows it, not on its own.
     What is not synced yet is an unfinished trial (run again on ``--resume``); a killed process's
     appends are in the page cache and survive it; the next sync flushes them all."""
 
-    #: Appends that need no sync of their own: an asked trial and what it is given while it runs.
+    #: Appends that need no sync of their own: an asked trial and what it is given before it
+    #: ends (a trial's attributes can only be set while it runs: its end is synced).
     UNSYNCED = frozenset({JournalOperation.CREATE_TRIAL, JournalOperation.SET_TRIAL_PARAM,
                           JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
-                          JournalOperation.SET_TRIAL_SYSTEM_ATTR})
+                          JournalOperation.SET_TRIAL_SYSTEM_ATTR,
+                          JournalOperation.SET_TRIAL_USER_ATTR})
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         if any(log.get("op_code") not in self.UNSYNCED for log in logs):

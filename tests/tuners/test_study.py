@@ -115,6 +115,8 @@ def test_the_journal_is_synced_when_a_trial_ends_not_at_each_asked_parameter(
                        "b": optuna.distributions.IntDistribution(1, 9),
                        "c": optuna.distributions.CategoricalDistribution(["x", "y"])})
     assert len(synced) == at_create  # an asked trial and its 3 parameters: no sync
+    trial.set_user_attr("knobflow", {"status": "ok"})
+    assert len(synced) == at_create  # its record: synced with the tell that follows it
     study.tell(trial, 0.5)
     assert len(synced) > at_create  # the finished trial is on disk, its parameters with it
     # what another process reads (a fresh storage replaying the file): the whole trial
@@ -122,3 +124,4 @@ def test_the_journal_is_synced_when_a_trial_ends_not_at_each_asked_parameter(
     (done,) = optuna.load_study(study_name="s", storage=fresh).trials
     assert done.state == TrialState.COMPLETE
     assert done.params == trial.params and done.value == 0.5
+    assert done.user_attrs == {"knobflow": {"status": "ok"}}
