@@ -8,10 +8,11 @@ start, the cleaning and tell, the Great Expectations gate, Optuna's tell. Prints
 often it ran, its median, 90th percentile and total; then the time from one trial's start to the
 next (median, 90th percentile, longest) and the gaps over ``--stall`` seconds with the step that
 took longest in each. Last, the CPU each trial of the exploration cost in the job's process (the
-Great Expectations gate's share apart) and in Prefect's temporary server (its task-run records):
-on a 2-core machine their sum over 2 is a floor under the time per instant trial.
-``--space whole`` (default) is the target's whole space with its shipped
-rules (some candidates are blocked); ``narrow`` is ``overhead.py``'s space (none are).
+Great Expectations gate's share and the MLflow writer's child runs apart: both run beside the
+loop, on threads that share the GIL with it) and in Prefect's temporary server (its task-run
+records): on a 2-core machine their sum over 2 is a floor under the time per instant trial.
+``--space whole`` (default) is the target's whole space with its shipped rules (some candidates
+are blocked); ``narrow`` is ``overhead.py``'s space (none are).
 
     python benchmarks/trial_path.py --trials 60
 """
@@ -110,19 +111,22 @@ def main() -> None:
     report(console, events, summary, args.stall)
     per = {k: v * 1000 / args.trials for k, v in cpu.items()}
     console.print(f"CPU per trial of the exploration: the job's process {per['job']:.0f} ms "
-                  f"(the GE gate {per['gate']:.0f} ms of it), Prefect's server "
-                  f"{per['server']:.0f} ms; over 2 cores at best "
-                  f"{(per['job'] + per['server']) / 2:.0f} ms per trial")
+                  f"(the GE gate {per['gate']:.0f} ms of it, MLflow's child runs "
+                  f"{per['tracking']:.0f} ms), Prefect's server {per['server']:.0f} ms; over 2 "
+                  f"cores at best {(per['job'] + per['server']) / 2:.0f} ms per trial")
 
 
 def count_cpu(cpu: dict[str, float]) -> None:
     """Add to ``cpu`` the CPU seconds of the exploration (``flows.tune.explore``) in this process
-    (``job``), in the GE gate's calls (``gate``, the calling thread's) and in Prefect's server
-    (``server``: the uvicorn process among this one's children)."""
+    (``job``), in the GE gate's calls (``gate``, the calling thread's), in the MLflow writer's
+    child runs of the exploration's trials (``tracking``: its thread's, a part of ``job`` that
+    shares the GIL with the loop) and in Prefect's server (``server``: the uvicorn process among
+    this one's children)."""
     import psutil
 
     import flows.tune
     import tasks.gate
+    import tasks.track
 
     me = psutil.Process()
 
@@ -140,16 +144,46 @@ def count_cpu(cpu: dict[str, float]) -> None:
         return None
 
     explore, validate = flows.tune.explore, tasks.gate.validate_rows
-    cpu.update(job=0.0, gate=0.0, server=0.0)
+    log_trial = tasks.track.JobTracker.log_trial
+    cpu.update(job=0.0, gate=0.0, server=0.0, tracking=0.0)
+    exploring = [False]
+    trackers: list[Any] = []  # the trackers that wrote the exploration's child runs
 
     def counted_explore(*args: Any, **kwargs: Any) -> Any:
         srv = server()
         began = used(me), used(srv)
+        exploring[0] = True
         try:
             return explore(*args, **kwargs)
         finally:
+            exploring[0] = False
+            for tracker in trackers:
+                tracker.flush()  # the exploration's child runs, written: counted in ``job``
             cpu["job"] += used(me) - began[0]
             cpu["server"] += used(srv) - began[1]
+
+    def counted_log_trial(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not exploring[0]:
+            return log_trial(self, *args, **kwargs)
+        if self not in trackers:
+            trackers.append(self)
+        queue = self._queue
+        put = queue.put
+
+        def timed_put(write: Callable[[], None]) -> None:
+            def timed() -> None:
+                began = time.thread_time()
+                try:
+                    write()
+                finally:
+                    cpu["tracking"] += time.thread_time() - began
+            put(timed)
+
+        queue.put = timed_put  # this call's write only
+        try:
+            return log_trial(self, *args, **kwargs)
+        finally:
+            del queue.put
 
     def counted_validate(*args: Any, **kwargs: Any) -> Any:
         began = time.thread_time()
@@ -160,6 +194,7 @@ def count_cpu(cpu: dict[str, float]) -> None:
 
     flows.tune.explore = counted_explore
     tasks.gate.validate_rows = counted_validate
+    tasks.track.JobTracker.log_trial = counted_log_trial  # type: ignore[method-assign]
 
 
 def report(console: Console, events: list[tuple[str, float, float]], summary: Any,
