@@ -6,7 +6,7 @@ classifies how it ended, ``clean`` passes its measurement through the gate (``ta
 ``run_repeated`` runs a config as the repeat policy asks. ``run_trial`` and ``execute_trial``
 are the first two as Prefect tasks: one task run per trial. A trial run by ``execute_trial`` is
 cleaned by a plain call (``TrialRunner.clean``, beside the next trial's run when the tuner
-takes it): a task run of its own was ~30 ms of CPU in Prefect's server and 25 % of an instant
+takes it): a task run of its own was ~30 ms of CPU in Prefect's server and a fifth of an instant
 trial's time, and its state said nothing the trial's record does not.
 """
 
