@@ -48,7 +48,8 @@ _lock = threading.Lock()
 _context: Any = None
 _validations: dict[Path, Any] = {}
 #: per thread, inside ``_run``: the configurations made in the run (``memo``), the id of the
-#: validation whose suite it runs (``graphs``)
+#: validation whose suite it runs (``graphs``; not None also tells ``_skip_fingerprints`` that
+#: the batch is the gate's)
 _made = threading.local()
 #: each suite's metric graphs, per result format, batch and engine (``_remember_graphs``)
 _graphs: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
