@@ -121,7 +121,8 @@ class ContractExamples:
     refused_class: str = "refused_config"
     #: A (partial) config that makes the system hang; the trial must end by its timeout.
     hang: Mapping[str, Any] | None = None
-    #: Hard timeout of the hang case, seconds (a normal trial of ``workload`` must fit in it).
+    #: Hard timeout of the hang case, seconds (longer than a normal trial of ``workload`` on an
+    #: idle machine). The checks' other trials run under the target's ``trial_timeout_s``.
     timeout_s: float = 20.0
     #: Executables that must be on PATH (the suite skips, or fails in CI, without them).
     requires: tuple[str, ...] = ()

@@ -7,6 +7,7 @@ is skipped, or fails when KNOBFLOW_REQUIRE_ALL_TARGETS is set (CI sets it; ``con
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,24 @@ def test_contract(variant: Variant | str, check, tmp_path: Path) -> None:
         pytest.skip(str(exc))
     except ContractViolation as exc:
         pytest.fail(f"{variant.target}/{variant.name}: {exc}")
+
+
+def test_only_the_hang_runs_under_the_short_timeout(tmp_path: Path) -> None:
+    """A default slower than ``timeout_s`` (a loaded machine) passes; the hang still ends at it."""
+    from flows.contract import check_default_runs, check_hang, check_side_by_side
+    from targets.base import ContractExamples
+
+    slow = ContractExamples(
+        workload={"duration": 0.8, "noise": 0.0}, hang={"mode": "beta", "y": 500.0}, timeout_s=0.4
+    )
+    v = Variant("synthetic", "slow", slow)
+    assert v.trial_timeout_s == v.cls.trial_timeout_s > 0.8
+    check_default_runs(v, tmp_path / "default")
+    check_side_by_side(v, tmp_path / "side")
+    started = time.monotonic()
+    hung = v.runner(tmp_path / "direct", timeout_s=slow.timeout_s).run(
+        "hang", {**v.defaults(), **slow.hang}, "i1", seed=1
+    )
+    assert hung.failure_class == "timeout" and "0.4 s trial timeout" in hung.message
+    assert time.monotonic() - started < v.cls.trial_timeout_s
+    check_hang(v, tmp_path / "hang")
