@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli_help import HOME_OPTION
-from targets.common.settings import knobflow_home, quiet_environment
+from targets.common.settings import knobflow_home, quiet_environment, writable_home
 
 __all__ = ["serve_command"]
 
@@ -26,6 +26,9 @@ def serve_command(
     list_only: Annotated[bool, typer.Option(
         "--list", help="List the deployments with their schedules and triggers; serve none.")
     ] = False,
+    fork: Annotated[bool, typer.Option(
+        "--fork/--no-fork", help="Fork each flow run from a process that has loaded knobflow "
+        "(default), or start each in a new interpreter that imports it all again.")] = True,
     home: Annotated[str | None, HOME_OPTION] = None,
 ) -> None:
     """Serve knobflow's deployments (prefect.yaml) from this process, without a work pool.
@@ -34,6 +37,7 @@ def serve_command(
     of a live instance starts its re-tune). Without PREFECT_API_URL, knobflow starts its own
     Prefect server under the home (127.0.0.1, a password in a 0600 file) and stops it on exit.
     Ctrl-C or SIGTERM stops the runner, its flow runs and that server; nothing is left running.
+    Each flow run is a process of its own, forked from one that loaded knobflow once.
     """
     from flows.serve import PREFECT_YAML, describe, read_deployments, serve
 
@@ -52,6 +56,6 @@ def serve_command(
     if list_only:
         return
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how serving ends
-        serve(knobflow_home(home), deployments, limit=limit,
+        serve(writable_home(knobflow_home(home)), deployments, limit=limit, warm=fork,
               say=lambda line: out.print(line, markup=False, highlight=False))
     out.print("knobflow serve: stopped", markup=False)

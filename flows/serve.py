@@ -2,16 +2,19 @@
 
 ``prefect.yaml`` is the one declaration of knobflow's deployments (``prefect deploy --all`` puts
 them on a work pool); ``serve`` reads the same file and gives each deployment to Prefect's own
-``serve`` (a ``Runner``: its schedules, its triggers as automations, each flow run in a process of
-its own). With no ``PREFECT_API_URL``, it starts knobflow's own Prefect server under the home
-(``flows.server``) and stops it on the way out: Ctrl-C (or SIGTERM) stops the runner, its runs and
-the server, and leaves nothing running. The schedules of served deployments are paused when the
-runner stops (Prefect's default): nothing fires while nothing serves them.
+``Runner`` (its schedules, its triggers as automations, each flow run in a process of its own,
+forked from one that has loaded knobflow: ``flows.serve_fork``). With no ``PREFECT_API_URL``, it
+starts knobflow's own Prefect server under the home (``flows.server``) and stops it on the way
+out: Ctrl-C (or SIGTERM) stops the runner, its runs and the server, and leaves nothing running.
+The schedules of served deployments are paused when the runner stops (Prefect's default): nothing
+fires while nothing serves them.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Iterable, Mapping
@@ -23,7 +26,7 @@ import yaml
 
 from targets.common.errors import KnobflowError
 
-__all__ = ["PREFECT_YAML", "describe", "read_deployments", "runner_deployments", "serve"]
+__all__ = ["PREFECT_YAML", "describe", "read_deployments", "serve", "served_flows"]
 
 #: The repository's deployments.
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
@@ -113,37 +116,42 @@ def _schedules(specs: Iterable[Mapping[str, Any]]) -> list[Any]:
     return schedules
 
 
-def runner_deployments(deployments: Iterable[Mapping[str, Any]]) -> list[Any]:
-    """Prefect ``RunnerDeployment``s for ``deployments`` (entrypoints relative to the
-    repository, which must be the working directory)."""
+def served_flows(deployments: Iterable[Mapping[str, Any]]) -> list[tuple[Any, dict[str, Any]]]:
+    """Each deployment's flow (loaded from its entrypoint, relative to the repository, which
+    must be the working directory) with the arguments that make it a Prefect deployment
+    (``Runner.add_flow``, ``Flow.to_deployment``)."""
     from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
     from prefect.flows import load_flow_from_entrypoint
     from pydantic import TypeAdapter
 
     adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
 
-    runners = []
+    served = []
     for d in deployments:
         flow = load_flow_from_entrypoint(str(d["entrypoint"]))
         triggers = [adapter.validate_python(
             {"name": f"{d['name']}__automation_{i}", **t})
             for i, t in enumerate(d.get("triggers") or [], start=1)]
-        runners.append(flow.to_deployment(
-            name=str(d["name"]), description=d.get("description"), tags=d.get("tags"),
-            parameters=d.get("parameters") or {}, schedules=_schedules(d.get("schedules") or []),
-            triggers=triggers, concurrency_limit=d.get("concurrency_limit")))
-    return runners
+        served.append((flow, {
+            "name": str(d["name"]), "description": d.get("description"), "tags": d.get("tags"),
+            "parameters": d.get("parameters") or {},
+            "schedules": _schedules(d.get("schedules") or []), "triggers": triggers,
+            "concurrency_limit": d.get("concurrency_limit")}))
+    return served
 
 
 def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None = None,
-          say: Any = print) -> None:
+          say: Any = print, warm: bool = True) -> None:
     """Serve ``deployments`` until Ctrl-C or SIGTERM; knobflow's own Prefect server when no
-    ``PREFECT_API_URL`` is set (started first: Prefect reads its settings when imported)."""
+    ``PREFECT_API_URL`` is set (started first: Prefect reads its settings when imported). With
+    ``warm``, each flow run is forked from a process that has loaded knobflow
+    (``flows.serve_fork``); without it, each is a fresh interpreter."""
     from flows.server import PrefectServer
 
     # Ctrl-C stops serving even where the shell started this process with SIGINT ignored (a
     # background job of a script): Python then installs no handler of its own
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    home.mkdir(parents=True, exist_ok=True)
     server = None
     if not os.environ.get("PREFECT_API_URL"):
         server = PrefectServer(home)
@@ -152,14 +160,29 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
         say(f"Prefect server: {os.environ['PREFECT_API_URL']} (UI without /api; user and "
             f"password: {server.dir / 'auth'})")
     os.environ["KNOBFLOW_HOME"] = str(home)  # the flow runs' state directory
+    undo = None
     try:
         os.chdir(PREFECT_YAML.parent)  # entrypoints are relative to the repository
-        from prefect import serve as prefect_serve
+        from prefect.exceptions import TerminationSignal
+        from prefect.runner import Runner
 
-        runners = runner_deployments(deployments)
-        say(f"serving {len(runners)} deployments; Ctrl-C stops them")
-        prefect_serve(*runners, limit=limit, print_starting_message=False)
+        from flows.serve_fork import fork_served_runs
+        from flows.warm_client import PACKAGES
+
+        served = served_flows(deployments)  # before the fork server: it takes their sys.path
+        if warm:
+            undo = fork_served_runs(PACKAGES, say)
+        runner = Runner(pause_on_shutdown=True, limit=limit)
+        for flow, args in served:  # in memory: Prefect runs them without ``prefect.engine``
+            runner.add_flow(flow, **args)
+        how = "each flow run forked from a process that has loaded knobflow" if undo else \
+            "each flow run in a new process"
+        say(f"serving {len(served)} deployments ({how}); Ctrl-C stops them")
+        with contextlib.suppress(TerminationSignal):  # SIGTERM, as prefect.serve takes it
+            asyncio.run(runner.start())
     finally:
+        if undo is not None:
+            undo()
         if server is not None:
             say("stopping knobflow's Prefect server")
             server.stop()

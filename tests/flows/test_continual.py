@@ -2,8 +2,9 @@
 deployments of prefect.yaml, a watch run sees a live synthetic instance's workload change and emits
 the drift event, the re-tune deployment's trigger (a Prefect automation) starts the re-tune, which
 tunes the service for the observed workload, registers a model and applies the recommendation;
-the instance ends on an applied, verified (kept) config. ``knobflow serve`` stops on SIGINT with
-nothing left running."""
+the instance ends on an applied, verified (kept) config. Each flow run is forked from the fork
+server ``knobflow serve`` started (``flows.serve_fork``), not a new interpreter. ``knobflow serve``
+stops on SIGINT with nothing left running."""
 
 from __future__ import annotations
 
@@ -70,6 +71,37 @@ def stop_serve(proc: subprocess.Popen[str]) -> tuple[int, str, list[psutil.Proce
                                    and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def fork_server(serve: subprocess.Popen[str]) -> psutil.Process:
+    """The fork server ``knobflow serve`` started (``flows.serve_fork``), which has loaded
+    knobflow and what a job imports."""
+    found = [p for p in psutil.Process(serve.pid).children()
+             if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    assert len(found) == 1, [p.cmdline() for p in psutil.Process(serve.pid).children()]
+    preload = " ".join(found[0].cmdline())
+    assert all(f"'{m}'" in preload for m in ("flows.tune", "tasks.gate", "great_expectations"))
+    return found[0]
+
+
+def reaped_cpu(parent: psutil.Process) -> float:
+    """CPU seconds of the children ``parent`` has waited for, once its running ones, other than
+    the servers and multiprocessing's helpers, have ended (a run's process ends just after its
+    state)."""
+    def running(child: psutil.Process) -> bool:
+        try:
+            return child.status() != psutil.STATUS_ZOMBIE and not any(
+                w in " ".join(child.cmdline()) for w in ("prefect server", "multiprocessing."))
+        except psutil.NoSuchProcess:  # ended meanwhile
+            return False
+
+    def busy() -> list[psutil.Process]:
+        return [c for c in parent.children() if running(c)]
+
+    wait_for(lambda: not busy(), lambda: f"the flow runs' processes to end: {busy()}",
+             timeout=60)
+    times = parent.cpu_times()
+    return times.children_user + times.children_system
+
+
 def prefect(env: dict[str, str], *args: str, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
     """The Prefect CLI, as an operator or CI would run it."""
@@ -130,8 +162,12 @@ def test_a_workload_change_is_detected_retuned_and_applied_through_prefect(home:
                                    if not k.startswith("PREFECT_API")}, "--target", "synthetic")
         try:
             shown = wait_serving(serve)
+            assert "each flow run forked from a process that has loaded knobflow" in shown
+            forks = fork_server(serve)
             env = own_server_env(home)
             check_served(shown, env)
+            before = {"fork server": reaped_cpu(forks),
+                      "serve": reaped_cpu(psutil.Process(serve.pid))}
             first = prefect(env, "deployment", "run", "watch/synthetic-watch", "--watch")
             assert first.returncode == 0, first.stdout + first.stderr
             changed = invoke_cli(["instance", "workload", "syn-1", "shift=0.9",
@@ -147,8 +183,12 @@ def test_a_workload_change_is_detected_retuned_and_applied_through_prefect(home:
                                        if r.state and r.state.is_final()],
                               "the re-tune the drift event triggers", timeout=900, interval=2)
             print(f"workload change to applied config: {time.monotonic() - began:.0f} s")
+            reaped = {"fork server": reaped_cpu(forks) - before["fork server"],
+                      "serve": reaped_cpu(psutil.Process(serve.pid)) - before["serve"]}
         finally:
             code, rest, left = stop_serve(serve)
+        # the three runs were forks of the fork server, which reaped them; serve reaped none
+        assert reaped["fork server"] > 0 and reaped["serve"] == 0, reaped
         assert code == 0 and "knobflow serve: stopped" in rest, rest
         assert not left, [p.cmdline() for p in left]
         assert not (home / "prefect-server" / "server.json").exists()

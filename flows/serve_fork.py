@@ -1,0 +1,111 @@
+"""Served flow runs started warm: ``knobflow serve`` forks each flow run from a process that has
+loaded knobflow once, instead of a fresh interpreter that imports it all again.
+
+Prefect's runner runs each flow run of an in-memory flow (``Runner.add_flow``) in a process of its
+own, through ``prefect.flow_engine.run_flow_in_subprocess``: a ``multiprocessing`` "spawn" child,
+which imports Prefect, MLflow, Great Expectations, scikit-learn and knobflow anew (seconds of CPU
+per run, on every watch of every instance: ``benchmarks/serve_start.py``). ``fork_served_runs``
+gives that function a ``multiprocessing`` forkserver in place of "spawn", in this process only:
+the forkserver is started once, imports knobflow's packages and what a job imports
+(``preload_modules``), and each flow run is a fork of it. The rest is Prefect's own: the run's
+environment (this process's, as with "spawn"), its control channel, its payload, how the runner
+watches, cancels and kills it. Once knobflow's code on disk changes under a running serve, runs
+start in a new interpreter again (with the new code) until serve is restarted.
+
+A fork keeps no thread and no open database: the modules preloaded start neither when imported
+(``flows.warm`` checks the same imports before its forks). A Prefect whose function does not ask
+``multiprocessing`` for its context this way is left alone: its runs start cold, as before, and
+``serve`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import multiprocessing.context
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["PRELOAD_EXTRAS", "fork_served_runs", "preload_modules"]
+
+#: What a job imports inside functions, loaded by the forkserver beside knobflow's packages
+#: (``flows.warm`` loads the same for its forks).
+PRELOAD_EXTRAS = (
+    "great_expectations", "lightgbm.sklearn", "mlflow.sklearn", "mlflow.pyfunc",
+    "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store", "matplotlib.pyplot", "skops.io",
+)
+
+
+def preload_modules(packages: tuple[str, ...]) -> list[str]:
+    """The modules the forkserver imports, in order: scipy.special first (as a command does,
+    ``flows.cli_tune``), every module of ``packages``, then ``PRELOAD_EXTRAS``."""
+    names = ["scipy.special"]
+    for name in packages:
+        package = importlib.import_module(name)
+        names.append(name)
+        names += [info.name for info in pkgutil.walk_packages(package.__path__, f"{name}.")
+                  if not info.name.endswith("__main__")]
+    return [*names, *PRELOAD_EXTRAS]
+
+
+class _ForkserverForSpawn:
+    """Stands for the ``multiprocessing`` module inside ``prefect.flow_engine``: its "spawn"
+    context is the fork server while knobflow's code on disk is what the fork server loaded
+    (``fingerprint``); once it has changed (an upgrade under a running serve), runs start in a
+    new interpreter, with the new code, and ``say`` tells it once."""
+
+    def __init__(self, forkserver: multiprocessing.context.BaseContext,
+                 fingerprint: Callable[[], str], say: Callable[[str], Any]) -> None:
+        self._forkserver, self._fingerprint, self._say = forkserver, fingerprint, say
+        self._loaded = fingerprint()
+        self._changed = False
+
+    def get_context(self, method: str | None = None) -> Any:
+        if method != "spawn":
+            return multiprocessing.get_context(method)
+        if not self._changed and self._fingerprint() != self._loaded:
+            self._changed = True
+            self._say("knobflow's code changed since serve started: its flow runs start in a "
+                      "new interpreter from now on; restart knobflow serve to fork them again")
+        return multiprocessing.get_context("spawn") if self._changed else self._forkserver
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing, name)
+
+
+def fork_served_runs(packages: tuple[str, ...], say: Callable[[str], Any] = print
+                     ) -> Callable[[], None] | None:
+    """Start the forkserver (it loads ``preload_modules(packages)`` in the background) and make
+    Prefect's direct-subprocess starter fork each flow run from it. Returns what undoes that
+    (the forkserver itself ends with this process), or None where this Prefect does not start
+    runs the expected way (runs then start cold)."""
+    try:
+        from prefect import flow_engine
+        from prefect.runner import _starter_direct
+    except ImportError as exc:
+        say(f"flow runs start cold: this Prefect has no direct-subprocess starter ({exc})")
+        return None
+    if (getattr(flow_engine, "multiprocessing", None) is not multiprocessing
+            or getattr(_starter_direct, "run_flow_in_subprocess", None)
+            is not getattr(flow_engine, "run_flow_in_subprocess", None)):
+        say("flow runs start cold: this Prefect does not start them with "
+            "prefect.flow_engine.run_flow_in_subprocess")
+        return None
+    from flows.warm_client import code_fingerprint
+
+    forkserver = multiprocessing.get_context("forkserver")
+    forkserver.set_forkserver_preload(preload_modules(packages))
+    from multiprocessing import forkserver as forkserver_module
+
+    forkserver_module.ensure_running()  # it imports while the runner starts
+    flow_engine.multiprocessing = _ForkserverForSpawn(  # type: ignore[assignment]
+        forkserver, code_fingerprint, say)
+
+    def undo() -> None:
+        with contextlib.suppress(AttributeError):
+            flow_engine.multiprocessing = multiprocessing  # type: ignore[assignment]
+
+    return undo
