@@ -41,6 +41,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window-s", type=float, default=1.0)
     parser.add_argument("--cases", default="cold,transfer")
     parser.add_argument("--home", help="knobflow home (default: a temporary directory)")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="serve with --no-fork: each flow run in a new interpreter")
     return parser.parse_args(argv)
 
 
@@ -144,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(args.home or tempfile.mkdtemp(prefix="kf-continual-")).resolve()
     server = PrefectServer(home)
     env = {**os.environ, **server.start(), "KNOBFLOW_HOME": str(home)}
+    fork = ["--no-fork"] if args.no_fork else []
     serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--target",
-                              "synthetic", "--home", str(home)], cwd=REPO, env=env,
+                              "synthetic", "--home", str(home), *fork], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rows = []
     try:
@@ -159,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         serve.send_signal(signal.SIGINT)
         serve.wait(timeout=120)
         server.stop()
-    table = Table(title=f"workload change to applied config (load {os.getloadavg()[0]:.1f})")
+    how = "--no-fork" if args.no_fork else "forked runs"
+    table = Table(title=f"workload change to applied config ({how}, load "
+                        f"{os.getloadavg()[0]:.1f})")
     for col in ("case", "state", "detect s", "event to run s", "tune s", "apply s", "total s",
                 "outcome", "after/before"):
         table.add_column(col)
