@@ -28,27 +28,35 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PRELOAD_EXTRAS", "fork_served_runs", "preload_modules"]
+__all__ = ["LOADED_BY_A_JOB", "fork_served_runs", "preload_modules"]
 
-#: What a job imports inside functions, loaded by the forkserver beside knobflow's packages
-#: (``flows.warm`` loads the same for its forks).
-PRELOAD_EXTRAS = (
+#: What a job imports inside functions (the new entries of a warm job's ``sys.modules``, 377
+#: modules on 2026-12-03): Great Expectations, MLflow's SQLite stores and their migrations, its
+#: sklearn flavour and git tags, LightGBM, skops, Parquet, pyplot. Loaded beside knobflow's
+#: packages by the fork server here and by ``flows.warm``; a module missing here is imported by
+#: the job itself.
+LOADED_BY_A_JOB = (
     "great_expectations", "lightgbm.sklearn", "mlflow.sklearn", "mlflow.pyfunc",
     "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.model_registry.sqlalchemy_store", "matplotlib.pyplot", "skops.io",
+    "mlflow.store.model_registry.sqlalchemy_store", "mlflow.tracing.processor.otel",
+    "mlflow.tracing.export.utils", "mlflow.genai.scorers", "alembic.command",
+    "alembic.runtime.migration", "sqlalchemy.dialects.sqlite", "git", "graphviz", "skops.io",
+    "matplotlib.pyplot", "matplotlib.backends.backend_agg", "pyarrow.parquet",
+    "anyio._backends._asyncio", "pygments.formatters.html",
 )
 
 
 def preload_modules(packages: tuple[str, ...]) -> list[str]:
-    """The modules the forkserver imports, in order: scipy.special first (as a command does,
-    ``flows.cli_tune``), every module of ``packages``, then ``PRELOAD_EXTRAS``."""
+    """The modules a loaded process imports, in order: scipy.special first (as a command does,
+    ``flows.cli_tune``), every module of ``packages``, then ``LOADED_BY_A_JOB``. Finding them
+    imports ``packages`` here."""
     names = ["scipy.special"]
     for name in packages:
         package = importlib.import_module(name)
         names.append(name)
         names += [info.name for info in pkgutil.walk_packages(package.__path__, f"{name}.")
                   if not info.name.endswith("__main__")]
-    return [*names, *PRELOAD_EXTRAS]
+    return [*names, *LOADED_BY_A_JOB]
 
 
 class _ForkserverForSpawn:

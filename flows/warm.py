@@ -205,41 +205,21 @@ def _preload() -> None:
     see ``flows.cli_tune``), so a forked job starts with it loaded. Nothing here may start a
     thread or open a database: a fork keeps neither."""
     import importlib
-    import pkgutil
 
     from flows.cli_tune import _import_scipy_special_first, prefect_console
+    from flows.serve_fork import preload_modules
 
     prefect_console(False)  # before Prefect is imported, as the command does
     _import_scipy_special_first()
-    for name in PACKAGES:
-        package = importlib.import_module(name)
-        for info in pkgutil.walk_packages(package.__path__, f"{name}."):
-            if info.name.endswith("__main__"):
-                continue
-            with contextlib.suppress(ImportError):
-                importlib.import_module(info.name)
+    for name in preload_modules(PACKAGES):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
     from tasks.gate import import_now
     from tasks.model_io import import_now as import_model_io
 
     import_now()
-    import_model_io()
-    for extra in _LOADED_BY_A_JOB:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(extra)
+    import_model_io()  # and MLflow's map of installed packages, which an import does not make
     gc.freeze()  # a forked job's collections skip what every job has (``flows.entry``)
-
-
-#: What a job imports inside functions (the new entries of a warm job's ``sys.modules``, 377
-#: modules on 2026-12-03): MLflow's SQLite stores and their migrations, its sklearn flavour and
-#: git tags, LightGBM, Parquet, pyplot. A module missing here is imported by the job itself.
-_LOADED_BY_A_JOB = (
-    "lightgbm.sklearn", "mlflow.sklearn", "mlflow.pyfunc", "mlflow.store.db.utils",
-    "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-    "mlflow.tracing.processor.otel", "mlflow.tracing.export.utils", "mlflow.genai.scorers",
-    "alembic.command", "alembic.runtime.migration", "sqlalchemy.dialects.sqlite", "git",
-    "graphviz", "matplotlib.pyplot", "pyarrow.parquet", "anyio._backends._asyncio",
-    "pygments.formatters.html",
-)
 
 
 def _accept(conn: socket.socket, listener: socket.socket, server: Any, fingerprint: str,
