@@ -37,7 +37,8 @@ def serve_command(
     of a live instance starts its re-tune). Without PREFECT_API_URL, knobflow starts its own
     Prefect server under the home (127.0.0.1, a password in a 0600 file) and stops it on exit.
     Ctrl-C or SIGTERM stops the runner, its flow runs and that server; nothing is left running.
-    Each flow run is a process of its own, forked from one that loaded knobflow once.
+    Each flow run is a process of its own, forked from one that loaded knobflow once (with
+    --no-fork, a new interpreter per run).
     """
     from flows.serve import PREFECT_YAML, describe, read_deployments, serve
 
