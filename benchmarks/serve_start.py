@@ -19,7 +19,6 @@ process with ``--no-fork``, the fork server without), beside the whole machine's
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -34,6 +33,9 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # this checkout's code, whatever the installed one is
+from flows.server import PrefectServer  # noqa: E402
+
 ENTRY = "import sys; from flows.entry import main; sys.exit(main())"
 #: The deployments measured, and the parameters of their runs: the watch (no live instance, so
 #: the run itself does almost nothing) and a short tuning job of the synthetic target.
@@ -65,10 +67,10 @@ class Served:
             raise SystemExit(f"{self.mode}: serve exited:\n{Path(self.log.name).read_text()}")
         if "serving " not in Path(self.log.name).read_text():
             return False
-        server = json.loads((self.home / "prefect-server" / "server.json").read_text())
-        user, _, password = (self.home / "prefect-server" / "auth").read_text().strip() \
-            .partition(":")
-        self.api = httpx.Client(base_url=server["url"], auth=(user, password), timeout=60)
+        env = PrefectServer(self.home).env()  # the server serve started: its URL, its secret
+        user, _, password = env["PREFECT_API_AUTH_STRING"].partition(":")
+        self.api = httpx.Client(base_url=env["PREFECT_API_URL"], auth=(user, password),
+                                timeout=60)
         for kind, (name, _) in RUNS.items():
             found = self.api.get(f"/deployments/name/{name}")
             if found.status_code != 200:

@@ -20,7 +20,6 @@ A fork keeps no thread and no open database: the modules preloaded start neither
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import multiprocessing
 import multiprocessing.context
@@ -113,7 +112,6 @@ def fork_served_runs(packages: tuple[str, ...], say: Callable[[str], Any] = prin
         forkserver, code_fingerprint, say)
 
     def undo() -> None:
-        with contextlib.suppress(AttributeError):
-            flow_engine.multiprocessing = multiprocessing  # type: ignore[assignment]
+        flow_engine.multiprocessing = multiprocessing  # type: ignore[assignment]
 
     return undo

@@ -1,16 +1,19 @@
 """``flows.serve_fork``: what the fork server loads, and a Prefect that does not start flow runs
-the expected way left alone (its runs start cold, and serve says so). That served runs are forks
-of the fork server, end to end, is checked by ``test_continual.py``."""
+the expected way left alone (its runs start cold, and serve says so); ``knobflow serve``'s home
+checked before anything starts. That served runs are forks of the fork server, end to end, is
+checked by ``test_continual.py``."""
 
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 
 import pytest
 from prefect import flow_engine
 
 from flows import serve_fork
 from flows.warm_client import PACKAGES
+from tests.conftest import run_cli
 
 
 def test_the_fork_server_loads_every_knobflow_module_and_what_a_job_imports() -> None:
@@ -57,3 +60,14 @@ def test_runs_start_in_a_new_interpreter_once_the_code_changed_under_serve() -> 
     on_disk[0] = "v1"  # changed once is changed: what runs may have loaded either
     assert stand_in.get_context("spawn") is multiprocessing.get_context("spawn")
     assert len(said) == 1 and "restart knobflow serve" in said[0]
+
+
+def test_serve_refuses_a_home_that_is_a_file_before_it_starts_anything(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    result = run_cli(["serve", "--target", "synthetic", "--home", str(home)], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"knobflow: error: the knobflow home {home} is not a directory ({home} is a file); "
+        "choose another with --home or KNOBFLOW_HOME")
+    assert home.read_text() == "not a folder"  # nothing written over it
