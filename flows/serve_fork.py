@@ -9,8 +9,9 @@ gives that function a ``multiprocessing`` forkserver in place of "spawn", in thi
 the forkserver is started once, imports knobflow's packages and what a job imports
 (``preload_modules``), and each flow run is a fork of it. The rest is Prefect's own: the run's
 environment (this process's, as with "spawn"), its control channel, its payload, how the runner
-watches, cancels and kills it. Once knobflow's code on disk changes under a running serve, runs
-start in a new interpreter again (with the new code) until serve is restarted.
+watches, cancels and kills it. Once knobflow's code on disk or a library installed beside it
+changes under a running serve (an upgrade), runs start in a new interpreter again (with the new
+code) until serve is restarted.
 
 A fork keeps no thread and no open database: the modules preloaded start neither when imported
 (``flows.warm`` checks the same imports before its forks). A Prefect whose function does not ask
@@ -60,9 +61,9 @@ def preload_modules(packages: tuple[str, ...]) -> list[str]:
 
 class _ForkserverForSpawn:
     """Stands for the ``multiprocessing`` module inside ``prefect.flow_engine``: its "spawn"
-    context is the fork server while knobflow's code on disk is what the fork server loaded
-    (``fingerprint``); once it has changed (an upgrade under a running serve), runs start in a
-    new interpreter, with the new code, and ``say`` tells it once."""
+    context is the fork server while knobflow's code and libraries on disk are what the fork
+    server loaded (``fingerprint``); once they have changed (an upgrade under a running
+    serve), runs start in a new interpreter, with the new code, and ``say`` tells it once."""
 
     def __init__(self, forkserver: multiprocessing.context.BaseContext,
                  fingerprint: Callable[[], str], say: Callable[[str], Any]) -> None:
@@ -75,8 +76,9 @@ class _ForkserverForSpawn:
             return multiprocessing.get_context(method)
         if not self._changed and self._fingerprint() != self._loaded:
             self._changed = True
-            self._say("knobflow's code changed since serve started: its flow runs start in a "
-                      "new interpreter from now on; restart knobflow serve to fork them again")
+            self._say("knobflow's code or its libraries changed since serve started: its "
+                      "flow runs start in a new interpreter from now on; restart knobflow "
+                      "serve to fork them again")
         return multiprocessing.get_context("spawn") if self._changed else self._forkserver
 
     def __getattr__(self, name: str) -> Any:

@@ -262,8 +262,8 @@ def _refusal(request: dict[str, Any], fingerprint: str, environment: dict[str, s
     if n_fds != 3 or not isinstance(request.get("argv"), list):
         return "the command sent no terminal"
     if request.get("code") != fingerprint:
-        return ("knobflow's code changed since the warm process started; restart it "
-                "(Ctrl-C, then `knobflow warm`)")
+        return ("knobflow's code or its libraries changed since the warm process started; "
+                "restart it (Ctrl-C, then `knobflow warm`)")
     theirs = import_time_environment(request.get("env") or {})
     differ = sorted(k for k in set(theirs) | set(environment)
                     if theirs.get(k) != environment.get(k))

@@ -5,9 +5,10 @@ settings are imported here: the console script calls ``delegate`` before anythin
 A command runs warm when nothing would make it differ from a cold one: it is ``tune`` (not its
 ``--help``), ``KNOBFLOW_NO_WARM`` is unset, the home has a warm process owned by this user, and
 the settings read at import time (the environment's ``PREFECT_*``, ``MLFLOW_*``, ``KNOBFLOW_*``,
-``PYTHON*``, ... and the Python executable) and knobflow's code (each module's size and mtime)
-are those the warm process loaded. Otherwise the command runs in its own process as before; when
-the warm process refused it, one line on stderr says why.
+``PYTHON*``, ... and the Python executable), knobflow's code (each module's size and mtime) and
+the installed libraries (each one's version and install time) are those the warm process loaded.
+Otherwise the command runs in its own process as before; when the warm process refused it, one
+line on stderr says why.
 
 The request is one ``SOCK_SEQPACKET`` message (JSON: the arguments, working directory,
 environment, umask, the command's start time, the code's fingerprint) carrying the command's
@@ -59,9 +60,12 @@ def import_time_environment(env: dict[str, str]) -> dict[str, str]:
             and k not in _PER_COMMAND}
 
 
-def code_fingerprint(root: Path = _REPO) -> str:
-    """A digest of knobflow's modules as they are on disk (each one's path, size and mtime)
-    and of the Python that runs them: it changes when the code is edited or reinstalled."""
+def code_fingerprint(root: Path = _REPO, sites: list[Path] | None = None) -> str:
+    """A digest of knobflow's modules as they are on disk (each one's path, size and mtime),
+    of the libraries installed beside it (each ``*.dist-info``/``*.egg-info`` of ``sites``,
+    by default the interpreter's site-packages: its name holds the version, its mtime the
+    install) and of the Python that runs them: it changes when the code is edited or
+    reinstalled, or a library is installed, upgraded or removed."""
     digest = hashlib.sha256(os.path.realpath(sys.executable).encode())
     stack = [root / p for p in PACKAGES]
     while stack:
@@ -73,7 +77,23 @@ def code_fingerprint(root: Path = _REPO) -> str:
                 elif entry.name.endswith(".py"):
                     st = entry.stat()
                     digest.update(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for site_dir in _site_dirs() if sites is None else sites:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), \
+                os.scandir(site_dir) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.endswith((".dist-info", ".egg-info")):
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        digest.update(f"{entry.path}\0{entry.stat().st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def _site_dirs() -> list[Path]:
+    """The folders this interpreter installs libraries into (each once)."""
+    import site
+
+    found = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE
+                                        else [])]
+    return [Path(p) for p in dict.fromkeys(os.path.realpath(p) for p in found)]
 
 
 def _home_of(words: list[str]) -> Path | None:

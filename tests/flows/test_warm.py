@@ -288,10 +288,44 @@ def test_the_code_fingerprint_follows_every_module(tmp_path: Path) -> None:
     os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10**9))
     assert code_fingerprint(tmp_path) != first
     request = {"argv": ["tune"], "code": code_fingerprint(tmp_path), "env": {}}
-    assert _refusal(request, first, {}, 3) is not None and "code changed" in _refusal(
-        request, first, {}, 3)
+    refused = _refusal(request, first, {}, 3)
+    assert refused is not None and "code or its libraries changed" in refused
     assert _refusal({**request, "code": first}, first, {}, 3) is None
     assert "terminal" in _refusal({**request, "code": first}, first, {}, 0)
+
+
+def test_the_code_fingerprint_follows_the_installed_libraries(tmp_path: Path) -> None:
+    """A library upgraded, installed or removed under a warm process (or a serve's fork
+    server) changes the fingerprint: a fork would run the old library's loaded modules
+    beside the new one's files."""
+    code, site = tmp_path / "code", tmp_path / "site-packages"
+    (code / "flows").mkdir(parents=True)
+    (site / "somelib").mkdir(parents=True)
+    (site / "somelib-1.0.dist-info").mkdir()
+    first = code_fingerprint(code, [site])
+    assert code_fingerprint(code, [site]) == first
+    (site / "somelib" / "extra.py").write_text("")  # a library's own files: not read
+    assert code_fingerprint(code, [site]) == first
+    (site / "somelib-1.0.dist-info").rename(site / "somelib-1.1.dist-info")  # upgraded
+    upgraded = code_fingerprint(code, [site])
+    assert upgraded != first
+    (site / "other-2.0.dist-info").mkdir()  # installed
+    installed = code_fingerprint(code, [site])
+    assert installed not in (first, upgraded)
+    info = site / "other-2.0.dist-info"  # the same version installed again
+    os.utime(info, ns=(info.stat().st_atime_ns, info.stat().st_mtime_ns + 10**9))
+    assert code_fingerprint(code, [site]) != installed
+    assert code_fingerprint(code, [tmp_path / "gone"]) == code_fingerprint(code, [])
+
+
+def test_the_code_fingerprint_reads_the_folders_the_libraries_are_installed_in() -> None:
+    import great_expectations
+    import prefect
+
+    from flows.warm_client import _site_dirs
+
+    for module in (prefect, great_expectations):
+        assert Path(module.__file__).resolve().parent.parent in _site_dirs()
 
 
 def test_only_what_is_read_at_import_time_is_compared() -> None:
