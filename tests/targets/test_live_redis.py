@@ -133,6 +133,10 @@ def test_refused_changes_change_nothing(instance: tuple[Path, RedisLive]) -> Non
 def test_windows_report_throughput_and_follow_the_workload(
         instance: tuple[Path, RedisLive]) -> None:
     data_dir, live = instance
+    # the load writes random keys of a 10,000-key space: ~30,000 writes fill 95 % of it, seconds
+    # on a loaded machine (the module's first test may run as soon as the load starts)
+    wait_for(lambda: live._do(lambda c: c.dbsize()) >= 9_900, "the workload's keyspace filled",
+             timeout=60)
     windows = live.observe(2, 1.0)
     for w in windows:
         assert set(w.metrics) == set(RedisLive.observed_metrics) and w.metrics["rps"] > 1000
