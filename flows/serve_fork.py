@@ -11,7 +11,9 @@ the forkserver is started once, imports knobflow's packages and what a job impor
 environment (this process's, as with "spawn"), its control channel, its payload, how the runner
 watches, cancels and kills it. Once knobflow's code on disk or a library installed beside it
 changes under a running serve (an upgrade), runs start in a new interpreter again (with the new
-code) until serve is restarted.
+code) until serve is restarted. Each run ends with the fork server (``_ServedRunProcess``): the
+runner hears of a run's end from the fork server, and would otherwise take a run for ended while
+it ran on; ``multiprocessing`` starts a new fork server for the next run.
 
 A fork keeps no thread and no open database: the modules preloaded start neither when imported
 (``flows.warm`` checks the same imports before its forks). A Prefect whose function does not ask
@@ -24,7 +26,9 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import multiprocessing.context
+import os
 import pkgutil
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +61,32 @@ def preload_modules(packages: tuple[str, ...]) -> list[str]:
         names += [info.name for info in pkgutil.walk_packages(package.__path__, f"{name}.")
                   if not info.name.endswith("__main__")]
     return [*names, *LOADED_BY_A_JOB]
+
+
+#: The process that imported this module: in a fork server, the fork server itself (it preloads
+#: knobflow), which is then the parent of every run forked from it.
+_LOADED_IN = os.getpid()
+
+
+class _ServedRunProcess(multiprocessing.context.ForkServerProcess):
+    """A flow run forked by the fork server, which ends (SIGTERM: a job stops as interrupted)
+    when the fork server does. The runner learns a run's end from the fork server; without it,
+    the runner would take a run for ended (exit code 255, Crashed) while it ran on, orphaned
+    and out of its reach (cancellation, serve's stop)."""
+
+    def run(self) -> None:
+        from targets.process import die_with_parent
+
+        die_with_parent(signal.SIGTERM)
+        if _LOADED_IN not in (os.getpid(), os.getppid()):  # it ended before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+        super().run()
+
+
+class _ServedRunContext(multiprocessing.context.ForkServerContext):
+    """The fork server's context, its processes ``_ServedRunProcess``."""
+
+    Process = _ServedRunProcess  # type: ignore[assignment]
 
 
 class _ForkserverForSpawn:
@@ -105,7 +135,7 @@ def fork_served_runs(packages: tuple[str, ...], say: Callable[[str], Any] = prin
         return None
     from flows.warm_client import code_fingerprint
 
-    forkserver = multiprocessing.get_context("forkserver")
+    forkserver = _ServedRunContext()
     forkserver.set_forkserver_preload(preload_modules(packages))
     from multiprocessing import forkserver as forkserver_module
 

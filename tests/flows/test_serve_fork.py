@@ -1,19 +1,34 @@
 """``flows.serve_fork``: what the fork server loads, and a Prefect that does not start flow runs
 the expected way left alone (its runs start cold, and serve says so); ``knobflow serve``'s home
-checked before anything starts. That served runs are forks of the fork server, end to end, is
-checked by ``test_continual.py``."""
+checked before anything starts; the fork server killed under a running serve. That served runs
+are forks of the fork server, end to end, is checked by ``test_continual.py``."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
+from typing import Any
 
+import optuna
+import psutil
 import pytest
 from prefect import flow_engine
 
 from flows import serve_fork
+from flows.job import JobStatus, recorded_jobs
+from flows.server import api_client
 from flows.warm_client import PACKAGES
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
+from tests.flows.test_continual import (
+    fork_server,
+    own_server_env,
+    prefect,
+    start_serve,
+    stop_serve,
+    wait_serving,
+)
+from tuners.study import JOURNAL, storage_of
 
 
 def test_the_fork_server_loads_every_knobflow_module_and_what_a_job_imports() -> None:
@@ -71,3 +86,57 @@ def test_serve_refuses_a_home_that_is_a_file_before_it_starts_anything(tmp_path:
         f"knobflow: error: the knobflow home {home} is not a directory ({home} is a file); "
         "choose another with --home or KNOBFLOW_HOME")
     assert home.read_text() == "not a folder"  # nothing written over it
+
+
+def test_a_killed_fork_server_ends_its_runs_and_a_new_one_serves_the_next(home: Path) -> None:
+    """The fork server killed outright (SIGKILL: the OOM killer, a stray ``pkill``) under a
+    running tuning job: the job's process stops too (it would otherwise run on, orphaned, while
+    the runner took it for ended), its run is Crashed and never Completed, the job is recorded
+    as interrupted (``--resume`` continues it); serve starts a new fork server for its next run,
+    and Ctrl-C still leaves nothing running."""
+    serve = start_serve(home, {k: v for k, v in os.environ.items()
+                               if not k.startswith("PREFECT_API")}, "--target", "synthetic")
+    try:
+        wait_serving(serve)
+        forks = fork_server(serve)
+        env = own_server_env(home)
+        with api_client(env) as api:
+            deployment = api.read_deployment_by_name("tune/synthetic-nightly")
+            run = api.create_flow_run_from_deployment(deployment.id, parameters={
+                "budget": 400, "workload": {"duration": 0.5}})
+
+        def running_job() -> psutil.Process | None:
+            """The run's process once its job has finished two trials."""
+            children, jobs = forks.children(), recorded_jobs(home)
+            if not children or not jobs:
+                return None
+            study = optuna.load_study(study_name=jobs[0].study_name,
+                                      storage=storage_of(home / JOURNAL))
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            return children[0] if len(done) >= 2 else None
+
+        job = wait_for(running_job, "the tuning job's trials", timeout=480, interval=0.5)
+        forks.kill()
+        _, alive = psutil.wait_procs([job], timeout=120)
+        for orphan in alive:
+            orphan.kill()
+        assert not alive, "the run's process outlived the fork server"
+
+        def final() -> Any:
+            with api_client(env) as api:
+                state = api.read_flow_run(run.id).state
+            return state if state is not None and state.is_final() else None
+
+        state = wait_for(final, "the run's final state", timeout=120, interval=0.5)
+        assert state.is_crashed(), state
+        after = prefect(env, "deployment", "run", "watch/synthetic-watch", "--watch")
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert fork_server(serve).pid != forks.pid
+        with api_client(env) as api:
+            assert api.read_flow_run(run.id).state.is_crashed()  # never Completed later
+    finally:
+        code, rest, left = stop_serve(serve)
+    assert code == 0 and "knobflow serve: stopped" in rest, rest
+    assert not left, [p.cmdline() for p in left]
+    (job_record,) = recorded_jobs(home)
+    assert job_record.status == JobStatus.INTERRUPTED, job_record.status
