@@ -315,6 +315,8 @@ def test_the_code_fingerprint_follows_the_installed_libraries(tmp_path: Path) ->
     info = site / "other-2.0.dist-info"  # the same version installed again
     os.utime(info, ns=(info.stat().st_atime_ns, info.stat().st_mtime_ns + 10**9))
     assert code_fingerprint(code, [site]) != installed
+    info.rmdir()  # removed: as before it was installed
+    assert code_fingerprint(code, [site]) == upgraded
     assert code_fingerprint(code, [tmp_path / "gone"]) == code_fingerprint(code, [])
 
 
