@@ -116,11 +116,13 @@ def test_a_killed_fork_server_ends_its_runs_and_a_new_one_serves_the_next(home: 
             return children[0] if len(done) >= 2 else None
 
         job = wait_for(running_job, "the tuning job's trials", timeout=480, interval=0.5)
+        tree = [job, *job.children(recursive=True)]  # its trial launcher and trials too
+        assert any("tasks.launcher" in command(p) for p in tree[1:]), tree
         forks.kill()
-        _, alive = psutil.wait_procs([job], timeout=120)
+        _, alive = psutil.wait_procs(tree, timeout=120)
         for orphan in alive:
             orphan.kill()
-        assert not alive, "the run's process outlived the fork server"
+        assert not alive, f"outlived the fork server: {[command(p) for p in alive]}"
 
         def final() -> Any:
             with api_client(env) as api:
@@ -140,3 +142,11 @@ def test_a_killed_fork_server_ends_its_runs_and_a_new_one_serves_the_next(home: 
     assert not left, [p.cmdline() for p in left]
     (job_record,) = recorded_jobs(home)
     assert job_record.status == JobStatus.INTERRUPTED, job_record.status
+
+
+def command(process: psutil.Process) -> str:
+    """The command line of ``process``, or "" once it has ended (a trial's lasts 0.5 s)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return ""
