@@ -23,6 +23,7 @@ A fork keeps no thread and no open database: the modules preloaded start neither
 
 from __future__ import annotations
 
+import gc
 import importlib
 import multiprocessing
 import multiprocessing.context
@@ -72,11 +73,15 @@ class _ServedRunProcess(multiprocessing.context.ForkServerProcess):
     """A flow run forked by the fork server, which ends (SIGTERM: a job stops as interrupted)
     when the fork server does. The runner learns a run's end from the fork server; without it,
     the runner would take a run for ended (exit code 255, Crashed) while it ran on, orphaned
-    and out of its reach (cancellation, serve's stop)."""
+    and out of its reach (cancellation, serve's stop). What the fork server loaded is frozen
+    for the collector first (``gc.freeze``, as ``flows.warm`` does before its forks): a full
+    collection would otherwise walk all of it, ~0.5 s, and copy ~160 MB of its shared pages
+    into each run (``benchmarks/RESULTS.md``)."""
 
     def run(self) -> None:
         from targets.process import die_with_parent
 
+        gc.freeze()
         die_with_parent(signal.SIGTERM)
         if _LOADED_IN not in (os.getpid(), os.getppid()):  # it ended before the line above
             os.kill(os.getpid(), signal.SIGTERM)

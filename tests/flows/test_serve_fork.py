@@ -77,6 +77,34 @@ def test_runs_start_in_a_new_interpreter_once_the_code_changed_under_serve() -> 
     assert len(said) == 1 and "restart knobflow serve" in said[0]
 
 
+def _report(answers: Any) -> None:
+    """In a served run's process: what the collector keeps apart, the signal its parent's end
+    sends it (``PR_GET_PDEATHSIG``), its parent."""
+    import ctypes
+    import gc
+
+    sig = ctypes.c_int(0)
+    ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(sig))  # 2: PR_GET_PDEATHSIG
+    answers.put((gc.get_freeze_count(), sig.value, os.getppid()))
+
+
+def test_a_served_run_starts_frozen_and_ends_with_its_fork_server() -> None:
+    """A run forked by serve's fork server has what the fork server loaded frozen for the
+    collector, and asks for SIGTERM when its parent, the fork server, ends."""
+    import signal
+
+    context = serve_fork._ServedRunContext()
+    answers = context.Queue()
+    process = context.Process(target=_report, args=(answers,))
+    assert isinstance(process, serve_fork._ServedRunProcess)
+    process.start()
+    frozen, pdeathsig, parent = answers.get(timeout=120)
+    process.join(30)
+    assert process.exitcode == 0
+    assert frozen > 0 and pdeathsig == signal.SIGTERM
+    assert parent != os.getpid()  # a child of the fork server, not of this process
+
+
 def test_serve_refuses_a_home_that_is_a_file_before_it_starts_anything(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.write_text("not a folder")
