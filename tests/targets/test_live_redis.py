@@ -32,8 +32,9 @@ from targets.redis import RedisTarget
 
 pytestmark = needs("Redis", missing_executables(["redis-server", "redis-benchmark", "redis-cli"]),
                    "on PATH; Debian: apt-get install redis-server redis-tools")
-#: requests per test and loop: far below a window's worth, so every window sees the same mix
-WORKLOAD = {"tests": "set,get", "requests": 20_000, "pipeline": 1, "keyspace": 10_000}
+#: requests per test and loop: far below a window's worth, so every window sees the same mix (CI
+#: once read 23 % GETs in a 1 s window with 20,000: a loaded machine's test phase lasts ~1 s)
+WORKLOAD = {"tests": "set,get", "requests": 2_000, "pipeline": 1, "keyspace": 10_000}
 AOF_ALWAYS = {"appendonly": True, "appendfsync": "always"}
 
 
