@@ -6,6 +6,8 @@ them on a work pool); ``serve`` reads the same file and gives each deployment to
 forked from one that has loaded knobflow: ``flows.serve_fork``). With no ``PREFECT_API_URL``, it
 starts knobflow's own Prefect server under the home (``flows.server``) and stops it on the way
 out: Ctrl-C (or SIGTERM) stops the runner, its runs and the server, and leaves nothing running.
+Killed outright, serve leaves the server to the runs in flight, and a watchdog stops it after
+them (``flows.lifeline``).
 The schedules of served deployments are paused when the runner stops (Prefect's default): nothing
 fires while nothing serves them.
 """
@@ -152,13 +154,14 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
     # background job of a script): Python then installs no handler of its own
     signal.signal(signal.SIGINT, signal.default_int_handler)
     home.mkdir(parents=True, exist_ok=True)
-    server = None
+    server, lifeline = None, None
     if not os.environ.get("PREFECT_API_URL"):
         server = PrefectServer(home)
         say(f"starting knobflow's Prefect server under {server.dir} ...")
         os.environ.update(server.start())
         say(f"Prefect server: {os.environ['PREFECT_API_URL']} (UI without /api; user and "
             f"password: {server.dir / 'auth'})")
+        lifeline = _hold_server(server)
     os.environ["KNOBFLOW_HOME"] = str(home)  # the flow runs' state directory
     undo = None
     try:
@@ -170,13 +173,12 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
         from flows.warm_client import PACKAGES
 
         served = served_flows(deployments)  # before the fork server: it takes their sys.path
-        if warm:
-            undo = fork_served_runs(PACKAGES, say)
+        undo = fork_served_runs(PACKAGES, say, fork=warm)
         runner = Runner(pause_on_shutdown=True, limit=limit)
         for flow, args in served:  # in memory: Prefect runs them without ``prefect.engine``
             runner.add_flow(flow, **args)
-        how = "each flow run forked from a process that has loaded knobflow" if undo else \
-            "each flow run in a new process"
+        how = "each flow run forked from a process that has loaded knobflow" if undo and warm \
+            else "each flow run in a new process"
         say(f"serving {len(served)} deployments ({how}); Ctrl-C stops them")
         with contextlib.suppress(TerminationSignal):  # SIGTERM, as prefect.serve takes it
             asyncio.run(runner.start())
@@ -186,3 +188,21 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
         if server is not None:
             say("stopping knobflow's Prefect server")
             server.stop()
+        if lifeline is not None:
+            os.close(lifeline)
+
+
+def _hold_server(server: Any) -> int | None:
+    """Hold the lifeline of serve's Prefect server (``flows.lifeline``): killed outright, serve
+    leaves the server to the flow runs still running, which hold it too, and a watchdog ends it
+    after the last of them (the next serve of the home, taking the server over, holds it as
+    well). Its FIFO reaches the runs through ``LIFELINE_ENV``."""
+    from flows.lifeline import LIFELINE_ENV, fifo_lifeline
+
+    record = server.record()
+    if record is None:  # ended since it answered: the runner's first call says so
+        return None
+    fifo = server.dir / "lifeline"
+    held = fifo_lifeline(fifo, int(record["pid"]), server.dir / "server.json")
+    os.environ[LIFELINE_ENV] = str(fifo)
+    return held

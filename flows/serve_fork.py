@@ -13,7 +13,8 @@ watches, cancels and kills it. Once knobflow's code on disk or a library install
 changes under a running serve (an upgrade), runs start in a new interpreter again (with the new
 code) until serve is restarted. Each run ends with the fork server (``_ServedRunProcess``): the
 runner hears of a run's end from the fork server, and would otherwise take a run for ended while
-it ran on; ``multiprocessing`` starts a new fork server for the next run.
+it ran on; ``multiprocessing`` starts a new fork server for the next run. Each run, forked or
+spawned, holds the lifeline of serve's Prefect server (``flows.lifeline``).
 
 A fork keeps no thread and no open database: the modules preloaded start neither when imported
 (``flows.warm`` checks the same imports before its forks). A Prefect whose function does not ask
@@ -32,6 +33,8 @@ import pkgutil
 import signal
 from collections.abc import Callable
 from typing import Any
+
+from flows.lifeline import LIFELINE_ENV, hold
 
 __all__ = ["LOADED_BY_A_JOB", "fork_served_runs", "preload_modules"]
 
@@ -85,6 +88,7 @@ class _ServedRunProcess(multiprocessing.context.ForkServerProcess):
         die_with_parent(signal.SIGTERM)
         if _LOADED_IN not in (os.getpid(), os.getppid()):  # it ended before the line above
             os.kill(os.getpid(), signal.SIGTERM)
+        hold(os.environ.get(LIFELINE_ENV))
         super().run()
 
 
@@ -94,36 +98,56 @@ class _ServedRunContext(multiprocessing.context.ForkServerContext):
     Process = _ServedRunProcess  # type: ignore[assignment]
 
 
+class _ServedSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A flow run in a new interpreter (``--no-fork``, or knobflow changed under serve)."""
+
+    def run(self) -> None:
+        hold(os.environ.get(LIFELINE_ENV))
+        super().run()
+
+
+class _ServedSpawnContext(multiprocessing.context.SpawnContext):
+    """The "spawn" context, its processes ``_ServedSpawnProcess``."""
+
+    Process = _ServedSpawnProcess  # type: ignore[assignment]
+
+
 class _ForkserverForSpawn:
     """Stands for the ``multiprocessing`` module inside ``prefect.flow_engine``: its "spawn"
     context is the fork server while knobflow's code and libraries on disk are what the fork
     server loaded (``fingerprint``); once they have changed (an upgrade under a running
-    serve), runs start in a new interpreter, with the new code, and ``say`` tells it once."""
+    serve), runs start in a new interpreter, with the new code, and ``say`` tells it once.
+    Without a fork server (``--no-fork``) every run starts in a new interpreter. Either way a
+    run holds its server's lifeline (``flows.lifeline``)."""
 
-    def __init__(self, forkserver: multiprocessing.context.BaseContext,
+    def __init__(self, forkserver: multiprocessing.context.BaseContext | None,
                  fingerprint: Callable[[], str], say: Callable[[str], Any]) -> None:
         self._forkserver, self._fingerprint, self._say = forkserver, fingerprint, say
         self._loaded = fingerprint()
         self._changed = False
+        self._spawn = _ServedSpawnContext()
 
     def get_context(self, method: str | None = None) -> Any:
         if method != "spawn":
             return multiprocessing.get_context(method)
+        if self._forkserver is None:
+            return self._spawn
         if not self._changed and self._fingerprint() != self._loaded:
             self._changed = True
             self._say("knobflow's code or its libraries changed since serve started: its "
                       "flow runs start in a new interpreter from now on; restart knobflow "
                       "serve to fork them again")
-        return multiprocessing.get_context("spawn") if self._changed else self._forkserver
+        return self._spawn if self._changed else self._forkserver
 
     def __getattr__(self, name: str) -> Any:
         return getattr(multiprocessing, name)
 
 
-def fork_served_runs(packages: tuple[str, ...], say: Callable[[str], Any] = print
-                     ) -> Callable[[], None] | None:
+def fork_served_runs(packages: tuple[str, ...], say: Callable[[str], Any] = print, *,
+                     fork: bool = True) -> Callable[[], None] | None:
     """Start the forkserver (it loads ``preload_modules(packages)`` in the background) and make
-    Prefect's direct-subprocess starter fork each flow run from it. Returns what undoes that
+    Prefect's direct-subprocess starter fork each flow run from it (``fork`` False: spawn each,
+    as Prefect does, in a process that holds the server's lifeline). Returns what undoes that
     (the forkserver itself ends with this process), or None where this Prefect does not start
     runs the expected way (runs then start cold)."""
     try:
@@ -140,11 +164,13 @@ def fork_served_runs(packages: tuple[str, ...], say: Callable[[str], Any] = prin
         return None
     from flows.warm_client import code_fingerprint
 
-    forkserver = _ServedRunContext()
-    forkserver.set_forkserver_preload(preload_modules(packages))
-    from multiprocessing import forkserver as forkserver_module
+    forkserver = None
+    if fork:
+        forkserver = _ServedRunContext()
+        forkserver.set_forkserver_preload(preload_modules(packages))
+        from multiprocessing import forkserver as forkserver_module
 
-    forkserver_module.ensure_running()  # it imports while the runner starts
+        forkserver_module.ensure_running()  # it imports while the runner starts
     flow_engine.multiprocessing = _ForkserverForSpawn(  # type: ignore[assignment]
         forkserver, code_fingerprint, say)
 

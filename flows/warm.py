@@ -13,7 +13,7 @@ continues); a command killed outright leaves its job a closed socket, and the jo
 way; the warm process ending (Ctrl-C, SIGTERM) interrupts its jobs first and waits for them
 (``STOP_GRACE_S``), and if it is killed outright the kernel sends each job SIGTERM: they stop as
 interrupted, reporting to its Prefect server, which a watchdog process ends once the warm process
-and every job of it have ended (``_server_lifeline``).
+and every job of it have ended (``flows.lifeline.pipe_lifeline``).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from flows.lifeline import pipe_lifeline
 from flows.warm_client import (
     MAX_SOCKET_PATH,
     PACKAGES,
@@ -137,39 +137,8 @@ def _start_server() -> tuple[Any, str]:
     server = temporary_api.temporary_server()
     if server is None:  # a configured server is used
         return None, str(temporary_api.configured_api())
-    _server_lifeline(server.pid)
+    pipe_lifeline(server.pid)  # its jobs, forks of this process, hold it too
     return server, server.url
-
-
-#: The watchdog of the warm process's Prefect server (argv[1]: its pid; stdin: the lifeline).
-_WATCHDOG = """
-import os, signal, sys
-try:
-    server = os.pidfd_open(int(sys.argv[1]))
-except OSError:
-    server = None  # gone already, or a kernel without pidfds
-while os.read(0, 1):
-    pass
-try:
-    if server is not None:
-        signal.pidfd_send_signal(server, signal.SIGKILL)
-except OSError:
-    pass
-"""
-
-
-def _server_lifeline(pid: int) -> None:
-    """The Prefect server (``pid``) lives as long as the warm process or a job of it does: a
-    watchdog process reads a pipe whose write end this process keeps (its forked jobs inherit
-    it; what anyone execs does not) and kills the server when the last holder has ended. So a
-    warm process killed outright leaves its jobs a server to report their interruption to
-    (they would retry a dead one for minutes), and no server behind once they have stopped."""
-    # not inheritable: an exec'd process does not hold the write end, which this process never
-    # writes nor closes (its end, even by SIGKILL, closes it)
-    read, _ = os.pipe()
-    subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, str(pid)], stdin=read,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    os.close(read)
 
 
 def _check_threads(log: Any) -> None:

@@ -5,8 +5,10 @@ are forks of the fork server, end to end, is checked by ``test_continual.py``.""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from prefect import flow_engine
 
 from flows import serve_fork
 from flows.job import JobStatus, recorded_jobs
-from flows.server import api_client
+from flows.lifeline import LIFELINE_ENV, WATCHDOG
+from flows.server import api_answers, api_client
 from flows.warm_client import PACKAGES
 from tests.conftest import run_cli, wait_for
 from tests.flows.test_continual import (
@@ -71,26 +74,46 @@ def test_runs_start_in_a_new_interpreter_once_the_code_changed_under_serve() -> 
     assert stand_in.Process is multiprocessing.Process  # the rest is the module's own
     on_disk[0] = "v2"
     for _ in range(2):
-        assert stand_in.get_context("spawn") is multiprocessing.get_context("spawn")
+        assert isinstance(stand_in.get_context("spawn"), serve_fork._ServedSpawnContext)
     on_disk[0] = "v1"  # changed once is changed: what runs may have loaded either
-    assert stand_in.get_context("spawn") is multiprocessing.get_context("spawn")
+    assert isinstance(stand_in.get_context("spawn"), serve_fork._ServedSpawnContext)
     assert len(said) == 1 and "restart knobflow serve" in said[0]
+    assert stand_in.get_context("spawn").get_start_method() == "spawn"
+    without = serve_fork._ForkserverForSpawn(None, lambda: on_disk[0], said.append)  # --no-fork
+    assert isinstance(without.get_context("spawn"), serve_fork._ServedSpawnContext)
 
 
 def _report(answers: Any) -> None:
     """In a served run's process: what the collector keeps apart, the signal its parent's end
-    sends it (``PR_GET_PDEATHSIG``), its parent."""
+    sends it (``PR_GET_PDEATHSIG``), its parent, whether it holds the lifeline's FIFO."""
     import ctypes
     import gc
 
     sig = ctypes.c_int(0)
     ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(sig))  # 2: PR_GET_PDEATHSIG
-    answers.put((gc.get_freeze_count(), sig.value, os.getppid()))
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    answers.put((gc.get_freeze_count(), sig.value, os.getppid(),
+                 os.environ[LIFELINE_ENV] in fds))
 
 
-def test_a_served_run_starts_frozen_and_ends_with_its_fork_server() -> None:
+@pytest.fixture
+def lifeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A FIFO with a reader, named to served runs as serve names its server's lifeline."""
+    fifo = tmp_path / "lifeline"
+    os.mkfifo(fifo, 0o600)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    monkeypatch.setenv(LIFELINE_ENV, str(fifo))
+    yield fifo
+    os.close(reader)
+
+
+def test_a_served_run_starts_frozen_and_ends_with_its_fork_server(lifeline: Path) -> None:
     """A run forked by serve's fork server has what the fork server loaded frozen for the
-    collector, and asks for SIGTERM when its parent, the fork server, ends."""
+    collector, asks for SIGTERM when its parent, the fork server, ends, and holds its server's
+    lifeline (``flows.lifeline``)."""
     import signal
 
     context = serve_fork._ServedRunContext()
@@ -98,11 +121,22 @@ def test_a_served_run_starts_frozen_and_ends_with_its_fork_server() -> None:
     process = context.Process(target=_report, args=(answers,))
     assert isinstance(process, serve_fork._ServedRunProcess)
     process.start()
-    frozen, pdeathsig, parent = answers.get(timeout=120)
+    frozen, pdeathsig, parent, holds = answers.get(timeout=120)
     process.join(30)
     assert process.exitcode == 0
-    assert frozen > 0 and pdeathsig == signal.SIGTERM
+    assert frozen > 0 and pdeathsig == signal.SIGTERM and holds
     assert parent != os.getpid()  # a child of the fork server, not of this process
+
+
+def test_a_run_in_a_new_interpreter_holds_the_lifeline_too(lifeline: Path) -> None:
+    """``--no-fork``, or knobflow changed under serve: the spawned run holds the lifeline."""
+    context = serve_fork._ServedSpawnContext()
+    answers = context.Queue()
+    process = context.Process(target=_report, args=(answers,))
+    process.start()
+    _, _, parent, holds = answers.get(timeout=120)
+    process.join(30)
+    assert process.exitcode == 0 and parent == os.getpid() and holds
 
 
 def test_serve_refuses_a_home_that_is_a_file_before_it_starts_anything(tmp_path: Path) -> None:
@@ -133,17 +167,8 @@ def test_a_killed_fork_server_ends_its_runs_and_a_new_one_serves_the_next(home: 
             run = api.create_flow_run_from_deployment(deployment.id, parameters={
                 "budget": 400, "workload": {"duration": 0.5}})
 
-        def running_job() -> psutil.Process | None:
-            """The run's process once its job has finished two trials."""
-            children, jobs = forks.children(), recorded_jobs(home)
-            if not children or not jobs:
-                return None
-            study = optuna.load_study(study_name=jobs[0].study_name,
-                                      storage=storage_of(home / JOURNAL))
-            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            return children[0] if len(done) >= 2 else None
-
-        job = wait_for(running_job, "the tuning job's trials", timeout=480, interval=0.5)
+        job = wait_for(lambda: running_job(home, forks), "the tuning job's trials",
+                       timeout=480, interval=0.5)
         tree = [job, *job.children(recursive=True)]  # its trial launcher and trials too
         assert any("tasks.launcher" in command(p) for p in tree[1:]), tree
         forks.kill()
@@ -170,6 +195,53 @@ def test_a_killed_fork_server_ends_its_runs_and_a_new_one_serves_the_next(home: 
     assert not left, [p.cmdline() for p in left]
     (job_record,) = recorded_jobs(home)
     assert job_record.status == JobStatus.INTERRUPTED, job_record.status
+
+
+def test_serve_killed_outright_leaves_its_server_to_its_run_then_nothing(home: Path) -> None:
+    """``knobflow serve`` killed outright (SIGKILL) under a tuning job: the run goes on (as
+    Prefect's runs do when their runner dies) and finishes against serve's Prefect server, which
+    its lifeline's watchdog ends after the run (``flows.lifeline``); nothing is left running,
+    and the server's record is removed."""
+    serve = start_serve(home, {k: v for k, v in os.environ.items()
+                               if not k.startswith("PREFECT_API")}, "--target", "synthetic")
+    tree: list[psutil.Process] = []
+    try:
+        wait_serving(serve)
+        forks = fork_server(serve)
+        env = own_server_env(home)
+        with api_client(env) as api:
+            deployment = api.read_deployment_by_name("tune/synthetic-nightly")
+            api.create_flow_run_from_deployment(deployment.id, parameters={
+                "budget": 8, "workload": {"duration": 0.5}})
+        job = wait_for(lambda: running_job(home, forks), "the tuning job's trials",
+                       timeout=480, interval=0.5)
+        tree = psutil.Process(serve.pid).children(recursive=True)
+        assert any(WATCHDOG in p.cmdline() for p in tree), [command(p) for p in tree]
+        serve.kill()
+        serve.wait(30)
+        assert api_answers(env["PREFECT_API_URL"], env["PREFECT_API_AUTH_STRING"])
+        assert job.is_running()  # the run goes on, its server with it
+        serve.communicate(timeout=240)  # read what the run writes to serve's output, to its end
+        _, alive = psutil.wait_procs(tree, timeout=60)
+        assert not alive, f"left running: {[command(p) for p in alive]}"
+    finally:
+        serve.kill()
+        for left in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left.kill()
+    (job_record,) = recorded_jobs(home)
+    assert job_record.status == JobStatus.FINISHED, job_record.status
+    assert not (home / "prefect-server" / "server.json").exists()
+
+
+def running_job(home: Path, forks: psutil.Process, trials: int = 2) -> psutil.Process | None:
+    """The served run's process (a child of ``forks``) once its job has finished ``trials``."""
+    children, jobs = forks.children(), recorded_jobs(home)
+    if not children or not jobs:
+        return None
+    study = optuna.load_study(study_name=jobs[0].study_name, storage=storage_of(home / JOURNAL))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return children[0] if len(done) >= trials else None
 
 
 def command(process: psutil.Process) -> str:
