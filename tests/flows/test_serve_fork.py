@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,16 +160,7 @@ def test_a_killed_fork_server_ends_its_runs_and_a_new_one_serves_the_next(home: 
     serve = start_serve(home, {k: v for k, v in os.environ.items()
                                if not k.startswith("PREFECT_API")}, "--target", "synthetic")
     try:
-        wait_serving(serve)
-        forks = fork_server(serve)
-        env = own_server_env(home)
-        with api_client(env) as api:
-            deployment = api.read_deployment_by_name("tune/synthetic-nightly")
-            run = api.create_flow_run_from_deployment(deployment.id, parameters={
-                "budget": 400, "workload": {"duration": 0.5}})
-
-        job = wait_for(lambda: running_job(home, forks), "the tuning job's trials",
-                       timeout=480, interval=0.5)
+        forks, env, run, job = tuning_run(home, serve, budget=400)
         tree = [job, *job.children(recursive=True)]  # its trial launcher and trials too
         assert any("tasks.launcher" in command(p) for p in tree[1:]), tree
         forks.kill()
@@ -206,15 +198,7 @@ def test_serve_killed_outright_leaves_its_server_to_its_run_then_nothing(home: P
                                if not k.startswith("PREFECT_API")}, "--target", "synthetic")
     tree: list[psutil.Process] = []
     try:
-        wait_serving(serve)
-        forks = fork_server(serve)
-        env = own_server_env(home)
-        with api_client(env) as api:
-            deployment = api.read_deployment_by_name("tune/synthetic-nightly")
-            api.create_flow_run_from_deployment(deployment.id, parameters={
-                "budget": 8, "workload": {"duration": 0.5}})
-        job = wait_for(lambda: running_job(home, forks), "the tuning job's trials",
-                       timeout=480, interval=0.5)
+        _, env, _, job = tuning_run(home, serve, budget=8)
         tree = psutil.Process(serve.pid).children(recursive=True)
         assert any(WATCHDOG in p.cmdline() for p in tree), [command(p) for p in tree]
         serve.kill()
@@ -232,6 +216,22 @@ def test_serve_killed_outright_leaves_its_server_to_its_run_then_nothing(home: P
     (job_record,) = recorded_jobs(home)
     assert job_record.status == JobStatus.FINISHED, job_record.status
     assert not (home / "prefect-server" / "server.json").exists()
+
+
+def tuning_run(home: Path, serve: subprocess.Popen[str], budget: int
+               ) -> tuple[psutil.Process, dict[str, str], Any, psutil.Process]:
+    """Once ``serve`` serves: its fork server, its Prefect server's client environment, a run of
+    ``tune/synthetic-nightly`` (0.5 s trials) and that run's process, after two trials."""
+    wait_serving(serve)
+    forks = fork_server(serve)
+    env = own_server_env(home)
+    with api_client(env) as api:
+        deployment = api.read_deployment_by_name("tune/synthetic-nightly")
+        run = api.create_flow_run_from_deployment(deployment.id, parameters={
+            "budget": budget, "workload": {"duration": 0.5}})
+    job = wait_for(lambda: running_job(home, forks), "the tuning job's trials", timeout=480,
+                   interval=0.5)
+    return forks, env, run, job
 
 
 def running_job(home: Path, forks: psutil.Process, trials: int = 2) -> psutil.Process | None:
