@@ -154,9 +154,10 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
     # background job of a script): Python then installs no handler of its own
     signal.signal(signal.SIGINT, signal.default_int_handler)
     home.mkdir(parents=True, exist_ok=True)
-    server, lifeline = None, None
+    server, lifeline, lock = None, None, None
     if not os.environ.get("PREFECT_API_URL"):
         server = PrefectServer(home)
+        lock = _serve_lock(server.dir)  # before the server: a second serve starts nothing
         say(f"starting knobflow's Prefect server under {server.dir} ...")
         os.environ.update(server.start())
         say(f"Prefect server: {os.environ['PREFECT_API_URL']} (UI without /api; user and "
@@ -188,8 +189,32 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
         if server is not None:
             say("stopping knobflow's Prefect server")
             server.stop()
-        if lifeline is not None:
-            os.close(lifeline)
+        for held in (lifeline, lock):
+            if held is not None:
+                os.close(held)
+
+
+def _serve_lock(folder: Path) -> int:
+    """One serve per home's server: an exclusive ``flock`` on ``folder/serve.lock`` (the kernel
+    drops it when its holder ends, however; exec'd children do not inherit it), or refuse at
+    once, naming the serve that holds it. Two serves would share the server, and the first to
+    stop would stop it under the other."""
+    import fcntl
+
+    from targets.process import private_dir
+
+    private_dir(folder)
+    fd = os.open(folder / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise KnobflowError(f"another knobflow serve (pid {holder}) serves this home's Prefect "
+                            f"server ({folder}); stop it first, or give another --home") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 def _hold_server(server: Any) -> int | None:

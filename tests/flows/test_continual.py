@@ -21,6 +21,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.lifeline import WATCHDOG
 from flows.server import api_client
 from tasks.instances import InstanceStore
 from tests.conftest import CLI, REPO, invoke_cli, wait_for
@@ -84,12 +85,13 @@ def fork_server(serve: subprocess.Popen[str]) -> psutil.Process:
 
 def reaped_cpu(parent: psutil.Process) -> float:
     """CPU seconds of the children ``parent`` has waited for, once its running ones, other than
-    the servers and multiprocessing's helpers, have ended (a run's process ends just after its
-    state)."""
+    the servers, the server's lifeline watchdog and multiprocessing's helpers, have ended (a
+    run's process ends just after its state)."""
     def running(child: psutil.Process) -> bool:
         try:
-            return child.status() != psutil.STATUS_ZOMBIE and not any(
-                w in " ".join(child.cmdline()) for w in ("prefect server", "multiprocessing."))
+            command = child.cmdline()
+            return child.status() != psutil.STATUS_ZOMBIE and WATCHDOG not in command and not any(
+                w in " ".join(command) for w in ("prefect server", "multiprocessing."))
         except psutil.NoSuchProcess:  # ended meanwhile
             return False
 

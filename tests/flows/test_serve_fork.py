@@ -190,15 +190,20 @@ def test_a_killed_fork_server_ends_its_runs_and_a_new_one_serves_the_next(home: 
 
 
 def test_serve_killed_outright_leaves_its_server_to_its_run_then_nothing(home: Path) -> None:
-    """``knobflow serve`` killed outright (SIGKILL) under a tuning job: the run goes on (as
-    Prefect's runs do when their runner dies) and finishes against serve's Prefect server, which
-    its lifeline's watchdog ends after the run (``flows.lifeline``); nothing is left running,
-    and the server's record is removed."""
+    """A second serve of the home refuses to start. ``knobflow serve`` killed outright (SIGKILL)
+    under a tuning job: the run goes on (as Prefect's runs do when their runner dies) and
+    finishes against serve's Prefect server, which its lifeline's watchdog ends after the run
+    (``flows.lifeline``); nothing is left running, and the server's record is removed."""
     serve = start_serve(home, {k: v for k, v in os.environ.items()
                                if not k.startswith("PREFECT_API")}, "--target", "synthetic")
     tree: list[psutil.Process] = []
     try:
         _, env, _, job = tuning_run(home, serve, budget=8)
+        second = run_cli(["serve", "--target", "synthetic", "--home", str(home)], timeout=300)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.strip() == (  # it started nothing: one serve per home's server
+            f"knobflow: error: another knobflow serve (pid {serve.pid}) serves this home's "
+            f"Prefect server ({home / 'prefect-server'}); stop it first, or give another --home")
         tree = psutil.Process(serve.pid).children(recursive=True)
         assert any(WATCHDOG in p.cmdline() for p in tree), [command(p) for p in tree]
         serve.kill()
