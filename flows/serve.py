@@ -162,7 +162,7 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
         os.environ.update(server.start())
         say(f"Prefect server: {os.environ['PREFECT_API_URL']} (UI without /api; user and "
             f"password: {server.dir / 'auth'})")
-        lifeline = _hold_server(server)
+        lifeline = _hold_server(server, say)
     os.environ["KNOBFLOW_HOME"] = str(home)  # the flow runs' state directory
     undo = None
     try:
@@ -194,40 +194,62 @@ def serve(home: Path, deployments: list[Mapping[str, Any]], *, limit: int | None
                 os.close(held)
 
 
+#: Seconds a serve waits for the lock of a home's server held by no serve: the server's
+#: lifeline watchdog stopping it (SIGTERM, then SIGKILL after 10 s).
+LOCK_WAIT_S = 20.0
+
+
 def _serve_lock(folder: Path) -> int:
     """One serve per home's server: an exclusive ``flock`` on ``folder/serve.lock`` (the kernel
     drops it when its holder ends, however; exec'd children do not inherit it), or refuse at
     once, naming the serve that holds it. Two serves would share the server, and the first to
-    stop would stop it under the other."""
+    stop would stop it under the other. Held by no live serve (the pid in the file has ended),
+    it is the lifeline's watchdog stopping the server: wait for it (``LOCK_WAIT_S``)."""
     import fcntl
+    import time
+
+    import psutil
 
     from targets.process import private_dir
 
     private_dir(folder)
     fd = os.open(folder / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        raise KnobflowError(f"another knobflow serve (pid {holder}) serves this home's Prefect "
-                            f"server ({folder}); stop it first, or give another --home") from None
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            if (holder.isdigit() and psutil.pid_exists(int(holder))) or time.monotonic() > deadline:
+                os.close(fd)
+                raise KnobflowError(
+                    f"another knobflow serve (pid {holder}) serves this home's Prefect server "
+                    f"({folder}); stop it first, or give another --home") from None
+            time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd
 
 
-def _hold_server(server: Any) -> int | None:
+def _hold_server(server: Any, say: Any) -> int | None:
     """Hold the lifeline of serve's Prefect server (``flows.lifeline``): killed outright, serve
     leaves the server to the flow runs still running, which hold it too, and a watchdog ends it
     after the last of them (the next serve of the home, taking the server over, holds it as
-    well). Its FIFO reaches the runs through ``LIFELINE_ENV``."""
+    well). Its FIFO reaches the runs through ``LIFELINE_ENV``. Where no FIFO can be made (a
+    file system without them), serve goes on without and says so."""
     from flows.lifeline import LIFELINE_ENV, fifo_lifeline
 
     record = server.record()
     if record is None:  # ended since it answered: the runner's first call says so
         return None
     fifo = server.dir / "lifeline"
-    held = fifo_lifeline(fifo, int(record["pid"]), server.dir / "server.json")
+    try:
+        held = fifo_lifeline(fifo, int(record["pid"]), server.dir / "server.json",
+                             server.dir / "serve.lock")
+    except OSError as exc:
+        say(f"warning: no lifeline for the Prefect server ({fifo}: {exc.strerror}): if serve "
+            "is killed outright, the server is left running until the next serve of this home")
+        return None
     os.environ[LIFELINE_ENV] = str(fifo)
     return held

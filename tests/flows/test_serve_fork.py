@@ -244,7 +244,11 @@ def running_job(home: Path, forks: psutil.Process, trials: int = 2) -> psutil.Pr
     children, jobs = forks.children(), recorded_jobs(home)
     if not children or not jobs:
         return None
-    study = optuna.load_study(study_name=jobs[0].study_name, storage=storage_of(home / JOURNAL))
+    try:
+        study = optuna.load_study(study_name=jobs[0].study_name,
+                                  storage=storage_of(home / JOURNAL))
+    except KeyError:  # the job is recorded before its study is made
+        return None
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return children[0] if len(done) >= trials else None
 
