@@ -198,7 +198,9 @@ def test_serve_killed_outright_leaves_its_server_to_its_run_then_nothing(home: P
                                if not k.startswith("PREFECT_API")}, "--target", "synthetic")
     tree: list[psutil.Process] = []
     try:
-        _, env, _, job = tuning_run(home, serve, budget=8)
+        # 14 trials left after the first two (7 s), and verification: longer than the second
+        # serve's command below takes, so the run is still running when serve is killed
+        _, env, _, job = tuning_run(home, serve, budget=16)
         second = run_cli(["serve", "--target", "synthetic", "--home", str(home)], timeout=300)
         assert second.returncode == 2, second.stdout + second.stderr
         assert second.stderr.strip() == (  # it started nothing: one serve per home's server
