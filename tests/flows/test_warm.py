@@ -181,7 +181,8 @@ def test_a_killed_command_stops_its_job(warm: Warm) -> None:
     # the job hears its command's socket close and stops as interrupted (it keeps its trials)
     wait_for(lambda: warm.ended(pid) is not None, lambda: f"the job's end:\n{warm.text()}",
              timeout=120)
-    assert warm.ended(pid) == 130
+    assert job.stderr is not None  # the job wrote on after its command was killed: read it
+    assert warm.ended(pid) == 130, warm.text() + job.stderr.read()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
