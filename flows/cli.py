@@ -86,7 +86,7 @@ def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
         err.print(f"knobflow: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except Exception as exc:
-        if _raised_by_an_interrupt(exc):
+        if _SIGNALLED or _raised_by_an_interrupt(exc):
             err.print(interrupted, markup=False)
             return 130
         err.print(f"knobflow: failed: {type(exc).__name__}: {exc}", markup=False,
@@ -94,22 +94,35 @@ def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
         if os.environ.get("KNOBFLOW_DEBUG"):
             raise
         return 1
+    except BaseException as exc:  # Prefect's TerminationSignal, out of its flow engine
+        if isinstance(exc, SystemExit | GeneratorExit) or not (
+                _SIGNALLED or _raised_by_an_interrupt(exc)):
+            raise
+        err.print(interrupted, markup=False)
+        return 130
     if code == 130:  # typer turned a KeyboardInterrupt (Ctrl-C, SIGTERM) into Exit(130)
         err.print(interrupted, markup=False)
     return code if isinstance(code, int) else 0
 
 
 def _raised_by_an_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised while a Ctrl-C or SIGTERM was being handled: Prefect's task
-    engine, interrupted before its task run exists, raises ``ValueError: Task run is not set``
-    from its crash handler in the interrupt's place. The command was interrupted, not failed."""
+    """Whether ``exc`` is, or was raised while handling, a Ctrl-C or SIGTERM (anywhere in its
+    chain of causes and contexts): Prefect's task engine, interrupted before its task run exists,
+    raises ``ValueError: Task run is not set`` from its crash handler in the interrupt's place,
+    and its flow engine turns SIGTERM into its own ``TerminationSignal``. The command was
+    interrupted, not failed."""
     seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        if isinstance(cause, KeyboardInterrupt) or any(
+                c.__name__ == "TerminationSignal" and c.__module__.startswith("prefect")
+                for c in type(cause).__mro__):
             return True
         seen.add(id(cause))
-        cause = cause.__cause__ if cause.__cause__ is not None else cause.__context__
+        todo += [cause.__cause__, cause.__context__]
     return False
 
 
@@ -343,7 +356,13 @@ def check_target_command(
         raise typer.Exit(1)
 
 
+#: The interrupts (SIGINT, SIGTERM) this command has had: once one came, whatever error ends the
+#: command is the interrupt's, however a library turned it into its own (``_exit_code``).
+_SIGNALLED: list[int] = []
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -360,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                                    soft_wrap=True)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop trials and keep the study on SIGTERM
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored (nohup)
+        signal.signal(signal.SIGINT, _raise_interrupt)
     return typer.main.get_command(app).main(args=argv, prog_name="knobflow",
                                             standalone_mode=False)
 
