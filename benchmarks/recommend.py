@@ -39,6 +39,8 @@ from tuners.space import SearchSpace
 
 SERVICE, OBJECTIVE = "orders-kv", "throughput"
 WAYS = ("shipped", "champion alone", "no champion")
+#: with --max-knobs K: the shipped pick, limited two ways, and whole
+LIMITED = ("best part", "one at a time", "whole pick")
 
 
 def champion_store(folder: Path, seed: int) -> tuple[str, pd.DataFrame]:
@@ -53,35 +55,41 @@ def champion_store(folder: Path, seed: int) -> tuple[str, pd.DataFrame]:
     return uri, table
 
 
-def one(way: str, uri: str, empty: str, table: pd.DataFrame, shift: float) -> dict[str, float]:
+def one(way: str, uri: str, empty: str, table: pd.DataFrame, shift: float,
+        max_knobs: int | None = None) -> dict[str, float]:
     """One recommendation and how good it truly is."""
+    import model_registry.limit as limit
     import model_registry.recommend as module
 
     spec = SyntheticTarget.knob_spec()
     current = {**spec.defaults(), "threads": 4}
-    band = module.MEASURED_BAND
+    band, parts = module.MEASURED_BAND, limit.MAX_PARTS
     module.MEASURED_BAND = 0.0 if way == "champion alone" else band
+    limit.MAX_PARTS = 0 if way == "one at a time" else parts
     try:
         start = time.perf_counter()
         rec = recommend(target_cls=SyntheticTarget, service=SERVICE, objective=OBJECTIVE,
                         current=current, fingerprint={"shift": shift}, table=table,
                         tracking_uri=empty if way == "no champion" else uri,
-                        space=SearchSpace.full(spec), rules=RuleSet.for_target(SyntheticTarget))
+                        space=SearchSpace.full(spec), rules=RuleSet.for_target(SyntheticTarget),
+                        max_knobs=None if way == "whole pick" else max_knobs)
         seconds = time.perf_counter() - start
     finally:
-        module.MEASURED_BAND = band
+        module.MEASURED_BAND, limit.MAX_PARTS = band, parts
     workload = {"shift": shift}
     truth = SyntheticTarget.true_value(rec.config, workload)
     return {"of_optimum": truth / SyntheticTarget.known_optimum_value(workload),
             "true_gain": truth / SyntheticTarget.true_value(current, workload),
             "predicted_gain": rec.predicted_gain or float("nan"), "seconds": seconds,
-            "sibling": float(rec.source == "sibling")}
+            "sibling": float(rec.source == "sibling"), "changes": float(len(rec.changes))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--shifts", default="0,0.25,0.5,0.75,1")
+    parser.add_argument("--max-knobs", type=int, default=None, metavar="K",
+                        help="compare what a policy of at most K knobs per actuation applies")
     args = parser.parse_args()
     try:
         shifts = [float(s) for s in args.shifts.split(",")]
@@ -89,24 +97,29 @@ def main() -> None:
         parser.error(f"--shifts: {args.shifts!r} is not a comma-separated list of numbers")
     if args.seeds < 1 or not all(0.0 <= s <= 1.0 for s in shifts):
         parser.error("--seeds must be at least 1 and every shift in [0, 1]")
+    if args.max_knobs is not None and args.max_knobs < 1:
+        parser.error("--max-knobs must be at least 1")
+    ways = WAYS if args.max_knobs is None else LIMITED
     results: dict[tuple[str, float], list[dict[str, float]]] = {}
     for seed in range(args.seeds):
         with tempfile.TemporaryDirectory(prefix="kf-recommend-") as tmp:
             uri, table = champion_store(Path(tmp), seed)
             empty = f"sqlite:///{Path(tmp) / 'empty.db'}"
-            for way in WAYS:
+            for way in ways:
                 for shift in shifts:
-                    results.setdefault((way, shift), []).append(one(way, uri, empty, table,
-                                                                    shift))
-    report(results, args.seeds)
+                    results.setdefault((way, shift), []).append(
+                        one(way, uri, empty, table, shift, args.max_knobs))
+    report(results, args.seeds, ways, args.max_knobs)
 
 
-def report(results: dict[tuple[str, float], list[dict[str, float]]], seeds: int) -> None:
-    table = Table(title=f"recommend on the synthetic surface, medians over {seeds} seeds "
+def report(results: dict[tuple[str, float], list[dict[str, float]]], seeds: int,
+           ways: tuple[str, ...], max_knobs: int | None) -> None:
+    limited = f", at most {max_knobs} knobs per actuation" if max_knobs else ""
+    table = Table(title=f"recommend on the synthetic surface{limited}, medians over {seeds} seeds "
                         f"({platform.processor() or platform.machine()}, "
                         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
     for col in ("way", "shift", "pick / optimum", "worst seed", "true gain", "predicted gain",
-                "sibling picks", "seconds per call"):
+                "sibling picks", "knobs changed", "seconds per call"):
         table.add_column(col, justify="right" if col != "way" else "left")
     for (way, shift), rows in results.items():
         def med(key: str, rows: list[dict[str, float]] = rows) -> float:
@@ -117,10 +130,10 @@ def report(results: dict[tuple[str, float], list[dict[str, float]]], seeds: int)
                       f"{min(r['of_optimum'] for r in rows):.3f}", f"{med('true_gain'):.2f}",
                       "-" if predicted != predicted else f"{predicted:.2f}",
                       f"{sum(r['sibling'] for r in rows):.0f}/{len(rows)}",
-                      f"{med('seconds'):.2f}")
+                      f"{med('changes'):g}", f"{med('seconds'):.2f}")
     console = Console(width=150)
     console.print(table)
-    for way in WAYS:
+    for way in ways:
         picks = [r["of_optimum"] for (w, _), rows in results.items() if w == way for r in rows]
         console.print(f"{way}: pick / optimum over {len(picks)} recommendations: mean "
                       f"{statistics.mean(picks):.3f}, worst {min(picks):.3f}")
