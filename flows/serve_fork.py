@@ -123,7 +123,7 @@ class _ForkserverForSpawn:
     def __init__(self, forkserver: multiprocessing.context.BaseContext | None,
                  fingerprint: Callable[[], str], say: Callable[[str], Any]) -> None:
         self._forkserver, self._fingerprint, self._say = forkserver, fingerprint, say
-        self._loaded = fingerprint()
+        self._loaded = fingerprint() if forkserver is not None else ""  # what forks load
         self._changed = False
         self._spawn = _ServedSpawnContext()
 

@@ -80,8 +80,15 @@ def test_runs_start_in_a_new_interpreter_once_the_code_changed_under_serve() -> 
     assert isinstance(stand_in.get_context("spawn"), serve_fork._ServedSpawnContext)
     assert len(said) == 1 and "restart knobflow serve" in said[0]
     assert stand_in.get_context("spawn").get_start_method() == "spawn"
-    without = serve_fork._ForkserverForSpawn(None, lambda: on_disk[0], said.append)  # --no-fork
+    read: list[str] = []
+
+    def fingerprint() -> str:
+        read.append(on_disk[0])
+        return on_disk[0]
+
+    without = serve_fork._ForkserverForSpawn(None, fingerprint, said.append)  # --no-fork
     assert isinstance(without.get_context("spawn"), serve_fork._ServedSpawnContext)
+    assert read == []  # every run is a new interpreter: the code on disk is not read for it
 
 
 def _report(answers: Any) -> None:
