@@ -39,8 +39,8 @@ from tuners.space import SearchSpace
 
 SERVICE, OBJECTIVE = "orders-kv", "throughput"
 WAYS = ("shipped", "champion alone", "no champion")
-#: with --max-knobs K: the shipped pick, limited two ways, and whole
-LIMITED = ("best part", "one at a time", "whole pick")
+#: with --max-knobs K: the shipped pick, limited and whole
+LIMITED = ("at most K knobs", "whole pick")
 
 
 def champion_store(folder: Path, seed: int) -> tuple[str, pd.DataFrame]:
@@ -58,24 +58,22 @@ def champion_store(folder: Path, seed: int) -> tuple[str, pd.DataFrame]:
 def one(way: str, uri: str, empty: str, table: pd.DataFrame, shift: float,
         max_knobs: int | None = None) -> dict[str, float]:
     """One recommendation and how good it truly is."""
-    import model_registry.limit as limit
     import model_registry.recommend as module
 
     spec = SyntheticTarget.knob_spec()
     current = {**spec.defaults(), "threads": 4}
-    band, parts = module.MEASURED_BAND, limit.MAX_PARTS
+    band = module.MEASURED_BAND
     module.MEASURED_BAND = 0.0 if way == "champion alone" else band
-    limit.MAX_PARTS = 0 if way == "one at a time" else parts
     try:
         start = time.perf_counter()
         rec = recommend(target_cls=SyntheticTarget, service=SERVICE, objective=OBJECTIVE,
                         current=current, fingerprint={"shift": shift}, table=table,
                         tracking_uri=empty if way == "no champion" else uri,
                         space=SearchSpace.full(spec), rules=RuleSet.for_target(SyntheticTarget),
-                        max_knobs=None if way == "whole pick" else max_knobs)
+                        max_knobs=max_knobs if way == "at most K knobs" else None)
         seconds = time.perf_counter() - start
     finally:
-        module.MEASURED_BAND, limit.MAX_PARTS = band, parts
+        module.MEASURED_BAND = band
     workload = {"shift": shift}
     truth = SyntheticTarget.true_value(rec.config, workload)
     return {"of_optimum": truth / SyntheticTarget.known_optimum_value(workload),

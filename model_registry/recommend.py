@@ -11,9 +11,8 @@
    each for the observed workload, and the best predicted is the pick, unless a sibling's measured
    config is predicted nearly as good (``MEASURED_BAND``); without a champion the pick is the best
    measured config of the closest sibling workload, its gain unknown;
-4. a pick equal to the current config is "keep"; ``max_knobs`` (a policy) keeps the part of its
-   changes (that many knobs or fewer) that the champion predicts best on top of the current
-   config, every part scored, so that knobs which only pay together stay together.
+4. a pick equal to the current config is "keep"; ``max_knobs`` (a policy) keeps only the changes
+   the champion predicts to matter most, one at a time on top of the current config.
 
 Whose trials are candidates: every instance of the service in ``table``, the live instance's own
 name included. Trials never run on a live instance; rows under its name come from tuning jobs run
@@ -38,15 +37,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from model_registry.features import feature_frame
-from model_registry.limit import limit_changes
 from model_registry.recommendation import (
     CHANGE,
     KEEP,
     NOTHING,
     Recommendation,
-    better,
     config_diff,
     rule_warnings,
+    same_value,
     show_value,
 )
 from model_registry.registry import Champion, champion_table, load_champion
@@ -186,11 +184,41 @@ def _scorer(champion: Champion | None, spec: KnobSpec,
         feature_frame(pd.DataFrame(list(configs)), spec, dict(fp))), dtype=float)
 
 
+def _better(a: float, b: float, maximize: bool) -> bool:
+    return a > b if maximize else a < b
+
+
 def _gain(pick: float | None, now: float | None, maximize: bool) -> float | None:
     if pick is None or now is None:
         return None
     num, den = (pick, now) if maximize else (now, pick)
     return float(num / den) if den > 0 and num >= 0 else None
+
+
+def _limit(pick: dict[str, Any], current: dict[str, Any], max_knobs: int, rules: RuleSet,
+           score: Callable[[Sequence[Mapping[str, Any]]], np.ndarray] | None,
+           maximize: bool) -> dict[str, Any]:
+    """At most ``max_knobs`` of the pick's changes on top of ``current``: greedily the one the
+    champion predicts best each step (only while it predicts an improvement); without a model,
+    the first ones in the knob spec's order. Every step's config passes the rules."""
+    config, left = dict(current), list(config_diff(current, pick))
+    base = float(score([config])[0]) if score else math.nan
+    for _ in range(max_knobs):
+        steps = [{**config, k: pick[k]} for k in left]
+        allowed = ~rules.check_frame(pd.DataFrame(steps))["blocked"].to_numpy() if steps else []
+        steps = [s for s, ok in zip(steps, allowed, strict=True) if ok]
+        if not steps:
+            break
+        if score is None:
+            config = steps[0]
+        else:
+            predicted = score(steps)
+            best = int(np.argmax(predicted) if maximize else np.argmin(predicted))
+            if not _better(float(predicted[best]), base, maximize):
+                break
+            config, base = steps[best], float(predicted[best])
+        left = [k for k in left if same_value(config[k], current[k])]
+    return config
 
 
 def _trials(seed: Seed | None, siblings: pd.DataFrame, space: SearchSpace) -> list[dict[str, Any]]:
@@ -244,8 +272,8 @@ def _choose(cands: list[_Candidate], score: Callable[..., np.ndarray] | None,
     floor = best.predicted * (1 - MEASURED_BAND if maximize else 1 + MEASURED_BAND)
     now = cands[0].predicted if cands[0].source == "current" else None
     measured = [c for c in cands if c.source == "sibling" and c.seed is not None
-                and not better(floor, c.predicted, maximize)
-                and (now is None or better(c.predicted, now, maximize))]
+                and not _better(floor, c.predicted, maximize)
+                and (now is None or _better(c.predicted, now, maximize))]
     if best.source != "model" or not measured:
         return best
     pick = min(measured, key=rank)
@@ -343,10 +371,10 @@ def _settle(rec: Recommendation, pick: _Candidate, now: dict[str, Any], max_knob
     maximize = rec.direction == "maximize"
     config = pick.config
     if max_knobs is not None and pick.n_changes > max_knobs:
-        config = limit_changes(pick.config, now, max_knobs, rules, score, maximize)
+        config = _limit(pick.config, now, max_knobs, rules, score, maximize)
         rec.deferred_changes = config_diff(config, pick.config)
         rec.reason += (f"; at most {max_knobs} knob(s) per actuation: "
-                       + ("the part of its changes the champion predicts best" if score else
+                       + ("the changes the champion predicts to matter most" if score else
                           "no model to rank the changes, the first in the knob spec's order"))
     rec.config, rec.changes = config, config_diff(now, config)
     if score is not None:

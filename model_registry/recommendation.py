@@ -18,8 +18,8 @@ from targets.base import Target
 from targets.common.errors import fmt_value
 
 __all__ = [
-    "CHANGE", "KEEP", "NOTHING", "Recommendation", "better", "config_diff", "rule_warnings",
-    "same_value", "show_value",
+    "CHANGE", "KEEP", "NOTHING", "Recommendation", "config_diff", "rule_warnings", "same_value",
+    "show_value",
 ]
 
 #: What a recommendation says: apply ``changes``, keep the current config, or nothing is known.
@@ -114,11 +114,6 @@ def same_value(a: Any, b: Any) -> bool:
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(
             float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return bool(a == b)
-
-
-def better(a: float, b: float, maximize: bool) -> bool:
-    """Whether prediction or measurement ``a`` is strictly better than ``b``."""
-    return a > b if maximize else a < b
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,6 @@ known surface says whether the pick is really better."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -158,24 +157,6 @@ def test_max_knobs_keeps_the_change_the_champion_predicts_best(best: Recommendat
     assert rec.predicted > rec.predicted_current
     assert "at most 1 knob(s) per actuation" in rec.reason
     assert any(line.startswith("  deferred (max knobs per actuation): ") for line in rec.lines())
-
-
-def test_max_knobs_applies_the_best_predicted_part_of_the_changes(best: Recommendation,
-                                                                  uri: str) -> None:
-    """Of every part of the best pick's changes with two knobs or one that the rules allow,
-    the champion's best; not the best knob and then the best second on top of it."""
-    assert len(best.changes) > 2
-    rec = run(uri, max_knobs=2)
-    assert rec.decision == "change" and 1 <= len(rec.changes) <= 2
-    assert all(rec.changes[k] == best.changes[k] for k in rec.changes)
-    rules = RuleSet.for_target(SyntheticTarget)
-    parts = [{**CURRENT, **{k: c["to"] for k, c in best.changes.items() if k in part}}
-             for part in itertools.chain(itertools.combinations(best.changes, 1),
-                                         itertools.combinations(best.changes, 2))]
-    allowed = [p for p in parts if not rules.check(p).blocked]
-    assert rec.predicted == pytest.approx(max(predict(uri, allowed)))
-    assert rec.predicted > rec.predicted_current
-    assert "the part of its changes the champion predicts best" in rec.reason
 
 
 def test_a_current_config_already_at_the_best_is_kept(best: Recommendation, uri: str) -> None:
