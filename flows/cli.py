@@ -356,8 +356,9 @@ def check_target_command(
         raise typer.Exit(1)
 
 
-#: The interrupts (SIGINT, SIGTERM) this command has had: once one came, whatever error ends the
-#: command is the interrupt's, however a library turned it into its own (``_exit_code``).
+#: The SIGTERMs this command has had: once one came, whatever error ends the command is the
+#: interrupt's, however a library turned it into its own (``_exit_code``). A Ctrl-C is found in
+#: the error's chain (``_raised_by_an_interrupt``).
 _SIGNALLED: list[int] = []
 
 
@@ -379,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                                    soft_wrap=True)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop trials and keep the study on SIGTERM
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored (nohup)
-        signal.signal(signal.SIGINT, _raise_interrupt)
+    # SIGINT keeps Python's own handler: asyncio.run (Prefect's serve) takes Ctrl-C gracefully
+    # only while that one is installed
     return typer.main.get_command(app).main(args=argv, prog_name="knobflow",
                                             standalone_mode=False)
 
