@@ -184,6 +184,8 @@ def test_a_killed_command_stops_its_job(warm: Warm) -> None:
     assert job.stderr is not None  # the job wrote on after its command was killed: read it
     assert warm.ended(pid) == 130, warm.text() + job.stderr.read()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    records = [json.loads(p.read_text()) for p in (warm.home / "jobs").glob("*/job.json")]
+    assert [r["status"] for r in records if r["service"] == "killed"] == ["interrupted"]
 
 
 def test_a_command_with_another_environment_runs_on_its_own_and_says_why(warm: Warm) -> None:
