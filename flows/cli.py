@@ -85,21 +85,19 @@ def _exit_code(run: Callable[[], Any], interrupted: str) -> int:
     except EnvironmentFault as exc:  # the machine's fault: say what to do, no traceback
         err.print(f"knobflow: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
-    except Exception as exc:
+    except BaseException as exc:  # and Prefect's TerminationSignal, out of its flow engine
+        if isinstance(exc, SystemExit | GeneratorExit):
+            raise
         if _SIGNALLED or _raised_by_an_interrupt(exc):
             err.print(interrupted, markup=False)
             return 130
+        if not isinstance(exc, Exception):
+            raise
         err.print(f"knobflow: failed: {type(exc).__name__}: {exc}", markup=False,
                   highlight=False, soft_wrap=True)
         if os.environ.get("KNOBFLOW_DEBUG"):
             raise
         return 1
-    except BaseException as exc:  # Prefect's TerminationSignal, out of its flow engine
-        if isinstance(exc, SystemExit | GeneratorExit) or not (
-                _SIGNALLED or _raised_by_an_interrupt(exc)):
-            raise
-        err.print(interrupted, markup=False)
-        return 130
     if code == 130:  # typer turned a KeyboardInterrupt (Ctrl-C, SIGTERM) into Exit(130)
         err.print(interrupted, markup=False)
     return code if isinstance(code, int) else 0
