@@ -11,7 +11,11 @@ Reported per way and shift, as medians over the seeds: the pick's true throughpu
 surface's optimum (and the worst seed's) and against the current config, the predicted gain, and
 the time per call; then per way over every shift and seed: the mean and the worst.
 
-    PYTHONPATH=. python benchmarks/recommend.py [--seeds 5] [--shifts 0,0.25,0.5,0.75,1]
+``--max-knobs K`` shows instead what a policy of at most K changed knobs per actuation (the
+instances' default is 3) applies of the shipped pick, against the whole pick: the knobs the
+champion predicts best, one at a time on top of the current config.
+
+    python benchmarks/recommend.py [--seeds 5] [--shifts 0,0.25,0.5,0.75,1] [--max-knobs K]
 
 Prints a table.
 """
@@ -22,6 +26,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +35,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout (its tests/)
 from model_registry.recommend import recommend
 from rules.ruleset import RuleSet
 from targets.synthetic import SyntheticTarget

@@ -1,6 +1,6 @@
 """benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py,
-stack_tracking.py and import_gc.py refuse bad arguments with the exact error, before running
-anything."""
+stack_tracking.py, import_gc.py and recommend.py refuse bad arguments with the exact error,
+before running anything."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def test_scaling_refuses_bad_counts(args: list[str], error: str, tmp_path: Path)
     ("stack_tracking.py", ["--trials", "0"], "--trials and --rounds must be at least 1"),
     ("stack_tracking.py", ["--rounds", "0"], "--trials and --rounds must be at least 1"),
     ("import_gc.py", ["--rounds", "0"], "--rounds must be at least 1"),
+    ("recommend.py", ["--max-knobs", "0"], "--max-knobs must be at least 1"),
 ])
 def test_a_benchmark_refuses_bad_arguments_before_it_runs(script: str, args: list[str],
                                                           error: str) -> None:
