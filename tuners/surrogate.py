@@ -7,7 +7,9 @@ database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSampler``:
 * draws its first ``n_startup_trials`` candidates from a scrambled Sobol sequence (space
   filling, seeded);
 * then fits a model on the finished trials of the study (numeric knobs scaled to [0, 1], log
-  knobs in log space, categorical and bool knobs one-hot): a random forest on the normal scores
+  knobs and wide integer ones in log space, categorical and bool knobs one-hot:
+  ``tuners.encoding``; the process also tries the wide ones linear and keeps the scale that
+  explains the values better): a random forest on the normal scores
   of the objective's ranks (robust to outliers and to imputed failures; the spread across its
   trees as the uncertainty) until ``gp_after`` trials have finished, a Gaussian process after
   (Matern 5/2, one length scale per feature, a noise term; on at most ``gp_max_points``
@@ -39,16 +41,13 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from tuners.encoding import Encoder
 
 __all__ = ["Accept", "SurrogateSampler"]
 
@@ -61,82 +60,6 @@ Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 #: The Gaussian process's values are capped (worse values, failures) at this quantile of the
 #: good ones: a handful of bad trials or outliers do not flatten the region of the best.
 CAP_QUANTILE = 0.9
-
-
-class _Encoder:
-    """Params of a search space <-> points of the unit cube (numeric knobs; log knobs in log
-    space) plus one index per categorical knob; and the model's features (one-hot)."""
-
-    def __init__(self, space: dict[str, BaseDistribution]) -> None:
-        self.names = sorted(space)
-        self.dists = [space[n] for n in self.names]
-        self.numeric = [i for i, d in enumerate(self.dists)
-                        if not isinstance(d, CategoricalDistribution)]
-        self.categorical = [i for i, d in enumerate(self.dists)
-                            if isinstance(d, CategoricalDistribution)]
-        self.sizes = [len(d.choices) if isinstance(d, CategoricalDistribution) else 0
-                      for d in self.dists]
-
-    def _bounds(self, d: FloatDistribution | IntDistribution) -> tuple[float, float]:
-        low, high = float(d.low), float(d.high)
-        if isinstance(d, IntDistribution):
-            low, high = low - 0.5, high + 0.5  # each integer owns an equal slice of [0, 1]
-        return (math.log(low), math.log(high)) if d.log else (low, high)
-
-    def encode(self, params: dict[str, Any]) -> np.ndarray:
-        """One point: a unit value per numeric knob, an index per categorical knob."""
-        row = np.empty(len(self.names))
-        for i, (name, d) in enumerate(zip(self.names, self.dists, strict=True)):
-            if isinstance(d, CategoricalDistribution):
-                row[i] = d.to_internal_repr(params[name])
-                continue
-            low, high = self._bounds(d)
-            value = math.log(params[name]) if d.log else float(params[name])
-            row[i] = 0.5 if high <= low else (value - low) / (high - low)
-        return row
-
-    def decode(self, points: np.ndarray) -> list[dict[str, Any]]:
-        """Points as params, all at once (thousands are decoded at every suggestion)."""
-        columns: list[list[Any]] = []
-        for i, d in enumerate(self.dists):
-            if isinstance(d, CategoricalDistribution):
-                columns.append([d.choices[int(c)] for c in points[:, i]])
-                continue
-            low, high = self._bounds(d)
-            values = low + np.clip(points[:, i], 0.0, 1.0) * (high - low)
-            if d.log:
-                values = np.exp(values)
-            if isinstance(d, IntDistribution):
-                values = d.low + np.round((values - d.low) / d.step) * d.step
-                columns.append([int(v) for v in np.clip(values, d.low, d.high)])
-                continue
-            if d.step is not None:
-                values = d.low + np.round((values - d.low) / d.step) * d.step
-            columns.append([float(v) for v in np.clip(values, d.low, d.high)])
-        return [dict(zip(self.names, row, strict=True)) for row in zip(*columns, strict=True)]
-
-    def features(self, points: np.ndarray) -> np.ndarray:
-        """What the forest sees: the numeric columns, then one-hot columns per categorical."""
-        cols = [points[:, self.numeric]]
-        for i in self.categorical:
-            cols.append(np.eye(self.sizes[i])[points[:, i].astype(int)])
-        return np.hstack(cols) if cols else np.empty((len(points), 0))
-
-    def random(self, rng: np.random.RandomState, n: int) -> np.ndarray:
-        points = rng.uniform(size=(n, len(self.names)))
-        for i in self.categorical:
-            points[:, i] = rng.randint(self.sizes[i], size=n)
-        return points
-
-    def from_unit(self, unit: np.ndarray) -> np.ndarray:
-        """Points of the unit cube (Sobol) as points of this encoding."""
-        points = unit.copy()
-        for i in self.categorical:
-            points[:, i] = np.minimum((unit[:, i] * self.sizes[i]).astype(int), self.sizes[i] - 1)
-        return points
-
-    def key(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(params[n] for n in self.names)
 
 
 class SurrogateSampler(BaseSampler):
@@ -197,7 +120,7 @@ class SurrogateSampler(BaseSampler):
             return self._tpe().sample_relative(study, trial, search_space)
         if not search_space:
             return {}
-        encoder = _Encoder(search_space)
+        encoder = Encoder(search_space)
         points, values, seen = self._history(study, encoder)
         good = ~np.isnan(values)
         if len(points) < self._n_startup or not good.any():
@@ -228,7 +151,7 @@ class SurrogateSampler(BaseSampler):
             self._multi = TPESampler(seed=self._seed, multivariate=True, constant_liar=True)
         return self._multi
 
-    def _history(self, study: optuna.Study, encoder: _Encoder
+    def _history(self, study: optuna.Study, encoder: Encoder
                  ) -> tuple[np.ndarray, np.ndarray, set[tuple[Any, ...]]]:
         """The finished trials as points and values to minimise; NaN where a trial failed or
         was infeasible (imputed later), left out where a pruner stopped it early."""
@@ -253,7 +176,7 @@ class SurrogateSampler(BaseSampler):
         points = np.array(rows).reshape(len(rows), len(encoder.names))
         return points, np.array(values, dtype=float), seen
 
-    def _startup(self, encoder: _Encoder, index: int, seen: set[tuple[Any, ...]]
+    def _startup(self, encoder: Encoder, index: int, seen: set[tuple[Any, ...]]
                  ) -> dict[str, Any]:
         from scipy.stats import qmc
 
@@ -264,7 +187,7 @@ class SurrogateSampler(BaseSampler):
         candidates = np.vstack([first, encoder.random(self._rng, 200)])
         return self._first_accepted(encoder, candidates, seen)
 
-    def _first_accepted(self, encoder: _Encoder, ordered: np.ndarray,
+    def _first_accepted(self, encoder: Encoder, ordered: np.ndarray,
                         seen: set[tuple[Any, ...]]) -> dict[str, Any]:
         """The first candidate (in ``ordered``) not tried yet that the rules accept; the first
         untried one if the rules refuse them all (it is then told as blocked, and learned)."""
@@ -280,7 +203,7 @@ class SurrogateSampler(BaseSampler):
             return next((p for p in candidates if next(verdicts)), candidates[0])
         return next((p for p in candidates if self._accept(p)), candidates[0])
 
-    def _suggest(self, study: optuna.Study, encoder: _Encoder, points: np.ndarray,
+    def _suggest(self, study: optuna.Study, encoder: Encoder, points: np.ndarray,
                  values: np.ndarray, seen: set[tuple[Any, ...]]) -> dict[str, Any]:
         from scipy.stats import norm, rankdata
 
@@ -289,7 +212,7 @@ class SurrogateSampler(BaseSampler):
             # the values themselves, the worst tenth and the failures capped
             cap = np.quantile(values[good], CAP_QUANTILE)
             scores = np.minimum(np.where(good, values, cap), cap)
-            predict = self._fit_gp(encoder.features(points), scores)
+            predict = self._fit_process(encoder, encoder.features(points), scores)
             xi = self._xi * float(np.std(scores[good]))  # the same margin on this scale
         else:
             imputed = np.where(good, values, np.nanmax(values))  # a failure is the worst seen
@@ -318,7 +241,18 @@ class SurrogateSampler(BaseSampler):
             return per_tree.mean(axis=0), per_tree.std(axis=0)
         return predict
 
-    def _fit_gp(self, x: np.ndarray, y: np.ndarray) -> Predict:
+    def _fit_process(self, encoder: Encoder, x: np.ndarray, y: np.ndarray) -> Predict:
+        """The process with the wide integer knobs in log space, or on their linear scale where
+        that explains the values better (the higher log marginal likelihood)."""
+        predict, evidence = self._fit_gp(x, y)
+        if not encoder.wide:
+            return predict
+        linear, linear_evidence = self._fit_gp(encoder.linear(x), y)
+        return predict if evidence >= linear_evidence else (
+            lambda z: linear(encoder.linear(z)))
+
+    def _fit_gp(self, x: np.ndarray, y: np.ndarray) -> tuple[Predict, float]:
+        """The Gaussian process on ``x`` and ``y``, and its log marginal likelihood."""
         from scipy.optimize import minimize
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
@@ -350,9 +284,9 @@ class SurrogateSampler(BaseSampler):
             with threadpool_limits(1):
                 mean, std = gp.predict(z, return_std=True)
             return mean, std
-        return predict
+        return predict, float(gp.log_marginal_likelihood_value_)
 
-    def _local(self, encoder: _Encoder, points: np.ndarray, scores: np.ndarray,
+    def _local(self, encoder: Encoder, points: np.ndarray, scores: np.ndarray,
                good: np.ndarray) -> np.ndarray:
         """Perturbations of the best few trials: some knobs moved a little (numeric, by one of
         three step sizes) or switched (categorical), the others kept."""

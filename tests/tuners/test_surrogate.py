@@ -10,6 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
+from tuners.encoding import Encoder
 from tuners.samplers import make_sampler
 from tuners.surrogate import SurrogateSampler
 
@@ -80,7 +81,7 @@ def test_a_suggestion_on_200_trials_fits_a_bounded_model_and_picks_well(
     study.add_trials([create_trial(params=t.params, distributions=DISTS, value=t.value)
                       for t in seed.trials])
     trial = study.ask(DISTS)
-    assert fitted == [80]
+    assert fitted == [80, 80]  # n (1-64) is wide: its log scale and its linear one, each bounded
     assert _value(trial.params) < sorted(t.value for t in seed.trials)[20]  # a model's pick
 
 
@@ -110,8 +111,43 @@ def test_the_process_models_the_values_with_the_worst_tenth_and_failures_capped(
     study.ask(DISTS)
     values = np.array([t.value for t in seed.trials] + [1e9])
     cap = np.quantile(values, 0.9)
-    assert len(seen) == 1 and len(seen[0]) == 32
+    assert len(seen) == 2 and len(seen[0]) == 32  # n's two scales (wide), the same values
+    assert seen[1] == pytest.approx(seen[0])
     assert seen[0].max() == pytest.approx(cap)  # the outlier and the failure: the cap
     assert seen[0][-2:] == pytest.approx([cap, cap])
     below = values < cap
     assert seen[0][:31][below] == pytest.approx(values[below])  # the rest as measured
+
+
+
+def test_a_wide_integer_knob_is_searched_in_log_space_and_every_value_can_be_proposed() -> None:
+    # threads 1-64, linear in the spec: by ratios, half the range lies below 8 threads (linearly
+    # an eighth of it, which a search rarely visits)
+    study = optuna.create_study(sampler=SurrogateSampler(seed=3, n_startup_trials=16))
+    study.optimize(lambda t: float(t.suggest_int("n", 1, 64) + t.suggest_int("narrow", 0, 10)),
+                   n_trials=16)
+    low = [t.params["n"] for t in study.trials[1:] if t.params["n"] <= 8]  # the first: random
+    assert len(low) >= 5, f"{len(low)} of 15 space-filling draws at 8 threads or fewer"
+    encoder = Encoder({"n": IntDistribution(1, 64), "narrow": IntDistribution(0, 10)})
+    for n in range(1, 65):
+        point = encoder.encode({"n": n, "narrow": 5})[None, :]
+        assert encoder.decode(point)[0] == {"n": n, "narrow": 5}
+        linear = encoder.linear(encoder.features(point))  # the spec's scale: (n - 0.5) / 64
+        assert linear[0, 0] == pytest.approx((n - 0.5) / 64)
+    assert encoder.encode({"n": 8, "narrow": 5})[1] == pytest.approx(0.5, abs=0.03)  # linear
+    assert encoder.encode({"n": 8, "narrow": 5})[0] > 0.5  # log: 8 of 1-64 is past the middle
+
+
+def test_a_wide_integer_knob_that_acts_linearly_is_modelled_linearly() -> None:
+    # n's effect is linear (best at 40): on its log scale the process would put its doubt at
+    # the sparse low end and propose n = 1 (it did, on every seed, before the two scales were
+    # compared); the linear scale explains the 200 values better and is kept
+    picks = []
+    for seed_ in range(4):
+        study = optuna.create_study(sampler=SurrogateSampler(seed=seed_, gp_max_points=80))
+        history = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed_))
+        history.optimize(lambda t: _value({k: t._suggest(k, d) for k, d in DISTS.items()}), 200)
+        study.add_trials([create_trial(params=t.params, distributions=DISTS, value=t.value)
+                          for t in history.trials])
+        picks.append(study.ask(DISTS).params["n"])
+    assert sum(abs(n - 40) <= 12 for n in picks) >= 3, picks
