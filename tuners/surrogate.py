@@ -9,15 +9,15 @@ database-tuning evaluations (``../shared/STACK.md``). ``SurrogateSampler``:
 * then fits a model on the finished trials of the study (numeric knobs scaled to [0, 1], log
   knobs and wide integer ones in log space, categorical and bool knobs one-hot:
   ``tuners.encoding``; the process also tries the wide ones linear and keeps the scale that
-  explains the values better): a random forest on the normal scores
-  of the objective's ranks (robust to outliers and to imputed failures; the spread across its
-  trees as the uncertainty) until ``gp_after`` trials have finished, a Gaussian process after
-  (Matern 5/2, one length scale per feature, a noise term; on at most ``gp_max_points``
-  trials, the best half and a random rest) on the values themselves, the worst tenth capped at
-  their 90th percentile (``CAP_QUANTILE``). The forest finds the good categories early; the
-  process then carries a trend into untried directions, where a forest stays put on a
-  plateau, and on the values it sees how much better the best region is, which ranks hide
-  near an optimum (``benchmarks/RESULTS.md``, issue 17);
+  explains the values better): a random forest on the normal scores of the objective's ranks
+  (robust to outliers and to imputed failures; the spread across its trees as the uncertainty)
+  until ``gp_after`` trials have finished, a Gaussian process after (Matern 5/2, one length
+  scale per feature, a noise term; on at most ``gp_max_points`` trials, the best half and a
+  random rest) on the values themselves, the worst tenth capped at their 90th percentile
+  (``CAP_QUANTILE``). The forest finds the good categories early; the process then carries a
+  trend into untried directions, where a forest stays put on a plateau, and on the values it
+  sees how much better the best region is, which ranks hide near an optimum
+  (``benchmarks/RESULTS.md``, issue 17);
 * learns from what did not run well: a failed trial, a candidate the rules blocked (PRUNED with
   constraint ``rules`` > 0, as ``tuners.trials.blocked_trial`` tells it) and a complete trial with a
   constraint above zero count as the worst value seen (the forest) or the cap (the process); a

@@ -119,7 +119,6 @@ def test_the_process_models_the_values_with_the_worst_tenth_and_failures_capped(
     assert seen[0][:31][below] == pytest.approx(values[below])  # the rest as measured
 
 
-
 def test_a_wide_integer_knob_is_searched_in_log_space_and_every_value_can_be_proposed() -> None:
     # threads 1-64, linear in the spec: by ratios, half the range lies below 8 threads (linearly
     # an eighth of it, which a search rarely visits)
