@@ -4,7 +4,10 @@ trials, and each sampler's own time per suggestion on a history of 200 trials.
     nice -n 10 python benchmarks/samplers.py --seeds 10 --trials 60 [--smac] \
         [--first-seed 10] [--plot benchmarks/samplers.png]
 
-``--first-seed`` runs other seeds than the ones a change was tuned on (0 to 9).
+``--first-seed`` runs other seeds than the ones a change was tuned on (0 to 9). Beside each
+ratio to TPE's median regret, its 95 % interval from a paired bootstrap over the seeds (the same
+resampled seeds for both samplers): on ``synthetic`` a median over 10 seeds moves by 0.4 of TPE's
+from one set of seeds to the next (``benchmarks/RESULTS.md``), and the interval says so.
 
 Contenders: knobflow's samplers (``tuners.samplers.make_sampler``: surrogate, tpe, random,
 cmaes) and, with ``--smac``, SMAC3's HPO facade driven through its own ask/tell loop (it is not
@@ -272,6 +275,21 @@ def time_at(prob: Problem, tuner: str, history: int, asks: int = 5) -> float:
     return (time.perf_counter() - began) / asks
 
 
+def ratio_interval(regrets: list[float], tpe: list[float], draws: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95 % interval of median(regrets) / median(tpe) from a paired bootstrap over the seeds (the
+    i-th of each list is seed i); NaN when the lists do not pair or TPE's median can be 0."""
+    a, b = np.asarray(regrets, dtype=float), np.asarray(tpe, dtype=float)
+    if len(a) != len(b) or len(a) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.nan, math.nan
+    picks = np.random.default_rng(seed).integers(len(a), size=(draws, len(a)))
+    denominators = np.median(b[picks], axis=1)
+    if (denominators <= 0).any():
+        return math.nan, math.nan
+    ratios = np.median(a[picks], axis=1) / denominators
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
 def _fmt(x: float) -> str:
     return "inf" if not math.isfinite(x) else (f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.1e}")
 
@@ -325,17 +343,21 @@ def main() -> None:
                         "(lower is better); "
                         f"interacting: {', '.join(INTERACTING)}")
     for col in ("problem", "sampler", "regret @30", f"regret @{args.trials}",
-                f"@{args.trials} / tpe", "s per suggestion (mean over the run)"):
+                f"@{args.trials} / tpe", "95 % interval (seeds bootstrapped)",
+                "s per suggestion (mean over the run)"):
         table.add_column(col)
     for name in problems:
-        tpe = statistics.median(c[-1] for c in curves.get((name, "tpe"), [[math.nan]]))
+        tpe_runs = curves.get((name, "tpe"), [[math.nan]])
+        tpe = statistics.median(c[-1] for c in tpe_runs)
         for who in contenders:
             runs = curves[(name, who)]
             at30 = statistics.median(c[29] for c in runs)
             at_end = statistics.median(c[-1] for c in runs)
             ratio = at_end / tpe if tpe and math.isfinite(tpe) else math.nan
+            low, high = ratio_interval([c[-1] for c in runs], [c[-1] for c in tpe_runs])
             table.add_row(name, who, _fmt(at30), _fmt(at_end),
                           f"{ratio:.2f}" if math.isfinite(ratio) else "-",
+                          f"{low:.2f}-{high:.2f}" if math.isfinite(high) else "-",
                           f"{statistics.mean(ask_s[(name, who)]):.3f}", end_section=who ==
                           contenders[-1])
     console = Console(width=140)

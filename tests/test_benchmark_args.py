@@ -1,9 +1,10 @@
 """benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py,
 stack_tracking.py, import_gc.py and recommend.py refuse bad arguments with the exact error,
-before running anything."""
+before running anything; samplers.py's interval of a ratio to TPE pairs the seeds."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,19 @@ def test_real_samplers_refuses_bad_arguments(args: list[str], error: str,
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"real_samplers.py: error: {error}"
     assert not (tmp_path / "p.png").exists()
+
+
+def test_the_samplers_ratio_interval_pairs_the_seeds() -> None:
+    """benchmarks/samplers.py's interval of the ratio to TPE resamples seeds, not values: a
+    sampler at half of TPE's regret on every seed is at 0.5 in every resample; unpaired, the
+    medians of independent resamples would spread around it."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from samplers import ratio_interval
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    tpe = [0.01 * (1 + i % 7) for i in range(20)]
+    assert ratio_interval([t / 2 for t in tpe], tpe) == pytest.approx((0.5, 0.5))
+    low, high = ratio_interval(tpe[::-1], tpe)  # the same values, other seeds: not paired
+    assert low < 1.0 < high
+    assert all(math.isnan(x) for x in ratio_interval([0.1, 0.2], [0.1]))  # no pairs: NaN
