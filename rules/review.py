@@ -4,11 +4,12 @@ Before a job: a search space (the knob spec, or an expert's narrowed ranges) whe
 fails an error rule stops the job; a range whose end a rule blocks, or a default config that fails
 a rule, is reported ("range of shared_buffers [16, 16384]: at 16384, rule 'shared-buffers-fit-
 memory' blocks it"). After a job: when most of the best configs sit at the edge of a knob's
-range, the range may be what held the tuning back.
+range, the range may be what held the tuning back (a wide integer knob's edge is judged by ratio).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import pandas as pd
 from rules.language import RuleError
 from rules.ruleset import RuleSet
 from targets.common.errors import fmt_quantity, fmt_value
+from targets.spec import Knob
 from tuners.space import SearchSpace
 
 SAMPLES = 2000
@@ -80,7 +82,7 @@ def range_hints(best: Sequence[Mapping[str, Any]], space: SearchSpace, edge: flo
     for knob in space.tuned:
         if not knob.is_numeric or len(best) < at_least:
             continue
-        position = [knob.position(c[knob.name]) for c in best]
+        position = [_position(knob, c[knob.name]) for c in best]
         for side, count, bound in (
             ("lower", sum(p <= edge for p in position), knob.low),
             ("upper", sum(p >= 1 - edge for p in position), knob.high),
@@ -92,3 +94,12 @@ def range_hints(best: Sequence[Mapping[str, Any]], space: SearchSpace, edge: flo
                     "range may be too narrow"
                 )
     return hints
+
+
+def _position(knob: Knob, value: Any) -> float:
+    """Where ``value`` lies in the knob's range; a wide integer knob's by ratio (10 Hz of 1-500
+    Hz is no more at its low end than 10 of 1-50 is)."""
+    if knob.wide:
+        low, high = float(knob.low or 1), float(knob.high or 1)
+        return math.log(max(float(value), low) / low) / math.log(high / low)
+    return knob.position(value)

@@ -39,8 +39,17 @@ from targets.common.yamlfiles import load_yaml
 KNOB_TYPES = ("int", "float", "bool", "categorical")
 KNOB_FIELDS = ("type", "range", "values", "default", "log", "unit", "description", "restart")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+#: An integer range from at least 1 to at least this many times its low end (threads 1-64,
+#: Redis's hz 1-500) is wide: such counts act by ratios even where the spec says linear. The
+#: surrogate searches them in log space (``tuners.encoding``); range hints judge by ratio.
+WIDE_RATIO = 32
 
 Scalar = int | float | bool | str
+
+
+def wide_range(low: float, high: float) -> bool:
+    """Whether the integer range [``low``, ``high``] is wide (``WIDE_RATIO``)."""
+    return low >= 1 and high >= WIDE_RATIO * low
 
 
 def _is_int(value: Any) -> bool:
@@ -69,6 +78,12 @@ class Knob:
     @property
     def is_numeric(self) -> bool:
         return self.type in ("int", "float")
+
+    @property
+    def wide(self) -> bool:
+        """A linear integer knob over a wide range (``wide_range``)."""
+        return (self.type == "int" and not self.log and self.low is not None
+                and self.high is not None and wide_range(self.low, self.high))
 
     @property
     def choices(self) -> tuple[Scalar, ...]:

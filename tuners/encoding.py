@@ -2,10 +2,10 @@
 of the unit cube and as a model's features.
 
 Numeric knobs are scaled to [0, 1]; a knob whose spec says ``log`` is scaled in log space, and so
-is a wide integer knob (``WIDE_INT``): thread counts, queue lengths and the like act by ratios,
-and on a linear scale 1-8 threads is an eighth of 1-64, a region a search rarely visits. Whether
-a wide knob's values really follow its log is for the data to say: the sampler's Gaussian
-process is fit on both scales and keeps the one with the higher marginal likelihood
+is a wide integer knob (``targets.spec.wide_range``): thread counts, queue lengths and the like
+act by ratios, and on a linear scale 1-8 threads is an eighth of 1-64, a region a search rarely
+visits. Whether a wide knob's values really follow its log is for the data to say: the sampler's
+Gaussian process is fit on both scales and keeps the one with the higher marginal likelihood
 (``Encoder.linear`` gives the other; ``benchmarks/RESULTS.md``, issue 17). Categorical and bool
 knobs are an index in a point and one-hot columns in the features.
 """
@@ -23,15 +23,13 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-__all__ = ["WIDE_INT", "Encoder", "in_log_space"]
+from targets.spec import wide_range
 
-#: An integer knob from at least 1 to at least this many times its low end is wide.
-WIDE_INT = 32
+__all__ = ["Encoder", "in_log_space"]
 
 
 def _wide_int(d: BaseDistribution) -> bool:
-    return (isinstance(d, IntDistribution) and not d.log and d.low >= 1
-            and d.high >= WIDE_INT * d.low)
+    return isinstance(d, IntDistribution) and not d.log and wide_range(d.low, d.high)
 
 
 def in_log_space(d: BaseDistribution) -> bool:

@@ -13,6 +13,7 @@ from rules.language import RuleError
 from rules.review import check_space, range_hints
 from rules.ruleset import RuleSet
 from targets.postgres import PostgresTarget
+from targets.redis import RedisTarget
 from targets.rocksdb import RocksdbTarget
 from targets.synthetic import SyntheticTarget
 from tuners.space import SearchSpace, load_space
@@ -63,6 +64,20 @@ def test_range_hints_name_the_knob_the_bound_and_the_count(tmp_path: Path) -> No
     assert {h.split(":")[0] for h in range_hints(lower, space)} == {"write_buffer_size",
                                                                     "block_cache_size"}
     assert all("lower bound" in h for h in range_hints(lower, space))
+
+
+def test_a_wide_integer_knobs_edge_is_judged_by_ratio(tmp_path: Path) -> None:
+    # Redis's hz, 1-500 Hz: its default 10 Hz is 2 % of the range from 1 Hz on a linear scale
+    # (it was "at the lower bound 1 Hz; the range may be too narrow"), not near 1 Hz by ratio
+    space = _space(RedisTarget, {"hz": {"range": [1, 500]},
+                                 "active_expire_effort": {"range": [1, 10]}}, tmp_path)
+    best = [{"hz": hz, "active_expire_effort": 1} for hz in (10, 2, 10, 2, 10)]
+    hints = range_hints(best, space)
+    assert [h.split(":")[0] for h in hints] == ["active_expire_effort"], hints
+    at_one = [{"hz": 1, "active_expire_effort": 5} for _ in range(5)]
+    assert [h.split(":")[0] for h in range_hints(at_one, space)] == ["hz"]
+    top = [{"hz": hz, "active_expire_effort": 5} for hz in (500, 480, 450, 460, 20)]
+    assert [h.split(":")[0] for h in range_hints(top, space)] == ["hz"]  # within 2 % by ratio
 
 
 def test_triggers_fire_on_measurements_before_and_after(tmp_path: Path) -> None:
