@@ -9,7 +9,6 @@ range, the range may be what held the tuning back (a wide integer knob's edge is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,6 @@ import pandas as pd
 from rules.language import RuleError
 from rules.ruleset import RuleSet
 from targets.common.errors import fmt_quantity, fmt_value
-from targets.spec import Knob
 from tuners.space import SearchSpace
 
 SAMPLES = 2000
@@ -82,7 +80,8 @@ def range_hints(best: Sequence[Mapping[str, Any]], space: SearchSpace, edge: flo
     for knob in space.tuned:
         if not knob.is_numeric or len(best) < at_least:
             continue
-        position = [_position(knob, c[knob.name]) for c in best]
+        # a wide integer knob's by ratio: 10 Hz of 1-500 Hz is not at its low end
+        position = [knob.position(c[knob.name], by_ratio=True) for c in best]
         for side, count, bound in (
             ("lower", sum(p <= edge for p in position), knob.low),
             ("upper", sum(p >= 1 - edge for p in position), knob.high),
@@ -95,11 +94,3 @@ def range_hints(best: Sequence[Mapping[str, Any]], space: SearchSpace, edge: flo
                 )
     return hints
 
-
-def _position(knob: Knob, value: Any) -> float:
-    """Where ``value`` lies in the knob's range; a wide integer knob's by ratio (10 Hz of 1-500
-    Hz is no more at its low end than 10 of 1-50 is)."""
-    if knob.wide:
-        low, high = float(knob.low or 1), float(knob.high or 1)
-        return math.log(max(float(value), low) / low) / math.log(high / low)
-    return knob.position(value)

@@ -90,14 +90,15 @@ class Knob:
         """The values of a bool or categorical knob."""
         return (False, True) if self.type == "bool" else self.values
 
-    def position(self, value: Any) -> float:
+    def position(self, value: Any, *, by_ratio: bool = False) -> float:
         """Where ``value`` lies in the knob's range, 0 at ``low`` and 1 at ``high``, on the log
-        scale for log knobs (outside the range: below 0 or above 1); 0 for other knobs."""
+        scale for log knobs, and for wide ones with ``by_ratio`` (outside the range: below 0 or
+        above 1); 0 for other knobs."""
         if not self.is_numeric:
             return 0.0
         assert self.low is not None and self.high is not None
         low, high, v = float(self.low), float(self.high), float(value)
-        if self.log:
+        if self.log or (by_ratio and self.wide):
             low, high, v = math.log(low), math.log(high), math.log(max(v, 1e-300))
         return (v - low) / (high - low) if high > low else 0.0
 
