@@ -72,6 +72,24 @@ def watchdogs() -> list[psutil.Process]:
             if WATCHDOG in (p.info["cmdline"] or [])]
 
 
+def watchdogs_of(server: psutil.Process, at_least: int = 0) -> list[psutil.Process]:
+    """The watchdogs of ``server`` (its pid is their first argument), waited for up to 10 s
+    until there are ``at_least``. Counted by the server, not against an earlier count: another
+    test's watchdog ending meanwhile, and its pid taken again (pids wrap at 32768 here), must not
+    count."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        psutil.process_iter.cache_clear()  # a cached Process may stand for a reused pid
+        found = []
+        for p in watchdogs():
+            argv = p.info["cmdline"] or []
+            if argv[argv.index(WATCHDOG) + 1:][:1] == [str(server.pid)]:
+                found.append(p)
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> tuple[psutil.Process, Path]:
     """A process group standing for the server, and its record."""
@@ -88,18 +106,19 @@ def test_the_server_ends_after_the_last_holder_and_a_second_serve_joins(
     leader, record = server
     group = [leader, *leader.children()]
     fifo = tmp_path / "lifeline"
-    before = {p.pid for p in watchdogs()}
+    assert watchdogs_of(leader) == []
     lock = tmp_path / "serve.lock"
     first = holder(SERVE, str(fifo), str(leader.pid), str(record), str(lock))
-    started = [p for p in watchdogs() if p.pid not in before]
-    assert len(started) == 1 and fifo.stat().st_mode & 0o777 == 0o600
+    started = watchdogs_of(leader, at_least=1)
+    assert len(started) == 1 and fifo.stat().st_mode & 0o777 == 0o600, (
+        started, [p.info["cmdline"][-4:] for p in watchdogs()])
     run = holder(RUN, str(fifo))
     first.kill()  # serve killed outright: its run still holds the server
     first.wait()
     time.sleep(1.0)
     assert up(leader) and record.exists()
     second = holder(SERVE, str(fifo), str(leader.pid), str(record), str(lock))  # takes it over
-    assert [p for p in watchdogs() if p.pid not in before] == started  # no second watchdog
+    assert watchdogs_of(leader) == started  # no second watchdog
     run.kill()
     run.wait()
     time.sleep(1.0)
@@ -117,7 +136,7 @@ def test_a_lifeline_nobody_reads_is_not_held_and_a_stale_fifo_is_replaced(
     fifo = tmp_path / "lifeline"
     assert hold(fifo) is None and hold(None) is None  # no FIFO: nothing to hold
     held = fifo_lifeline(fifo, leader.pid, record, tmp_path / "serve.lock", grace_s=2.0)
-    (watchdog,) = [p for p in watchdogs() if str(leader.pid) in p.cmdline()]
+    (watchdog,) = watchdogs_of(leader, at_least=1)
     os.close(held)  # the last holder lets go: the watchdog ends the server, then itself
     _, alive = psutil.wait_procs([leader, watchdog], timeout=20)
     assert not alive, alive
@@ -170,7 +189,7 @@ def test_a_serve_taking_the_server_over_as_its_last_holder_ends_keeps_it(
     leader, record = server
     fifo, lock = tmp_path / "lifeline", tmp_path / "serve.lock"
     first = holder(SERVE, str(fifo), str(leader.pid), str(record), str(lock))
-    (watchdog,) = [p for p in watchdogs() if str(leader.pid) in p.cmdline()]
+    (watchdog,) = watchdogs_of(leader, at_least=1)
     run = holder(RUN, str(fifo))
     first.kill()
     first.wait()
