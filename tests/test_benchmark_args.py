@@ -1,6 +1,6 @@
 """benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py,
 stack_tracking.py, import_gc.py and recommend.py refuse bad arguments with the exact error,
-before running anything; samplers.py's interval of a ratio to TPE pairs the seeds."""
+before running anything; samplers.py's interval of a ratio to TPE pairs the seeds, and its `synthetic` is measured as a trial of the target is."""
 
 from __future__ import annotations
 
@@ -94,3 +94,34 @@ def test_the_samplers_ratio_interval_pairs_the_seeds() -> None:
     low, high = ratio_interval(tpe[::-1], tpe)  # the same values, other seeds: not paired
     assert low < 1.0 < high
     assert all(math.isnan(x) for x in ratio_interval([0.1, 0.2], [0.1]))  # no pairs: NaN
+
+
+def test_the_samplers_synthetic_problem_measures_as_a_trial_of_the_target(tmp_path: Path) -> None:
+    """benchmarks/samplers.py's ``synthetic`` is measured as a run of ``SyntheticTarget`` is (the
+    mean of its intervals' noisy rates): the same spread around the true value, not the one
+    interval's 3 % that a single draw would give."""
+    import random
+    import statistics
+
+    from targets.synthetic import SyntheticTarget
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from samplers import problem
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    prob = problem("synthetic")
+    config = dict(prob.default or {})
+    truth = SyntheticTarget.true_value(config, SyntheticTarget.workload_defaults)
+    rng = random.Random(0)
+    benchmark = [-prob.evaluate(dict(config), rng) / truth for _ in range(400)]  # type: ignore[operator]
+    runs = []
+    for seed in range(400):
+        target = SyntheticTarget(tmp_path, {**SyntheticTarget.workload_defaults, "duration": 0.0},
+                                 seed=seed)
+        target.start(config)
+        runs.append(target.run().metrics["throughput"] / truth)
+    spread = statistics.stdev(benchmark)
+    assert statistics.stdev(runs) == pytest.approx(spread, rel=0.2)
+    assert spread < 0.02  # one interval's draw would spread by 0.03
+    assert statistics.fmean(benchmark) == pytest.approx(1.0, abs=0.005)
