@@ -1,6 +1,7 @@
 """benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py,
 stack_tracking.py, import_gc.py and recommend.py refuse bad arguments with the exact error,
-before running anything; samplers.py's interval of a ratio to TPE pairs the seeds, and its `synthetic` is measured as a trial of the target is."""
+before running anything; samplers.py's interval of a ratio to TPE pairs the seeds, and its
+``synthetic`` is measured as a trial of the target is."""
 
 from __future__ import annotations
 
