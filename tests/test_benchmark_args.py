@@ -1,7 +1,7 @@
 """benchmarks/transfer.py, scaling.py, job_cost.py, trial_path.py, real_samplers.py,
 stack_tracking.py, import_gc.py and recommend.py refuse bad arguments with the exact error,
 before running anything; samplers.py's interval of a ratio to TPE pairs the seeds, and its
-``synthetic`` is measured as a trial of the target is."""
+``synthetic`` is measured as a trial of the target is (``synthetic-noisy``: with 3 % noise)."""
 
 from __future__ import annotations
 
@@ -126,3 +126,7 @@ def test_the_samplers_synthetic_problem_measures_as_a_trial_of_the_target(tmp_pa
     assert statistics.stdev(runs) == pytest.approx(spread, rel=0.2)
     assert spread < 0.02  # one interval's draw would spread by 0.03
     assert statistics.fmean(benchmark) == pytest.approx(1.0, abs=0.005)
+    noisy = problem("synthetic-noisy")  # 3 % on a trial's mean, as real trials here
+    spread = statistics.stdev(-noisy.evaluate(dict(config), rng) / truth  # type: ignore[operator]
+                              for _ in range(400))
+    assert spread == pytest.approx(0.03, rel=0.2)
