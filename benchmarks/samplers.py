@@ -395,9 +395,8 @@ def main() -> None:
 
 def _losses_table(name: str, bests: dict[str, list[dict[str, Any]]], trials: int) -> Table:
     """Where each sampler's regret on ``name`` (a synthetic problem) comes from: the median loss
-    of its best
-    config's true value, per factor of the surface (``SyntheticTarget.factors``), against the
-    factor's best (the mode's: the best mode with compression)."""
+    of its best config's true value, per factor of the surface (``SyntheticTarget.factors``),
+    against the factor's best (the mode's: the best mode with compression)."""
     workload = SYNTHETIC_WORKLOAD
     top = {"mode": max(SyntheticTarget.factors({**SyntheticTarget.knob_spec().defaults(),
                                                 "mode": m, "compress": c}, workload)["mode"]

@@ -93,4 +93,3 @@ def range_hints(best: Sequence[Mapping[str, Any]], space: SearchSpace, edge: flo
                     "range may be too narrow"
                 )
     return hints
-

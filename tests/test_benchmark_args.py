@@ -6,9 +6,12 @@ before running anything; samplers.py's interval of a ratio to TPE pairs the seed
 from __future__ import annotations
 
 import math
+import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -81,15 +84,21 @@ def test_real_samplers_refuses_bad_arguments(args: list[str], error: str,
     assert not (tmp_path / "p.png").exists()
 
 
+def _samplers() -> ModuleType:
+    """benchmarks/samplers.py as a module (it is a script, not in a package)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import samplers
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return samplers
+
+
 def test_the_samplers_ratio_interval_pairs_the_seeds() -> None:
     """benchmarks/samplers.py's interval of the ratio to TPE resamples seeds, not values: a
     sampler at half of TPE's regret on every seed is at 0.5 in every resample; unpaired, the
     medians of independent resamples would spread around it."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from samplers import ratio_interval
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    ratio_interval = _samplers().ratio_interval
     tpe = [0.01 * (1 + i % 7) for i in range(20)]
     assert ratio_interval([t / 2 for t in tpe], tpe) == pytest.approx((0.5, 0.5))
     low, high = ratio_interval(tpe[::-1], tpe)  # the same values, other seeds: not paired
@@ -101,16 +110,9 @@ def test_the_samplers_synthetic_problem_measures_as_a_trial_of_the_target(tmp_pa
     """benchmarks/samplers.py's ``synthetic`` is measured as a run of ``SyntheticTarget`` is (the
     mean of its intervals' noisy rates): the same spread around the true value, not the one
     interval's 3 % that a single draw would give."""
-    import random
-    import statistics
-
     from targets.synthetic import SyntheticTarget
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from samplers import problem
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    problem = _samplers().problem
     prob = problem("synthetic")
     config = dict(prob.default or {})
     truth = SyntheticTarget.true_value(config, SyntheticTarget.workload_defaults)
